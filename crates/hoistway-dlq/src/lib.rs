@@ -1,0 +1,237 @@
+//! The dead-letter queue: readings the processor could not apply, kept as NDJSON files.
+//!
+//! In: batches of [`DeadLetter`]s from the processor, each batch tagged with the range of log
+//! offsets it came from. Out: files an operator can list, read (`cat` works: one JSON object a
+//! line) and replay through the pipeline once the cause is fixed.
+//!
+//! Files are written whole (temp file, fsync, rename), named `{first:020}-{last:020}.ndjson`
+//! after the log offsets they cover, so a batch written before a crash but not yet covered by a
+//! processor checkpoint is recognised and dropped on recovery ([`DeadLetterQueue::discard_from`])
+//! — replay of the log writes it again, and no dead letter is kept twice. Replayed files move to
+//! `replayed/`. This crate does not decide what is dead; the processor does.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use hoistway_model::Reading;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("dead-letter storage failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no dead-letter file {0:?}")]
+    NotFound(String),
+    #[error("dead-letter file {file} line {line} is unreadable: {message}")]
+    Unreadable {
+        file: String,
+        line: usize,
+        message: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a reading was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The lift is not in the registry (and auto-registration is off).
+    UnregisteredLift,
+    /// The reading's seq is older than the lift's dedup window: it cannot be told from a
+    /// duplicate, so it is kept here rather than counted or dropped.
+    OutsideDedupWindow,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UnregisteredLift => "unregistered_lift",
+            Reason::OutsideDedupWindow => "outside_dedup_window",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::UnregisteredLift => {
+                "lift is not in the registry; register it, then replay this file"
+            }
+            Reason::OutsideDedupWindow => {
+                "seq is older than the lift's dedup window and cannot be told from a duplicate"
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub reason: Reason,
+    pub detail: String,
+    /// The log record the reading came from.
+    pub offset: u64,
+    pub reading: Reading,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DlqFile {
+    pub id: String,
+    pub first_offset: u64,
+    pub last_offset: u64,
+    pub items: u64,
+    pub bytes: u64,
+    pub reasons: BTreeMap<Reason, u64>,
+}
+
+pub struct DeadLetterQueue {
+    dir: PathBuf,
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".ndjson")?;
+    let (a, b) = stem.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+fn valid_id(id: &str) -> bool {
+    parse_name(&format!("{id}.ndjson")).is_some() && !id.contains('/')
+}
+
+impl DeadLetterQueue {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        fs::create_dir_all(dir.join("replayed"))?;
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes one batch durably. Rewriting the same offset range replaces the file.
+    pub fn write_batch(
+        &self,
+        first_offset: u64,
+        last_offset: u64,
+        items: &[DeadLetter],
+    ) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let name = format!("{first_offset:020}-{last_offset:020}.ndjson");
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        for item in items {
+            serde_json::to_writer(&mut out, item).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.dir.join(&name))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Deletes batches that start at or after `offset`: written before a crash, but not covered
+    /// by the checkpoint the processor restarts from, so replay will write them again.
+    pub fn discard_from(&self, offset: u64) -> Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                fs::remove_file(entry.path())?;
+            } else if parse_name(name).is_some_and(|(first, _)| first >= offset) {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Pending (not yet replayed) files, oldest first.
+    pub fn list(&self) -> Result<Vec<DlqFile>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((first_offset, last_offset)) = parse_name(name) else {
+                continue;
+            };
+            let id = name.trim_end_matches(".ndjson").to_string();
+            let mut reasons = BTreeMap::new();
+            let letters = self.read(&id)?;
+            for l in &letters {
+                *reasons.entry(l.reason).or_default() += 1;
+            }
+            out.push(DlqFile {
+                id,
+                first_offset,
+                last_offset,
+                items: letters.len() as u64,
+                bytes: entry.metadata()?.len(),
+                reasons,
+            });
+        }
+        out.sort_by_key(|f| f.first_offset);
+        Ok(out)
+    }
+
+    pub fn read(&self, id: &str) -> Result<Vec<DeadLetter>> {
+        if !valid_id(id) {
+            return Err(Error::NotFound(id.into()));
+        }
+        let path = self.dir.join(format!("{id}.ndjson"));
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(id.into()),
+            _ => Error::Io(e),
+        })?;
+        let mut out = Vec::new();
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            out.push(serde_json::from_str(&line).map_err(|e| Error::Unreadable {
+                file: id.into(),
+                line: i + 1,
+                message: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Moves a file out of the pending set once its readings are back in the log.
+    pub fn mark_replayed(&self, id: &str) -> Result<()> {
+        if !valid_id(id) {
+            return Err(Error::NotFound(id.into()));
+        }
+        let name = format!("{id}.ndjson");
+        fs::rename(self.dir.join(&name), self.dir.join("replayed").join(&name)).map_err(
+            |e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound(id.into()),
+                _ => Error::Io(e),
+            },
+        )?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// (files, bytes) pending.
+    pub fn size(&self) -> (u64, u64) {
+        let mut files = 0;
+        let mut bytes = 0;
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_str().and_then(parse_name).is_some() {
+                    files += 1;
+                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+        (files, bytes)
+    }
+}

@@ -1,0 +1,250 @@
+//! The single writer in front of the log: head deduplication and group commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hoistway_log::{Log, Offset};
+use hoistway_model::{DedupWindow, LiftDedup, LiftId, Reading, Seen};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::record::{encode_reading, encode_record};
+
+#[derive(Debug, Clone)]
+pub struct SequencerConfig {
+    pub window: DedupWindow,
+    /// Above this log size ingest answers "overloaded" instead of appending: the processor (or a
+    /// downstream consumer holding truncation back) has fallen behind.
+    pub max_log_bytes: u64,
+    /// Most requests folded into one append.
+    pub max_group: usize,
+    pub queue_depth: usize,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        Self {
+            window: DedupWindow::default(),
+            max_log_bytes: 2 << 30,
+            max_group: 2048,
+            queue_depth: 8192,
+        }
+    }
+}
+
+/// What happened to a request's valid readings. Sent only once they are durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub accepted: usize,
+    /// Readings whose `(lift_id, epoch, seq)` was already accepted: not an error.
+    pub duplicates: usize,
+    /// The log record holding the accepted readings, if any were.
+    pub offset: Option<Offset>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("ingest is behind: the log holds {log_bytes} bytes, the limit is {limit}")]
+    Backlogged { log_bytes: u64, limit: u64 },
+    #[error(transparent)]
+    Log(#[from] hoistway_log::Error),
+    #[error("ingest is shutting down")]
+    Closed,
+}
+
+struct Item {
+    lift_id: LiftId,
+    epoch: u64,
+    seq: u64,
+    encoded: Bytes,
+}
+
+struct Request {
+    items: Vec<Item>,
+    replay: bool,
+    reply: oneshot::Sender<Result<IngestOutcome, IngestError>>,
+}
+
+/// Cloneable handle that request handlers submit readings through.
+#[derive(Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Request>,
+    log: Arc<dyn Log>,
+    max_log_bytes: u64,
+}
+
+impl Ingest {
+    /// Appends the new ones among `readings` and returns once they are durable.
+    pub async fn submit(&self, readings: &[Reading]) -> Result<IngestOutcome, IngestError> {
+        self.send(readings, false).await
+    }
+
+    /// Sends readings again (from the dead-letter queue), skipping the head dedup index.
+    pub async fn replay(&self, readings: &[Reading]) -> Result<IngestOutcome, IngestError> {
+        self.send(readings, true).await
+    }
+
+    /// Whether a submit now would be refused as backlogged.
+    pub fn backlogged(&self) -> Option<IngestError> {
+        let log_bytes = self.log.size_bytes();
+        (log_bytes >= self.max_log_bytes).then_some(IngestError::Backlogged {
+            log_bytes,
+            limit: self.max_log_bytes,
+        })
+    }
+
+    async fn send(&self, readings: &[Reading], replay: bool) -> Result<IngestOutcome, IngestError> {
+        if readings.is_empty() {
+            return Ok(IngestOutcome::default());
+        }
+        if let Some(why) = self.log.poisoned() {
+            return Err(hoistway_log::Error::Poisoned(why).into());
+        }
+        if let Some(e) = self.backlogged() {
+            return Err(e);
+        }
+        let items = readings
+            .iter()
+            .map(|r| Item {
+                lift_id: r.lift_id.clone(),
+                epoch: r.epoch,
+                seq: r.seq,
+                encoded: encode_reading(r),
+            })
+            .collect();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                items,
+                replay,
+                reply,
+            })
+            .await
+            .map_err(|_| IngestError::Closed)?;
+        rx.await.map_err(|_| IngestError::Closed)?
+    }
+}
+
+/// Owns the head dedup index; run it with [`Sequencer::run`].
+pub struct Sequencer {
+    rx: mpsc::Receiver<Request>,
+    log: Arc<dyn Log>,
+    window: DedupWindow,
+    max_group: usize,
+    dedup: HashMap<LiftId, LiftDedup>,
+}
+
+impl Sequencer {
+    /// `dedup` must describe everything already in the log (the processor's state after replay
+    /// to the log's end).
+    pub fn new(
+        log: Arc<dyn Log>,
+        config: &SequencerConfig,
+        dedup: HashMap<LiftId, LiftDedup>,
+    ) -> (Ingest, Sequencer) {
+        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let ingest = Ingest {
+            tx,
+            log: log.clone(),
+            max_log_bytes: config.max_log_bytes,
+        };
+        let sequencer = Sequencer {
+            rx,
+            log,
+            window: config.window,
+            max_group: config.max_group.max(1),
+            dedup,
+        };
+        (ingest, sequencer)
+    }
+
+    /// Runs until every [`Ingest`] handle is dropped and every accepted request is answered.
+    pub async fn run(mut self) {
+        let mut acks = JoinSet::new();
+        let mut group = Vec::with_capacity(self.max_group);
+        while self.rx.recv_many(&mut group, self.max_group).await > 0 {
+            self.commit(std::mem::take(&mut group), &mut acks).await;
+            while acks.try_join_next().is_some() {}
+        }
+        while acks.join_next().await.is_some() {}
+    }
+
+    async fn commit(&mut self, group: Vec<Request>, acks: &mut JoinSet<()>) {
+        metrics::histogram!("hoistway_ingest_group_commit_requests").record(group.len() as f64);
+        let mut in_group: HashSet<(LiftId, u64, u64)> = HashSet::new();
+        let mut records = Vec::with_capacity(group.len());
+        let mut answers = Vec::with_capacity(group.len());
+        for req in group {
+            let mut kept: Vec<&Item> = Vec::with_capacity(req.items.len());
+            let mut duplicates = 0;
+            for item in &req.items {
+                let seen = match self.dedup.get(&item.lift_id) {
+                    Some(d) if !req.replay => d.check(item.epoch, item.seq, &self.window),
+                    _ => Seen::New,
+                };
+                let key = (item.lift_id.clone(), item.epoch, item.seq);
+                if seen == Seen::Duplicate || !in_group.insert(key) {
+                    duplicates += 1;
+                } else {
+                    kept.push(item);
+                }
+            }
+            let record_index = (!kept.is_empty()).then(|| {
+                records.push(encode_record(
+                    req.replay,
+                    kept.iter().map(|i| &i.encoded[..]),
+                ));
+                records.len() - 1
+            });
+            let accepted = kept.len();
+            answers.push((req.reply, accepted, duplicates, record_index));
+        }
+        let record_count = records.len() as u64;
+        let appended = if records.is_empty() {
+            Ok(self.log.durable_end())
+        } else {
+            self.log.append(records).await
+        };
+        let first = match appended {
+            Ok(first) => first,
+            Err(e) => {
+                tracing::warn!(error = %e, "log append failed; requests answered with an error");
+                let transient = e.is_transient();
+                let message = e.to_string();
+                for (reply, ..) in answers {
+                    let err = if transient {
+                        hoistway_log::Error::Write(std::io::Error::other(message.clone()))
+                    } else {
+                        hoistway_log::Error::Poisoned(message.clone())
+                    };
+                    let _ = reply.send(Err(err.into()));
+                }
+                return;
+            }
+        };
+        // Only now is it certain the records are in the log (durability follows below).
+        for (lift_id, epoch, seq) in in_group {
+            self.dedup
+                .entry(lift_id)
+                .or_default()
+                .insert(epoch, seq, &self.window);
+        }
+        let end = first + record_count;
+        let log = self.log.clone();
+        acks.spawn(async move {
+            let durable = log.wait_durable(end).await;
+            for (reply, accepted, duplicates, record_index) in answers {
+                let outcome = match &durable {
+                    Ok(()) => Ok(IngestOutcome {
+                        accepted,
+                        duplicates,
+                        offset: record_index.map(|i| first + i as u64),
+                    }),
+                    Err(e) => Err(hoistway_log::Error::Poisoned(e.to_string()).into()),
+                };
+                let _ = reply.send(outcome);
+            }
+        });
+    }
+}

@@ -1,0 +1,93 @@
+//! The durable log between ingest and processing.
+//!
+//! In: opaque records appended by ingest (one record = the accepted readings of one request).
+//! Out: the same records, in the same order, to consumers that read from an offset.
+//!
+//! [`Log`] is the seam: the embedded [`FileLog`] (segment files with CRC32C-checked entries and
+//! group-commit fsync) is the default, and a distributed log (NATS JetStream) implements the same
+//! contract. This crate does not know what a reading is, does not deduplicate and does not decide
+//! when a record may be dropped — consumers tell it with [`Log::truncate_before`].
+
+mod file;
+mod segment;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use file::{FileLog, FileLogConfig, RecoveryReport};
+pub use segment::{ENTRY_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION};
+
+/// Position of a record in the log: records are numbered 0, 1, 2, … for the log's lifetime.
+pub type Offset = u64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub offset: Offset,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing failed (e.g. the disk is full); nothing of this append is in the log and the
+    /// log still accepts appends.
+    #[error("log write failed: {0}")]
+    Write(#[source] std::io::Error),
+    /// An fsync failed or the log could not restore a clean tail: it accepts nothing more until
+    /// restarted, because what the disk holds is no longer known.
+    #[error("log is poisoned and accepts no more appends: {0}")]
+    Poisoned(String),
+    /// A sealed part of the log failed its checksum: it is never served.
+    #[error("log is corrupt at offset {offset}: {reason}")]
+    Corrupt { offset: Offset, reason: String },
+    #[error("offset {offset} was truncated; the log starts at {start}")]
+    Truncated { offset: Offset, start: Offset },
+    /// A caller waited for records that were never appended.
+    #[error("offset {offset} is beyond the end of the log ({end})")]
+    BeyondEnd { offset: Offset, end: Offset },
+    #[error("record of {0} bytes is larger than the log's record limit")]
+    RecordTooLarge(usize),
+    #[error("log i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether the caller may try again later (the log itself is healthy).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Write(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An append-only, ordered, durable log of records.
+///
+/// Contract, for every implementation (checked by the conformance suite in `tests/`):
+/// - [`append`](Log::append) assigns consecutive offsets, in call order, and returns the first.
+///   Appended records are **not** durable yet and are not visible to readers.
+/// - When [`wait_durable(o)`](Log::wait_durable) returns `Ok`, every record below `o` is on
+///   stable storage: it survives a process crash or power loss and is returned by reads after
+///   restart. Concurrent waiters share one sync (group commit).
+/// - [`read`](Log::read) returns only durable records, each exactly as appended, in offset order,
+///   never a corrupt one (a checksum failure is an error, not data).
+/// - [`truncate_before(o)`](Log::truncate_before) allows records below `o` to be deleted; the
+///   log may keep more. Offsets are never reused.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    async fn append(&self, records: Vec<Bytes>) -> Result<Offset>;
+    async fn wait_durable(&self, offset: Offset) -> Result<()>;
+    /// Up to `max_bytes` (at least one record if any) durable records starting at `from`.
+    async fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Record>>;
+    /// Resolves when the durable end passes `offset` or after `timeout`, whichever is first.
+    async fn wait_for_data(&self, offset: Offset, timeout: Duration);
+    async fn truncate_before(&self, offset: Offset) -> Result<()>;
+    /// First offset still held.
+    fn start(&self) -> Offset;
+    /// One past the last durable record.
+    fn durable_end(&self) -> Offset;
+    /// Bytes the log occupies on its storage.
+    fn size_bytes(&self) -> u64;
+    /// Why the log refuses appends, if it does.
+    fn poisoned(&self) -> Option<String>;
+}

@@ -1,0 +1,260 @@
+//! Read-only queries over fleet state joined with the registry, for the API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hoistway_model::time::format_micros;
+use hoistway_model::{Clock, Direction, DoorState};
+use hoistway_registry::{LiftFilter, LiftInfo, Registry};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::state::{FleetState, LiftState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiftStatus {
+    /// Registered, no reading ever applied.
+    NeverReported,
+    /// Reporting, with no active fault and nobody trapped.
+    Reporting,
+    /// Reporting, with an active fault or an entrapment.
+    Faulted,
+    /// No reading received for longer than `silent_after`.
+    Silent,
+}
+
+/// One lift as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiftView {
+    pub lift_id: String,
+    pub building: String,
+    pub site: String,
+    pub customer: String,
+    pub model: String,
+    pub status: LiftStatus,
+    pub epoch: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub last_ts: Option<String>,
+    pub last_received_at: Option<String>,
+    pub floor: Option<i16>,
+    pub direction: Option<Direction>,
+    pub door: Option<DoorState>,
+    pub load_kg: Option<f32>,
+    pub speed_mps: Option<f32>,
+    pub motor_temp_c: Option<f32>,
+    pub vibration_mm_s: Option<f32>,
+    pub faults: Vec<String>,
+    pub entrapped: bool,
+    pub in_maintenance: bool,
+    pub readings_total: u64,
+    /// Registry's initial trip count plus every trip reported since.
+    pub trips_total: u64,
+    pub door_cycles_total: u64,
+    pub events_total: u64,
+    /// Accepted `(epoch, [from, to])` seq ranges still inside the dedup window (single-lift view
+    /// only): shows exactly which readings were counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_ranges: Option<Vec<SeqRanges>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeqRanges {
+    pub epoch: u64,
+    pub horizon: u64,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct FleetSummary {
+    pub lifts: u64,
+    pub reporting: u64,
+    pub faulted: u64,
+    pub silent: u64,
+    pub never_reported: u64,
+    pub entrapped: u64,
+    pub in_maintenance: u64,
+    /// Lifts with state but no registry entry (removed from the registry after reporting).
+    pub unregistered_with_state: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListQuery {
+    pub building: Option<String>,
+    pub site: Option<String>,
+    pub customer: Option<String>,
+    pub status: Option<LiftStatus>,
+    /// Return lifts whose id sorts after this one (the previous page's `next_after`).
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub items: Vec<LiftView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Shared, read-only handle on fleet state.
+#[derive(Clone)]
+pub struct Fleet {
+    state: Arc<RwLock<FleetState>>,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+    silent_after_us: i64,
+}
+
+pub const MAX_PAGE: usize = 1000;
+
+impl Fleet {
+    pub fn new(
+        state: Arc<RwLock<FleetState>>,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        silent_after: Duration,
+    ) -> Self {
+        Self {
+            state,
+            registry,
+            clock,
+            silent_after_us: silent_after.as_micros() as i64,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn status(&self, state: Option<&LiftState>, now_us: i64) -> LiftStatus {
+        match state {
+            None => LiftStatus::NeverReported,
+            Some(s) if now_us - s.last_received_us > self.silent_after_us => LiftStatus::Silent,
+            Some(s) if !s.faults.is_empty() || s.entrapped => LiftStatus::Faulted,
+            Some(_) => LiftStatus::Reporting,
+        }
+    }
+
+    fn view(
+        &self,
+        info: Option<&LiftInfo>,
+        lift_id: &str,
+        state: Option<&LiftState>,
+        now_us: i64,
+    ) -> LiftView {
+        let text = |f: fn(&LiftInfo) -> &String| info.map(|i| f(i).clone()).unwrap_or_default();
+        LiftView {
+            lift_id: lift_id.to_string(),
+            building: text(|i| &i.building),
+            site: text(|i| &i.site),
+            customer: text(|i| &i.customer),
+            model: text(|i| &i.model),
+            status: self.status(state, now_us),
+            epoch: state.map(|s| s.epoch),
+            last_seq: state.map(|s| s.last_seq),
+            last_ts: state.map(|s| format_micros(s.last_ts_us)),
+            last_received_at: state.map(|s| format_micros(s.last_received_us)),
+            floor: state.map(|s| s.floor),
+            direction: state.map(|s| s.direction),
+            door: state.map(|s| s.door),
+            load_kg: state.and_then(|s| s.load_kg),
+            speed_mps: state.and_then(|s| s.speed_mps),
+            motor_temp_c: state.and_then(|s| s.motor_temp_c),
+            vibration_mm_s: state.and_then(|s| s.vibration_mm_s),
+            faults: state.map(|s| s.faults.clone()).unwrap_or_default(),
+            entrapped: state.is_some_and(|s| s.entrapped),
+            in_maintenance: state.is_some_and(|s| s.in_maintenance),
+            readings_total: state.map_or(0, |s| s.readings_total),
+            trips_total: info.map_or(0, |i| i.initial_trips)
+                + state.map_or(0, |s| s.trips_reported),
+            door_cycles_total: state.map_or(0, |s| s.door_cycles_total),
+            events_total: state.map_or(0, |s| s.events_total),
+            seq_ranges: None,
+        }
+    }
+
+    /// One lift, registered or with state; with its dedup ranges.
+    pub fn lift(&self, lift_id: &str) -> Option<LiftView> {
+        let info = self.registry.get(lift_id);
+        let fleet = self.state.read();
+        let state = fleet.lifts.get(lift_id);
+        if info.is_none() && state.is_none() {
+            return None;
+        }
+        let mut view = self.view(info.as_deref(), lift_id, state, self.clock.now_us());
+        view.seq_ranges = state.map(|s| {
+            s.dedup
+                .epochs()
+                .iter()
+                .map(|(epoch, set)| SeqRanges {
+                    epoch: *epoch,
+                    horizon: set.horizon(),
+                    ranges: set.ranges().to_vec(),
+                })
+                .collect()
+        });
+        Some(view)
+    }
+
+    /// Registered lifts matching the query, sorted by id, one page at a time.
+    pub fn list(&self, q: &ListQuery) -> Page {
+        let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+        let infos = self.registry.list(&LiftFilter {
+            building: q.building.clone(),
+            site: q.site.clone(),
+            customer: q.customer.clone(),
+        });
+        let start = match &q.after {
+            Some(after) => infos.partition_point(|i| i.lift_id.as_str() <= after.as_str()),
+            None => 0,
+        };
+        let now = self.clock.now_us();
+        let fleet = self.state.read();
+        let mut items = Vec::with_capacity(limit);
+        let mut next_after = None;
+        for info in &infos[start..] {
+            let state = fleet.lifts.get(info.lift_id.as_str());
+            if q.status.is_some_and(|s| s != self.status(state, now)) {
+                continue;
+            }
+            if items.len() == limit {
+                next_after = items.last().map(|v: &LiftView| v.lift_id.clone());
+                break;
+            }
+            items.push(self.view(Some(info), info.lift_id.as_str(), state, now));
+        }
+        Page { items, next_after }
+    }
+
+    pub fn summary(&self) -> FleetSummary {
+        let now = self.clock.now_us();
+        let infos = self.registry.list(&LiftFilter::default());
+        let fleet = self.state.read();
+        let mut s = FleetSummary {
+            lifts: infos.len() as u64,
+            ..Default::default()
+        };
+        for info in &infos {
+            let state = fleet.lifts.get(info.lift_id.as_str());
+            match self.status(state, now) {
+                LiftStatus::NeverReported => s.never_reported += 1,
+                LiftStatus::Reporting => s.reporting += 1,
+                LiftStatus::Faulted => s.faulted += 1,
+                LiftStatus::Silent => s.silent += 1,
+            }
+            s.entrapped += state.is_some_and(|s| s.entrapped) as u64;
+            s.in_maintenance += state.is_some_and(|s| s.in_maintenance) as u64;
+        }
+        s.unregistered_with_state = fleet
+            .lifts
+            .keys()
+            .filter(|k| !self.registry.contains(k.as_str()))
+            .count() as u64;
+        s
+    }
+
+    /// Number of lifts with state.
+    pub fn lifts_with_state(&self) -> usize {
+        self.state.read().lifts.len()
+    }
+}

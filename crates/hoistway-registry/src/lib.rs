@@ -1,0 +1,477 @@
+//! The lift registry: which lifts exist, where they stand and who owns them.
+//!
+//! In: lifts added, changed or removed through the API/CLI, or imported from CSV.
+//! Out: [`LiftInfo`] by id (from an in-memory copy, so the processor's per-reading lookup never
+//! touches disk), lists filtered by building, site or customer.
+//!
+//! Stored in an embedded SQLite catalog (`registry.sqlite3` in the data dir). Writes go to SQLite
+//! first, then to the in-memory copy. Calls block: async callers use `spawn_blocking`. This crate
+//! knows nothing of readings or state.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use hoistway_model::LiftId;
+use parking_lot::{Mutex, RwLock};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("registry storage failed: {0}")]
+    Storage(#[from] rusqlite::Error),
+    #[error("lift {0} is not registered")]
+    NotFound(String),
+    #[error("invalid {field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("csv line {line}: {message}")]
+    Csv { line: u64, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One registered lift. `building`, `site` and `customer` are free-form ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiftInfo {
+    pub lift_id: LiftId,
+    #[serde(default)]
+    pub building: String,
+    #[serde(default)]
+    pub site: String,
+    #[serde(default)]
+    pub customer: String,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub install_date: Option<NaiveDate>,
+    /// Trips the lift had done before Hoistway saw it (added to `trips_total`).
+    #[serde(default)]
+    pub initial_trips: u64,
+}
+
+/// Fields a change may set; absent ones keep their value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiftPatch {
+    pub building: Option<String>,
+    pub site: Option<String>,
+    pub customer: Option<String>,
+    pub model: Option<String>,
+    pub install_date: Option<NaiveDate>,
+    pub initial_trips: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    pub created: u64,
+    pub updated: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LiftFilter {
+    pub building: Option<String>,
+    pub site: Option<String>,
+    pub customer: Option<String>,
+}
+
+impl LiftFilter {
+    pub fn matches(&self, l: &LiftInfo) -> bool {
+        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        eq(&self.building, &l.building)
+            && eq(&self.site, &l.site)
+            && eq(&self.customer, &l.customer)
+    }
+}
+
+pub struct Registry {
+    conn: Mutex<Connection>,
+    lifts: RwLock<HashMap<LiftId, Arc<LiftInfo>>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS lifts (
+    lift_id       TEXT PRIMARY KEY NOT NULL,
+    building      TEXT NOT NULL DEFAULT '',
+    site          TEXT NOT NULL DEFAULT '',
+    customer      TEXT NOT NULL DEFAULT '',
+    model         TEXT NOT NULL DEFAULT '',
+    install_date  TEXT,
+    initial_trips INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS lifts_building ON lifts(building);
+";
+
+fn check_text(field: &str, v: &str) -> Result<()> {
+    if v.len() > 128 || v.chars().any(char::is_control) {
+        return Err(Error::Invalid {
+            field: field.into(),
+            message: "must be at most 128 characters without control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+impl LiftInfo {
+    pub fn new(lift_id: LiftId) -> Self {
+        Self {
+            lift_id,
+            building: String::new(),
+            site: String::new(),
+            customer: String::new(),
+            model: String::new(),
+            install_date: None,
+            initial_trips: 0,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_text("building", &self.building)?;
+        check_text("site", &self.site)?;
+        check_text("customer", &self.customer)?;
+        check_text("model", &self.model)?;
+        if self.initial_trips > i64::MAX as u64 {
+            return Err(Error::Invalid {
+                field: "initial_trips".into(),
+                message: "is too large".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn apply(&mut self, patch: LiftPatch) {
+        let LiftPatch {
+            building,
+            site,
+            customer,
+            model,
+            install_date,
+            initial_trips,
+        } = patch;
+        if let Some(v) = building {
+            self.building = v;
+        }
+        if let Some(v) = site {
+            self.site = v;
+        }
+        if let Some(v) = customer {
+            self.customer = v;
+        }
+        if let Some(v) = model {
+            self.model = v;
+        }
+        if install_date.is_some() {
+            self.install_date = install_date;
+        }
+        if let Some(v) = initial_trips {
+            self.initial_trips = v;
+        }
+    }
+}
+
+impl Registry {
+    /// Opens the catalog at `path` (created if missing); `":memory:"` for tests.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        let mut lifts = HashMap::new();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT lift_id, building, site, customer, model, install_date, initial_trips FROM lifts",
+            )?;
+            let rows = stmt.query_map([], row_to_info)?;
+            for row in rows {
+                let info = row?;
+                lifts.insert(info.lift_id.clone(), Arc::new(info));
+            }
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            lifts: RwLock::new(lifts),
+        })
+    }
+
+    pub fn get(&self, lift_id: &str) -> Option<Arc<LiftInfo>> {
+        self.lifts.read().get(lift_id).cloned()
+    }
+
+    pub fn contains(&self, lift_id: &str) -> bool {
+        self.lifts.read().contains_key(lift_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lifts.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every lift matching `filter`, sorted by id.
+    pub fn list(&self, filter: &LiftFilter) -> Vec<Arc<LiftInfo>> {
+        let mut out: Vec<_> = self
+            .lifts
+            .read()
+            .values()
+            .filter(|l| filter.matches(l))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.lift_id.cmp(&b.lift_id));
+        out
+    }
+
+    /// Adds or replaces a lift; returns whether it was new.
+    pub fn upsert(&self, info: LiftInfo) -> Result<bool> {
+        Ok(self.upsert_many(vec![info])?.created == 1)
+    }
+
+    /// Adds a lift only if it is not registered yet (auto-registration).
+    pub fn insert_if_absent(&self, lift_id: &LiftId) -> Result<Arc<LiftInfo>> {
+        if let Some(info) = self.get(lift_id.as_str()) {
+            return Ok(info);
+        }
+        self.upsert(LiftInfo::new(lift_id.clone()))?;
+        Ok(self.get(lift_id.as_str()).expect("just inserted"))
+    }
+
+    /// Changes the given fields of a registered lift.
+    pub fn update(&self, lift_id: &str, patch: LiftPatch) -> Result<Arc<LiftInfo>> {
+        let mut info = (*self
+            .get(lift_id)
+            .ok_or_else(|| Error::NotFound(lift_id.into()))?)
+        .clone();
+        info.apply(patch);
+        self.upsert(info)?;
+        Ok(self.get(lift_id).expect("just updated"))
+    }
+
+    pub fn remove(&self, lift_id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .lock()
+            .execute("DELETE FROM lifts WHERE lift_id = ?1", params![lift_id])?;
+        self.lifts.write().remove(lift_id);
+        Ok(n > 0)
+    }
+
+    /// Adds or replaces many lifts in one transaction: all or nothing.
+    pub fn upsert_many(&self, infos: Vec<LiftInfo>) -> Result<ImportReport> {
+        for info in &infos {
+            info.validate()?;
+        }
+        let mut report = ImportReport::default();
+        {
+            let mut conn = self.conn.lock();
+            let tx = conn.transaction()?;
+            {
+                let mut exists = tx.prepare_cached("SELECT 1 FROM lifts WHERE lift_id = ?1")?;
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO lifts (lift_id, building, site, customer, model, install_date, initial_trips)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(lift_id) DO UPDATE SET building = excluded.building, site = excluded.site,
+                       customer = excluded.customer, model = excluded.model,
+                       install_date = excluded.install_date, initial_trips = excluded.initial_trips",
+                )?;
+                for i in &infos {
+                    let existed = exists
+                        .query_row(params![i.lift_id.as_str()], |_| Ok(()))
+                        .optional()?
+                        .is_some();
+                    put.execute(params![
+                        i.lift_id.as_str(),
+                        i.building,
+                        i.site,
+                        i.customer,
+                        i.model,
+                        i.install_date.map(|d| d.to_string()),
+                        i.initial_trips as i64,
+                    ])?;
+                    if existed {
+                        report.updated += 1;
+                    } else {
+                        report.created += 1;
+                    }
+                }
+            }
+            tx.commit()?;
+        }
+        let mut lifts = self.lifts.write();
+        for info in infos {
+            lifts.insert(info.lift_id.clone(), Arc::new(info));
+        }
+        Ok(report)
+    }
+
+    /// Imports CSV with a header row naming any of `lift_id` (required), `building`, `site`,
+    /// `customer`, `model`, `install_date` (YYYY-MM-DD), `initial_trips`. Either every row is
+    /// imported or, on the first bad row, none.
+    pub fn import_csv(&self, csv_text: &[u8]) -> Result<ImportReport> {
+        self.upsert_many(parse_csv(csv_text)?)
+    }
+}
+
+fn row_to_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<LiftInfo> {
+    let id: String = row.get(0)?;
+    let install: Option<String> = row.get(5)?;
+    Ok(LiftInfo {
+        lift_id: LiftId::new(&id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        building: row.get(1)?,
+        site: row.get(2)?,
+        customer: row.get(3)?,
+        model: row.get(4)?,
+        install_date: install.and_then(|d| d.parse().ok()),
+        initial_trips: row.get::<_, i64>(6)? as u64,
+    })
+}
+
+pub fn parse_csv(csv_text: &[u8]) -> Result<Vec<LiftInfo>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(csv_text);
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::Csv {
+            line: 1,
+            message: e.to_string(),
+        })?
+        .clone();
+    if !headers.iter().any(|h| h == "lift_id") {
+        return Err(Error::Csv {
+            line: 1,
+            message: "header row must name a lift_id column".into(),
+        });
+    }
+    let known = [
+        "lift_id",
+        "building",
+        "site",
+        "customer",
+        "model",
+        "install_date",
+        "initial_trips",
+    ];
+    if let Some(unknown) = headers.iter().find(|h| !known.contains(h)) {
+        return Err(Error::Csv {
+            line: 1,
+            message: format!(
+                "unknown column {unknown:?}; columns are {}",
+                known.join(", ")
+            ),
+        });
+    }
+    let mut out = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| Error::Csv {
+            line: e.position().map_or(0, |p| p.line()),
+            message: e.to_string(),
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let bad = |message: String| Error::Csv { line, message };
+        let get = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .and_then(|i| record.get(i))
+                .unwrap_or("")
+        };
+        let lift_id = LiftId::new(get("lift_id")).map_err(|e| bad(format!("lift_id: {e}")))?;
+        let install_date = match get("install_date") {
+            "" => None,
+            d => Some(
+                d.parse()
+                    .map_err(|e| bad(format!("install_date {d:?}: {e} (use YYYY-MM-DD)")))?,
+            ),
+        };
+        let initial_trips = match get("initial_trips") {
+            "" => 0,
+            n => n
+                .parse()
+                .map_err(|e| bad(format!("initial_trips {n:?}: {e}")))?,
+        };
+        out.push(LiftInfo {
+            lift_id,
+            building: get("building").into(),
+            site: get("site").into(),
+            customer: get("customer").into(),
+            model: get("model").into(),
+            install_date,
+            initial_trips,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_import_survives_reopen_and_updates_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite3");
+        let reg = Registry::open(&path).unwrap();
+        let csv = b"lift_id,building,customer,install_date,initial_trips\nL1,B1,acme,2020-01-02,500\nL2,B1,acme,,0\n";
+        assert_eq!(
+            reg.import_csv(csv).unwrap(),
+            ImportReport {
+                created: 2,
+                updated: 0
+            }
+        );
+        let again = reg.import_csv(b"lift_id,building\nL2,B2\n").unwrap();
+        assert_eq!(again.updated, 1);
+        drop(reg);
+        let reg = Registry::open(&path).unwrap();
+        assert_eq!(reg.len(), 2);
+        let l1 = reg.get("L1").unwrap();
+        assert_eq!(l1.initial_trips, 500);
+        assert_eq!(l1.install_date, NaiveDate::from_ymd_opt(2020, 1, 2));
+        assert_eq!(reg.get("L2").unwrap().building, "B2");
+        let b1 = reg.list(&LiftFilter {
+            building: Some("B1".into()),
+            ..Default::default()
+        });
+        assert_eq!(b1.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_csv_row_imports_nothing_and_names_the_line() {
+        let reg = Registry::open(":memory:").unwrap();
+        let err = reg
+            .import_csv(b"lift_id,initial_trips\nL1,5\nL 2,7\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
+        assert!(reg.is_empty());
+        let err = reg.import_csv(b"lift,building\nL1,B\n").unwrap_err();
+        assert!(err.to_string().contains("lift_id"), "{err}");
+    }
+
+    #[test]
+    fn update_changes_only_given_fields() {
+        let reg = Registry::open(":memory:").unwrap();
+        let mut info = LiftInfo::new(LiftId::new("L1").unwrap());
+        info.building = "B1".into();
+        info.initial_trips = 10;
+        reg.upsert(info).unwrap();
+        let updated = reg
+            .update(
+                "L1",
+                LiftPatch {
+                    initial_trips: Some(99),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(updated.initial_trips, 99);
+        assert_eq!(updated.building, "B1");
+        assert!(matches!(
+            reg.update("nope", LiftPatch::default()),
+            Err(Error::NotFound(_))
+        ));
+    }
+}
