@@ -5,6 +5,11 @@ use chrono::{DateTime, TimeZone, Utc};
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
 
+/// Microseconds since the Unix epoch by the system clock.
+pub fn now_us() -> i64 {
+    to_micros(Utc::now())
+}
+
 pub fn to_micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }

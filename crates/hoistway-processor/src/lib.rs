@@ -82,13 +82,28 @@ impl ProcessorConfig {
 }
 
 /// Counters of what the processor did, for metrics and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     pub offset: Offset,
     pub applied: u64,
     pub duplicates: u64,
     pub dead_lettered: u64,
     pub last_checkpoint_offset: Offset,
+    /// When state was last known to be on disk (a checkpoint, or the recovery that loaded one).
+    pub last_checkpoint_at: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            applied: 0,
+            duplicates: 0,
+            dead_lettered: 0,
+            last_checkpoint_offset: 0,
+            last_checkpoint_at: Instant::now(),
+        }
+    }
 }
 
 pub struct Processor {
@@ -249,8 +264,10 @@ impl Processor {
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         self.log.truncate_before(offset).await?;
         self.last_checkpoint = Instant::now();
-        self.progress
-            .send_modify(|p| p.last_checkpoint_offset = offset);
+        self.progress.send_modify(|p| {
+            p.last_checkpoint_offset = offset;
+            p.last_checkpoint_at = Instant::now();
+        });
         metrics::gauge!("hoistway_processor_checkpoint_bytes").set(bytes as f64);
         metrics::histogram!("hoistway_processor_checkpoint_seconds")
             .record(started.elapsed().as_secs_f64());

@@ -1,1 +1,122 @@
-//! hoistway-server
+//! The HTTP API: the device ingest endpoint and the read/admin API for staff and tools.
+//!
+//! In: HTTP requests. Out: readings handed to [`hoistway_ingest::Ingest`]; registry changes;
+//! dead-letter replays; JSON views of fleet state; Prometheus metrics. Every error is RFC 9457
+//! `application/problem+json` ([`problem`]).
+//!
+//! This crate names no backend: it is handed an [`AppState`] built by the binary.
+
+pub mod problem;
+mod routes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use hoistway_dlq::DeadLetterQueue;
+use hoistway_ingest::{DecodeLimits, Ingest};
+use hoistway_log::Log;
+use hoistway_model::Clock;
+use hoistway_processor::{Fleet, Progress};
+use hoistway_registry::Registry;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+/// Everything the handlers need, wired by the binary.
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: Ingest,
+    pub fleet: Fleet,
+    pub registry: Arc<Registry>,
+    pub dlq: Arc<DeadLetterQueue>,
+    pub log: Arc<dyn Log>,
+    pub progress: watch::Receiver<Progress>,
+    pub clock: Arc<dyn Clock>,
+    pub limits: ApiLimits,
+    pub metrics: Option<PrometheusHandle>,
+    /// Cleared when shutdown begins, so readiness fails before the listener closes.
+    pub accepting: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Largest request body as sent (compressed or not).
+    pub max_body_bytes: usize,
+    pub decode: DecodeLimits,
+    /// Seconds a client is told to wait when ingest is behind or unavailable.
+    pub retry_after_secs: u64,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            decode: DecodeLimits::default(),
+            retry_after_secs: 5,
+        }
+    }
+}
+
+impl AppState {
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .layer(axum::middleware::from_fn(track_requests))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(8192))
+        .with_state(state)
+}
+
+/// Requests by route, method and status, and their duration.
+async fn track_requests(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("hoistway_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("hoistway_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Installs the process-wide Prometheus recorder (once) with Hoistway's histogram buckets.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            let latency = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hoistway_ingest_group_commit_requests".into()),
+                        &[
+                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                            2048.0,
+                        ],
+                    )
+                })
+                .and_then(|b| b.install_recorder())
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}

@@ -1,1 +1,142 @@
-fn main() {}
+//! The `hoistway` command: server, simulator, demo, admin client.
+
+mod admin;
+mod config;
+mod serve;
+mod simulate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hoistway",
+    version,
+    about = "Telemetry, state and alerts for a fleet of lifts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform (ingest, log, processor, API) with embedded defaults.
+    Serve(ServeArgs),
+    /// Drive a running server with a simulated fleet.
+    Simulate(simulate::SimulateArgs),
+    /// Serve on a fresh data dir and drive it with a simulated fleet: the quickest look.
+    Demo(DemoArgs),
+    /// Manage the lift registry of a running server.
+    Lifts(admin::LiftsArgs),
+    /// Inspect and replay the dead-letter queue of a running server.
+    Dlq(admin::DlqArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see config/hoistway.example.toml).
+    #[arg(long, env = "HOISTWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the log, state, registry and dead letters live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<config::Config> {
+        let mut c = config::Config::load(self.config.as_deref())?;
+        if let Some(d) = &self.data_dir {
+            c.data_dir = d.clone();
+        }
+        if let Some(l) = self.listen {
+            c.listen = l;
+        }
+        Ok(c)
+    }
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Simulated lifts.
+    #[arg(long, default_value_t = 2000)]
+    lifts: usize,
+    /// Device time runs this many times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    speedup: f64,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("HOISTWAY_LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("HOISTWAY_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                let running = serve::start(args.config()?).await?;
+                let stop = running.shutdown_handle();
+                tokio::spawn(async move {
+                    serve::termination().await;
+                    tracing::info!(
+                        "shutting down: finishing in-flight requests, then checkpointing"
+                    );
+                    let _ = stop.send(true);
+                });
+                running.wait().await
+            }
+            Command::Simulate(args) => simulate::run(args).await,
+            Command::Demo(args) => demo(args).await,
+            Command::Lifts(args) => admin::lifts(args).await,
+            Command::Dlq(args) => admin::dlq(args).await,
+        }
+    })
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let mut config = args.serve.config()?;
+    if args.serve.data_dir.is_none() {
+        config.data_dir =
+            std::env::temp_dir().join(format!("hoistway-demo-{}", std::process::id()));
+    }
+    let data_dir = config.data_dir.clone();
+    let running = serve::start(config).await?;
+    let addr = running.addr;
+    let stop = running.shutdown_handle();
+    println!("data dir: {}", data_dir.display());
+    println!("simulating {} lifts; Ctrl-C stops the demo", args.lifts);
+    println!("  fleet:    curl -s http://{addr}/v1/fleet/summary");
+    println!("  lifts:    curl -s 'http://{addr}/v1/lifts?limit=5'");
+    println!("  one lift: curl -s http://{addr}/v1/lifts/SIM-000001/state");
+    println!("  building: curl -s http://{addr}/v1/buildings/B00000");
+    println!("  metrics:  curl -s http://{addr}/metrics");
+    let sim_args = simulate::SimulateArgs::for_demo(addr, args.lifts, args.speedup);
+    let sim = tokio::spawn(simulate::run(sim_args));
+    serve::termination().await;
+    sim.abort();
+    let _ = stop.send(true);
+    running.wait().await
+}

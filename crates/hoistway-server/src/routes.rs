@@ -1,0 +1,492 @@
+//! Route table and handlers.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hoistway_dlq::DeadLetter;
+use hoistway_ingest::{BodyError, BodyFormat, IngestError, Rejection, decode_body};
+use hoistway_model::LiftId;
+use hoistway_processor::ListQuery;
+use hoistway_registry::{LiftFilter, LiftInfo, LiftPatch};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::problem::{ApiResult, FieldProblem, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/telemetry", post(telemetry))
+        .route("/v1/lifts", get(list_lifts).post(create_lift))
+        .route("/v1/lifts/import", post(import_lifts))
+        .route(
+            "/v1/lifts/{lift_id}",
+            get(get_lift)
+                .put(put_lift)
+                .patch(patch_lift)
+                .delete(delete_lift),
+        )
+        .route("/v1/lifts/{lift_id}/state", get(lift_state))
+        .route("/v1/buildings/{building_id}", get(building))
+        .route("/v1/fleet/summary", get(fleet_summary))
+        .route("/v1/dlq", get(dlq_list))
+        .route("/v1/dlq/{id}", get(dlq_show))
+        .route("/v1/dlq/{id}/replay", post(dlq_replay))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async {
+            Problem::not_found("no such endpoint; the API is described in docs/api.md")
+        })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this endpoint does not take that method",
+            )
+        })
+}
+
+fn ingest_problem(e: IngestError, retry_after: u64) -> Problem {
+    match e {
+        IngestError::Backlogged { .. } => Problem::unavailable(
+            format!("{e}; nothing was accepted from this request, send it again later"),
+            retry_after,
+        ),
+        IngestError::Log(hoistway_log::Error::Write(io)) => Problem::unavailable(
+            format!("storage refused the write ({io}); nothing was accepted from this request"),
+            retry_after * 6,
+        ),
+        IngestError::Log(e) => Problem::unavailable(
+            format!("ingest is unavailable: {e}; nothing was accepted from this request"),
+            retry_after * 6,
+        ),
+        IngestError::Closed => Problem::unavailable("server is shutting down", retry_after),
+    }
+}
+
+async fn read_limited(body: Body, limit: usize) -> ApiResult<Bytes> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Body too large",
+                format!("request body is larger than {limit} bytes; split the batch"),
+            ))
+        }
+        Err(e) => Err(Problem::bad_request(format!(
+            "could not read the body: {e}"
+        ))),
+    }
+}
+
+fn rejection_problem(r: Rejection) -> FieldProblem {
+    FieldProblem {
+        index: Some(r.index),
+        lift_id: r.lift_id,
+        seq: r.seq,
+        field: r.field,
+        message: r.message,
+    }
+}
+
+#[derive(Serialize)]
+struct TelemetryResponse {
+    accepted: usize,
+    duplicates: usize,
+    rejected: Vec<Rejection>,
+}
+
+async fn telemetry(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match telemetry_inner(app, headers, body).await {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn telemetry_inner(app: AppState, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let started = Instant::now();
+    if !app.is_accepting() {
+        return Err(Problem::unavailable(
+            "server is shutting down",
+            app.limits.retry_after_secs,
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = BodyFormat::from_content_type(content_type).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!(
+                "Content-Type {:?} is not accepted; send application/json or application/x-ndjson",
+                content_type.unwrap_or("(none)")
+            ),
+        )
+    })?;
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("identity") => false,
+        Some("gzip") | Some("x-gzip") => true,
+        Some(other) => {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-encoding",
+                "Unsupported content encoding",
+                format!("Content-Encoding {other:?} is not accepted; send gzip or no encoding"),
+            ));
+        }
+    };
+    if let Some(e) = app.ingest.backlogged() {
+        return Err(ingest_problem(e, app.limits.retry_after_secs));
+    }
+    let bytes = read_limited(body, app.limits.max_body_bytes).await?;
+    let now = app.clock.now_us();
+    let limits = app.limits.decode;
+    let decoded = if bytes.len() > 64 << 10 || gzip {
+        tokio::task::spawn_blocking(move || decode_body(&bytes, gzip, format, &limits, now))
+            .await
+            .map_err(|e| Problem::internal(&e))?
+    } else {
+        decode_body(&bytes, gzip, format, &limits, now)
+    };
+    let decoded = decoded.map_err(|e| match e {
+        BodyError::TooLarge { .. } | BodyError::TooManyItems { .. } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            e.to_string(),
+        ),
+        BodyError::Empty => Problem::bad_request("body holds no readings"),
+        other => Problem::bad_request(other.to_string()),
+    })?;
+    metrics::counter!("hoistway_ingest_readings_total", "outcome" => "rejected")
+        .increment(decoded.rejected.len() as u64);
+    if decoded.readings.is_empty() {
+        let detail = if decoded.single {
+            let r = &decoded.rejected[0];
+            format!("reading rejected: {} {}", r.field, r.message)
+        } else {
+            format!(
+                "all {} readings were rejected; nothing was accepted",
+                decoded.items
+            )
+        };
+        let errors = decoded
+            .rejected
+            .into_iter()
+            .map(rejection_problem)
+            .collect();
+        return Err(Problem::invalid(detail, errors));
+    }
+    let outcome = app
+        .ingest
+        .submit(&decoded.readings)
+        .await
+        .map_err(|e| ingest_problem(e, app.limits.retry_after_secs))?;
+    metrics::counter!("hoistway_ingest_readings_total", "outcome" => "accepted")
+        .increment(outcome.accepted as u64);
+    metrics::counter!("hoistway_ingest_readings_total", "outcome" => "duplicate")
+        .increment(outcome.duplicates as u64);
+    metrics::histogram!("hoistway_ingest_ack_seconds").record(started.elapsed().as_secs_f64());
+    Ok(Json(TelemetryResponse {
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+        rejected: decoded.rejected,
+    })
+    .into_response())
+}
+
+fn parse_lift_id(raw: &str) -> ApiResult<LiftId> {
+    LiftId::new(raw).map_err(|e| {
+        Problem::invalid(
+            format!("lift_id {raw:?} {e}"),
+            vec![FieldProblem {
+                index: None,
+                lift_id: None,
+                seq: None,
+                field: "lift_id".into(),
+                message: e.to_string(),
+            }],
+        )
+    })
+}
+
+fn registry_problem(e: hoistway_registry::Error) -> Problem {
+    use hoistway_registry::Error as E;
+    match e {
+        E::NotFound(_) => Problem::not_found(e.to_string()),
+        E::Invalid {
+            ref field,
+            ref message,
+        } => Problem::invalid(
+            e.to_string(),
+            vec![FieldProblem {
+                index: None,
+                lift_id: None,
+                seq: None,
+                field: field.clone(),
+                message: message.clone(),
+            }],
+        ),
+        E::Csv { .. } => Problem::invalid(e.to_string(), vec![]),
+        E::Storage(_) => Problem::internal(&e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::internal(&e))?
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error_free(de)
+}
+
+fn serde_path_to_error_free<T: serde::de::DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
+) -> ApiResult<T> {
+    T::deserialize(de).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Problem::bad_request(format!("body is not valid JSON: {e}"))
+        } else {
+            Problem::invalid(format!("body does not match the schema: {e}"), vec![])
+        }
+    })
+}
+
+async fn list_lifts(
+    State(app): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(app.fleet.list(&q)).into_response())
+}
+
+async fn create_lift(State(app): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let info: LiftInfo = json_body(&body)?;
+    let reg = app.registry.clone();
+    let created = blocking(move || {
+        reg.upsert(info.clone())
+            .map(|c| (c, info))
+            .map_err(registry_problem)
+    })
+    .await?;
+    let status = if created.0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(created.1)).into_response())
+}
+
+async fn import_lifts(State(app): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let reg = app.registry.clone();
+    let report = blocking(move || reg.import_csv(&body).map_err(registry_problem)).await?;
+    Ok(Json(report).into_response())
+}
+
+async fn get_lift(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    match app.registry.get(&id) {
+        Some(info) => Ok(Json(&*info).into_response()),
+        None => Err(Problem::not_found(format!("lift {id:?} is not registered"))),
+    }
+}
+
+async fn put_lift(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let lift_id = parse_lift_id(&id)?;
+    let mut patch_fields: serde_json::Value = json_body(&body)?;
+    if let Some(obj) = patch_fields.as_object_mut() {
+        obj.insert("lift_id".into(), json!(lift_id.as_str()));
+    }
+    let info: LiftInfo = serde_json::from_value(patch_fields)
+        .map_err(|e| Problem::invalid(format!("body does not match the schema: {e}"), vec![]))?;
+    let reg = app.registry.clone();
+    let created = blocking(move || {
+        reg.upsert(info.clone())
+            .map(|c| (c, info))
+            .map_err(registry_problem)
+    })
+    .await?;
+    let status = if created.0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(created.1)).into_response())
+}
+
+async fn patch_lift(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let patch: LiftPatch = json_body(&body)?;
+    let reg = app.registry.clone();
+    let info = blocking(move || reg.update(&id, patch).map_err(registry_problem)).await?;
+    Ok(Json(&*info).into_response())
+}
+
+async fn delete_lift(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let reg = app.registry.clone();
+    let missing = id.clone();
+    let removed = blocking(move || reg.remove(&id).map_err(registry_problem)).await?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Problem::not_found(format!(
+            "lift {missing:?} is not registered"
+        )))
+    }
+}
+
+async fn lift_state(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    parse_lift_id(&id)?;
+    match app.fleet.lift(&id) {
+        Some(view) => Ok(Json(view).into_response()),
+        None => Err(Problem::not_found(format!(
+            "lift {id:?} is neither registered nor reporting"
+        ))),
+    }
+}
+
+async fn building(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let lifts = app.registry.list(&LiftFilter {
+        building: Some(id.clone()),
+        ..Default::default()
+    });
+    if lifts.is_empty() {
+        return Err(Problem::not_found(format!(
+            "no registered lift is in building {id:?}"
+        )));
+    }
+    let views: Vec<_> = lifts
+        .iter()
+        .filter_map(|l| app.fleet.lift(l.lift_id.as_str()))
+        .map(|mut v| {
+            v.seq_ranges = None;
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "building_id": id, "lifts": views })).into_response())
+}
+
+async fn fleet_summary(State(app): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(app.fleet.summary()).into_response())
+}
+
+fn dlq_problem(e: hoistway_dlq::Error) -> Problem {
+    match e {
+        hoistway_dlq::Error::NotFound(_) => Problem::not_found(e.to_string()),
+        other => Problem::internal(&other),
+    }
+}
+
+async fn dlq_list(State(app): State<AppState>) -> ApiResult<Response> {
+    let dlq = app.dlq.clone();
+    let files = blocking(move || dlq.list().map_err(dlq_problem)).await?;
+    Ok(Json(json!({ "files": files })).into_response())
+}
+
+async fn dlq_show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let dlq = app.dlq.clone();
+    let letters: Vec<DeadLetter> = blocking(move || dlq.read(&id).map_err(dlq_problem)).await?;
+    Ok(Json(json!({ "items": letters })).into_response())
+}
+
+async fn dlq_replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let dlq = app.dlq.clone();
+    let file_id = id.clone();
+    let letters: Vec<DeadLetter> =
+        blocking(move || dlq.read(&file_id).map_err(dlq_problem)).await?;
+    let readings: Vec<_> = letters.into_iter().map(|l| l.reading).collect();
+    let outcome = app
+        .ingest
+        .replay(&readings)
+        .await
+        .map_err(|e| ingest_problem(e, app.limits.retry_after_secs))?;
+    // The readings are durable in the log again; only now does the file leave the queue.
+    let dlq = app.dlq.clone();
+    blocking(move || dlq.mark_replayed(&id).map_err(dlq_problem)).await?;
+    Ok(Json(json!({
+        "replayed": outcome.accepted,
+        "note": "readings are back in the log; the processor applies them, or dead-letters them again if the cause remains",
+    }))
+    .into_response())
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "alive" }))
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    let mut problems = Vec::new();
+    if !app.accepting.load(Ordering::Acquire) {
+        problems.push("shutting down".to_string());
+    }
+    if let Some(why) = app.log.poisoned() {
+        problems.push(format!("log: {why}"));
+    }
+    if let Some(e) = app.ingest.backlogged() {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        Problem::unavailable(problems.join("; "), app.limits.retry_after_secs).into_response()
+    }
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    let Some(handle) = &app.metrics else {
+        return Problem::not_found("metrics are disabled").into_response();
+    };
+    let progress = *app.progress.borrow();
+    let end = app.log.durable_end();
+    metrics::gauge!("hoistway_log_bytes").set(app.log.size_bytes() as f64);
+    metrics::gauge!("hoistway_log_durable_end_offset").set(end as f64);
+    metrics::gauge!("hoistway_processor_lag_records")
+        .set(end.saturating_sub(progress.offset) as f64);
+    metrics::gauge!("hoistway_processor_offset").set(progress.offset as f64);
+    metrics::gauge!("hoistway_processor_checkpoint_age_seconds")
+        .set(progress.last_checkpoint_at.elapsed().as_secs_f64());
+    let dlq = app.dlq.clone();
+    if let Ok((files, bytes)) = tokio::task::spawn_blocking(move || dlq.size()).await {
+        metrics::gauge!("hoistway_dlq_files").set(files as f64);
+        metrics::gauge!("hoistway_dlq_bytes").set(bytes as f64);
+    }
+    metrics::gauge!("hoistway_lifts_registered").set(app.registry.len() as f64);
+    metrics::gauge!("hoistway_lifts_with_state").set(app.fleet.lifts_with_state() as f64);
+    metrics::gauge!("hoistway_uptime_seconds").set(app.started.elapsed().as_secs_f64());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,273 @@
+//! `hoistway lifts …` and `hoistway dlq …`: clients of a running server's API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use hoistway_sim::client::Connection;
+use hyper::Method;
+
+#[derive(clap::Args)]
+pub struct LiftsArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    server: String,
+    #[command(subcommand)]
+    command: LiftsCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum LiftsCommand {
+    /// List lifts (filters as in GET /v1/lifts).
+    List {
+        #[arg(long)]
+        building: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one lift's registry entry and state.
+    Show { lift_id: String },
+    /// Add (or replace) a lift.
+    Add {
+        lift_id: String,
+        #[arg(long, default_value = "")]
+        building: String,
+        #[arg(long, default_value = "")]
+        site: String,
+        #[arg(long, default_value = "")]
+        customer: String,
+        #[arg(long, default_value = "")]
+        model: String,
+        /// YYYY-MM-DD
+        #[arg(long)]
+        install_date: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        initial_trips: u64,
+    },
+    /// Change some fields of a lift.
+    Set {
+        lift_id: String,
+        #[arg(long)]
+        building: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        install_date: Option<String>,
+        #[arg(long)]
+        initial_trips: Option<u64>,
+    },
+    /// Remove a lift from the registry.
+    Remove { lift_id: String },
+    /// Import lifts from a CSV file (header: lift_id,building,site,customer,model,install_date,initial_trips).
+    Import { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+pub struct DlqArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    server: String,
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum DlqCommand {
+    /// Dead-letter files waiting for replay.
+    List,
+    /// The dead letters in one file.
+    Show { id: String },
+    /// Send one file's readings through the pipeline again.
+    Replay { id: String },
+}
+
+async fn call(
+    server: &str,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<()> {
+    let addr = crate::simulate::parse_target(server)?;
+    let mut conn = Connection::new(addr);
+    let reply = conn
+        .send(
+            method,
+            path,
+            content_type,
+            Bytes::from(body),
+            Duration::from_secs(60),
+        )
+        .await
+        .with_context(|| format!("calling {server}{path}"))?;
+    let text = String::from_utf8_lossy(&reply.body);
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+        .unwrap_or_else(|_| text.to_string());
+    if reply.status.is_success() {
+        println!("{pretty}");
+        Ok(())
+    } else {
+        eprintln!("{pretty}");
+        anyhow::bail!("server answered {}", reply.status)
+    }
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn lifts(args: LiftsArgs) -> anyhow::Result<()> {
+    let s = &args.server;
+    let json = "application/json";
+    match args.command {
+        LiftsCommand::List {
+            building,
+            customer,
+            status,
+            limit,
+        } => {
+            let q = query(&[
+                ("building", building),
+                ("customer", customer),
+                ("status", status),
+                ("limit", Some(limit.to_string())),
+            ]);
+            call(s, Method::GET, &format!("/v1/lifts{q}"), json, vec![]).await
+        }
+        LiftsCommand::Show { lift_id } => {
+            call(
+                s,
+                Method::GET,
+                &format!("/v1/lifts/{}/state", encode(&lift_id)),
+                json,
+                vec![],
+            )
+            .await
+        }
+        LiftsCommand::Add {
+            lift_id,
+            building,
+            site,
+            customer,
+            model,
+            install_date,
+            initial_trips,
+        } => {
+            let body = serde_json::json!({
+                "lift_id": lift_id, "building": building, "site": site, "customer": customer,
+                "model": model, "install_date": install_date, "initial_trips": initial_trips,
+            });
+            call(
+                s,
+                Method::POST,
+                "/v1/lifts",
+                json,
+                serde_json::to_vec(&body)?,
+            )
+            .await
+        }
+        LiftsCommand::Set {
+            lift_id,
+            building,
+            site,
+            customer,
+            model,
+            install_date,
+            initial_trips,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (k, v) in [
+                ("building", building),
+                ("site", site),
+                ("customer", customer),
+                ("model", model),
+                ("install_date", install_date),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.into(), v.into());
+                }
+            }
+            if let Some(t) = initial_trips {
+                body.insert("initial_trips".into(), t.into());
+            }
+            call(
+                s,
+                Method::PATCH,
+                &format!("/v1/lifts/{}", encode(&lift_id)),
+                json,
+                serde_json::to_vec(&body)?,
+            )
+            .await
+        }
+        LiftsCommand::Remove { lift_id } => {
+            call(
+                s,
+                Method::DELETE,
+                &format!("/v1/lifts/{}", encode(&lift_id)),
+                json,
+                vec![],
+            )
+            .await
+        }
+        LiftsCommand::Import { file } => {
+            let csv =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            call(s, Method::POST, "/v1/lifts/import", "text/csv", csv).await
+        }
+    }
+}
+
+pub async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
+    let s = &args.server;
+    let json = "application/json";
+    match args.command {
+        DlqCommand::List => call(s, Method::GET, "/v1/dlq", json, vec![]).await,
+        DlqCommand::Show { id } => {
+            call(
+                s,
+                Method::GET,
+                &format!("/v1/dlq/{}", encode(&id)),
+                json,
+                vec![],
+            )
+            .await
+        }
+        DlqCommand::Replay { id } => {
+            call(
+                s,
+                Method::POST,
+                &format!("/v1/dlq/{}/replay", encode(&id)),
+                json,
+                vec![],
+            )
+            .await
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! The HTTP API at its boundary: a real server process, requests in, responses and files out.
+
+mod common;
+
+use std::io::Write;
+
+use bytes::Bytes;
+use common::*;
+use serde_json::{Value, json};
+
+async fn send(server: &TestServer, ctype: &str, body: impl Into<Bytes>) -> Reply {
+    http(
+        server.addr,
+        "POST",
+        "/v1/telemetry",
+        &[("content-type", ctype)],
+        body.into(),
+    )
+    .await
+}
+
+fn assert_problem(r: &Reply, status: u16) -> Value {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.content_type(), "application/problem+json");
+    let p = r.json();
+    assert_eq!(p["status"], status);
+    assert!(p["type"].as_str().unwrap().starts_with("https://"));
+    assert!(!p["detail"].as_str().unwrap().is_empty());
+    p
+}
+
+async fn state(server: &TestServer, lift: &str) -> Value {
+    let r = server.get(&format!("/v1/lifts/{lift}/state")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+async fn wait_readings(server: &TestServer, lift: &str, n: u64) {
+    server
+        .eventually(&format!("{lift} to have {n} readings"), || async {
+            let r = server.get(&format!("/v1/lifts/{lift}/state")).await;
+            r.status == 200 && r.json()["readings_total"] == n
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn every_bad_input_rule_gets_a_problem_naming_the_field() {
+    let server = TestServer::start(&[]);
+    register(&server, "lift_id\nL1\n").await;
+
+    // malformed JSON
+    let p = assert_problem(
+        &send(&server, "application/json", "{\"lift_id\": \"L1\", ").await,
+        400,
+    );
+    assert!(
+        p["detail"].as_str().unwrap().contains("not valid JSON"),
+        "{p}"
+    );
+    // wrong type
+    let mut r = reading("L1", 1, 0);
+    r["floor"] = json!("third");
+    let p = assert_problem(&send(&server, "application/json", r.to_string()).await, 422);
+    assert_eq!(p["errors"][0]["field"], "floor", "{p}");
+    // missing field
+    let mut r = reading("L1", 1, 0);
+    r.as_object_mut().unwrap().remove("seq");
+    let p = assert_problem(&send(&server, "application/json", r.to_string()).await, 422);
+    assert_eq!(p["errors"][0]["field"], "seq", "{p}");
+    // out of range
+    for (field, value) in [
+        ("floor", json!(5000)),
+        ("load_kg", json!(-1)),
+        ("motor_temp_c", json!(900)),
+        ("trips", json!(1_000_000)),
+    ] {
+        let mut r = reading("L1", 1, 0);
+        r[field] = value;
+        let p = assert_problem(&send(&server, "application/json", r.to_string()).await, 422);
+        assert_eq!(p["errors"][0]["field"], field, "{p}");
+        assert!(
+            p["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("range")
+                || p["errors"][0]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("more than"),
+            "{p}"
+        );
+    }
+    // bad enum and bad lift id
+    let mut r = reading("L1", 1, 0);
+    r["direction"] = json!("sideways");
+    assert_eq!(
+        assert_problem(&send(&server, "application/json", r.to_string()).await, 422)["errors"][0]["field"],
+        "direction"
+    );
+    let r = reading("L 1", 1, 0);
+    assert_eq!(
+        assert_problem(&send(&server, "application/json", r.to_string()).await, 422)["errors"][0]["field"],
+        "lift_id"
+    );
+    // ts in the future, ts without offset
+    let mut r = reading("L1", 1, 0);
+    r["ts"] = json!((chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339());
+    let p = assert_problem(&send(&server, "application/json", r.to_string()).await, 422);
+    assert_eq!(p["errors"][0]["field"], "ts");
+    assert!(
+        p["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ahead")
+    );
+    r["ts"] = json!("2026-11-23T10:00:00");
+    assert_eq!(
+        assert_problem(&send(&server, "application/json", r.to_string()).await, 422)["errors"][0]["field"],
+        "ts"
+    );
+    // wrong shape, empty body, unsupported content type and encoding
+    assert_problem(&send(&server, "application/json", "42").await, 400);
+    assert_problem(&send(&server, "application/json", "  ").await, 400);
+    assert_problem(
+        &send(&server, "text/plain", reading("L1", 1, 0).to_string()).await,
+        415,
+    );
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/telemetry",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "br"),
+        ],
+        Bytes::from(reading("L1", 1, 0).to_string()),
+    )
+    .await;
+    assert_problem(&r, 415);
+    // body over the size limit
+    let big = format!(
+        "[{}]",
+        vec![reading("L1", 1, 0).to_string(); 30_000].join(",")
+    );
+    assert_problem(&send(&server, "application/json", big).await, 413);
+    // bad gzip
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/telemetry",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        Bytes::from_static(b"not gzip"),
+    )
+    .await;
+    assert_problem(&r, 400);
+    // unknown endpoint
+    assert_problem(&server.get("/v1/nope").await, 404);
+
+    // none of it reached the lift
+    assert_eq!(state(&server, "L1").await["readings_total"], 0);
+}
+
+#[tokio::test]
+async fn a_batch_keeps_its_valid_readings_and_reports_each_bad_one() {
+    let server = TestServer::start(&[]);
+    register(&server, "lift_id\nL1\nL2\n").await;
+    let mut bad = reading("L2", 7, 1);
+    bad["door"] = json!("ajar");
+    let batch = json!([reading("L1", 1, 2), bad, reading("L1", 2, 3), {"lift_id": "L2"}]);
+    let r = send(&server, "application/json", batch.to_string()).await;
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["duplicates"], 0);
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(rejected[0]["index"], 1);
+    assert_eq!(rejected[0]["lift_id"], "L2");
+    assert_eq!(rejected[0]["seq"], 7);
+    assert_eq!(rejected[0]["field"], "door");
+    assert_eq!(rejected[1]["index"], 3);
+
+    // NDJSON, gzip'd, with a malformed line in the middle
+    let ndjson = format!(
+        "{}\n{{not json\n{}\n",
+        reading("L2", 1, 1),
+        reading("L2", 2, 1)
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(ndjson.as_bytes()).unwrap();
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/telemetry",
+        &[
+            ("content-type", "application/x-ndjson"),
+            ("content-encoding", "gzip"),
+        ],
+        Bytes::from(gz.finish().unwrap()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["rejected"][0]["index"], 1);
+
+    // all bad: 422 listing each
+    let r = send(
+        &server,
+        "application/json",
+        json!([{"seq": 1}, {"lift_id": "L1"}]).to_string(),
+    )
+    .await;
+    let p = assert_problem(&r, 422);
+    assert_eq!(p["errors"].as_array().unwrap().len(), 2);
+
+    wait_readings(&server, "L1", 2).await;
+    wait_readings(&server, "L2", 2).await;
+    assert_eq!(state(&server, "L1").await["trips_total"], 5);
+}
+
+#[tokio::test]
+async fn resends_are_duplicates_not_errors_and_count_once() {
+    let server = TestServer::start(&[]);
+    register(&server, "lift_id,initial_trips\nL1,999990\n").await;
+    let live: Vec<Value> = (1..=5).map(|s| reading("L1", s, 2)).collect();
+    for r in &live[..3] {
+        assert_eq!(
+            send(&server, "application/json", r.to_string())
+                .await
+                .json()["accepted"],
+            1
+        );
+    }
+    // the whole backlog again, out of order, with the two not yet sent
+    let backlog = json!([live[4], live[0], live[3], live[2], live[1], live[4]]);
+    let body = send(&server, "application/json", backlog.to_string())
+        .await
+        .json();
+    assert_eq!(body["accepted"], 2, "{body}");
+    assert_eq!(body["duplicates"], 4, "{body}");
+    wait_readings(&server, "L1", 5).await;
+    let s = state(&server, "L1").await;
+    assert_eq!(
+        s["trips_total"],
+        999_990 + 10,
+        "initial trips from the registry plus reported ones"
+    );
+    assert_eq!(s["door_cycles_total"], 20);
+    assert_eq!(s["last_seq"], 5);
+    assert_eq!(s["seq_ranges"][0]["ranges"], json!([[1, 5]]));
+}
+
+#[tokio::test]
+async fn a_replaced_controller_starts_a_new_epoch_and_is_not_discarded() {
+    let server = TestServer::start(&[]);
+    register(&server, "lift_id\nL1\n").await;
+    let mut old = reading("L1", 500, 1);
+    old["epoch"] = json!(1_700_000_000u64);
+    assert_eq!(
+        send(&server, "application/json", old.to_string())
+            .await
+            .json()["accepted"],
+        1
+    );
+    // new controller: seq restarts at 1 under a larger epoch
+    let mut new = reading("L1", 1, 1);
+    new["epoch"] = json!(1_800_000_000u64);
+    let body = send(&server, "application/json", new.to_string())
+        .await
+        .json();
+    assert_eq!(body["accepted"], 1, "{body}");
+    wait_readings(&server, "L1", 2).await;
+    let s = state(&server, "L1").await;
+    assert_eq!(s["epoch"], 1_800_000_000u64);
+    assert_eq!(s["last_seq"], 1);
+}
+
+#[tokio::test]
+async fn registry_buildings_paging_and_summary() {
+    let server = TestServer::start(&[]);
+    let csv = "lift_id,building,site,customer,model,install_date,initial_trips\n\
+               A1,B1,S1,acme,X,2020-01-01,10\nA2,B1,S1,acme,X,,0\nA3,B2,S1,other,Y,,0\n";
+    register(&server, csv).await;
+    let bad = http(
+        server.addr,
+        "POST",
+        "/v1/lifts/import",
+        &[("content-type", "text/csv")],
+        Bytes::from_static(b"lift_id,initial_trips\nZ1,many\n"),
+    )
+    .await;
+    let p = assert_problem(&bad, 422);
+    assert!(p["detail"].as_str().unwrap().contains("line 2"), "{p}");
+
+    let mut faulty = reading("A2", 1, 1);
+    faulty["faults"] = json!(["E101"]);
+    send(
+        &server,
+        "application/json",
+        json!([reading("A1", 1, 1), faulty]).to_string(),
+    )
+    .await;
+    wait_readings(&server, "A2", 1).await;
+
+    let b1 = server.get("/v1/buildings/B1").await.json();
+    assert_eq!(b1["lifts"].as_array().unwrap().len(), 2);
+    assert_problem(&server.get("/v1/buildings/B9").await, 404);
+
+    let page1 = server.get("/v1/lifts?limit=2").await.json();
+    assert_eq!(page1["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page1["next_after"], "A2");
+    let page2 = server.get("/v1/lifts?limit=2&after=A2").await.json();
+    assert_eq!(page2["items"][0]["lift_id"], "A3");
+    assert!(page2["next_after"].is_null());
+    let acme = server
+        .get("/v1/lifts?customer=acme&status=faulted")
+        .await
+        .json();
+    assert_eq!(acme["items"].as_array().unwrap().len(), 1);
+    assert_eq!(acme["items"][0]["lift_id"], "A2");
+
+    let summary = server.get("/v1/fleet/summary").await.json();
+    assert_eq!(summary["lifts"], 3);
+    assert_eq!(summary["reporting"], 1);
+    assert_eq!(summary["faulted"], 1);
+    assert_eq!(summary["never_reported"], 1);
+
+    // change and remove through the API
+    let r = http(
+        server.addr,
+        "PATCH",
+        "/v1/lifts/A3",
+        &[("content-type", "application/json")],
+        Bytes::from_static(b"{\"building\":\"B1\"}"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        server.get("/v1/buildings/B1").await.json()["lifts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let r = http(
+        server.addr,
+        "PATCH",
+        "/v1/lifts/A3",
+        &[("content-type", "application/json")],
+        Bytes::from_static(b"{\"colour\":\"red\"}"),
+    )
+    .await;
+    assert_problem(&r, 422);
+    assert_eq!(
+        http(server.addr, "DELETE", "/v1/lifts/A3", &[], Bytes::new())
+            .await
+            .status,
+        204
+    );
+    assert_problem(&server.get("/v1/lifts/A3").await, 404);
+}
+
+#[tokio::test]
+async fn unregistered_lifts_are_dead_lettered_then_replayed() {
+    let server = TestServer::start(&[("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1")]);
+    let batch = json!([reading("NEW-1", 1, 4), reading("NEW-1", 2, 5)]);
+    let body = send(&server, "application/json", batch.to_string())
+        .await
+        .json();
+    assert_eq!(
+        body["accepted"], 2,
+        "the reading is durable, so the lift gets a success"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let files = loop {
+        let files = server.get("/v1/dlq").await.json()["files"].clone();
+        if files.as_array().is_some_and(|a| !a.is_empty()) {
+            break files;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead-letter file appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let file = &files[0];
+    assert_eq!(file["items"], 2);
+    assert_eq!(file["reasons"]["unregistered_lift"], 2);
+    let id = file["id"].as_str().unwrap().to_string();
+    let shown = server.get(&format!("/v1/dlq/{id}")).await.json();
+    assert_eq!(shown["items"][0]["reading"]["lift_id"], "NEW-1");
+    // the file is plain NDJSON on disk
+    let on_disk =
+        std::fs::read_to_string(server.data_dir().join("dlq").join(format!("{id}.ndjson")))
+            .unwrap();
+    assert_eq!(on_disk.lines().count(), 2);
+
+    // fix the cause, replay with the CLI
+    register(&server, "lift_id\nNEW-1\n").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoistway"))
+        .args([
+            "dlq",
+            "replay",
+            &id,
+            "--server",
+            &format!("http://{}", server.addr),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_readings(&server, "NEW-1", 2).await;
+    assert_eq!(state(&server, "NEW-1").await["trips_total"], 9);
+    assert_eq!(
+        server.get("/v1/dlq").await.json()["files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_problem(
+        &http(
+            server.addr,
+            "POST",
+            &format!("/v1/dlq/{id}/replay"),
+            &[],
+            Bytes::new(),
+        )
+        .await,
+        404,
+    );
+}
+
+#[tokio::test]
+async fn auto_registration_when_configured() {
+    let server = TestServer::start(&[("HOISTWAY_INGEST__AUTO_REGISTER", "true")]);
+    let r = send(
+        &server,
+        "application/json",
+        reading("AUTO-1", 1, 1).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    wait_readings(&server, "AUTO-1", 1).await;
+    assert_eq!(server.get("/v1/lifts/AUTO-1").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_full_log_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
+    let server = TestServer::start(&[
+        ("HOISTWAY_LOG__MAX_BYTES", "20000"),
+        ("HOISTWAY_LOG__SEGMENT_BYTES", "4096"),
+        ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "3600"),
+    ]);
+    register(&server, "lift_id\nL1\n").await;
+    let mut acked = 0u64;
+    let mut refused = None;
+    for seq in 1..=2000u64 {
+        let r = send(
+            &server,
+            "application/json",
+            reading("L1", seq, 1).to_string(),
+        )
+        .await;
+        if r.status == 200 {
+            acked += 1;
+        } else {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the log limit was never reached");
+    assert_problem(&r, 503);
+    assert!(r.headers.get("retry-after").is_some());
+    assert_eq!(server.get("/readyz").await.status, 503);
+    wait_readings(&server, "L1", acked).await;
+    assert_eq!(state(&server, "L1").await["trips_total"], acked);
+}
+
+#[tokio::test]
+async fn health_metrics_and_graceful_shutdown() {
+    let mut server = TestServer::start(&[]);
+    register(&server, "lift_id\nL1\n").await;
+    assert_eq!(server.get("/healthz").await.status, 200);
+    assert_eq!(server.get("/readyz").await.status, 200);
+    for seq in 1..=20 {
+        send(
+            &server,
+            "application/json",
+            reading("L1", seq, 1).to_string(),
+        )
+        .await;
+    }
+    send(&server, "application/json", reading("L1", 3, 1).to_string()).await;
+    send(&server, "text/plain", "x").await;
+    wait_readings(&server, "L1", 20).await;
+    let metrics = String::from_utf8(server.get("/metrics").await.body.to_vec()).unwrap();
+    for name in [
+        "hoistway_http_requests_total",
+        "hoistway_ingest_readings_total{outcome=\"accepted\"} 20",
+        "hoistway_ingest_readings_total{outcome=\"duplicate\"} 1",
+        "hoistway_ingest_ack_seconds_bucket",
+        "hoistway_log_bytes",
+        "hoistway_processor_lag_records",
+        "hoistway_dlq_files",
+        "hoistway_processor_checkpoint_age_seconds",
+        "status=\"415\"",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    assert!(server.terminate(), "SIGTERM exits cleanly");
+    let checkpoint = server.data_dir().join("state").join("checkpoint.bin");
+    assert!(checkpoint.exists(), "shutdown wrote a checkpoint");
+    server.spawn();
+    assert_eq!(state(&server, "L1").await["readings_total"], 20);
+}
