@@ -7,7 +7,6 @@ use bytes::Bytes;
 use hoistway_log::{Log, Offset};
 use hoistway_model::{DedupWindow, LiftDedup, LiftId, Reading, Seen};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use crate::record::{encode_reading, encode_record};
 
@@ -160,17 +159,18 @@ impl Sequencer {
     }
 
     /// Runs until every [`Ingest`] handle is dropped and every accepted request is answered.
+    ///
+    /// Group commit: one append and one sync are in flight at a time; every request that
+    /// arrives meanwhile waits in the channel and goes into the next group, so the number of
+    /// syncs per second is bounded by the disk while the group size grows with load.
     pub async fn run(mut self) {
-        let mut acks = JoinSet::new();
         let mut group = Vec::with_capacity(self.max_group);
         while self.rx.recv_many(&mut group, self.max_group).await > 0 {
-            self.commit(std::mem::take(&mut group), &mut acks).await;
-            while acks.try_join_next().is_some() {}
+            self.commit(std::mem::take(&mut group)).await;
         }
-        while acks.join_next().await.is_some() {}
     }
 
-    async fn commit(&mut self, group: Vec<Request>, acks: &mut JoinSet<()>) {
+    async fn commit(&mut self, group: Vec<Request>) {
         metrics::histogram!("hoistway_ingest_group_commit_requests").record(group.len() as f64);
         let mut in_group: HashSet<(LiftId, u64, u64)> = HashSet::new();
         let mut records = Vec::with_capacity(group.len());
@@ -230,21 +230,17 @@ impl Sequencer {
                 .or_default()
                 .insert(epoch, seq, &self.window);
         }
-        let end = first + record_count;
-        let log = self.log.clone();
-        acks.spawn(async move {
-            let durable = log.wait_durable(end).await;
-            for (reply, accepted, duplicates, record_index) in answers {
-                let outcome = match &durable {
-                    Ok(()) => Ok(IngestOutcome {
-                        accepted,
-                        duplicates,
-                        offset: record_index.map(|i| first + i as u64),
-                    }),
-                    Err(e) => Err(hoistway_log::Error::Poisoned(e.to_string()).into()),
-                };
-                let _ = reply.send(outcome);
-            }
-        });
+        let durable = self.log.wait_durable(first + record_count).await;
+        for (reply, accepted, duplicates, record_index) in answers {
+            let outcome = match &durable {
+                Ok(()) => Ok(IngestOutcome {
+                    accepted,
+                    duplicates,
+                    offset: record_index.map(|i| first + i as u64),
+                }),
+                Err(e) => Err(hoistway_log::Error::Poisoned(e.to_string()).into()),
+            };
+            let _ = reply.send(outcome);
+        }
     }
 }

@@ -26,9 +26,24 @@ use hoistway_registry::Registry;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
-/// Everything the handlers need, wired by the binary.
+/// Everything the handlers need, wired by the binary. Cloned per request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+pub struct AppParts {
     pub ingest: Ingest,
     pub fleet: Fleet,
     pub registry: Arc<Registry>,

@@ -6,6 +6,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,11 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::AppState;
+
+/// Largest body of a registry change.
+const ADMIN_BODY_LIMIT: usize = 1 << 20;
+/// Largest CSV import (a 200,000-lift registry is ~10 MiB).
+const IMPORT_BODY_LIMIT: usize = 64 << 20;
 use crate::problem::{ApiResult, FieldProblem, Problem};
 
 pub fn routes() -> Router<AppState> {
@@ -280,12 +286,14 @@ fn serde_path_to_error_free<T: serde::de::DeserializeOwned>(
 
 async fn list_lifts(
     State(app): State<AppState>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     Ok(Json(app.fleet.list(&q)).into_response())
 }
 
-async fn create_lift(State(app): State<AppState>, body: Bytes) -> ApiResult<Response> {
+async fn create_lift(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
+    let body = read_limited(body, ADMIN_BODY_LIMIT).await?;
     let info: LiftInfo = json_body(&body)?;
     let reg = app.registry.clone();
     let created = blocking(move || {
@@ -302,7 +310,8 @@ async fn create_lift(State(app): State<AppState>, body: Bytes) -> ApiResult<Resp
     Ok((status, Json(created.1)).into_response())
 }
 
-async fn import_lifts(State(app): State<AppState>, body: Bytes) -> ApiResult<Response> {
+async fn import_lifts(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
+    let body = read_limited(body, IMPORT_BODY_LIMIT).await?;
     let reg = app.registry.clone();
     let report = blocking(move || reg.import_csv(&body).map_err(registry_problem)).await?;
     Ok(Json(report).into_response())
@@ -318,8 +327,9 @@ async fn get_lift(State(app): State<AppState>, Path(id): Path<String>) -> ApiRes
 async fn put_lift(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
+    let body = read_limited(body, ADMIN_BODY_LIMIT).await?;
     let lift_id = parse_lift_id(&id)?;
     let mut patch_fields: serde_json::Value = json_body(&body)?;
     if let Some(obj) = patch_fields.as_object_mut() {
@@ -345,8 +355,9 @@ async fn put_lift(
 async fn patch_lift(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
+    let body = read_limited(body, ADMIN_BODY_LIMIT).await?;
     let patch: LiftPatch = json_body(&body)?;
     let reg = app.registry.clone();
     let info = blocking(move || reg.update(&id, patch).map_err(registry_problem)).await?;

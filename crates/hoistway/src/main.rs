@@ -1,6 +1,7 @@
 //! The `hoistway` command: server, simulator, demo, admin client.
 
 mod admin;
+mod bench;
 mod config;
 mod serve;
 mod simulate;
@@ -9,6 +10,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+// The request path allocates many small short-lived objects across threads; mimalloc handles
+// that markedly better than glibc malloc (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +39,14 @@ enum Command {
     Lifts(admin::LiftsArgs),
     /// Inspect and replay the dead-letter queue of a running server.
     Dlq(admin::DlqArgs),
+    /// Benchmark ingest against a bare axum handler (see docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+    /// The benchmark's peer: a bare axum handler.
+    #[command(hide = true)]
+    BenchPeer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -112,6 +126,8 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(args) => demo(args).await,
             Command::Lifts(args) => admin::lifts(args).await,
             Command::Dlq(args) => admin::dlq(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::BenchPeer { listen } => bench::peer(listen).await,
         }
     })
 }

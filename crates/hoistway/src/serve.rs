@@ -12,7 +12,7 @@ use hoistway_log::{FileLog, FileLogConfig, Log};
 use hoistway_model::{Clock, SystemClock};
 use hoistway_processor::{Processor, ProcessorConfig};
 use hoistway_registry::Registry;
-use hoistway_server::{ApiLimits, AppState};
+use hoistway_server::{ApiLimits, AppParts, AppState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -89,7 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_secs(config.processor.silent_after_secs),
     );
     let accepting = Arc::new(AtomicBool::new(true));
-    let app = AppState {
+    let app = AppState::new(AppParts {
         ingest,
         fleet,
         registry,
@@ -108,7 +108,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: hoistway_server::install_metrics(),
         accepting: accepting.clone(),
         started,
-    };
+    });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

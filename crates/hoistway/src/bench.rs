@@ -1,0 +1,432 @@
+//! `hoistway bench`: the macro benchmark. Starts `hoistway serve` and a bare axum peer as child
+//! processes on loopback and drives both with the same load generator, so every figure comes with
+//! a ratio against a peer measured in the same run. Results: docs/BENCHMARKS.md.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hoistway_sim::client::Connection;
+use hyper::{Method, StatusCode};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Seconds each throughput phase runs.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Concurrent keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Lifts whose state the server holds during the memory phase.
+    #[arg(long, default_value_t = 200_000)]
+    lifts: usize,
+    /// Offered rate of the latency phase (readings/s, one per request).
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Where the benchmark servers keep their data (a temporary dir by default).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Proc {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Proc, Duration)> {
+        let started = Instant::now();
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(args)
+            .env("HOISTWAY_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("server did not start: {line:?}"))?;
+        Ok((Proc { child, addr }, started.elapsed()))
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// User + system CPU seconds used so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reading_json(lift: usize, seq: u64, ts: &str) -> String {
+    format!(
+        r#"{{"lift_id":"BENCH-{lift:06}","seq":{seq},"ts":"{ts}","floor":3,"direction":"up","door":"closed","load_kg":240.0,"speed_mps":1.6,"motor_temp_c":41.5,"vibration_mm_s":0.8,"trips":1,"door_cycles":2,"faults":[],"events":[]}}"#
+    )
+}
+
+fn now_ts() -> String {
+    hoistway_model::time::format_micros(hoistway_model::time::now_us())
+}
+
+struct LoadResult {
+    readings: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl LoadResult {
+    fn per_sec(&self) -> f64 {
+        self.readings as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+/// Closed loop: every connection sends as fast as answers come. `batch` readings per request;
+/// `rate` (total readings/s) turns it into an open loop measured from the scheduled send time.
+async fn load(
+    addr: SocketAddr,
+    connections: usize,
+    seconds: f64,
+    batch: usize,
+    lifts: usize,
+    rate: Option<u64>,
+    seq_base: u64,
+) -> LoadResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let stop = stop.clone();
+        let requests = requests.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::new(addr);
+            let mut latencies = Vec::new();
+            let mut n: u64 = 0;
+            let period =
+                rate.map(|r| Duration::from_secs_f64(connections as f64 * batch as f64 / r as f64));
+            let mut next_send = Instant::now() + Duration::from_micros(c as u64 * 37 % 1000);
+            let ts = now_ts();
+            while !stop.load(Ordering::Relaxed) {
+                if period.is_some() {
+                    tokio::time::sleep_until(next_send.into()).await;
+                }
+                let scheduled = if period.is_some() {
+                    next_send
+                } else {
+                    Instant::now()
+                };
+                let mut body = String::with_capacity(batch * 260);
+                if batch > 1 {
+                    body.push('[');
+                }
+                for i in 0..batch {
+                    // each connection owns a slice of lifts; seq grows per round, so nothing repeats
+                    let k = n * batch as u64 + i as u64;
+                    let lift =
+                        (c + connections * (k as usize % (lifts / connections).max(1))) % lifts;
+                    let seq = seq_base + k / (lifts / connections).max(1) as u64 + 1;
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&reading_json(lift, seq, &ts));
+                }
+                if batch > 1 {
+                    body.push(']');
+                }
+                n += 1;
+                match conn
+                    .send(
+                        Method::POST,
+                        "/v1/telemetry",
+                        "application/json",
+                        Bytes::from(body),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                {
+                    Ok(r) if r.status == StatusCode::OK => {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        latencies
+                            .push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if let Some(p) = period {
+                    next_send += p;
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await.unwrap_or_default());
+    }
+    let requests = requests.load(Ordering::Relaxed);
+    LoadResult {
+        readings: requests * batch as u64,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies_us,
+    }
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let mut conn = Connection::new(addr);
+    let r = conn
+        .send(
+            Method::GET,
+            path,
+            "application/json",
+            Bytes::new(),
+            Duration::from_secs(30),
+        )
+        .await?;
+    Ok(serde_json::from_slice(&r.body)?)
+}
+
+async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let mut conn = Connection::new(addr);
+    let r = conn
+        .send(
+            Method::GET,
+            "/metrics",
+            "text/plain",
+            Bytes::new(),
+            Duration::from_secs(30),
+        )
+        .await?;
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("metric {name} missing"))
+}
+
+/// Waits until the processor has applied everything in the log.
+async fn wait_processed(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while metric(addr, "hoistway_processor_lag_records").await? > 0.0 {
+        anyhow::ensure!(Instant::now() < deadline, "processor did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn register_lifts(addr: SocketAddr, lifts: usize) -> anyhow::Result<()> {
+    let mut csv = String::from("lift_id,building\n");
+    for i in 0..lifts {
+        csv.push_str(&format!("BENCH-{i:06},BB{:05}\n", i / 20));
+    }
+    crate::simulate::register(addr, csv).await
+}
+
+fn serve_args(dir: &Path) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+    ]
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile_dir(args.data_dir.clone())?;
+    let conns = args.connections;
+    println!(
+        "# hoistway bench — {} connections, {} s phases, load generator on the same machine\n",
+        conns, args.seconds
+    );
+
+    // 1. One reading per request: hoistway vs a bare axum handler.
+    let (peer, _) = Proc::start(&["bench-peer", "--listen", "127.0.0.1:0"], &[])?;
+    let mut peer_single = load(peer.addr, conns, args.seconds, 1, args.lifts, None, 0).await;
+    peer.kill();
+    let dir1 = tmp.join("single");
+    let a1 = serve_args(&dir1);
+    let (server, _) = Proc::start(&a1.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
+    register_lifts(server.addr, args.lifts).await?;
+    let cpu0 = server.cpu_secs();
+    let mut single = load(server.addr, conns, args.seconds, 1, args.lifts, None, 0).await;
+    let cpu_single = server.cpu_secs() - cpu0;
+    wait_processed(server.addr).await?;
+    println!("## One reading per request (keep-alive)");
+    println!("| server | readings/s | p50 ms | p99 ms | errors | server CPU s |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| bare axum handler | {:.0} | {:.2} | {:.2} | {} | - |",
+        peer_single.per_sec(),
+        peer_single.percentile_ms(0.5),
+        peer_single.percentile_ms(0.99),
+        peer_single.errors
+    );
+    println!(
+        "| hoistway (durable) | {:.0} | {:.2} | {:.2} | {} | {:.1} |",
+        single.per_sec(),
+        single.percentile_ms(0.5),
+        single.percentile_ms(0.99),
+        single.errors,
+        cpu_single
+    );
+    println!(
+        "\nratio hoistway / bare axum: {:.2}\n",
+        single.per_sec() / peer_single.per_sec().max(1.0)
+    );
+
+    // 2. Steady offered rate: acknowledgement latency.
+    let mut steady = load(
+        server.addr,
+        conns,
+        args.seconds,
+        1,
+        args.lifts,
+        Some(args.rate),
+        1_000_000,
+    )
+    .await;
+    println!("## Steady {} readings/s, one per request", args.rate);
+    println!(
+        "achieved {:.0} readings/s; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; errors {}\n",
+        steady.per_sec(),
+        steady.percentile_ms(0.5),
+        steady.percentile_ms(0.99),
+        steady.percentile_ms(0.999),
+        steady.percentile_ms(1.0),
+        steady.errors
+    );
+
+    // 3. Batches of 1,000: durable and processed, end to end.
+    let t = Instant::now();
+    let batch = load(
+        server.addr,
+        conns.min(8),
+        args.seconds,
+        1000,
+        args.lifts,
+        None,
+        2_000_000,
+    )
+    .await;
+    wait_processed(server.addr).await?;
+    let e2e = batch.readings as f64 / t.elapsed().as_secs_f64();
+    println!("## Batches of 1,000 readings");
+    println!(
+        "acknowledged {:.0} readings/s; end to end (durable and processed) {:.0} readings/s; errors {}\n",
+        batch.per_sec(),
+        e2e,
+        batch.errors
+    );
+
+    // 4. Memory with every lift holding state.
+    let summary = get_json(server.addr, "/v1/fleet/summary").await?;
+    let rss = server.rss_mib();
+    println!("## Memory");
+    println!(
+        "{} lifts registered, {} with state: resident memory {:.0} MiB\n",
+        summary["lifts"],
+        args.lifts as u64 - summary["never_reported"].as_u64().unwrap_or(0),
+        rss
+    );
+
+    // 5. kill -9, then time until the server accepts again.
+    let mut server = server;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (server, restart) = Proc::start(&a1.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
+    let mut conn = Connection::new(server.addr);
+    let r = conn
+        .send(
+            Method::POST,
+            "/v1/telemetry",
+            "application/json",
+            Bytes::from(reading_json(0, 9_000_000, &now_ts())),
+            Duration::from_secs(30),
+        )
+        .await?;
+    let first_ack = restart;
+    println!("## Restart after kill -9");
+    println!(
+        "listening again after {:.0} ms with {} lifts of state (first reading answered {})",
+        first_ack.as_secs_f64() * 1000.0,
+        args.lifts,
+        r.status
+    );
+    server.kill();
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}
+
+fn tempfile_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = given.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("hoistway-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The peer: a bare axum handler that reads the body and answers like ingest does, without
+/// parsing, logging or storing anything.
+pub async fn peer(listen: SocketAddr) -> anyhow::Result<()> {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/telemetry",
+        post(|_body: Bytes| async {
+            axum::Json(serde_json::json!({"accepted": 1, "duplicates": 0, "rejected": []}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("bench peer listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
