@@ -1,6 +1,7 @@
 //! The simulation loop: schedule readings, dispatch them to connection workers, keep the ledger.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,6 +118,8 @@ struct Slot {
     in_flight: bool,
     retry_at: Option<Instant>,
     failures: u32,
+    /// In the ready queue already.
+    queued: bool,
 }
 
 struct Job {
@@ -163,6 +166,11 @@ pub struct Simulator {
     /// Next (round, position) to generate.
     next: (u64, usize),
     epoch: u64,
+    /// Lifts that may have something to send; work is proportional to activity, not fleet size.
+    ready: VecDeque<usize>,
+    retries: BinaryHeap<Reverse<(Instant, usize)>>,
+    pending_count: u64,
+    in_flight_count: u64,
 }
 
 impl Simulator {
@@ -179,6 +187,7 @@ impl Simulator {
                 in_flight: false,
                 retry_at: None,
                 failures: 0,
+                queued: false,
             })
             .collect();
         let (jobs, job_rx) = mpsc::channel::<Job>(config.connections * 4);
@@ -256,6 +265,10 @@ impl Simulator {
             real_start: Instant::now(),
             next: (0, 0),
             epoch,
+            ready: VecDeque::new(),
+            retries: BinaryHeap::new(),
+            pending_count: 0,
+            in_flight_count: 0,
             config,
         }
     }
@@ -292,8 +305,12 @@ impl Simulator {
         out
     }
 
-    fn pending_total(&self) -> u64 {
-        self.slots.iter().map(|s| s.pending.len() as u64).sum()
+    fn mark_ready(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        if !s.queued && !s.in_flight && s.retry_at.is_none() && !s.pending.is_empty() {
+            s.queued = true;
+            self.ready.push_back(i);
+        }
     }
 
     /// Generates and sends readings until `stop` turns true or `duration` passes.
@@ -320,12 +337,13 @@ impl Simulator {
     /// timeout passes (false).
     pub async fn drain(&mut self, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
-        for s in &mut self.slots {
-            s.lift.power_off_until_us = None;
+        for i in 0..self.slots.len() {
+            self.slots[i].lift.power_off_until_us = None;
+            self.mark_ready(i);
         }
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         while Instant::now() < until {
-            if self.pending_total() == 0 && self.slots.iter().all(|s| !s.in_flight) {
+            if self.pending_count == 0 && self.in_flight_count == 0 {
                 return true;
             }
             tokio::select! {
@@ -360,6 +378,7 @@ impl Simulator {
                 slot.lift
                     .next_reading(ts_us, self.config.interval.as_secs_f64(), &mut self.rng);
             slot.pending.push_back(reading);
+            self.pending_count += 1;
             self.stats.generated.fetch_add(1, Ordering::Relaxed);
             if slot.lift.power_off_until_us.is_none()
                 && self
@@ -369,6 +388,9 @@ impl Simulator {
                 let (lo, hi) = self.config.outage_readings;
                 let k = self.rng.random_range(lo..=hi.max(lo)) as f64;
                 slot.lift.power_off_until_us = Some(ts_us + (k * interval_us) as i64);
+            }
+            if self.slots[pos].lift.power_off_until_us.is_none() {
+                self.mark_ready(pos);
             }
             self.next = if pos + 1 == n {
                 (round + 1, 0)
@@ -380,14 +402,21 @@ impl Simulator {
 
     async fn dispatch(&mut self) {
         let now = Instant::now();
-        let mut buffered = 0;
-        for i in 0..self.slots.len() {
+        while let Some(Reverse((at, i))) = self.retries.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.retries.pop();
+            self.slots[i].retry_at = None;
+            self.mark_ready(i);
+        }
+        while let Some(i) = self.ready.pop_front() {
             let slot = &mut self.slots[i];
-            buffered += slot.pending.len() as u64;
+            slot.queued = false;
             if slot.in_flight
                 || slot.pending.is_empty()
                 || slot.lift.power_off_until_us.is_some()
-                || slot.retry_at.is_some_and(|t| t > now)
+                || slot.retry_at.is_some()
             {
                 continue;
             }
@@ -420,6 +449,7 @@ impl Simulator {
             }
             .expect("json");
             slot.in_flight = true;
+            self.in_flight_count += 1;
             let job = Job {
                 slot: i,
                 seqs,
@@ -436,7 +466,9 @@ impl Simulator {
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
-        self.stats.buffered.store(buffered, Ordering::Relaxed);
+        self.stats
+            .buffered
+            .store(self.pending_count, Ordering::Relaxed);
         while let Ok(r) = self.results.try_recv() {
             self.handle(r);
         }
@@ -449,6 +481,7 @@ impl Simulator {
                 seqs,
                 rejected,
             } => {
+                self.in_flight_count -= 1;
                 let s = &mut self.slots[slot];
                 s.in_flight = false;
                 s.failures = 0;
@@ -458,6 +491,7 @@ impl Simulator {
                         continue; // the duplicate we added, or already acknowledged
                     };
                     let reading = s.pending.remove(pos).expect("present");
+                    self.pending_count -= 1;
                     if rejected.contains(&idx) {
                         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -466,14 +500,18 @@ impl Simulator {
                     self.stats.acked.fetch_add(1, Ordering::Relaxed);
                     s.last_acked = Some(reading);
                 }
+                self.mark_ready(slot);
             }
             JobResult::Failed { slot } => {
+                self.in_flight_count -= 1;
                 let s = &mut self.slots[slot];
                 s.in_flight = false;
                 s.failures += 1;
                 let backoff = Duration::from_millis(50 * 2u64.pow(s.failures.min(6)));
                 let jitter = Duration::from_millis(self.rng.random_range(0..50));
-                s.retry_at = Some(Instant::now() + backoff.min(Duration::from_secs(2)) + jitter);
+                let at = Instant::now() + backoff.min(Duration::from_secs(2)) + jitter;
+                s.retry_at = Some(at);
+                self.retries.push(Reverse((at, slot)));
                 self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -41,6 +41,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data = config.data_dir.clone();
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data dir {}", data.display()))?;
+    // One server per data dir: a second one would interleave writes to the same log.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data.join("LOCK"))
+        .with_context(|| format!("cannot create the lock file in {}", data.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "data dir {} is in use by another hoistway process",
+            data.display()
+        );
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let mut log_config = FileLogConfig::new(data.join("log"));
@@ -116,7 +129,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let sequencer_task = tokio::spawn(sequencer.run());
-    let processor_task = tokio::spawn(processor.run(shutdown_rx.clone()));
+    // The processor stopping on its own (a corrupt log, a failed checkpoint) stops the server:
+    // acknowledging readings nobody applies would hide the failure.
+    let processor_task = {
+        let shutdown = shutdown.clone();
+        let run = processor.run(shutdown_rx.clone());
+        tokio::spawn(async move {
+            let result = run.await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "processor failed; shutting down");
+                let _ = shutdown.send(true);
+            }
+            result
+        })
+    };
     let router = hoistway_server::router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving");
     // The line tests and scripts wait for; keep its shape.
@@ -138,6 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         served?;
         processed?;
         tracing::info!("hoistway stopped cleanly");
+        drop(lock);
         Ok(())
     });
     Ok(Running {

@@ -180,6 +180,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing ledger {}", path.display()))?;
     }
     if args.verify {
+        anyhow::ensure!(
+            ledger.total_readings() > 0,
+            "no reading was acknowledged, so there is nothing to verify: is the server reachable?"
+        );
         let problems = verify(addr, ledger).await;
         if problems.is_empty() {
             println!("verified: every lift's counters and accepted seqs match the ledger");

@@ -523,3 +523,25 @@ async fn health_metrics_and_graceful_shutdown() {
     server.spawn();
     assert_eq!(state(&server, "L1").await["readings_total"], 20);
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let server = TestServer::start(&[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoistway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(server.data_dir())
+        .env("HOISTWAY_LOG_LEVEL", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another hoistway process"),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.get("/readyz").await.status,
+        200,
+        "the first one is unharmed"
+    );
+}
