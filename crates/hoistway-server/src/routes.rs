@@ -292,22 +292,27 @@ async fn list_lifts(
     Ok(Json(app.fleet.list(&q)).into_response())
 }
 
-async fn create_lift(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
-    let body = read_limited(body, ADMIN_BODY_LIMIT).await?;
-    let info: LiftInfo = json_body(&body)?;
+/// Adds or replaces a lift: 201 with the entry when new, 200 when replaced.
+async fn upsert_lift(app: &AppState, info: LiftInfo) -> ApiResult<Response> {
     let reg = app.registry.clone();
-    let created = blocking(move || {
+    let (created, info) = blocking(move || {
         reg.upsert(info.clone())
-            .map(|c| (c, info))
+            .map(|created| (created, info))
             .map_err(registry_problem)
     })
     .await?;
-    let status = if created.0 {
+    let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(created.1)).into_response())
+    Ok((status, Json(info)).into_response())
+}
+
+async fn create_lift(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
+    let body = read_limited(body, ADMIN_BODY_LIMIT).await?;
+    let info: LiftInfo = json_body(&body)?;
+    upsert_lift(&app, info).await
 }
 
 async fn import_lifts(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
@@ -337,19 +342,7 @@ async fn put_lift(
     }
     let info: LiftInfo = serde_json::from_value(patch_fields)
         .map_err(|e| Problem::invalid(format!("body does not match the schema: {e}"), vec![]))?;
-    let reg = app.registry.clone();
-    let created = blocking(move || {
-        reg.upsert(info.clone())
-            .map(|c| (c, info))
-            .map_err(registry_problem)
-    })
-    .await?;
-    let status = if created.0 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(created.1)).into_response())
+    upsert_lift(&app, info).await
 }
 
 async fn patch_lift(
@@ -405,7 +398,16 @@ async fn building(State(app): State<AppState>, Path(id): Path<String>) -> ApiRes
             v
         })
         .collect();
-    Ok(Json(json!({ "building_id": id, "lifts": views })).into_response())
+    #[derive(Serialize)]
+    struct Building {
+        building_id: String,
+        lifts: Vec<hoistway_processor::LiftView>,
+    }
+    Ok(Json(Building {
+        building_id: id,
+        lifts: views,
+    })
+    .into_response())
 }
 
 async fn fleet_summary(State(app): State<AppState>) -> ApiResult<Response> {
