@@ -133,6 +133,15 @@ impl DeadLetterQueue {
         Ok(())
     }
 
+    /// Removes a batch written by a checkpoint attempt that failed (it will be written again).
+    pub fn remove_batch(&self, first_offset: u64, last_offset: u64) -> Result<()> {
+        let name = format!("{first_offset:020}-{last_offset:020}.ndjson");
+        match fs::remove_file(self.dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Deletes batches that start at or after `offset`: written before a crash, but not covered
     /// by the checkpoint the processor restarts from, so replay will write them again.
     pub fn discard_from(&self, offset: u64) -> Result<usize> {

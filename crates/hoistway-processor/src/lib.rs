@@ -242,27 +242,45 @@ impl Processor {
     }
 
     /// Writes pending dead letters, then state + offset, then lets the log drop what is covered.
+    /// On failure (a full disk) nothing is lost: the dead letters stay pending, a dead-letter file
+    /// written for this attempt is removed, and the previous checkpoint stays valid.
     pub async fn checkpoint(&mut self) -> Result<()> {
         let started = Instant::now();
         let offset = self.offset();
-        if let Some(first) = self.pending_dead_from.take() {
-            let dead = std::mem::take(&mut self.pending_dead);
-            let dlq = self.dlq.clone();
-            let last = offset.saturating_sub(1);
-            tokio::task::spawn_blocking(move || dlq.write_batch(first, last, &dead))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        }
+        let dead_file = match self.pending_dead_from {
+            Some(first) => {
+                let dead = self.pending_dead.clone();
+                let dlq = self.dlq.clone();
+                let last = offset.saturating_sub(1);
+                tokio::task::spawn_blocking(move || dlq.write_batch(first, last, &dead))
+                    .await
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                Some((first, last))
+            }
+            None => None,
+        };
         let state = self.state.clone();
         let dir = self.config.state_dir.clone();
-        let bytes = tokio::task::spawn_blocking(move || -> Result<usize> {
+        let written = tokio::task::spawn_blocking(move || -> Result<usize> {
             let bytes = checkpoint::encode(&state.read())?;
             checkpoint::write(&dir, &bytes)?;
             Ok(bytes.len())
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        self.log.truncate_before(offset).await?;
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let bytes = match written {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if let Some((first, last)) = dead_file {
+                    let dlq = self.dlq.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || dlq.remove_batch(first, last)).await;
+                }
+                return Err(e);
+            }
+        };
+        self.pending_dead.clear();
+        self.pending_dead_from = None;
         self.last_checkpoint = Instant::now();
         self.progress.send_modify(|p| {
             p.last_checkpoint_offset = offset;
@@ -272,6 +290,7 @@ impl Processor {
         metrics::histogram!("hoistway_processor_checkpoint_seconds")
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(offset, bytes, "checkpoint written");
+        self.log.truncate_before(offset).await?;
         Ok(())
     }
 
@@ -283,8 +302,13 @@ impl Processor {
                 break;
             }
             let n = self.step().await?;
-            if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
-                self.checkpoint().await?;
+            if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
+                && let Err(e) = self.checkpoint().await
+            {
+                // Not fatal: the log still holds everything since the last good checkpoint.
+                tracing::error!(error = %e, "checkpoint failed; retrying at the next interval");
+                metrics::counter!("hoistway_processor_checkpoint_failures_total").increment(1);
+                self.last_checkpoint = Instant::now();
             }
             if n == 0 {
                 let at = self.offset();

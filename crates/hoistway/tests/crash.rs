@@ -102,3 +102,108 @@ async fn acknowledged_readings_survive_repeated_kill_9() {
         "{total} readings acknowledged across 6 kills, {failed} failed requests retried, restarts took {restarts:?}"
     );
 }
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs needs root (CI runs as root)");
+        Self { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_readings_and_keeps_every_acknowledged_one() {
+    let disk = SmallDisk::mount("3m");
+    let mut server = TestServer::start_in(
+        disk.dir.path().join("data"),
+        &[("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1")],
+    );
+    register(&server, "lift_id\nL1\n").await;
+    let mut acked = 0u64;
+    let mut seq = 0u64;
+    let mut refusal = None;
+    for _ in 0..1000 {
+        let batch: Vec<_> = (0..200)
+            .map(|_| {
+                seq += 1;
+                reading("L1", seq, 1)
+            })
+            .collect();
+        let r = server
+            .post_json("/v1/telemetry", &serde_json::Value::from(batch).to_string())
+            .await;
+        if r.status == 200 {
+            acked += r.json()["accepted"].as_u64().unwrap();
+        } else {
+            refusal = Some(r);
+            break;
+        }
+    }
+    let r = refusal.expect("the disk never filled");
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.content_type(), "application/problem+json");
+    assert!(r.headers.get("retry-after").is_some());
+    assert!(acked > 1000, "only {acked} readings fit");
+    // the refused batch is the lift's to resend; the server keeps running and answering
+    assert_eq!(server.get("/healthz").await.status, 200);
+
+    // room again: the same batch goes through, and nothing was lost or doubled
+    disk.resize("64m");
+    let resend: Vec<_> = (acked + 1..=acked + 200)
+        .map(|s| reading("L1", s, 1))
+        .collect();
+    let r = server
+        .post_json(
+            "/v1/telemetry",
+            &serde_json::Value::from(resend).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let total = acked + 200;
+    tokio::task::block_in_place(|| {
+        server.kill9();
+        server.spawn();
+    });
+    server
+        .eventually("every acknowledged reading counted once", || async {
+            let s = server.get("/v1/lifts/L1/state").await.json();
+            s["readings_total"] == total && s["trips_total"] == total
+        })
+        .await;
+    let s = server.get("/v1/lifts/L1/state").await.json();
+    assert_eq!(
+        s["seq_ranges"][0]["ranges"],
+        serde_json::json!([[1, total]])
+    );
+    tokio::task::block_in_place(|| server.kill9());
+}

@@ -46,6 +46,22 @@ impl TestServer {
         s
     }
 
+    /// Starts on a data dir the caller prepared (e.g. a small filesystem).
+    pub fn start_in(data_dir: PathBuf, env: &[(&str, &str)]) -> Self {
+        let mut s = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            data_dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+            _tmp: None,
+        };
+        s.spawn();
+        s
+    }
+
     /// Starts (again) on the same data dir and port, and waits for the listening line.
     pub fn spawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
