@@ -34,40 +34,59 @@ enum LiftsCommand {
     /// Add (or replace) a lift.
     Add {
         lift_id: String,
-        #[arg(long, default_value = "")]
-        building: String,
-        #[arg(long, default_value = "")]
-        site: String,
-        #[arg(long, default_value = "")]
-        customer: String,
-        #[arg(long, default_value = "")]
-        model: String,
-        /// YYYY-MM-DD
-        #[arg(long)]
-        install_date: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        initial_trips: u64,
+        #[command(flatten)]
+        fields: LiftFields,
     },
     /// Change some fields of a lift.
     Set {
         lift_id: String,
-        #[arg(long)]
-        building: Option<String>,
-        #[arg(long)]
-        site: Option<String>,
-        #[arg(long)]
-        customer: Option<String>,
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long)]
-        install_date: Option<String>,
-        #[arg(long)]
-        initial_trips: Option<u64>,
+        #[command(flatten)]
+        fields: LiftFields,
     },
     /// Remove a lift from the registry.
     Remove { lift_id: String },
     /// Import lifts from a CSV file (header: lift_id,building,site,customer,model,install_date,initial_trips).
     Import { file: PathBuf },
+}
+
+/// Registry fields; with `add`, absent ones take their defaults, with `set` they stay as they are.
+#[derive(clap::Args)]
+struct LiftFields {
+    #[arg(long)]
+    building: Option<String>,
+    #[arg(long)]
+    site: Option<String>,
+    #[arg(long)]
+    customer: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// YYYY-MM-DD
+    #[arg(long)]
+    install_date: Option<String>,
+    #[arg(long)]
+    initial_trips: Option<u64>,
+}
+
+impl LiftFields {
+    fn into_json(self) -> serde_json::Map<String, serde_json::Value> {
+        let mut body = serde_json::Map::new();
+        let texts = [
+            ("building", self.building),
+            ("site", self.site),
+            ("customer", self.customer),
+            ("model", self.model),
+            ("install_date", self.install_date),
+        ];
+        for (k, v) in texts {
+            if let Some(v) = v {
+                body.insert(k.into(), v.into());
+            }
+        }
+        if let Some(t) = self.initial_trips {
+            body.insert("initial_trips".into(), t.into());
+        }
+        body
+    }
 }
 
 #[derive(clap::Args)]
@@ -171,60 +190,16 @@ pub async fn lifts(args: LiftsArgs) -> anyhow::Result<()> {
             )
             .await
         }
-        LiftsCommand::Add {
-            lift_id,
-            building,
-            site,
-            customer,
-            model,
-            install_date,
-            initial_trips,
-        } => {
-            let body = serde_json::json!({
-                "lift_id": lift_id, "building": building, "site": site, "customer": customer,
-                "model": model, "install_date": install_date, "initial_trips": initial_trips,
-            });
-            call(
-                s,
-                Method::POST,
-                "/v1/lifts",
-                json,
-                serde_json::to_vec(&body)?,
-            )
-            .await
+        LiftsCommand::Add { lift_id, fields } => {
+            let mut body = fields.into_json();
+            body.insert("lift_id".into(), lift_id.into());
+            let body = serde_json::to_vec(&body)?;
+            call(s, Method::POST, "/v1/lifts", json, body).await
         }
-        LiftsCommand::Set {
-            lift_id,
-            building,
-            site,
-            customer,
-            model,
-            install_date,
-            initial_trips,
-        } => {
-            let mut body = serde_json::Map::new();
-            for (k, v) in [
-                ("building", building),
-                ("site", site),
-                ("customer", customer),
-                ("model", model),
-                ("install_date", install_date),
-            ] {
-                if let Some(v) = v {
-                    body.insert(k.into(), v.into());
-                }
-            }
-            if let Some(t) = initial_trips {
-                body.insert("initial_trips".into(), t.into());
-            }
-            call(
-                s,
-                Method::PATCH,
-                &format!("/v1/lifts/{}", encode(&lift_id)),
-                json,
-                serde_json::to_vec(&body)?,
-            )
-            .await
+        LiftsCommand::Set { lift_id, fields } => {
+            let body = serde_json::to_vec(&fields.into_json())?;
+            let path = format!("/v1/lifts/{}", encode(&lift_id));
+            call(s, Method::PATCH, &path, json, body).await
         }
         LiftsCommand::Remove { lift_id } => {
             call(

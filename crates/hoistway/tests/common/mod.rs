@@ -31,18 +31,8 @@ pub fn free_port() -> u16 {
 impl TestServer {
     pub fn start(env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let data_dir = tmp.path().join("data");
-        let mut s = Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            data_dir,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            child: None,
-            _tmp: Some(tmp),
-        };
-        s.spawn();
+        let mut s = Self::start_in(tmp.path().join("data"), env);
+        s._tmp = Some(tmp);
         s
     }
 
