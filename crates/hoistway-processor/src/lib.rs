@@ -39,6 +39,8 @@ pub enum Error {
     Registry(#[from] hoistway_registry::Error),
     #[error("checkpoint failed: {0}")]
     Checkpoint(String),
+    #[error("a sink could not commit: {0}")]
+    Sink(String),
     #[error(
         "checkpoint is at offset {checkpoint} but the log starts at {log_start}: the log was truncated past it"
     )]
@@ -55,8 +57,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Receives the readings the processor accepted (new, registered, inside the window), in log
 /// order, once each — except after a crash, when readings after the last checkpoint are handed
 /// over again: a sink that must not double count keeps its own offset.
+#[async_trait::async_trait]
 pub trait AcceptedSink: Send + Sync + 'static {
+    /// Readings accepted from the log record at `offset`. Called on a blocking thread; must
+    /// not block for long.
     fn accept(&self, offset: Offset, readings: &[Reading]);
+
+    /// Makes everything accepted from records before `through` durable. Every checkpoint calls
+    /// this before it writes state, and the log is truncated only after both succeeded, so
+    /// what a sink has not committed can always be replayed to it.
+    async fn commit(&self, through: Offset) -> Result<(), String>;
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +257,9 @@ impl Processor {
     pub async fn checkpoint(&mut self) -> Result<()> {
         let started = Instant::now();
         let offset = self.offset();
+        for sink in &self.sinks {
+            sink.commit(offset).await.map_err(Error::Sink)?;
+        }
         let dead_file = match self.pending_dead_from {
             Some(first) => {
                 let dead = self.pending_dead.clone();

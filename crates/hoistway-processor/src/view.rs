@@ -226,6 +226,20 @@ impl Fleet {
         Page { items, next_after }
     }
 
+    /// Every registered lift, sorted by id (for the SQL `lift_state` table).
+    pub fn all(&self) -> Vec<LiftView> {
+        let now = self.clock.now_us();
+        let infos = self.registry.list(&LiftFilter::default());
+        let fleet = self.state.read();
+        infos
+            .iter()
+            .map(|info| {
+                let state = fleet.lifts.get(info.lift_id.as_str());
+                self.view(Some(info), info.lift_id.as_str(), state, now)
+            })
+            .collect()
+    }
+
     pub fn summary(&self) -> FleetSummary {
         let now = self.clock.now_us();
         let infos = self.registry.list(&LiftFilter::default());

@@ -6,6 +6,7 @@
 //!
 //! This crate names no backend: it is handed an [`AppState`] built by the binary.
 
+mod analytics;
 pub mod problem;
 mod routes;
 
@@ -49,6 +50,8 @@ pub struct AppParts {
     pub registry: Arc<Registry>,
     pub dlq: Arc<DeadLetterQueue>,
     pub log: Arc<dyn Log>,
+    pub store: Arc<hoistway_store::Store>,
+    pub query: Arc<hoistway_query::QueryEngine>,
     pub progress: watch::Receiver<Progress>,
     pub clock: Arc<dyn Clock>,
     pub limits: ApiLimits,

@@ -41,6 +41,16 @@ pub fn routes() -> Router<AppState> {
                 .delete(delete_lift),
         )
         .route("/v1/lifts/{lift_id}/state", get(lift_state))
+        .route(
+            "/v1/lifts/{lift_id}/readings",
+            get(crate::analytics::lift_readings),
+        )
+        .route("/v1/sql", post(crate::analytics::sql))
+        .route("/v1/storage/status", get(crate::analytics::storage_status))
+        .route(
+            "/v1/storage/maintain",
+            post(crate::analytics::storage_maintain),
+        )
         .route("/v1/buildings/{building_id}", get(building))
         .route("/v1/fleet/summary", get(fleet_summary))
         .route("/v1/dlq", get(dlq_list))
@@ -80,7 +90,7 @@ fn ingest_problem(e: IngestError, retry_after: u64) -> Problem {
     }
 }
 
-async fn read_limited(body: Body, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_limited(body: Body, limit: usize) -> ApiResult<Bytes> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
@@ -222,7 +232,7 @@ async fn telemetry_inner(app: AppState, headers: HeaderMap, body: Body) -> ApiRe
     .into_response())
 }
 
-fn parse_lift_id(raw: &str) -> ApiResult<LiftId> {
+pub(crate) fn parse_lift_id(raw: &str) -> ApiResult<LiftId> {
     LiftId::new(raw).map_err(|e| {
         Problem::invalid(
             format!("lift_id {raw:?} {e}"),
@@ -267,7 +277,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Problem::internal(&e))?
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error_free(de)
 }

@@ -87,6 +87,37 @@ impl Connection {
         }
     }
 
+    /// Sends one request and hands the response body to `on_chunk` as it arrives (for
+    /// downloads that show progress). Returns the status.
+    pub async fn send_streaming(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+        mut on_chunk: impl FnMut(&[u8]),
+    ) -> Result<StatusCode, ClientError> {
+        let host = self.host.clone();
+        let sender = self.connect().await?;
+        sender.ready().await?;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .header("content-type", content_type)
+            .body(Full::new(body))
+            .expect("valid request");
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                on_chunk(data);
+            }
+        }
+        Ok(status)
+    }
+
     async fn send_inner(
         &mut self,
         method: Method,

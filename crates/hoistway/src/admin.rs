@@ -107,7 +107,7 @@ enum DlqCommand {
     Replay { id: String },
 }
 
-async fn call(
+pub async fn call(
     server: &str,
     method: Method,
     path: &str,

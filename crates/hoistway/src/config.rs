@@ -20,6 +20,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub log: LogConfig,
     pub processor: ProcessorSettings,
+    pub storage: StorageSettings,
+    pub query: QuerySettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,6 +53,71 @@ pub struct ProcessorSettings {
     pub dedup_max_epochs: usize,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Store accepted readings as Parquet (off: only latest state and counters are kept).
+    pub enabled: bool,
+    /// Directory of the hot tier; empty: `<data_dir>/store/hot`.
+    pub hot_dir: String,
+    /// Where the archive tier lives: empty for `<data_dir>/store/archive`, a `file:///` URL,
+    /// or `s3://bucket/prefix` (see `[storage.s3]`).
+    pub archive_url: String,
+    pub hot_retention_hours: u64,
+    pub retention_days: u64,
+    pub maintenance_interval_secs: u64,
+    pub compact_min_files: usize,
+    pub max_rows_per_file: usize,
+    pub s3: S3Settings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    /// e.g. `http://127.0.0.1:9000` for MinIO or another S3-compatible server; empty for AWS.
+    pub endpoint: String,
+    pub region: String,
+    /// Empty: taken from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` and the usual AWS sources.
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Allow `http://` endpoints (test servers on loopback).
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerySettings {
+    pub max_rows: usize,
+    pub timeout_secs: u64,
+    pub memory_mb: usize,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hot_dir: String::new(),
+            archive_url: String::new(),
+            hot_retention_hours: 48,
+            retention_days: 1827,
+            maintenance_interval_secs: 60,
+            compact_min_files: 8,
+            max_rows_per_file: 50_000_000,
+            s3: S3Settings::default(),
+        }
+    }
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self {
+            max_rows: 100_000,
+            timeout_secs: 30,
+            memory_mb: 1024,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -60,6 +127,8 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
             processor: ProcessorSettings::default(),
+            storage: StorageSettings::default(),
+            query: QuerySettings::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod serve;
 mod simulate;
+mod sql;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ enum Command {
     Lifts(admin::LiftsArgs),
     /// Inspect and replay the dead-letter queue of a running server.
     Dlq(admin::DlqArgs),
+    /// Run a read-only SQL query on a running server (tables: readings, rollups_hourly,
+    /// rollups_daily, lifts, lift_state).
+    Sql(sql::SqlArgs),
+    /// Storage tiers of a running server: status, or run upkeep now.
+    Storage(sql::StorageArgs),
     /// Benchmark ingest against a bare axum handler (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// The benchmark's peer: a bare axum handler.
@@ -126,6 +132,8 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(args) => demo(args).await,
             Command::Lifts(args) => admin::lifts(args).await,
             Command::Dlq(args) => admin::dlq(args).await,
+            Command::Sql(args) => sql::sql(args).await,
+            Command::Storage(args) => sql::storage(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchPeer { listen } => bench::peer(listen).await,
         }

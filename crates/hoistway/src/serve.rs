@@ -10,9 +10,11 @@ use hoistway_dlq::DeadLetterQueue;
 use hoistway_ingest::{DecodeLimits, Sequencer, SequencerConfig};
 use hoistway_log::{FileLog, FileLogConfig, Log};
 use hoistway_model::{Clock, SystemClock};
-use hoistway_processor::{Processor, ProcessorConfig};
+use hoistway_processor::{AcceptedSink, Processor, ProcessorConfig};
+use hoistway_query::{QueryEngine, QueryLimits};
 use hoistway_registry::Registry;
 use hoistway_server::{ApiLimits, AppParts, AppState};
+use hoistway_store::{HOUR_US, Store, StoreConfig, TierStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -75,20 +77,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         DeadLetterQueue::open(data.join("dlq")).context("cannot open the dead-letter queue")?,
     );
 
+    let store = Arc::new(
+        Store::open(store_config(&config)?, clock.clone())
+            .await
+            .context("cannot open storage")?,
+    );
+    let sinks: Vec<Arc<dyn AcceptedSink>> = if config.storage.enabled {
+        vec![store.clone()]
+    } else {
+        Vec::new()
+    };
+
     let mut pconfig = ProcessorConfig::new(data.join("state"));
     pconfig.window = config.window();
     pconfig.checkpoint_interval =
         Duration::from_secs(config.processor.checkpoint_interval_secs.max(1));
     pconfig.auto_register = config.ingest.auto_register;
-    let processor = Processor::recover(
-        pconfig,
-        log.clone(),
-        registry.clone(),
-        dlq.clone(),
-        Vec::new(),
-    )
-    .await
-    .context("cannot recover processor state")?;
+    let processor = Processor::recover(pconfig, log.clone(), registry.clone(), dlq.clone(), sinks)
+        .await
+        .context("cannot recover processor state")?;
 
     let seq_config = SequencerConfig {
         window: config.window(),
@@ -101,6 +108,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         clock.clone(),
         Duration::from_secs(config.processor.silent_after_secs),
     );
+    let query = Arc::new(
+        QueryEngine::new(
+            store.clone(),
+            fleet.clone(),
+            QueryLimits {
+                max_rows: config.query.max_rows.max(1),
+                timeout: Duration::from_secs(config.query.timeout_secs.max(1)),
+                memory_bytes: config.query.memory_mb.max(16) << 20,
+            },
+        )
+        .context("cannot start the query engine")?,
+    );
     let accepting = Arc::new(AtomicBool::new(true));
     let app = AppState::new(AppParts {
         ingest,
@@ -108,6 +127,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry,
         dlq,
         log: log.clone(),
+        store: store.clone(),
+        query,
         progress: processor.progress(),
         clock,
         limits: ApiLimits {
@@ -143,6 +164,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             result
         })
     };
+    let maintenance_task = tokio::spawn(maintain_periodically(
+        store,
+        Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
+        shutdown_rx.clone(),
+    ));
     let router = hoistway_server::router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving");
     // The line tests and scripts wait for; keep its shape.
@@ -161,6 +187,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // holds and ends; then the processor drains the log and checkpoints.
         sequencer_task.await?;
         let processed = processor_task.await?;
+        maintenance_task.await?;
         served?;
         processed?;
         tracing::info!("hoistway stopped cleanly");
@@ -172,6 +199,96 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// The storage tiers named by the configuration.
+fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
+    let settings = &config.storage;
+    let hot_dir = if settings.hot_dir.is_empty() {
+        config.data_dir.join("store").join("hot")
+    } else {
+        settings.hot_dir.clone().into()
+    };
+    let hot = TierStore::local(&hot_dir)
+        .with_context(|| format!("cannot open the hot tier in {}", hot_dir.display()))?;
+    let archive = archive_tier(config).context("cannot open the archive tier")?;
+    let mut store = StoreConfig::new(hot, archive);
+    store.hot_retention_us = settings.hot_retention_hours as i64 * HOUR_US;
+    store.retention_us = settings.retention_days as i64 * 24 * HOUR_US;
+    store.compact_min_files = settings.compact_min_files.max(2);
+    store.max_rows_per_file = settings.max_rows_per_file.max(1);
+    Ok(store)
+}
+
+fn archive_tier(config: &Config) -> anyhow::Result<TierStore> {
+    let raw = config.storage.archive_url.trim();
+    if raw.is_empty() {
+        return Ok(TierStore::local(
+            config.data_dir.join("store").join("archive"),
+        )?);
+    }
+    let url = url::Url::parse(raw).with_context(|| format!("archive_url {raw:?} is not a URL"))?;
+    match url.scheme() {
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|_| anyhow::anyhow!("archive_url {raw:?} is not a local path"))?;
+            Ok(TierStore::local(path)?)
+        }
+        "s3" => {
+            let s3 = &config.storage.s3;
+            let bucket = url
+                .host_str()
+                .ok_or_else(|| anyhow::anyhow!("archive_url {raw:?} names no bucket"))?;
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_allow_http(s3.allow_http);
+            if !s3.endpoint.is_empty() {
+                builder = builder.with_endpoint(&s3.endpoint);
+            }
+            if !s3.region.is_empty() {
+                builder = builder.with_region(&s3.region);
+            }
+            if !s3.access_key_id.is_empty() {
+                builder = builder
+                    .with_access_key_id(&s3.access_key_id)
+                    .with_secret_access_key(&s3.secret_access_key);
+            }
+            let store: Arc<dyn object_store::ObjectStore> = Arc::new(builder.build()?);
+            let prefix = url.path().trim_matches('/');
+            let store: Arc<dyn object_store::ObjectStore> = if prefix.is_empty() {
+                store
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+            };
+            Ok(TierStore::remote(store))
+        }
+        other => anyhow::bail!("archive_url scheme {other:?} is not supported; use file or s3"),
+    }
+}
+
+/// Runs storage upkeep on an interval until shutdown. A failed pass is logged and retried.
+async fn maintain_periodically(
+    store: Arc<Store>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match store.maintain().await {
+            Ok(report) if report != Default::default() => {
+                tracing::info!(?report, "storage maintenance");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "storage maintenance failed; retrying at the next interval");
+                metrics::counter!("hoistway_store_maintenance_failures_total").increment(1);
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -545,3 +545,345 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
         "the first one is unharmed"
     );
 }
+
+/// The fixture for SQL tests: three lifts in two buildings, readings on 2026-01-10 between
+/// 10:00 and 11:40 plus one late reading from the day before.
+async fn sql_fixture(server: &TestServer) {
+    register(
+        server,
+        "lift_id,building,site,customer,model,install_date,initial_trips\n\
+         L-A1,B1,S1,C1,M1,2020-01-01,100\n\
+         L-A2,B1,S1,C1,M1,,0\n\
+         L-B1,B2,S2,C2,M2,2021-06-30,5\n",
+    )
+    .await;
+    let mut readings = Vec::new();
+    for (lift, count) in [("L-A1", 6u64), ("L-A2", 3), ("L-B1", 4)] {
+        for seq in 1..=count {
+            let minute = (seq - 1) * 20;
+            readings.push(json!({
+                "lift_id": lift,
+                "seq": seq,
+                "ts": format!("2026-01-10T{:02}:{:02}:00Z", 10 + minute / 60, minute % 60),
+                "floor": seq as i64,
+                "direction": "up",
+                "door": "closed",
+                "load_kg": 75.0 * seq as f64,
+                "motor_temp_c": 40.0 + seq as f64,
+                "trips": seq,
+                "door_cycles": 2,
+                "faults": if seq == 2 { json!(["E7"]) } else { json!([]) },
+                "events": if lift == "L-B1" && seq == 3 { json!(["entrapment", "alarm_button"]) } else { json!([]) },
+                "extra": { "cabin_temp_c": 20.0 + seq as f64 },
+            }));
+        }
+    }
+    readings.push(json!({
+        "lift_id": "L-A2", "seq": 100, "ts": "2026-01-09T23:59:50Z",
+        "floor": 0, "direction": "idle", "door": "open", "trips": 9, "door_cycles": 1,
+    }));
+    let r = send(server, "application/json", json!(readings).to_string()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["accepted"], 14);
+    wait_readings(server, "L-A2", 4).await;
+}
+
+/// Runs every case of tests/golden/sql.txt and returns the file with actual results.
+async fn run_golden_sql(server: &TestServer) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/sql.txt");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = String::new();
+    for case in text.split("\n\n").filter(|c| !c.trim().is_empty()) {
+        let (query_part, _) = case.split_once("----").unwrap();
+        let sql: String = query_part
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let r = server
+            .post_json("/v1/sql", &json!({ "sql": sql.trim() }).to_string())
+            .await;
+        assert_eq!(r.status, 200, "{sql}: {}", String::from_utf8_lossy(&r.body));
+        out.push_str(query_part);
+        out.push_str("----\n");
+        for row in r.json()["rows"].as_array().unwrap() {
+            out.push_str(&row.to_string());
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_over_readings_rollups_registry_and_state_matches_the_golden_file() {
+    let mut server = TestServer::start(&[("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "3600")]);
+    sql_fixture(&server).await;
+    // First from the in-memory buffer...
+    let status = server.get("/v1/storage/status").await.json();
+    assert_eq!(status["buffered_rows"], 14, "{status}");
+    let from_buffer = run_golden_sql(&server).await;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/sql.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &from_buffer).unwrap();
+    }
+    assert_eq!(
+        from_buffer,
+        std::fs::read_to_string(path).unwrap(),
+        "SQL results changed; review and rerun with UPDATE_GOLDEN=1"
+    );
+    // ...then from Parquet files after a restart (the shutdown checkpoint flushes), and again
+    // after compaction merged them: the same answers.
+    tokio::task::block_in_place(|| {
+        assert!(server.terminate());
+        server.spawn();
+    });
+    let status = server.get("/v1/storage/status").await.json();
+    assert_eq!(status["buffered_rows"], 0, "{status}");
+    let hot_readings = &status["tiers"][0];
+    assert_eq!(hot_readings["tier"], "hot");
+    assert_eq!(hot_readings["kind"], "readings");
+    assert_eq!(hot_readings["rows"], 14);
+    assert_eq!(hot_readings["dates"], 2);
+    assert_eq!(run_golden_sql(&server).await, from_buffer);
+    let r = server.post_json("/v1/storage/maintain", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["compactions"],
+        0,
+        "one file per date needs no compaction"
+    );
+    assert_eq!(run_golden_sql(&server).await, from_buffer);
+}
+
+#[tokio::test]
+async fn sql_refuses_writes_and_files_and_enforces_its_limits() {
+    let server = TestServer::start(&[
+        ("HOISTWAY_QUERY__MAX_ROWS", "50"),
+        ("HOISTWAY_QUERY__TIMEOUT_SECS", "1"),
+    ]);
+    sql_fixture(&server).await;
+    for sql in [
+        "CREATE TABLE t (x INT)",
+        "CREATE VIEW v AS SELECT 1",
+        "INSERT INTO lifts (lift_id) VALUES ('x')",
+        "DELETE FROM readings",
+        "DROP VIEW rollups_daily",
+        "COPY (SELECT 1) TO 'out.csv'",
+        "CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '/etc/passwd'",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let r = server
+            .post_json("/v1/sql", &json!({ "sql": sql }).to_string())
+            .await;
+        let p = assert_problem(&r, 403);
+        assert_eq!(
+            p["type"], "https://hoistway.dev/problems/read-only-sql",
+            "{sql}"
+        );
+        assert!(
+            p["detail"].as_str().unwrap().contains("read-only"),
+            "{sql}: {p}"
+        );
+    }
+    for sql in [
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM nope",
+        "SELEC 1",
+        "SELECT no_such_column FROM readings",
+    ] {
+        let r = server
+            .post_json("/v1/sql", &json!({ "sql": sql }).to_string())
+            .await;
+        let p = assert_problem(&r, 400);
+        assert_eq!(
+            p["type"], "https://hoistway.dev/problems/invalid-sql",
+            "{sql}: {p}"
+        );
+    }
+    // A plain-text body works too; the row limit cuts and says so.
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/sql",
+        &[("content-type", "text/plain")],
+        Bytes::from("SELECT value FROM generate_series(1, 1000)"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["row_count"], 50);
+    assert_eq!(v["truncated"], true);
+    assert_eq!(r.headers["hoistway-truncated"], "true");
+    // A query past the time limit is cancelled.
+    let r = server
+        .post_json(
+            "/v1/sql",
+            &json!({ "sql": "SELECT sum(a.value * b.value) FROM generate_series(1, 200000) a, generate_series(1, 200000) b" })
+                .to_string(),
+        )
+        .await;
+    let p = assert_problem(&r, 422);
+    assert!(p["detail"].as_str().unwrap().contains("time"), "{p}");
+    // CSV and Parquet results.
+    let r = server
+        .post_json(
+            "/v1/sql?format=csv",
+            &json!({ "sql": "SELECT lift_id, count(*) AS n FROM readings GROUP BY lift_id ORDER BY lift_id" })
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content_type(), "text/csv; charset=utf-8");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "lift_id,n\nL-A1,6\nL-A2,4\nL-B1,4\n"
+    );
+    let r = server
+        .post_json(
+            "/v1/sql",
+            &json!({ "sql": "SELECT * FROM readings", "format": "parquet" }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.starts_with(b"PAR1") && r.body.ends_with(b"PAR1"));
+    let r = server
+        .post_json(
+            "/v1/sql",
+            &json!({ "sql": "SELECT faults FROM readings", "format": "csv" }).to_string(),
+        )
+        .await;
+    let p = assert_problem(&r, 400);
+    assert!(
+        p["detail"].as_str().unwrap().contains("json or parquet"),
+        "{p}"
+    );
+    let r = server
+        .post_json(
+            "/v1/sql",
+            &json!({ "sql": "SELECT 1", "format": "xml" }).to_string(),
+        )
+        .await;
+    assert_problem(&r, 400);
+}
+
+#[tokio::test]
+async fn a_lifts_readings_for_charts_raw_and_rolled_up() {
+    let server = TestServer::start(&[]);
+    sql_fixture(&server).await;
+    let get = |q: &str| {
+        let path = format!("/v1/lifts/L-A1/readings{q}");
+        let server = &server;
+        async move { server.get(&path).await }
+    };
+    let r = get("?from=2026-01-10&to=2026-01-11").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let rows = r.json()["rows"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(rows[0]["seq"], 1);
+    assert_eq!(rows[5]["seq"], 6);
+    let r = get("?from=2026-01-10T10:30:00Z&to=2026-01-10T11:30:00Z").await;
+    assert_eq!(r.json()["row_count"], 3);
+    let r = get("?from=2026-01-10&to=2026-01-11&step=1h").await;
+    let rows = r.json()["rows"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["readings"], 3);
+    assert_eq!(rows[1]["trips"], 4 + 5 + 6);
+    let r = get("?from=2026-01-01&to=2026-02-01&step=1d").await;
+    assert_eq!(r.json()["rows"][0]["readings"], 6);
+    // The default window is the last 24 h: the fixture is older.
+    assert_eq!(get("").await.json()["row_count"], 0);
+    assert_problem(&get("?from=yesterday").await, 400);
+    assert_problem(&get("?step=5m").await, 400);
+    assert_problem(&get("?from=2026-01-11&to=2026-01-10").await, 400);
+    assert_problem(&server.get("/v1/lifts/bad%20id/readings").await, 422);
+}
+
+/// The files are plain Parquet: pyarrow (installed from PyPI if missing) reads the files the
+/// manifest lists with the documented schema and the same row count as SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_files_are_read_back_by_pyarrow() {
+    let mut server = TestServer::start(&[]);
+    sql_fixture(&server).await;
+    tokio::task::block_in_place(|| {
+        assert!(server.terminate());
+    });
+    let python = ensure_python_modules(&["pyarrow"]);
+    let script = r#"
+import json, sys, pyarrow.parquet as pq
+root = sys.argv[1]
+manifest = json.load(open(root + "/_hoistway/manifest.json"))
+rows = 0
+for f in manifest["files"]:
+    if f["kind"] != "readings":
+        continue
+    t = pq.read_table(root + "/" + f["path"])
+    assert t.num_rows == f["rows"], (f, t.num_rows)
+    rows += t.num_rows
+    schema = [(field.name, str(field.type)) for field in t.schema]
+print(json.dumps({"rows": rows, "schema": schema}))
+"#;
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(server.data_dir().join("store/hot"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"], 14);
+    let schema: Vec<String> = v["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{}: {}", f[0].as_str().unwrap(), f[1].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        schema,
+        [
+            "lift_id: string",
+            "ts: timestamp[us, tz=UTC]",
+            "received: timestamp[us, tz=UTC]",
+            "epoch: int64",
+            "seq: int64",
+            "floor: int16",
+            "direction: string",
+            "door: string",
+            "load_kg: float",
+            "speed_mps: float",
+            "motor_temp_c: float",
+            "vibration_mm_s: float",
+            "trips: int32",
+            "door_cycles: int32",
+            "faults: list<item: string not null>",
+            "events: list<item: string not null>",
+            "extra: map<string ('keys'), double ('values') ('extra')>",
+        ]
+    );
+}
+
+/// A Python with the given modules: installs them from PyPI into the user site when missing.
+fn ensure_python_modules(modules: &[&str]) -> String {
+    let python = "python3".to_string();
+    let have = |m: &str| {
+        std::process::Command::new(&python)
+            .args(["-c", &format!("import {m}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let missing: Vec<&str> = modules.iter().copied().filter(|m| !have(m)).collect();
+    if !missing.is_empty() {
+        let status = std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing)
+            .status()
+            .unwrap();
+        assert!(status.success(), "pip install {missing:?} failed");
+    }
+    python
+}

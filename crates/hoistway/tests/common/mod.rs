@@ -83,6 +83,46 @@ impl TestServer {
         }
     }
 
+    /// Sets (or with `None` removes) an environment variable for the next [`spawn`](Self::spawn).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Waits for the process to exit by itself; `None` if it still runs at the deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Runs a SQL query (CSV out) and returns the rows without the header.
+    pub async fn sql_rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let body = serde_json::json!({ "sql": sql, "format": "csv" }).to_string();
+        let reply = self.post_json("/v1/sql", &body).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{sql}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        String::from_utf8(reply.body.to_vec())
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();

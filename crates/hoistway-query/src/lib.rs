@@ -1,0 +1,364 @@
+//! Read-only SQL (Apache DataFusion) over everything Hoistway keeps.
+//!
+//! In: a storage [`Snapshot`](hoistway_store::Snapshot) taken per query, the registry and the
+//! fleet's latest state. Out: Arrow record batches, and JSON / CSV / Parquet encodings of them.
+//! Tables: `readings` (buffer + hot + archive as one table; time and lift predicates skip
+//! files, row groups and pages), `rollups_hourly`, `rollups_daily` (views over the stored
+//! partials, merged exactly), `rollup_partials`, `lifts` and `lift_state`.
+//!
+//! Only queries run: DDL, DML, `SET`, `COPY` and file or URL tables are refused with a
+//! [`Error::Refused`]. Every query has a row limit, a time limit and a memory limit.
+
+mod output;
+pub mod tables;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use hoistway_processor::Fleet;
+use hoistway_store::scan::tier_url;
+use hoistway_store::{Kind, Store, Tier};
+
+pub use output::{Format, encode};
+use tables::{LazyTable, StoredTable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The statement is not a read-only query.
+    #[error("{0}")]
+    Refused(String),
+    /// The query is not valid SQL or names something that does not exist.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("query ran longer than the limit of {0:?}")]
+    Timeout(Duration),
+    #[error("query needs more memory than the limit: {0}")]
+    ResourcesExhausted(String),
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(..)
+            | DataFusionError::SchemaError(..) => Error::Invalid(e.find_root().to_string()),
+            DataFusionError::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
+            DataFusionError::NotImplemented(m) => Error::Invalid(format!("not supported: {m}")),
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// At most this many rows are returned; `truncated` says when there were more.
+    pub max_rows: usize,
+    pub timeout: Duration,
+    /// Memory for all queries together; sorts and aggregates spill or fail beyond it.
+    pub memory_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 100_000,
+            timeout: Duration::from_secs(30),
+            memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// A query's result: the batches and whether the row limit cut it short.
+#[derive(Debug)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub truncated: bool,
+}
+
+impl QueryResult {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+pub struct QueryEngine {
+    store: Arc<Store>,
+    fleet: Fleet,
+    limits: QueryLimits,
+    runtime: Arc<RuntimeEnv>,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine")
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Partials merged per (lift, hour), still as sums and counts so days can be built from hours.
+const HOURS_SQL: &str = "SELECT lift_id, hour, \
+    sum(readings) AS readings, sum(trips) AS trips, sum(door_cycles) AS door_cycles, \
+    min(motor_temp_c_min) AS motor_temp_c_min, max(motor_temp_c_max) AS motor_temp_c_max, \
+    sum(motor_temp_c_sum) AS motor_temp_c_sum, sum(motor_temp_c_count) AS motor_temp_c_count, \
+    min(vibration_mm_s_min) AS vibration_mm_s_min, max(vibration_mm_s_max) AS vibration_mm_s_max, \
+    sum(vibration_mm_s_sum) AS vibration_mm_s_sum, sum(vibration_mm_s_count) AS vibration_mm_s_count, \
+    min(load_kg_min) AS load_kg_min, max(load_kg_max) AS load_kg_max, \
+    sum(load_kg_sum) AS load_kg_sum, sum(load_kg_count) AS load_kg_count, \
+    bit_count(bit_or(minutes_mask)) AS minutes_reporting, \
+    sum(fault_readings) AS fault_readings, sum(events) AS events, \
+    sum(entrapments) AS entrapments, sum(alarms) AS alarms \
+    FROM rollup_partials GROUP BY lift_id, hour";
+
+fn rollup_view_sql(period: &str, bucket: &str) -> String {
+    format!(
+        "SELECT lift_id, {bucket} AS {period}, \
+         sum(readings) AS readings, sum(trips) AS trips, sum(door_cycles) AS door_cycles, \
+         min(motor_temp_c_min) AS motor_temp_c_min, \
+         sum(motor_temp_c_sum) / nullif(sum(motor_temp_c_count), 0) AS motor_temp_c_avg, \
+         max(motor_temp_c_max) AS motor_temp_c_max, \
+         min(vibration_mm_s_min) AS vibration_mm_s_min, \
+         sum(vibration_mm_s_sum) / nullif(sum(vibration_mm_s_count), 0) AS vibration_mm_s_avg, \
+         max(vibration_mm_s_max) AS vibration_mm_s_max, \
+         min(load_kg_min) AS load_kg_min, \
+         sum(load_kg_sum) / nullif(sum(load_kg_count), 0) AS load_kg_avg, \
+         max(load_kg_max) AS load_kg_max, \
+         sum(minutes_reporting) AS minutes_reporting, \
+         sum(fault_readings) AS fault_readings, sum(events) AS events, \
+         sum(entrapments) AS entrapments, sum(alarms) AS alarms \
+         FROM ({HOURS_SQL}) GROUP BY lift_id, {bucket}"
+    )
+}
+
+/// `bit_count(x)`: the number of set bits, as in DuckDB and MySQL.
+fn bit_count_udf() -> ScalarUDF {
+    create_udf(
+        "bit_count",
+        vec![DataType::Int64],
+        DataType::Int64,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let input = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                arrays[0].as_ref(),
+            );
+            let out: Int64Array = input
+                .iter()
+                .map(|v| v.map(|v| i64::from(v.count_ones())))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
+        }),
+    )
+}
+
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn lifts_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("lift_id", DataType::Utf8, false),
+        Field::new("building", DataType::Utf8, false),
+        Field::new("site", DataType::Utf8, false),
+        Field::new("customer", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("install_date", DataType::Date32, true),
+        Field::new("initial_trips", DataType::UInt64, false),
+    ]))
+}
+
+fn lift_state_schema() -> SchemaRef {
+    let list = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
+    Arc::new(Schema::new(vec![
+        Field::new("lift_id", DataType::Utf8, false),
+        Field::new("building", DataType::Utf8, false),
+        Field::new("site", DataType::Utf8, false),
+        Field::new("customer", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("epoch", DataType::UInt64, true),
+        Field::new("last_seq", DataType::UInt64, true),
+        Field::new("last_ts", timestamp(), true),
+        Field::new("last_received_at", timestamp(), true),
+        Field::new("floor", DataType::Int16, true),
+        Field::new("direction", DataType::Utf8, true),
+        Field::new("door", DataType::Utf8, true),
+        Field::new("load_kg", DataType::Float32, true),
+        Field::new("speed_mps", DataType::Float32, true),
+        Field::new("motor_temp_c", DataType::Float32, true),
+        Field::new("vibration_mm_s", DataType::Float32, true),
+        Field::new("faults", list, true),
+        Field::new("entrapped", DataType::Boolean, false),
+        Field::new("in_maintenance", DataType::Boolean, false),
+        Field::new("readings_total", DataType::UInt64, false),
+        Field::new("trips_total", DataType::UInt64, false),
+        Field::new("door_cycles_total", DataType::UInt64, false),
+        Field::new("events_total", DataType::UInt64, false),
+    ]))
+}
+
+fn rows_to_batch<T: serde::Serialize>(
+    schema: SchemaRef,
+    rows: &[T],
+) -> datafusion::error::Result<RecordBatch> {
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone()).build_decoder()?;
+    decoder.serialize(rows)?;
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
+impl QueryEngine {
+    pub fn new(store: Arc<Store>, fleet: Fleet, limits: QueryLimits) -> Result<Self> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes)))
+            .build_arc()?;
+        for tier in [Tier::Hot, Tier::Archive] {
+            runtime.register_object_store(
+                tier_url(tier).as_ref(),
+                store.config().tier(tier).store.clone(),
+            );
+        }
+        Ok(Self {
+            store,
+            fleet,
+            limits,
+            runtime,
+        })
+    }
+
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    /// A session over a fresh snapshot: every table a query sees is from the same moment.
+    pub async fn context(&self) -> Result<SessionContext> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_batch_size(8192);
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        ctx.register_udf(bit_count_udf());
+        let snapshot = Arc::new(self.store.snapshot());
+        ctx.register_table(
+            "readings",
+            Arc::new(StoredTable::new(Kind::Readings, snapshot.clone())),
+        )?;
+        ctx.register_table(
+            "rollup_partials",
+            Arc::new(StoredTable::new(Kind::RollupsHourly, snapshot)),
+        )?;
+        let registry = self.fleet.registry().clone();
+        ctx.register_table(
+            "lifts",
+            Arc::new(LazyTable::new(lifts_schema(), move || {
+                let infos = registry.list(&Default::default());
+                let rows: Vec<&hoistway_registry::LiftInfo> =
+                    infos.iter().map(|i| i.as_ref()).collect();
+                rows_to_batch(lifts_schema(), &rows)
+            })),
+        )?;
+        let fleet = self.fleet.clone();
+        ctx.register_table(
+            "lift_state",
+            Arc::new(LazyTable::new(lift_state_schema(), move || {
+                rows_to_batch(lift_state_schema(), &fleet.all())
+            })),
+        )?;
+        for (name, sql) in [
+            ("rollups_hourly", rollup_view_sql("hour", "hour")),
+            (
+                "rollups_daily",
+                rollup_view_sql("day", "date_trunc('day', hour)"),
+            ),
+        ] {
+            let plan = ctx.sql(&sql).await?.into_unoptimized_plan();
+            ctx.register_table(
+                name,
+                Arc::new(datafusion::datasource::ViewTable::new(plan, Some(sql))),
+            )?;
+        }
+        Ok(ctx)
+    }
+
+    /// Plans a read-only statement; anything else is refused before it runs.
+    pub async fn plan(&self, sql: &str) -> Result<DataFrame> {
+        let ctx = self.context().await?;
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        ctx.sql_with_options(sql, options).await.map_err(|e| {
+            let message = e.find_root().to_string();
+            if message.contains("not supported") || message.contains("not allowed") {
+                Error::Refused(format!(
+                    "only read-only queries are allowed (SELECT, WITH, VALUES, EXPLAIN, SHOW): {message}"
+                ))
+            } else {
+                Error::from(e)
+            }
+        })
+    }
+
+    /// Runs a query with the row and time limits.
+    pub async fn sql(&self, sql: &str) -> Result<QueryResult> {
+        let df = self.plan(sql).await?;
+        self.collect(df).await
+    }
+
+    /// Collects at most `max_rows` rows, within the time limit.
+    pub async fn collect(&self, df: DataFrame) -> Result<QueryResult> {
+        let max_rows = self.limits.max_rows;
+        let limit = self.limits.timeout;
+        let run = async {
+            let df = df.limit(0, Some(max_rows + 1))?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let mut stream = df.execute_stream().await?;
+            let mut batches = Vec::new();
+            let mut rows = 0;
+            let mut truncated = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let take = batch.num_rows().min(max_rows - rows);
+                if take < batch.num_rows() {
+                    truncated = true;
+                }
+                if take > 0 {
+                    batches.push(batch.slice(0, take));
+                }
+                rows += take;
+                if truncated {
+                    break;
+                }
+            }
+            Ok::<_, Error>(QueryResult {
+                schema,
+                batches,
+                truncated,
+            })
+        };
+        tokio::time::timeout(limit, run)
+            .await
+            .map_err(|_| Error::Timeout(limit))?
+    }
+
+    /// Streams every row, for exports; the caller bounds how long it reads.
+    pub async fn stream(&self, sql: &str) -> Result<(SchemaRef, SendableRecordBatchStream)> {
+        let df = self.plan(sql).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        Ok((schema, df.execute_stream().await?))
+    }
+}

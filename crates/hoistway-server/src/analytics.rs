@@ -1,0 +1,237 @@
+//! Stored data: SQL, a lift's readings for charts, and storage status and upkeep.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use datafusion::prelude::{col, lit};
+use datafusion::scalar::ScalarValue;
+use hoistway_query::{Error as QueryError, Format, QueryResult};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::AppState;
+use crate::problem::{ApiResult, Problem};
+
+pub const SQL_BODY_LIMIT: usize = 256 << 10;
+
+fn query_problem(e: QueryError) -> Problem {
+    match e {
+        QueryError::Refused(m) => Problem::new(
+            StatusCode::FORBIDDEN,
+            "read-only-sql",
+            "Statement refused",
+            m,
+        ),
+        QueryError::Invalid(m) => {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid-sql", "Invalid query", m)
+        }
+        QueryError::Timeout(_) | QueryError::ResourcesExhausted(_) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "query-limit",
+            "Query limit exceeded",
+            format!("{e}; narrow the time range or the lifts, or aggregate"),
+        ),
+        QueryError::Internal(_) => Problem::internal(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FormatQuery {
+    format: Option<String>,
+}
+
+fn parse_format(name: Option<&str>) -> ApiResult<Format> {
+    match name {
+        None => Ok(Format::Json),
+        Some(n) => Format::parse(n).ok_or_else(|| {
+            Problem::bad_request(format!("unknown format {n:?}; use json, csv or parquet"))
+        }),
+    }
+}
+
+/// `POST /v1/sql`: a read-only query, as JSON `{"sql": ..., "format": ...}` or as plain text.
+pub async fn sql(
+    State(app): State<AppState>,
+    query: Result<Query<FormatQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let bytes = crate::routes::read_limited(body, SQL_BODY_LIMIT).await?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let request = if is_json {
+        crate::routes::json_body::<SqlRequest>(&bytes)?
+    } else {
+        SqlRequest {
+            sql: String::from_utf8(bytes.to_vec())
+                .map_err(|_| Problem::bad_request("the SQL text is not UTF-8"))?,
+            format: None,
+        }
+    };
+    if request.sql.trim().is_empty() {
+        return Err(Problem::bad_request("no SQL given"));
+    }
+    let format = parse_format(request.format.as_deref().or(q.format.as_deref()))?;
+    let started = Instant::now();
+    let result = app.query.sql(&request.sql).await.map_err(query_problem)?;
+    metrics::histogram!("hoistway_query_duration_seconds").record(started.elapsed().as_secs_f64());
+    respond(format, result, started)
+}
+
+fn respond(format: Format, result: QueryResult, started: Instant) -> ApiResult<Response> {
+    let encoded =
+        hoistway_query::encode(format, &result.schema, &result.batches).map_err(query_problem)?;
+    let mut response = if format == Format::Json {
+        let rows =
+            RawValue::from_string(String::from_utf8(encoded).map_err(|e| Problem::internal(&e))?)
+                .map_err(|e| Problem::internal(&e))?;
+        let columns: Vec<_> = result
+            .schema
+            .fields()
+            .iter()
+            .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
+            .collect();
+        Json(json!({
+            "columns": columns,
+            "rows": rows,
+            "row_count": result.rows(),
+            "truncated": result.truncated,
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+        }))
+        .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            )],
+            encoded,
+        )
+            .into_response()
+    };
+    response.headers_mut().insert(
+        "hoistway-truncated",
+        HeaderValue::from_static(if result.truncated { "true" } else { "false" }),
+    );
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+    format: Option<String>,
+}
+
+fn parse_time(name: &str, value: &str) -> ApiResult<i64> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_micros())
+        .or_else(|_| {
+            chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").map(|d| {
+                d.and_hms_opt(0, 0, 0)
+                    .expect("midnight exists")
+                    .and_utc()
+                    .timestamp_micros()
+            })
+        })
+        .map_err(|_| {
+            Problem::bad_request(format!(
+                "{name} must be an RFC 3339 time (2026-11-23T10:00:00Z) or a date (2026-11-23), got {value:?}"
+            ))
+        })
+}
+
+fn timestamp(us: i64) -> datafusion::prelude::Expr {
+    lit(ScalarValue::TimestampMicrosecond(
+        Some(us),
+        Some("UTC".into()),
+    ))
+}
+
+/// `GET /v1/lifts/{id}/readings?from=&to=&step=`: raw readings (default: the last 24 h), or
+/// hourly / daily rollups with `step=1h|1d`.
+pub async fn lift_readings(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<ReadingsQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    crate::routes::parse_lift_id(&id)?;
+    let format = parse_format(q.format.as_deref())?;
+    let now = app.clock.now_us();
+    let to =
+        q.to.as_deref()
+            .map(|v| parse_time("to", v))
+            .transpose()?
+            .unwrap_or(now);
+    let from = q
+        .from
+        .as_deref()
+        .map(|v| parse_time("from", v))
+        .transpose()?
+        .unwrap_or(to - 24 * 3_600_000_000);
+    if from > to {
+        return Err(Problem::bad_request("from is after to"));
+    }
+    let (table, time) = match q.step.as_deref() {
+        None | Some("raw") => ("readings", "ts"),
+        Some("1h") => ("rollups_hourly", "hour"),
+        Some("1d") => ("rollups_daily", "day"),
+        Some(other) => {
+            return Err(Problem::bad_request(format!(
+                "unknown step {other:?}; use raw, 1h or 1d"
+            )));
+        }
+    };
+    let started = Instant::now();
+    let ctx = app.query.context().await.map_err(query_problem)?;
+    let df = ctx
+        .table(table)
+        .await
+        .map_err(|e| query_problem(e.into()))?
+        .filter(
+            col("lift_id")
+                .eq(lit(id.as_str()))
+                .and(col(time).gt_eq(timestamp(from)))
+                .and(col(time).lt(timestamp(to))),
+        )
+        .and_then(|df| df.sort(vec![col(time).sort(true, false)]))
+        .map_err(|e| query_problem(e.into()))?;
+    let result = app.query.collect(df).await.map_err(query_problem)?;
+    respond(format, result, started)
+}
+
+/// `GET /v1/storage/status`: rows, bytes and files per tier.
+pub async fn storage_status(State(app): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(app.store.status()).into_response())
+}
+
+/// `POST /v1/storage/maintain`: run compaction, tier moves and retention now.
+pub async fn storage_maintain(State(app): State<AppState>) -> ApiResult<Response> {
+    let report = app
+        .store
+        .maintain()
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(report).into_response())
+}

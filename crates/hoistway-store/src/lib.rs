@@ -1,0 +1,536 @@
+//! Storage of accepted readings as Parquet in object storage, in two tiers.
+//!
+//! In: readings the processor accepted (new, registered, deduplicated), in log order, through
+//! [`AcceptedSink`]. They wait in an in-memory buffer of Arrow batches until the processor's
+//! checkpoint calls [`AcceptedSink::commit`]; then they are sorted by (`lift_id`, `ts`), split by
+//! UTC date, written as zstd Parquet files plus hourly rollup partials, and made visible by one
+//! manifest write that also records the log offset they cover. Out: a consistent [`Snapshot`]
+//! (committed files of both tiers plus the buffer) for the query engine, and [`Store::maintain`]
+//! which compacts small files, moves files older than the hot retention to the archive tier, and
+//! deletes what is older than the retention.
+//!
+//! Both tiers are `object_store` stores (a local directory, or S3-compatible storage), so the
+//! same code path serves both. This crate does not parse SQL (that is `hoistway-query`) and
+//! does not decide what is a duplicate (the processor does).
+
+pub mod maintain;
+pub mod manifest;
+pub mod rollup;
+pub mod scan;
+pub mod schema;
+mod write;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use hoistway_log::Offset;
+use hoistway_model::{Clock, Reading};
+use hoistway_processor::AcceptedSink;
+use object_store::ObjectStore;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use parking_lot::RwLock;
+
+pub use maintain::MaintenanceReport;
+pub use manifest::{FileEntry, Kind, Manifest, Tier};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("query engine: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("storage is corrupt: {0}")]
+    Corrupt(String),
+    #[error("i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub const HOUR_US: i64 = 3_600_000_000;
+pub const DAY_US: i64 = 24 * HOUR_US;
+
+/// One tier: an object store, and its directory when it is local disk (then writes are
+/// fsynced before the manifest that lists them).
+#[derive(Debug, Clone)]
+pub struct TierStore {
+    pub store: Arc<dyn ObjectStore>,
+    pub local_dir: Option<PathBuf>,
+}
+
+impl TierStore {
+    /// A local directory, created if missing.
+    pub fn local(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?),
+            local_dir: Some(dir),
+        })
+    }
+
+    pub fn remote(store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            store,
+            local_dir: None,
+        }
+    }
+
+    /// Makes a file written through the store durable (a no-op for remote stores, whose PUT
+    /// is durable when it returns).
+    fn sync(&self, path: &str) -> Result<()> {
+        if let Some(dir) = &self.local_dir {
+            let full = dir.join(path);
+            std::fs::File::open(&full)?.sync_all()?;
+            if let Some(parent) = full.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub hot: TierStore,
+    pub archive: TierStore,
+    /// Files whose newest reading is older than this move to the archive (default 48 h).
+    pub hot_retention_us: i64,
+    /// Files whose newest reading is older than this are deleted (default 5 years).
+    pub retention_us: i64,
+    /// Compact a date's flush files once this many exist (dates that are over compact anyway).
+    pub compact_min_files: usize,
+    /// Compaction starts a new file after this many rows (files then cover lift ranges).
+    pub max_rows_per_file: usize,
+    pub row_group_rows: usize,
+    /// Buffered readings are converted to an Arrow batch every this many readings.
+    pub seal_rows: usize,
+    /// Removed files are deleted this long after removal, so running queries can finish.
+    pub garbage_grace_us: i64,
+}
+
+impl StoreConfig {
+    pub fn new(hot: TierStore, archive: TierStore) -> Self {
+        Self {
+            hot,
+            archive,
+            hot_retention_us: 48 * HOUR_US,
+            retention_us: 5 * 366 * DAY_US,
+            compact_min_files: 8,
+            max_rows_per_file: 50_000_000,
+            row_group_rows: 1 << 20,
+            seal_rows: 16_384,
+            garbage_grace_us: 10 * 60 * 1_000_000,
+        }
+    }
+
+    pub fn tier(&self, tier: Tier) -> &TierStore {
+        match tier {
+            Tier::Hot => &self.hot,
+            Tier::Archive => &self.archive,
+        }
+    }
+}
+
+/// What is visible: both manifests and the buffered readings, swapped together so that a
+/// reader never sees a reading both in a file and in the buffer, or in neither.
+#[derive(Debug, Clone)]
+struct Visible {
+    hot: Arc<Manifest>,
+    archive: Arc<Manifest>,
+    sealed: Vec<RecordBatch>,
+    open: Vec<Reading>,
+    /// Being written by a flush: still served from memory until the manifest lists it.
+    flushing: Vec<RecordBatch>,
+}
+
+/// A consistent view for a query.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub hot: Arc<Manifest>,
+    pub archive: Arc<Manifest>,
+    /// Readings not yet in a committed file (schema [`schema::READINGS`]).
+    pub buffer: Vec<RecordBatch>,
+}
+
+impl Snapshot {
+    pub fn files(&self, tier: Tier, kind: Kind) -> impl Iterator<Item = &FileEntry> {
+        let manifest = match tier {
+            Tier::Hot => &self.hot,
+            Tier::Archive => &self.archive,
+        };
+        manifest.files.iter().filter(move |f| f.kind == kind)
+    }
+}
+
+/// Rows, bytes and files per tier and kind, for `hoistway storage status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreStatus {
+    pub log_offset: u64,
+    pub buffered_rows: u64,
+    pub tiers: Vec<TierStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TierStatus {
+    pub tier: Tier,
+    pub kind: Kind,
+    pub files: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub dates: u64,
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+}
+
+pub struct Store {
+    config: StoreConfig,
+    clock: Arc<dyn Clock>,
+    visible: RwLock<Visible>,
+    /// Serialises manifest changes (flush, compaction, tier moves, retention).
+    commit: tokio::sync::Mutex<()>,
+    /// File ids are unique across both tiers; the hot manifest records the next one.
+    next_file_id: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Test hook: `HOISTWAY_UNSTABLE_CRASH_AT=<point>` aborts the process at that point, the way a
+/// kill -9 would, so crash tests can hit the exact moment between writing files and committing.
+pub fn crash_point(point: &str) {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("HOISTWAY_UNSTABLE_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        eprintln!("crash point {point} reached: aborting");
+        std::process::abort();
+    }
+}
+
+impl Store {
+    /// Loads both manifests, settles a tier move that a crash interrupted, and deletes files
+    /// that no manifest lists (left by a crash between writing and committing).
+    pub async fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        let mut hot = Manifest::load(config.hot.store.as_ref())
+            .await?
+            .unwrap_or_else(Manifest::new);
+        let archive = Manifest::load(config.archive.store.as_ref())
+            .await?
+            .unwrap_or_else(Manifest::new);
+        let archived: HashSet<u64> = archive.files.iter().map(|f| f.id).collect();
+        let moved: Vec<u64> = hot
+            .files
+            .iter()
+            .filter(|f| archived.contains(&f.id))
+            .map(|f| f.id)
+            .collect();
+        if !moved.is_empty() {
+            hot.remove(&moved, clock.now_us());
+            hot.generation += 1;
+            hot.save(config.hot.store.as_ref()).await?;
+            tracing::info!(
+                files = moved.len(),
+                "finished an interrupted move to the archive"
+            );
+        }
+        let mut removed = 0;
+        for (tier, manifest) in [(&config.hot, &hot), (&config.archive, &archive)] {
+            removed += remove_unlisted(tier.store.as_ref(), manifest).await?;
+        }
+        if removed > 0 {
+            tracing::info!(files = removed, "removed uncommitted files left by a crash");
+        }
+        let next_file_id = hot
+            .files
+            .iter()
+            .chain(&archive.files)
+            .map(|f| f.id + 1)
+            .chain([hot.next_file_id, 1])
+            .max()
+            .unwrap_or(1);
+        Ok(Self {
+            next_file_id: Arc::new(AtomicU64::new(next_file_id)),
+            config,
+            clock,
+            visible: RwLock::new(Visible {
+                hot: Arc::new(hot),
+                archive: Arc::new(archive),
+                sealed: Vec::new(),
+                open: Vec::new(),
+                flushing: Vec::new(),
+            }),
+            commit: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The log offset everything committed covers: readings from earlier records are in files.
+    pub fn committed_offset(&self) -> Offset {
+        self.visible.read().hot.log_offset
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let visible = self.visible.read();
+        let mut buffer = visible.flushing.clone();
+        buffer.extend(visible.sealed.iter().cloned());
+        if !visible.open.is_empty() {
+            buffer.push(schema::readings_batch(&visible.open));
+        }
+        Snapshot {
+            hot: visible.hot.clone(),
+            archive: visible.archive.clone(),
+            buffer,
+        }
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        let snapshot = self.snapshot();
+        let mut tiers = Vec::new();
+        for (tier, manifest) in [
+            (Tier::Hot, &snapshot.hot),
+            (Tier::Archive, &snapshot.archive),
+        ] {
+            for kind in Kind::ALL {
+                let files: Vec<&FileEntry> =
+                    manifest.files.iter().filter(|f| f.kind == kind).collect();
+                let dates: std::collections::BTreeSet<&str> =
+                    files.iter().map(|f| f.date.as_str()).collect();
+                tiers.push(TierStatus {
+                    tier,
+                    kind,
+                    files: files.len() as u64,
+                    rows: files.iter().map(|f| f.rows).sum(),
+                    bytes: files.iter().map(|f| f.bytes).sum(),
+                    dates: dates.len() as u64,
+                    oldest: dates.first().map(|d| d.to_string()),
+                    newest: dates.last().map(|d| d.to_string()),
+                });
+            }
+        }
+        StoreStatus {
+            log_offset: snapshot.hot.log_offset,
+            buffered_rows: snapshot.buffer.iter().map(|b| b.num_rows() as u64).sum(),
+            tiers,
+        }
+    }
+
+    /// Writes every buffered reading to committed files and records `through` as covered.
+    /// On failure the readings stay buffered (and visible) and the previous manifest stays.
+    pub async fn flush(&self, through: Offset) -> Result<FlushStats> {
+        let _commit = self.commit.lock().await;
+        let started = Instant::now();
+        let (batches, mut manifest) = {
+            let mut visible = self.visible.write();
+            let mut batches = std::mem::take(&mut visible.sealed);
+            if !visible.open.is_empty() {
+                batches.push(schema::readings_batch(&visible.open));
+                visible.open.clear();
+            }
+            visible.flushing = batches.clone();
+            (batches, (*visible.hot).clone())
+        };
+        if batches.is_empty() && manifest.log_offset == through {
+            return Ok(FlushStats::default());
+        }
+        let result = self
+            .write_flush(batches.clone(), &mut manifest, through)
+            .await;
+        let mut visible = self.visible.write();
+        match result {
+            Ok(stats) => {
+                visible.hot = Arc::new(manifest);
+                visible.flushing.clear();
+                metrics::counter!("hoistway_store_flushed_rows_total").increment(stats.rows);
+                metrics::counter!("hoistway_store_flushed_bytes_total").increment(stats.bytes);
+                metrics::histogram!("hoistway_store_flush_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                Ok(stats)
+            }
+            Err(e) => {
+                // Put the readings back in front of anything buffered since.
+                let mut restored = std::mem::take(&mut visible.flushing);
+                restored.append(&mut visible.sealed);
+                visible.sealed = restored;
+                metrics::counter!("hoistway_store_flush_failures_total").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_flush(
+        &self,
+        batches: Vec<RecordBatch>,
+        manifest: &mut Manifest,
+        through: Offset,
+    ) -> Result<FlushStats> {
+        let row_group_rows = self.config.row_group_rows;
+        let encoded = if batches.is_empty() {
+            Vec::new()
+        } else {
+            tokio::task::spawn_blocking(move || write::encode_flush(&batches, row_group_rows))
+                .await??
+        };
+        let mut stats = FlushStats::default();
+        let mut written = Vec::new();
+        for file in encoded {
+            let id = self.next_file_id.fetch_add(1, Ordering::Relaxed);
+            let entry = file.entry(id, 0);
+            let put = self
+                .config
+                .hot
+                .store
+                .put(&Path::from(entry.path.as_str()), file.bytes.into())
+                .await;
+            if let Err(e) = put {
+                self.delete_quietly(Tier::Hot, &written).await;
+                return Err(e.into());
+            }
+            written.push(entry.path.clone());
+            if entry.kind == Kind::Readings {
+                stats.rows += entry.rows;
+            }
+            stats.bytes += entry.bytes;
+            stats.files += 1;
+            manifest.files.push(entry);
+        }
+        let hot = self.config.hot.clone();
+        let paths = written.clone();
+        let synced = tokio::task::spawn_blocking(move || -> Result<()> {
+            for p in &paths {
+                hot.sync(p)?;
+            }
+            Ok(())
+        })
+        .await?;
+        if let Err(e) = synced {
+            self.delete_quietly(Tier::Hot, &written).await;
+            return Err(e);
+        }
+        crash_point("flush_before_commit");
+        manifest.log_offset = through;
+        manifest.generation += 1;
+        manifest.next_file_id = self.next_file_id.load(Ordering::Relaxed);
+        if let Err(e) = self.save_manifest(Tier::Hot, manifest).await {
+            self.delete_quietly(Tier::Hot, &written).await;
+            return Err(e);
+        }
+        Ok(stats)
+    }
+
+    async fn save_manifest(&self, tier: Tier, manifest: &Manifest) -> Result<()> {
+        let t = self.config.tier(tier);
+        manifest.save(t.store.as_ref()).await?;
+        let t = t.clone();
+        tokio::task::spawn_blocking(move || t.sync(manifest::MANIFEST_PATH)).await??;
+        Ok(())
+    }
+
+    async fn delete_quietly(&self, tier: Tier, paths: &[String]) {
+        for p in paths {
+            if let Err(e) = self
+                .config
+                .tier(tier)
+                .store
+                .delete(&Path::from(p.as_str()))
+                .await
+            {
+                tracing::warn!(path = %p, error = %e, "could not delete an uncommitted file");
+            }
+        }
+    }
+
+    fn push(&self, readings: &[Reading]) {
+        let mut visible = self.visible.write();
+        visible.open.extend_from_slice(readings);
+        if visible.open.len() >= self.config.seal_rows {
+            let batch = schema::readings_batch(&visible.open);
+            visible.open.clear();
+            visible.sealed.push(batch);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    pub rows: u64,
+    pub bytes: u64,
+    pub files: u64,
+}
+
+#[async_trait::async_trait]
+impl AcceptedSink for Store {
+    fn accept(&self, offset: Offset, readings: &[Reading]) {
+        // After a crash the processor replays from its checkpoint, which may be behind what a
+        // flush already committed: those readings are in files already.
+        if offset < self.committed_offset() {
+            return;
+        }
+        self.push(readings);
+    }
+
+    async fn commit(&self, through: Offset) -> Result<(), String> {
+        self.flush(through)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Deletes data files under the tier that neither the listing nor the garbage list names.
+async fn remove_unlisted(store: &dyn ObjectStore, manifest: &Manifest) -> Result<usize> {
+    let known: HashSet<&str> = manifest
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(manifest.garbage.iter().map(|g| g.path.as_str()))
+        .collect();
+    let mut removed = 0;
+    for kind in Kind::ALL {
+        let prefix = Path::from(kind.dir());
+        let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+        for object in objects {
+            if !known.contains(object.location.as_ref()) {
+                store.delete(&object.location).await?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// `YYYY-MM-DD` of a UTC timestamp in microseconds.
+pub fn date_of(ts_us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(ts_us)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "invalid".into())
+}
+
+/// Groups files by (kind, date), for compaction and status.
+pub fn by_date(files: &[FileEntry]) -> BTreeMap<(Kind, String), Vec<&FileEntry>> {
+    let mut out: BTreeMap<(Kind, String), Vec<&FileEntry>> = BTreeMap::new();
+    for f in files {
+        out.entry((f.kind, f.date.clone())).or_default().push(f);
+    }
+    out
+}

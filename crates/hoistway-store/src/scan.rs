@@ -1,0 +1,84 @@
+//! Scanning committed Parquet files with DataFusion, shared by compaction (a streaming
+//! sort-preserving merge) and the query engine (the `readings` and rollup tables).
+
+use std::sync::Arc;
+
+use arrow::compute::SortOptions;
+use arrow::datatypes::SchemaRef;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::manifest::{FileEntry, Tier};
+
+/// The URL under which a tier's store is registered with DataFusion.
+pub fn tier_url(tier: Tier) -> ObjectStoreUrl {
+    ObjectStoreUrl::parse(format!("hoistway://{}", tier.as_str())).expect("a valid url")
+}
+
+/// The order every stored file is written in: `first`, then `second` ascending.
+pub fn sort_order(schema: &SchemaRef, first: &str, second: &str) -> Result<LexOrdering> {
+    let asc = SortOptions {
+        descending: false,
+        nulls_first: false,
+    };
+    Ok(LexOrdering::new(vec![
+        PhysicalSortExpr::new(col(first, schema)?, asc),
+        PhysicalSortExpr::new(col(second, schema)?, asc),
+    ])
+    .expect("two sort keys"))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Row-group and page pruning, and filtering while decoding.
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    pub projection: Option<Vec<usize>>,
+    /// Keep each file in its own partition and declare its sort order.
+    pub ordering: Option<LexOrdering>,
+    pub limit: Option<usize>,
+    /// Partitions to spread files over when no ordering is needed.
+    pub partitions: usize,
+}
+
+/// A plan reading `files` (all in one tier) with `schema`.
+pub fn parquet_scan(
+    tier: Tier,
+    schema: SchemaRef,
+    files: &[FileEntry],
+    options: ScanOptions,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut source = ParquetSource::new(schema)
+        .with_enable_page_index(true)
+        .with_pushdown_filters(true);
+    if let Some(predicate) = &options.predicate {
+        source = source.with_predicate(predicate.clone());
+    }
+    let partitioned = |f: &FileEntry| PartitionedFile::new(f.path.clone(), f.bytes);
+    let groups: Vec<FileGroup> = if options.ordering.is_some() {
+        files
+            .iter()
+            .map(|f| FileGroup::new(vec![partitioned(f)]))
+            .collect()
+    } else {
+        let n = options.partitions.max(1).min(files.len().max(1));
+        let mut groups = vec![Vec::new(); n];
+        for (i, f) in files.iter().enumerate() {
+            groups[i % n].push(partitioned(f));
+        }
+        groups.into_iter().map(FileGroup::new).collect()
+    };
+    let mut builder = FileScanConfigBuilder::new(tier_url(tier), Arc::new(source))
+        .with_file_groups(groups)
+        .with_projection_indices(options.projection)?
+        .with_limit(options.limit);
+    if let Some(ordering) = options.ordering {
+        builder = builder.with_output_ordering(vec![ordering]);
+    }
+    Ok(DataSourceExec::from_data_source(builder.build()))
+}
