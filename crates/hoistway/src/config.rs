@@ -184,6 +184,7 @@ impl Config {
                 "config",
                 "log_level",
                 "log_format",
+                "unstable_crash_at",
             ]))
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
