@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_storage;
 mod config;
 mod serve;
 mod simulate;
@@ -47,6 +48,8 @@ enum Command {
     Storage(sql::StorageArgs),
     /// Benchmark ingest against a bare axum handler (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Benchmark storage and SQL on simulator data against default Parquet and DuckDB.
+    BenchStorage(bench_storage::BenchStorageArgs),
     /// The benchmark's peer: a bare axum handler.
     #[command(hide = true)]
     BenchPeer {
@@ -133,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             Command::Lifts(args) => admin::lifts(args).await,
             Command::Dlq(args) => admin::dlq(args).await,
             Command::Sql(args) => sql::sql(args).await,
+            Command::BenchStorage(args) => bench_storage::run(args).await,
             Command::Storage(args) => sql::storage(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchPeer { listen } => bench::peer(listen).await,

@@ -1,0 +1,325 @@
+//! `hoistway bench-storage`: archive size, write speed and query latency of the storage and
+//! query crates in-process, on simulator data, each against a peer measured in the same run:
+//! default Parquet settings for size, and DuckDB (from PyPI) over the same files for queries.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hoistway_ingest::{BodyFormat, DecodeLimits, decode_body};
+use hoistway_model::{Clock, ManualClock, Reading};
+use hoistway_processor::{AcceptedSink, FleetState};
+use hoistway_query::{QueryEngine, QueryLimits};
+use hoistway_registry::Registry;
+use hoistway_sim::lift::SimLift;
+use hoistway_store::{DAY_US, Kind, Store, StoreConfig, Tier, TierStore};
+use rand::SeedableRng;
+
+#[derive(clap::Args)]
+pub struct BenchStorageArgs {
+    /// Simulated lifts.
+    #[arg(long, default_value_t = 2_000)]
+    lifts: usize,
+    /// Days of readings per lift, one every 10 s (8,640 a day).
+    #[arg(long, default_value_t = 1)]
+    days: u32,
+    /// Runs of each latency query.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Where the files go (a temporary dir by default; kept when given).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// 2026-01-01T00:00:00Z
+const START_US: i64 = 1_767_225_600_000_000;
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One simulated hour of the whole fleet, validated by the real ingest decoder.
+fn hour_of_readings(
+    lifts: &mut [SimLift],
+    rng: &mut rand::rngs::SmallRng,
+    hour_start: i64,
+) -> Vec<Reading> {
+    let mut out = Vec::with_capacity(lifts.len() * 360);
+    let limits = DecodeLimits {
+        max_decoded_bytes: usize::MAX,
+        max_items: usize::MAX,
+    };
+    for step in 0..360 {
+        let ts = hour_start + step * 10_000_000;
+        let mut body = Vec::with_capacity(lifts.len() * 300);
+        body.push(b'[');
+        for (i, lift) in lifts.iter_mut().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            let r = lift.next_reading(ts, 10.0, rng);
+            serde_json::to_writer(&mut body, &r.json).expect("json");
+        }
+        body.push(b']');
+        let decoded = decode_body(&body, false, BodyFormat::Json, &limits, ts + 1_000_000)
+            .expect("simulated readings decode");
+        out.extend(decoded.readings.into_iter().map(|mut r| {
+            r.received_us = r.ts_us + 200_000;
+            r
+        }));
+    }
+    out
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            total += if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+        }
+    }
+    total
+}
+
+pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
+    let root = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("hoistway-bench-storage-{}", std::process::id())),
+    };
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let clock = Arc::new(ManualClock::new(START_US));
+    let hot_dir = root.join("hot");
+    let mut config = StoreConfig::new(
+        TierStore::local(&hot_dir)?,
+        TierStore::local(root.join("archive"))?,
+    );
+    config.hot_retention_us = 3650 * DAY_US;
+    let store = Arc::new(Store::open(config, clock.clone()).await?);
+    let total = args.lifts as u64 * args.days as u64 * 8640;
+    println!(
+        "# hoistway bench-storage — {} lifts × {} day(s) = {} readings, 2 cores shared\n",
+        args.lifts, args.days, total
+    );
+
+    // 1. Write: generate an hour, hand it to the store, flush (as checkpoints do); compact at the end.
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
+    let mut lifts: Vec<SimLift> = (0..args.lifts)
+        .map(|i| SimLift::new(format!("SIM-{i:06}"), &mut rng, 1))
+        .collect();
+    let progress = indicatif::ProgressBar::new(total);
+    let mut write_time = Duration::ZERO;
+    let mut peer_bytes = 0u64;
+    let mut peer_time = Duration::ZERO;
+    let mut offset = 0;
+    for hour in 0..(args.days as i64 * 24) {
+        let readings = hour_of_readings(&mut lifts, &mut rng, START_US + hour * 3_600_000_000);
+        // Peer: default Parquet writer settings (zstd), rows in arrival order.
+        let t = Instant::now();
+        let batch = hoistway_store::schema::readings_batch(&readings);
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let mut out = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
+        w.write(&batch)?;
+        w.close()?;
+        peer_time += t.elapsed();
+        peer_bytes += out.len() as u64;
+
+        let t = Instant::now();
+        for chunk in readings.chunks(1000) {
+            store.accept(offset, chunk);
+            offset += 1;
+        }
+        store.flush(offset).await?;
+        write_time += t.elapsed();
+        progress.inc(readings.len() as u64);
+    }
+    progress.finish_and_clear();
+    clock.set(START_US + (args.days as i64 + 1) * DAY_US);
+    let t = Instant::now();
+    let report = store.maintain().await?;
+    let compact_time = t.elapsed();
+    let snapshot = store.snapshot();
+    let files: Vec<_> = snapshot.files(Tier::Hot, Kind::Readings).cloned().collect();
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    anyhow::ensure!(rows == total, "stored {rows} rows, expected {total}");
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let rollup_bytes: u64 = snapshot
+        .files(Tier::Hot, Kind::RollupsHourly)
+        .map(|f| f.bytes)
+        .sum();
+    println!("## Size");
+    println!(
+        "hoistway: {:.2} bytes/reading ({} files, {:.1} MiB); rollups add {:.3} bytes/reading",
+        bytes as f64 / rows as f64,
+        files.len(),
+        bytes as f64 / (1 << 20) as f64,
+        rollup_bytes as f64 / rows as f64
+    );
+    println!(
+        "peer (default Parquet writer, zstd, arrival order): {:.2} bytes/reading — hoistway is {:.2}× smaller\n",
+        peer_bytes as f64 / rows as f64,
+        peer_bytes as f64 / bytes as f64
+    );
+    println!("## Write");
+    println!(
+        "flush (sort, encode, fsync, commit): {:.0} readings/s; peer plain encode {:.0} readings/s; compaction {} merges in {:.1} s ({:.0} readings/s)\n",
+        rows as f64 / write_time.as_secs_f64(),
+        rows as f64 / peer_time.as_secs_f64(),
+        report.compactions,
+        compact_time.as_secs_f64(),
+        rows as f64 / compact_time.as_secs_f64()
+    );
+    // Drop the compacted inputs now so the directory holds only the listed files.
+    clock.set(START_US + (args.days as i64 + 2) * DAY_US);
+    store.maintain().await?;
+
+    // 2. Queries, in-process through the same engine the API uses.
+    let registry = Arc::new(Registry::open(root.join("registry.sqlite3"))?);
+    let fleet = hoistway_processor::Fleet::new(
+        Arc::new(parking_lot::RwLock::new(FleetState::default())),
+        registry,
+        clock.clone() as Arc<dyn Clock>,
+        Duration::from_secs(60),
+    );
+    let engine = QueryEngine::new(
+        store.clone(),
+        fleet,
+        QueryLimits {
+            max_rows: 10_000_000,
+            ..Default::default()
+        },
+    )?;
+    let day0 = "2026-01-01T00:00:00Z";
+    let day1 = "2026-01-02T00:00:00Z";
+    let lift = format!("SIM-{:06}", args.lifts / 2);
+    let one_lift_day = format!(
+        "SELECT * FROM readings WHERE lift_id = '{lift}' AND ts >= '{day0}' AND ts < '{day1}'"
+    );
+    let rollup_span =
+        format!("SELECT * FROM rollups_hourly WHERE lift_id = '{lift}' ORDER BY hour");
+    let scan = "SELECT count(*), sum(trips), avg(motor_temp_c), max(vibration_mm_s) FROM readings";
+    let mut results = Vec::new();
+    for (name, sql, runs) in [
+        ("one lift, 24 h raw", one_lift_day.as_str(), args.runs),
+        (
+            "one lift, hourly rollups of the whole span",
+            rollup_span.as_str(),
+            args.runs,
+        ),
+        ("full-scan aggregate", scan, 5usize),
+    ] {
+        let mut samples = Vec::new();
+        let mut rows_out = 0;
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            let r = engine
+                .sql(sql)
+                .await
+                .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            rows_out = r.rows();
+        }
+        results.push((
+            name,
+            sql.to_string(),
+            percentile(&mut samples.clone(), 0.5),
+            percentile(&mut samples, 0.99),
+            rows_out,
+        ));
+    }
+
+    // 3. The same queries in DuckDB over the same files.
+    let file_list: Vec<String> = files
+        .iter()
+        .map(|f| hot_dir.join(&f.path).display().to_string())
+        .collect();
+    let duck = duckdb_times(&file_list, &lift, day0, day1, args.runs)?;
+    println!("## Queries (p50 / p99 ms; DuckDB p50 over the same files, 2 threads)");
+    for (i, (name, _sql, p50, p99, n)) in results.iter().enumerate() {
+        let peer = duck.get(i).copied().filter(|d| d.is_finite());
+        println!(
+            "{name}: {p50:.1} / {p99:.1} ms, {n} rows{}",
+            peer.map(|d| format!("; DuckDB {d:.1} ms (hoistway/DuckDB {:.2}×)", p50 / d))
+                .unwrap_or_default()
+        );
+    }
+    let scan_ms = results[2].2;
+    println!(
+        "full scan: {:.1} M readings/s, {:.1} M readings/s per core",
+        rows as f64 / scan_ms / 1000.0,
+        rows as f64 / scan_ms / 1000.0 / 2.0
+    );
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    } else {
+        println!(
+            "files kept in {} ({:.1} MiB)",
+            root.display(),
+            dir_bytes(&root) as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// p50 ms of the raw-day and full-scan queries in DuckDB (rollups are Hoistway's own view,
+/// so that row has no peer). Installs duckdb from PyPI when missing.
+fn duckdb_times(
+    files: &[String],
+    lift: &str,
+    day0: &str,
+    day1: &str,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import duckdb"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "duckdb"])
+            .status()
+            .context("pip install duckdb")?
+            .success();
+        anyhow::ensure!(ok, "pip install duckdb failed");
+    }
+    let script = r#"
+import duckdb, json, sys, time
+files, lift, day0, day1, runs = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+con = duckdb.connect()
+con.execute("SET threads = 2")
+con.execute("CREATE VIEW readings AS SELECT * FROM read_parquet(?)", [files])
+def p50(sql, n):
+    times = []
+    for _ in range(n):
+        t = time.perf_counter(); con.execute(sql).fetchall(); times.append((time.perf_counter() - t) * 1000)
+    times.sort(); return times[len(times) // 2]
+raw = p50(f"SELECT * FROM readings WHERE lift_id = '{lift}' AND ts >= TIMESTAMPTZ '{day0}' AND ts < TIMESTAMPTZ '{day1}'", runs)
+scan = p50("SELECT count(*), sum(trips), avg(motor_temp_c), max(vibration_mm_s) FROM readings", 5)
+print(json.dumps([raw, None, scan]))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(serde_json::to_string(files)?)
+        .args([lift, day0, day1, &runs.to_string()])
+        .output()
+        .context("running duckdb")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "duckdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<Option<f64>> = serde_json::from_slice(&out.stdout)?;
+    // Rollups have no DuckDB peer: NaN keeps positions aligned and prints as no ratio.
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+}
