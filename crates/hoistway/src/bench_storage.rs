@@ -272,7 +272,7 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
 }
 
 /// p50 ms of the raw-day and full-scan queries in DuckDB (rollups are Hoistway's own view,
-/// so that row has no peer). Installs duckdb from PyPI when missing.
+/// so that row has no peer). Installs duckdb (and pytz) from PyPI when missing.
 fn duckdb_times(
     files: &[String],
     lift: &str,
@@ -281,12 +281,13 @@ fn duckdb_times(
     runs: usize,
 ) -> anyhow::Result<Vec<f64>> {
     let have = std::process::Command::new("python3")
-        .args(["-c", "import duckdb"])
+        .args(["-c", "import duckdb, pytz"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
         let ok = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "duckdb"])
+            // pytz: DuckDB needs it to hand timestamps with a zone to Python.
+            .args(["-m", "pip", "install", "--quiet", "duckdb", "pytz"])
             .status()
             .context("pip install duckdb")?
             .success();
@@ -297,7 +298,8 @@ import duckdb, json, sys, time
 files, lift, day0, day1, runs = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 con = duckdb.connect()
 con.execute("SET threads = 2")
-con.execute("CREATE VIEW readings AS SELECT * FROM read_parquet(?)", [files])
+paths = ",".join("'" + f.replace("'", "''") + "'" for f in files)
+con.execute(f"CREATE VIEW readings AS SELECT * FROM read_parquet([{paths}])")
 def p50(sql, n):
     times = []
     for _ in range(n):
