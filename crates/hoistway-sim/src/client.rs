@@ -87,6 +87,22 @@ impl Connection {
         }
     }
 
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.host.as_str())
+            .header("content-type", content_type)
+            .body(Full::new(body))
+            .expect("valid request")
+    }
+
     /// Sends one request and hands the response body to `on_chunk` as it arrives (for
     /// downloads that show progress). Returns the status.
     pub async fn send_streaming(
@@ -97,16 +113,9 @@ impl Connection {
         body: Bytes,
         mut on_chunk: impl FnMut(&[u8]),
     ) -> Result<StatusCode, ClientError> {
-        let host = self.host.clone();
+        let req = self.request(method, path, content_type, body);
         let sender = self.connect().await?;
         sender.ready().await?;
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", host)
-            .header("content-type", content_type)
-            .body(Full::new(body))
-            .expect("valid request");
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let mut body = resp.into_body();
@@ -125,16 +134,9 @@ impl Connection {
         content_type: &str,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
-        let host = self.host.clone();
+        let req = self.request(method, path, content_type, body);
         let sender = self.connect().await?;
         sender.ready().await?;
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", host)
-            .header("content-type", content_type)
-            .body(Full::new(body))
-            .expect("valid request");
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
