@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -165,10 +165,6 @@ fn bit_count_udf() -> ScalarUDF {
     )
 }
 
-fn timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
 fn lifts_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("lift_id", DataType::Utf8, false),
@@ -192,8 +188,12 @@ fn lift_state_schema() -> SchemaRef {
         Field::new("status", DataType::Utf8, false),
         Field::new("epoch", DataType::UInt64, true),
         Field::new("last_seq", DataType::UInt64, true),
-        Field::new("last_ts", timestamp(), true),
-        Field::new("last_received_at", timestamp(), true),
+        Field::new("last_ts", hoistway_store::schema::timestamp_type(), true),
+        Field::new(
+            "last_received_at",
+            hoistway_store::schema::timestamp_type(),
+            true,
+        ),
         Field::new("floor", DataType::Int16, true),
         Field::new("direction", DataType::Utf8, true),
         Field::new("door", DataType::Utf8, true),

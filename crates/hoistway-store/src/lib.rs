@@ -305,7 +305,24 @@ impl Store {
     }
 
     pub fn status(&self) -> StoreStatus {
-        let snapshot = self.snapshot();
+        // Counting buffered rows needs no Arrow conversion of the open buffer.
+        let (snapshot, buffered_rows) = {
+            let visible = self.visible.read();
+            let batched: usize = visible
+                .flushing
+                .iter()
+                .chain(&visible.sealed)
+                .map(|b| b.num_rows())
+                .sum();
+            (
+                Snapshot {
+                    hot: visible.hot.clone(),
+                    archive: visible.archive.clone(),
+                    buffer: Vec::new(),
+                },
+                (batched + visible.open.len()) as u64,
+            )
+        };
         let mut tiers = Vec::new();
         for (tier, manifest) in [
             (Tier::Hot, &snapshot.hot),
@@ -330,7 +347,7 @@ impl Store {
         }
         StoreStatus {
             log_offset: snapshot.hot.log_offset,
-            buffered_rows: snapshot.buffer.iter().map(|b| b.num_rows() as u64).sum(),
+            buffered_rows,
             tiers,
         }
     }
@@ -460,8 +477,14 @@ impl Store {
         }
     }
 
-    fn push(&self, readings: &[Reading]) {
+    /// Buffers readings from the log record at `offset`, unless a committed flush covers it.
+    fn push(&self, offset: Offset, readings: &[Reading]) {
         let mut visible = self.visible.write();
+        // After a crash the processor replays from its checkpoint, which may be behind what a
+        // flush already committed: those readings are in files already.
+        if offset < visible.hot.log_offset {
+            return;
+        }
         visible.open.extend_from_slice(readings);
         if visible.open.len() >= self.config.seal_rows {
             let batch = schema::readings_batch(&visible.open);
@@ -481,12 +504,7 @@ pub struct FlushStats {
 #[async_trait::async_trait]
 impl AcceptedSink for Store {
     fn accept(&self, offset: Offset, readings: &[Reading]) {
-        // After a crash the processor replays from its checkpoint, which may be behind what a
-        // flush already committed: those readings are in files already.
-        if offset < self.committed_offset() {
-            return;
-        }
-        self.push(readings);
+        self.push(offset, readings);
     }
 
     async fn commit(&self, through: Offset) -> Result<(), String> {
