@@ -18,9 +18,10 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::logical_expr::{ColumnarValue, LogicalPlan, ScalarUDF, Volatility, create_udf};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -100,6 +101,8 @@ pub struct QueryEngine {
     fleet: Fleet,
     limits: QueryLimits,
     runtime: Arc<RuntimeEnv>,
+    /// Tables, views and functions, registered once (see [`QueryEngine::context`]).
+    base: tokio::sync::OnceCell<SessionState>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -124,7 +127,10 @@ const HOURS_SQL: &str = "SELECT lift_id, hour, \
     sum(entrapments) AS entrapments, sum(alarms) AS alarms \
     FROM rollup_partials GROUP BY lift_id, hour";
 
-fn rollup_view_sql(period: &str, bucket: &str) -> String {
+/// The rollup columns over `source`, grouped by lift and `bucket`. `minutes` is the expression
+/// for minutes reporting: a partial's minute mask is per hour, so hours or-merge masks and
+/// days add up the hours'.
+fn rollup_view_sql(period: &str, bucket: &str, minutes: &str, source: &str) -> String {
     format!(
         "SELECT lift_id, {bucket} AS {period}, \
          sum(readings) AS readings, sum(trips) AS trips, sum(door_cycles) AS door_cycles, \
@@ -137,10 +143,10 @@ fn rollup_view_sql(period: &str, bucket: &str) -> String {
          min(load_kg_min) AS load_kg_min, \
          sum(load_kg_sum) / nullif(sum(load_kg_count), 0) AS load_kg_avg, \
          max(load_kg_max) AS load_kg_max, \
-         sum(minutes_reporting) AS minutes_reporting, \
+         {minutes} AS minutes_reporting, \
          sum(fault_readings) AS fault_readings, sum(events) AS events, \
          sum(entrapments) AS entrapments, sum(alarms) AS alarms \
-         FROM ({HOURS_SQL}) GROUP BY lift_id, {bucket}"
+         FROM {source} GROUP BY lift_id, {bucket}"
     )
 }
 
@@ -238,6 +244,7 @@ impl QueryEngine {
             fleet,
             limits,
             runtime,
+            base: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -246,26 +253,37 @@ impl QueryEngine {
     }
 
     /// A session over a fresh snapshot: every table a query sees is from the same moment.
+    /// Tables, views and functions are set up once; a query only clones that session state
+    /// (a fresh DataFusion session costs milliseconds, more than a small query).
     pub async fn context(&self) -> Result<SessionContext> {
+        let base = self.base.get_or_try_init(|| self.base_state()).await?;
+        let mut state = base.clone();
+        state
+            .config_mut()
+            .set_extension(Arc::new(self.store.snapshot()));
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    async fn base_state(&self) -> Result<SessionState> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_batch_size(8192);
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         ctx.register_udf(bit_count_udf());
-        let snapshot = Arc::new(self.store.snapshot());
-        ctx.register_table(
-            "readings",
-            Arc::new(StoredTable::new(Kind::Readings, snapshot.clone())),
-        )?;
+        ctx.register_table("readings", Arc::new(StoredTable::new(Kind::Readings)))?;
         ctx.register_table(
             "rollup_partials",
-            Arc::new(StoredTable::new(Kind::RollupsHourly, snapshot)),
+            Arc::new(StoredTable::new(Kind::RollupsHourly)),
         )?;
         let registry = self.fleet.registry().clone();
         ctx.register_table(
             "lifts",
-            Arc::new(LazyTable::new(lifts_schema(), move || {
-                let infos = registry.list(&Default::default());
+            Arc::new(LazyTable::new(lifts_schema(), move |selection| {
+                let infos = hoistway_processor::select_lifts(
+                    &registry,
+                    &selection.filter,
+                    selection.lift_ids.as_deref(),
+                );
                 let rows: Vec<&hoistway_registry::LiftInfo> =
                     infos.iter().map(|i| i.as_ref()).collect();
                 rows_to_batch(lifts_schema(), &rows)
@@ -274,15 +292,30 @@ impl QueryEngine {
         let fleet = self.fleet.clone();
         ctx.register_table(
             "lift_state",
-            Arc::new(LazyTable::new(lift_state_schema(), move || {
-                rows_to_batch(lift_state_schema(), &fleet.all())
+            Arc::new(LazyTable::new(lift_state_schema(), move |selection| {
+                let views = fleet.select(&selection.filter, selection.lift_ids.as_deref());
+                rows_to_batch(lift_state_schema(), &views)
             })),
         )?;
         for (name, sql) in [
-            ("rollups_hourly", rollup_view_sql("hour", "hour")),
+            // One aggregation: a small query plans and runs in a fraction of two.
+            (
+                "rollups_hourly",
+                rollup_view_sql(
+                    "hour",
+                    "hour",
+                    "bit_count(bit_or(minutes_mask))",
+                    "rollup_partials",
+                ),
+            ),
             (
                 "rollups_daily",
-                rollup_view_sql("day", "date_trunc('day', hour)"),
+                rollup_view_sql(
+                    "day",
+                    "date_trunc('day', hour)",
+                    "sum(minutes_reporting)",
+                    &format!("({HOURS_SQL})"),
+                ),
             ),
         ] {
             let plan = ctx.sql(&sql).await?.into_unoptimized_plan();
@@ -291,7 +324,7 @@ impl QueryEngine {
                 Arc::new(datafusion::datasource::ViewTable::new(plan, Some(sql))),
             )?;
         }
-        Ok(ctx)
+        Ok(ctx.state())
     }
 
     /// Plans a read-only statement; anything else is refused before it runs.
@@ -324,7 +357,11 @@ impl QueryEngine {
         let max_rows = self.limits.max_rows;
         let limit = self.limits.timeout;
         let run = async {
-            let df = df.limit(0, Some(max_rows + 1))?;
+            // EXPLAIN [ANALYZE] must stay the root of its plan; its output is small anyway.
+            let df = match df.logical_plan() {
+                LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => df,
+                _ => df.limit(0, Some(max_rows + 1))?,
+            };
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let mut stream = df.execute_stream().await?;
             let mut batches = Vec::new();

@@ -11,24 +11,27 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::Result;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, utils::conjunction,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
-use hoistway_store::scan::{ScanOptions, parquet_scan};
+use hoistway_registry::LiftFilter;
+use hoistway_store::scan::{ScanOptions, parquet_scan, tier_url};
 use hoistway_store::{FileEntry, Kind, Snapshot, Tier, rollup, schema};
 
-/// `readings` or `rollup_partials`: committed files of both tiers plus the in-memory buffer.
+/// `readings` or `rollup_partials`: committed files of both tiers plus the in-memory buffer,
+/// as of the [`Snapshot`] the query's session carries (a session config extension), so every
+/// table of one query sees the same moment while the table itself is registered once.
 pub struct StoredTable {
     kind: Kind,
-    snapshot: Arc<Snapshot>,
 }
 
 impl StoredTable {
-    pub fn new(kind: Kind, snapshot: Arc<Snapshot>) -> Self {
-        Self { kind, snapshot }
+    pub fn new(kind: Kind) -> Self {
+        Self { kind }
     }
 
     fn time_column(&self) -> &'static str {
@@ -38,11 +41,11 @@ impl StoredTable {
         }
     }
 
-    fn buffer(&self) -> Vec<RecordBatch> {
+    fn buffer(&self, snapshot: &Snapshot) -> Vec<RecordBatch> {
         match self.kind {
-            Kind::Readings => self.snapshot.buffer.clone(),
-            Kind::RollupsHourly if self.snapshot.buffer.is_empty() => Vec::new(),
-            Kind::RollupsHourly => vec![rollup::partials_of_readings(&self.snapshot.buffer)],
+            Kind::Readings => snapshot.buffer.clone(),
+            Kind::RollupsHourly if snapshot.buffer.is_empty() => Vec::new(),
+            Kind::RollupsHourly => vec![rollup::partials_of_readings(&snapshot.buffer)],
         }
     }
 }
@@ -83,6 +86,9 @@ impl TableProvider for StoredTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = state.config().get_extension::<Snapshot>().ok_or_else(|| {
+            DataFusionError::Internal("the session carries no storage snapshot".into())
+        })?;
         let schema = self.schema();
         let bounds = Bounds::from_filters(filters, self.time_column());
         let predicate = match conjunction(filters.iter().cloned()) {
@@ -93,10 +99,10 @@ impl TableProvider for StoredTable {
             None => None,
         };
         let partitions = state.config().target_partitions();
+        let runtime = state.runtime_env();
         let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         for tier in [Tier::Hot, Tier::Archive] {
-            let files: Vec<FileEntry> = self
-                .snapshot
+            let files: Vec<FileEntry> = snapshot
                 .files(tier, self.kind)
                 .filter(|f| bounds.may_hold(f))
                 .cloned()
@@ -104,6 +110,10 @@ impl TableProvider for StoredTable {
             if files.is_empty() {
                 continue;
             }
+            let reader_factory = Arc::new(CachedParquetFileReaderFactory::new(
+                runtime.object_store(tier_url(tier))?,
+                runtime.cache_manager.get_file_metadata_cache(),
+            ));
             plans.push(parquet_scan(
                 tier,
                 schema.clone(),
@@ -114,10 +124,11 @@ impl TableProvider for StoredTable {
                     ordering: None,
                     limit,
                     partitions,
+                    reader_factory: Some(reader_factory),
                 },
             )?);
         }
-        let buffer = self.buffer();
+        let buffer = self.buffer(&snapshot);
         if !buffer.is_empty() || plans.is_empty() {
             plans.push(MemorySourceConfig::try_new_exec(
                 &[buffer],
@@ -163,6 +174,18 @@ fn string(value: &ScalarValue) -> Option<String> {
         ScalarValue::Utf8(Some(s))
         | ScalarValue::Utf8View(Some(s))
         | ScalarValue::LargeUtf8(Some(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The ids of `lift_id IN ('a', 'b', …)` when every item is a string literal.
+fn lift_id_list(expr: &Expr) -> Option<Vec<String>> {
+    match expr {
+        Expr::InList(list) if !list.negated && is_column(&list.expr, "lift_id") => list
+            .list
+            .iter()
+            .map(|e| literal(e).and_then(string))
+            .collect(),
         _ => None,
     }
 }
@@ -234,13 +257,8 @@ impl Bounds {
                     self.upper(t);
                 }
             }
-            Expr::InList(list) if !list.negated && is_column(&list.expr, "lift_id") => {
-                let values: Option<Vec<String>> = list
-                    .list
-                    .iter()
-                    .map(|e| literal(e).and_then(string))
-                    .collect();
-                if let Some(values) = values {
+            Expr::InList(_) => {
+                if let Some(values) = lift_id_list(expr) {
                     self.lifts = Some(values);
                 }
             }
@@ -265,17 +283,80 @@ impl Bounds {
     }
 }
 
-/// A table whose rows are computed only when a query scans it (the registry and latest state
-/// are in memory; turning 200,000 lifts into Arrow is only worth it when asked for).
+/// Equality filters on a lift's id and registry fields, read off a query's filters so that the
+/// registry and latest-state tables build only the lifts the query can return.
+#[derive(Debug, Clone, Default)]
+pub struct LiftSelection {
+    pub filter: LiftFilter,
+    pub lift_ids: Option<Vec<String>>,
+}
+
+impl LiftSelection {
+    pub fn from_filters(filters: &[Expr]) -> Self {
+        let mut s = Self::default();
+        for f in filters {
+            s.add(f);
+        }
+        s
+    }
+
+    fn add(&mut self, expr: &Expr) {
+        match expr {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
+                self.add(left);
+                self.add(right);
+            }
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => {
+                let (column, value) = match (literal(right), literal(left)) {
+                    (Some(v), _) => (left.as_ref(), v),
+                    (None, Some(v)) => (right.as_ref(), v),
+                    _ => return,
+                };
+                let (Expr::Column(c), Some(v)) = (column, string(value)) else {
+                    return;
+                };
+                // A second, different equality on one column selects nothing; DataFusion's own
+                // filter (the pushdown is inexact) returns the right empty answer either way.
+                match c.name.as_str() {
+                    "lift_id" => self.lift_ids = Some(vec![v]),
+                    "building" => self.filter.building = Some(v),
+                    "site" => self.filter.site = Some(v),
+                    "customer" => self.filter.customer = Some(v),
+                    _ => {}
+                }
+            }
+            Expr::InList(_) => {
+                if let Some(values) = lift_id_list(expr) {
+                    self.lift_ids = Some(values);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+type BuildRows = dyn Fn(&LiftSelection) -> Result<RecordBatch> + Send + Sync;
+
+/// A table whose rows are computed only when a query scans it, for just the lifts its filters
+/// select (the registry and latest state are in memory; turning 200,000 lifts into Arrow is
+/// only worth it when asked for).
 pub struct LazyTable {
     schema: SchemaRef,
-    build: Box<dyn Fn() -> Result<RecordBatch> + Send + Sync>,
+    build: Box<BuildRows>,
 }
 
 impl LazyTable {
     pub fn new(
         schema: SchemaRef,
-        build: impl Fn() -> Result<RecordBatch> + Send + Sync + 'static,
+        build: impl Fn(&LiftSelection) -> Result<RecordBatch> + Send + Sync + 'static,
     ) -> Self {
         Self {
             schema,
@@ -300,14 +381,22 @@ impl TableProvider for LazyTable {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Used to build fewer rows; DataFusion still filters them.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = (self.build)()?;
+        let batch = (self.build)(&LiftSelection::from_filters(filters))?;
         let plan: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             self.schema.clone(),

@@ -8,7 +8,7 @@
 //! first, then to the in-memory copy. Calls block: async callers use `spawn_blocking`. This crate
 //! knows nothing of readings or state.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -87,7 +87,43 @@ impl LiftFilter {
 
 pub struct Registry {
     conn: Mutex<Connection>,
-    lifts: RwLock<HashMap<LiftId, Arc<LiftInfo>>>,
+    lifts: RwLock<Catalog>,
+}
+
+/// The registered lifts in memory, indexed by id and by building (a building's page and the
+/// SQL `lift_state` table ask for one building among 200,000 lifts).
+#[derive(Default)]
+struct Catalog {
+    by_id: HashMap<LiftId, Arc<LiftInfo>>,
+    by_building: HashMap<String, BTreeSet<LiftId>>,
+}
+
+impl Catalog {
+    fn insert(&mut self, info: LiftInfo) {
+        let info = Arc::new(info);
+        if let Some(old) = self.by_id.insert(info.lift_id.clone(), info.clone()) {
+            self.unindex(&old);
+        }
+        self.by_building
+            .entry(info.building.clone())
+            .or_default()
+            .insert(info.lift_id.clone());
+    }
+
+    fn remove(&mut self, lift_id: &str) {
+        if let Some(old) = self.by_id.remove(lift_id) {
+            self.unindex(&old);
+        }
+    }
+
+    fn unindex(&mut self, old: &LiftInfo) {
+        if let Some(ids) = self.by_building.get_mut(&old.building) {
+            ids.remove(&old.lift_id);
+            if ids.is_empty() {
+                self.by_building.remove(&old.building);
+            }
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -177,15 +213,14 @@ impl Registry {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        let mut lifts = HashMap::new();
+        let mut lifts = Catalog::default();
         {
             let mut stmt = conn.prepare(
                 "SELECT lift_id, building, site, customer, model, install_date, initial_trips FROM lifts",
             )?;
             let rows = stmt.query_map([], row_to_info)?;
             for row in rows {
-                let info = row?;
-                lifts.insert(info.lift_id.clone(), Arc::new(info));
+                lifts.insert(row?);
             }
         }
         Ok(Self {
@@ -195,15 +230,15 @@ impl Registry {
     }
 
     pub fn get(&self, lift_id: &str) -> Option<Arc<LiftInfo>> {
-        self.lifts.read().get(lift_id).cloned()
+        self.lifts.read().by_id.get(lift_id).cloned()
     }
 
     pub fn contains(&self, lift_id: &str) -> bool {
-        self.lifts.read().contains_key(lift_id)
+        self.lifts.read().by_id.contains_key(lift_id)
     }
 
     pub fn len(&self) -> usize {
-        self.lifts.read().len()
+        self.lifts.read().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -212,9 +247,21 @@ impl Registry {
 
     /// Every lift matching `filter`, sorted by id.
     pub fn list(&self, filter: &LiftFilter) -> Vec<Arc<LiftInfo>> {
-        let mut out: Vec<_> = self
-            .lifts
-            .read()
+        let lifts = self.lifts.read();
+        if let Some(building) = &filter.building {
+            // The index keeps ids sorted.
+            return lifts
+                .by_building
+                .get(building)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| lifts.by_id.get(id))
+                .filter(|l| filter.matches(l))
+                .cloned()
+                .collect();
+        }
+        let mut out: Vec<_> = lifts
+            .by_id
             .values()
             .filter(|l| filter.matches(l))
             .cloned()
@@ -300,7 +347,7 @@ impl Registry {
         }
         let mut lifts = self.lifts.write();
         for info in infos {
-            lifts.insert(info.lift_id.clone(), Arc::new(info));
+            lifts.insert(info);
         }
         Ok(report)
     }
@@ -473,5 +520,44 @@ mod tests {
             reg.update("nope", LiftPatch::default()),
             Err(Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn the_building_index_follows_moves_and_removals() {
+        let reg = Registry::open(":memory:").unwrap();
+        reg.import_csv(b"lift_id,building,site\nL3,B1,S1\nL1,B1,S2\nL2,B2,S1\n")
+            .unwrap();
+        let in_building = |b: &str, site: Option<&str>| -> Vec<String> {
+            reg.list(&LiftFilter {
+                building: Some(b.into()),
+                site: site.map(Into::into),
+                ..Default::default()
+            })
+            .iter()
+            .map(|l| l.lift_id.as_str().to_string())
+            .collect()
+        };
+        assert_eq!(in_building("B1", None), ["L1", "L3"], "sorted by id");
+        assert_eq!(
+            in_building("B1", Some("S1")),
+            ["L3"],
+            "other fields still filter"
+        );
+        reg.update(
+            "L3",
+            LiftPatch {
+                building: Some("B2".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(in_building("B1", None), ["L1"]);
+        assert_eq!(in_building("B2", None), ["L2", "L3"]);
+        reg.remove("L1").unwrap();
+        assert!(in_building("B1", None).is_empty());
+        assert!(
+            reg.lifts.read().by_building.get("B1").is_none(),
+            "no empty sets left"
+        );
     }
 }

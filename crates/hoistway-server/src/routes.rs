@@ -391,23 +391,16 @@ async fn lift_state(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
 }
 
 async fn building(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let lifts = app.registry.list(&LiftFilter {
+    let filter = LiftFilter {
         building: Some(id.clone()),
         ..Default::default()
-    });
-    if lifts.is_empty() {
+    };
+    let views = app.fleet.select(&filter, None);
+    if views.is_empty() {
         return Err(Problem::not_found(format!(
             "no registered lift is in building {id:?}"
         )));
     }
-    let views: Vec<_> = lifts
-        .iter()
-        .filter_map(|l| app.fleet.lift(l.lift_id.as_str()))
-        .map(|mut v| {
-            v.seq_ranges = None;
-            v
-        })
-        .collect();
     #[derive(Serialize)]
     struct Building {
         building_id: String,

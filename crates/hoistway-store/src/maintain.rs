@@ -6,6 +6,7 @@
 //! the old manifest (new files are unlisted and removed on open) or the new one (old files are
 //! garbage, deleted after the grace period).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -22,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use crate::manifest::{FileEntry, Kind, Manifest, Tier};
 use crate::scan::{ScanOptions, parquet_scan, sort_order, tier_url};
 use crate::write::{RollingWriter, properties_of, schema_of};
-use crate::{DAY_US, HOUR_US, Result, Store, by_date, crash_point, rollup};
+use crate::{DAY_US, HOUR_US, Result, Store, by_date, crash_point, date_of, rollup};
 
 /// What one [`Store::maintain`] pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -46,6 +47,7 @@ impl Store {
         self.compact_tier(Tier::Hot, now, &mut report).await?;
         self.move_to_archive(now, &mut report).await?;
         self.compact_tier(Tier::Archive, now, &mut report).await?;
+        self.compact_rollup_months(now, &mut report).await?;
         self.collect_garbage(now, &mut report).await?;
         metrics::counter!("hoistway_store_compactions_total").increment(report.compactions);
         metrics::counter!("hoistway_store_moved_files_total").increment(report.moved_files);
@@ -113,7 +115,7 @@ impl Store {
     ) -> Result<()> {
         let manifest = self.manifest(tier);
         let groups = by_date(&manifest.files);
-        for ((kind, _date), files) in groups {
+        for ((kind, date), files) in groups {
             let flushed = files.iter().filter(|f| f.level == 0).count();
             let day_over = files
                 .iter()
@@ -125,23 +127,63 @@ impl Store {
                 && (flushed >= self.config.compact_min_files || (day_over && files.len() > 1));
             if due {
                 let inputs: Vec<FileEntry> = files.into_iter().cloned().collect();
-                self.compact(tier, kind, &inputs, now, report).await?;
+                self.compact(tier, kind, &date, &inputs, now, report)
+                    .await?;
             }
         }
         Ok(())
     }
 
-    /// Merges sorted files of one date into sorted files of up to `max_rows_per_file` rows.
+    /// Once a month is over, its archived hourly rollups are merged into one partial per
+    /// (lift, hour) in month files (`rollups_hourly/month=YYYY-MM/`), so a lift's year of
+    /// rollups is 12 files to open instead of 365. Partials that arrive later for that month
+    /// (a late backlog, moved to the archive after `hot_retention`) are merged into it at the
+    /// next pass.
+    async fn compact_rollup_months(&self, now: i64, report: &mut MaintenanceReport) -> Result<()> {
+        // A day of slack after the month ends, for the hot tier to hand over its last day.
+        let open_month = date_of(now - DAY_US)[..7].to_string();
+        let manifest = self.manifest(Tier::Archive);
+        let mut months: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
+        for f in manifest
+            .files
+            .iter()
+            .filter(|f| f.kind == Kind::RollupsHourly)
+        {
+            months
+                .entry(f.date[..7].to_string())
+                .or_default()
+                .push(f.clone());
+        }
+        for (month, files) in months {
+            let has_dates = files.iter().any(|f| !f.is_month());
+            if month < open_month && has_dates && files.len() > 1 {
+                self.compact(
+                    Tier::Archive,
+                    Kind::RollupsHourly,
+                    &month,
+                    &files,
+                    now,
+                    report,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges sorted files of one partition (a date, or a month of rollups) into sorted files
+    /// of up to `max_rows_per_file` rows.
     async fn compact(
         &self,
         tier: Tier,
         kind: Kind,
+        partition: &str,
         inputs: &[FileEntry],
         now: i64,
         report: &mut MaintenanceReport,
     ) -> Result<()> {
         let store = self.config.tier(tier).store.clone();
-        let date = inputs[0].date.clone();
+        let date = partition.to_string();
         let schema = schema_of(kind);
         let (first, second) = match kind {
             Kind::Readings => ("lift_id", "ts"),

@@ -59,7 +59,8 @@ pub struct FileEntry {
     pub kind: Kind,
     /// Path inside the tier's store, e.g. `readings/date=2026-11-23/f000000000042.parquet`.
     pub path: String,
-    /// The UTC date (`YYYY-MM-DD`) of every row's event time.
+    /// The partition: the UTC date (`YYYY-MM-DD`) of every row's event time, or the month
+    /// (`YYYY-MM`) of an archived rollup file merged per month.
     pub date: String,
     /// 0: written by a flush; 1: written by compaction.
     pub level: u8,
@@ -73,9 +74,22 @@ pub struct FileEntry {
 
 impl FileEntry {
     pub fn path_for(kind: Kind, date: &str, id: u64) -> String {
-        format!("{}/date={date}/f{id:012}.parquet", kind.dir())
+        let key = if date.len() == MONTH_LEN {
+            "month"
+        } else {
+            "date"
+        };
+        format!("{}/{key}={date}/f{id:012}.parquet", kind.dir())
+    }
+
+    /// Whether this file holds a whole month (merged rollups), not one date.
+    pub fn is_month(&self) -> bool {
+        self.date.len() == MONTH_LEN
     }
 }
+
+/// `YYYY-MM`
+const MONTH_LEN: usize = 7;
 
 /// A file no longer listed, kept until queries that might still read it are over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use arrow::compute::SortOptions;
 use arrow::datatypes::SchemaRef;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -44,6 +46,9 @@ pub struct ScanOptions {
     pub limit: Option<usize>,
     /// Partitions to spread files over when no ordering is needed.
     pub partitions: usize,
+    /// How files are opened; queries pass one that caches footers and page indexes (stored
+    /// files never change, so a year of rollups is not 365 footer reads per query).
+    pub reader_factory: Option<Arc<dyn ParquetFileReaderFactory>>,
 }
 
 /// A plan reading `files` (all in one tier) with `schema`.
@@ -58,6 +63,9 @@ pub fn parquet_scan(
         .with_pushdown_filters(true);
     if let Some(predicate) = &options.predicate {
         source = source.with_predicate(predicate.clone());
+    }
+    if let Some(factory) = options.reader_factory {
+        source = source.with_parquet_file_reader_factory(factory);
     }
     let partitioned = |f: &FileEntry| PartitionedFile::new(f.path.clone(), f.bytes);
     let groups: Vec<FileGroup> = if options.ordering.is_some() {

@@ -219,8 +219,12 @@ pub static ROLLUP_PARTIALS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
-/// Parquet settings for readings: zstd, dictionary for ids and enums, delta for the
-/// monotonic integers, byte-stream-split for sensor floats, page statistics for pruning.
+/// Parquet settings for readings: zstd, page statistics for pruning, and per column the
+/// encoding that measured smallest on simulator data (docs/BENCHMARKS.md has the table):
+/// delta for the per-lift monotonic `ts`, `received` and `seq`; dictionary for everything else,
+/// sensors included, because sensors report at a fixed resolution (a few hundred distinct
+/// values per row group). A sensor column whose dictionary outgrows its page falls back to
+/// byte-stream-split, the encoding for floats with noisy low bits.
 pub fn readings_writer_properties(row_group_rows: usize) -> WriterProperties {
     let mut builder = base_properties(row_group_rows).set_sorting_columns(Some(vec![
         SortingColumn {
@@ -234,15 +238,14 @@ pub fn readings_writer_properties(row_group_rows: usize) -> WriterProperties {
             nulls_first: false,
         },
     ]));
-    for name in ["ts", "received", "epoch", "seq"] {
+    for name in ["ts", "received", "seq"] {
         builder = builder
             .set_column_dictionary_enabled(ColumnPath::from(name), false)
             .set_column_encoding(ColumnPath::from(name), Encoding::DELTA_BINARY_PACKED);
     }
     for name in ["load_kg", "speed_mps", "motor_temp_c", "vibration_mm_s"] {
-        builder = builder
-            .set_column_dictionary_enabled(ColumnPath::from(name), false)
-            .set_column_encoding(ColumnPath::from(name), Encoding::BYTE_STREAM_SPLIT);
+        // With the dictionary enabled, this is the fallback encoding.
+        builder = builder.set_column_encoding(ColumnPath::from(name), Encoding::BYTE_STREAM_SPLIT);
     }
     builder.build()
 }

@@ -347,6 +347,65 @@ async fn tiers_and_retention_follow_the_clock() {
 }
 
 #[tokio::test]
+async fn archived_rollups_are_merged_per_month_once_it_is_over() {
+    let f = Fixture::new(); // now: 2026-11-23 12:00
+    let store = f.open().await;
+    // Three dates in October and one in November, all older than the 48 h hot retention.
+    for (offset, days_ago) in [49i64, 37, 23, 21].into_iter().enumerate() {
+        store.accept(offset as u64, &fleet(3, 10, DAY0 - days_ago * DAY_US));
+    }
+    store.commit(4).await.unwrap();
+    let partitions = |store: &Store, kind: Kind| {
+        let mut dates: Vec<String> = store
+            .snapshot()
+            .files(Tier::Archive, kind)
+            .map(|f| f.date.clone())
+            .collect();
+        dates.sort();
+        dates
+    };
+    let before = rollups(&f, &store);
+    store.maintain().await.unwrap();
+    assert_eq!(
+        partitions(&store, Kind::RollupsHourly),
+        ["2026-10", "2026-11-02"],
+        "October is over and merged; November is still open"
+    );
+    assert_eq!(
+        partitions(&store, Kind::Readings),
+        ["2026-10-05", "2026-10-17", "2026-10-31", "2026-11-02"],
+        "readings stay per date"
+    );
+    assert!(f.archive().join("rollups_hourly/month=2026-10").is_dir());
+    assert_eq!(
+        rollups(&f, &store),
+        before,
+        "merging keeps every rollup exact"
+    );
+
+    // A late October backlog reaches the archive and joins the month file.
+    store.accept(4, &fleet(4, 6, DAY0 - 40 * DAY_US));
+    store.commit(5).await.unwrap();
+    let before = rollups(&f, &store);
+    let report = store.maintain().await.unwrap();
+    assert!(report.compactions >= 1);
+    assert_eq!(
+        partitions(&store, Kind::RollupsHourly),
+        ["2026-10", "2026-11-02"]
+    );
+    assert_eq!(rollups(&f, &store), before);
+    // Merged files are not merged again.
+    assert_eq!(store.maintain().await.unwrap().compactions, 0);
+    drop(store);
+    let store = f.open().await;
+    assert_eq!(
+        rollups(&f, &store),
+        before,
+        "the month file survives a reopen"
+    );
+}
+
+#[tokio::test]
 async fn an_interrupted_move_keeps_the_archive_copy_only() {
     let f = Fixture::new();
     let store = f.open().await;
@@ -432,7 +491,12 @@ fn stored_schemas_match_the_golden_files() {
 
 #[test]
 fn written_files_use_the_documented_encodings() {
-    let batch = readings_batch(&fleet(4, 100, DAY0));
+    // 300,000 distinct speeds outgrow a dictionary page; temperatures repeat.
+    let mut readings = fleet(3000, 100, DAY0);
+    for (i, r) in readings.iter_mut().enumerate() {
+        r.speed_mps = Some(0.5 + i as f32 * 1e-5);
+    }
+    let batch = readings_batch(&readings);
     let sorted = batch; // fleet() is sorted by ts, not lift; encodings do not depend on it
     let bytes = {
         let mut out = Vec::new();
@@ -463,9 +527,20 @@ fn written_files_use_the_documented_encodings() {
     };
     assert!(encodings("ts").contains("DELTA_BINARY_PACKED"));
     assert!(encodings("seq").contains("DELTA_BINARY_PACKED"));
-    assert!(encodings("motor_temp_c").contains("BYTE_STREAM_SPLIT"));
-    assert!(encodings("lift_id").contains("RLE_DICTIONARY"));
-    assert!(encodings("direction").contains("RLE_DICTIONARY"));
+    assert!(!encodings("seq").contains("DICTIONARY"));
+    for dictionary in ["lift_id", "epoch", "direction", "motor_temp_c", "trips"] {
+        assert!(
+            encodings(dictionary).contains("RLE_DICTIONARY"),
+            "{dictionary}: {}",
+            encodings(dictionary)
+        );
+    }
+    assert!(!encodings("motor_temp_c").contains("BYTE_STREAM_SPLIT"));
+    assert!(
+        encodings("speed_mps").contains("BYTE_STREAM_SPLIT"),
+        "a sensor's overflowing dictionary falls back to byte-stream-split: {}",
+        encodings("speed_mps")
+    );
     let trips = sorted.column(12).as_primitive::<Int32Type>();
-    assert_eq!(trips.len(), 400);
+    assert_eq!(trips.len(), 300_000);
 }

@@ -269,6 +269,25 @@ async fn register_lifts(addr: SocketAddr, lifts: usize) -> anyhow::Result<()> {
     crate::simulate::register(addr, csv).await
 }
 
+/// Closed-loop batches of 1,000 readings; returns the run and the end-to-end rate (durable
+/// and processed).
+async fn batch_phase(addr: SocketAddr, args: &BenchArgs) -> anyhow::Result<(LoadResult, f64)> {
+    let t = Instant::now();
+    let run = load(
+        addr,
+        args.connections.min(8),
+        args.seconds,
+        1000,
+        args.lifts,
+        None,
+        2_000_000,
+    )
+    .await;
+    wait_processed(addr).await?;
+    let e2e = run.readings as f64 / t.elapsed().as_secs_f64();
+    Ok((run, e2e))
+}
+
 fn serve_args(dir: &Path) -> Vec<String> {
     vec![
         "serve".into(),
@@ -345,25 +364,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     // 3. Batches of 1,000: durable and processed, end to end.
-    let t = Instant::now();
-    let batch = load(
-        server.addr,
-        conns.min(8),
-        args.seconds,
-        1000,
-        args.lifts,
-        None,
-        2_000_000,
-    )
-    .await;
-    wait_processed(server.addr).await?;
-    let e2e = batch.readings as f64 / t.elapsed().as_secs_f64();
+    let (batch, e2e) = batch_phase(server.addr, &args).await?;
     println!("## Batches of 1,000 readings");
     println!(
         "acknowledged {:.0} readings/s; end to end (durable and processed) {:.0} readings/s; errors {}\n",
         batch.per_sec(),
         e2e,
         batch.errors
+    );
+
+    // 3b. The same batches on two fresh servers, storage off and on, to show what storing every
+    // reading as Parquet costs the ingest spine.
+    println!("## Batches of 1,000 readings, fresh servers: storage off vs on");
+    println!("| storage | acknowledged readings/s | end to end readings/s | errors |");
+    println!("|---|---|---|---|");
+    let mut end_to_end = Vec::new();
+    for (name, enabled) in [("off", "false"), ("on", "true")] {
+        let dir = tmp.join(format!("storage-{name}"));
+        let a = serve_args(&dir);
+        let (server, _) = Proc::start(
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[("HOISTWAY_STORAGE__ENABLED", enabled)],
+        )?;
+        register_lifts(server.addr, args.lifts).await?;
+        let (run, e2e) = batch_phase(server.addr, &args).await?;
+        println!(
+            "| {name} | {:.0} | {:.0} | {} |",
+            run.per_sec(),
+            e2e,
+            run.errors
+        );
+        end_to_end.push(e2e);
+        server.kill();
+    }
+    println!(
+        "\nend to end with storage on / off: {:.2}\n",
+        end_to_end[1] / end_to_end[0].max(1.0)
     );
 
     // 4. Memory with every lift holding state.

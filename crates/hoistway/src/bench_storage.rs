@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hoistway_ingest::{BodyFormat, DecodeLimits, decode_body};
-use hoistway_model::{Clock, ManualClock, Reading};
+use hoistway_model::{Clock, LiftId, ManualClock, Reading};
 use hoistway_processor::{AcceptedSink, FleetState};
 use hoistway_query::{QueryEngine, QueryLimits};
-use hoistway_registry::Registry;
+use hoistway_registry::{LiftFilter, LiftInfo, Registry};
 use hoistway_sim::lift::SimLift;
 use hoistway_store::{DAY_US, Kind, Store, StoreConfig, Tier, TierStore};
 use rand::SeedableRng;
@@ -97,11 +97,10 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
     let clock = Arc::new(ManualClock::new(START_US));
     let hot_dir = root.join("hot");
-    let mut config = StoreConfig::new(
-        TierStore::local(&hot_dir)?,
-        TierStore::local(root.join("archive"))?,
-    );
-    config.hot_retention_us = 3650 * DAY_US;
+    let archive_dir = root.join("archive");
+    let config = StoreConfig::new(TierStore::local(&hot_dir)?, TierStore::local(&archive_dir)?);
+    // Default tiers: files older than 48 h move to the archive (a local dir here), and a month
+    // of archived rollups is merged once it is over, as on a server.
     let store = Arc::new(Store::open(config, clock.clone()).await?);
     let total = args.lifts as u64 * args.days as u64 * 8640;
     println!(
@@ -119,6 +118,10 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     let mut peer_bytes = 0u64;
     let mut peer_time = Duration::ZERO;
     let mut offset = 0;
+    let mut compact_time = Duration::ZERO;
+    let mut compactions = 0;
+    let mut buffered = 0;
+    let fleet_state = Arc::new(parking_lot::RwLock::new(FleetState::default()));
     for hour in 0..(args.days as i64 * 24) {
         let readings = hour_of_readings(&mut lifts, &mut rng, START_US + hour * 3_600_000_000);
         // Peer: default Parquet writer settings (zstd), rows in arrival order.
@@ -139,31 +142,55 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
             store.accept(offset, chunk);
             offset += 1;
         }
-        store.flush(offset).await?;
+        // The server flushes at every checkpoint; here a flush covers at least an hour and
+        // up to a day, so that a small fleet over many days is not a benchmark of fsync.
+        buffered += readings.len();
+        if buffered >= 4_000_000 || hour % 24 == 23 {
+            store.flush(offset).await?;
+            buffered = 0;
+        }
         write_time += t.elapsed();
+        if hour % 24 == 23 {
+            // As the server's upkeep does: once a day is over, its flushes are compacted.
+            clock.set(START_US + (hour + 1) * 3_600_000_000 + 2 * 3_600_000_000);
+            let t = Instant::now();
+            let report = store.maintain().await?;
+            compact_time += t.elapsed();
+            compactions += report.compactions;
+        }
+        if hour == args.days as i64 * 24 - 1 {
+            // The last hour's readings are the fleet's latest state.
+            let window = hoistway_model::DedupWindow::default();
+            let mut state = fleet_state.write();
+            for r in &readings {
+                state.apply(r, &window);
+            }
+        }
         progress.inc(readings.len() as u64);
     }
     progress.finish_and_clear();
-    clock.set(START_US + (args.days as i64 + 1) * DAY_US);
-    let t = Instant::now();
-    let report = store.maintain().await?;
-    let compact_time = t.elapsed();
     let snapshot = store.snapshot();
-    let files: Vec<_> = snapshot.files(Tier::Hot, Kind::Readings).cloned().collect();
-    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    let in_both_tiers = |kind| -> Vec<(Tier, hoistway_store::FileEntry)> {
+        [Tier::Hot, Tier::Archive]
+            .into_iter()
+            .flat_map(|tier| snapshot.files(tier, kind).map(move |f| (tier, f.clone())))
+            .collect()
+    };
+    let files = in_both_tiers(Kind::Readings);
+    let rollup_files = in_both_tiers(Kind::RollupsHourly);
+    let rows: u64 = files.iter().map(|(_, f)| f.rows).sum();
     anyhow::ensure!(rows == total, "stored {rows} rows, expected {total}");
-    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    let rollup_bytes: u64 = snapshot
-        .files(Tier::Hot, Kind::RollupsHourly)
-        .map(|f| f.bytes)
-        .sum();
+    let bytes: u64 = files.iter().map(|(_, f)| f.bytes).sum();
+    let rollup_bytes: u64 = rollup_files.iter().map(|(_, f)| f.bytes).sum();
+    let rollup_files = rollup_files.len();
     println!("## Size");
     println!(
-        "hoistway: {:.2} bytes/reading ({} files, {:.1} MiB); rollups add {:.3} bytes/reading",
+        "hoistway: {:.2} bytes/reading ({} files, {:.1} MiB); rollups add {:.3} bytes/reading ({} files)",
         bytes as f64 / rows as f64,
         files.len(),
         bytes as f64 / (1 << 20) as f64,
-        rollup_bytes as f64 / rows as f64
+        rollup_bytes as f64 / rows as f64,
+        rollup_files
     );
     println!(
         "peer (default Parquet writer, zstd, arrival order): {:.2} bytes/reading — hoistway is {:.2}× smaller\n",
@@ -175,25 +202,37 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
         "flush (sort, encode, fsync, commit): {:.0} readings/s; peer plain encode {:.0} readings/s; compaction {} merges in {:.1} s ({:.0} readings/s)\n",
         rows as f64 / write_time.as_secs_f64(),
         rows as f64 / peer_time.as_secs_f64(),
-        report.compactions,
+        compactions,
         compact_time.as_secs_f64(),
         rows as f64 / compact_time.as_secs_f64()
     );
     // Drop the compacted inputs now so the directory holds only the listed files.
-    clock.set(START_US + (args.days as i64 + 2) * DAY_US);
+    clock.set(START_US + (args.days as i64 + 1) * DAY_US);
     store.maintain().await?;
 
-    // 2. Queries, in-process through the same engine the API uses.
+    // 2. Queries, in-process through the same engine the API uses. Lifts are registered in
+    // buildings of 20.
     let registry = Arc::new(Registry::open(root.join("registry.sqlite3"))?);
+    registry.upsert_many(
+        lifts
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut info = LiftInfo::new(LiftId::new(&l.id).expect("simulator ids are valid"));
+                info.building = building_of(i);
+                info
+            })
+            .collect(),
+    )?;
     let fleet = hoistway_processor::Fleet::new(
-        Arc::new(parking_lot::RwLock::new(FleetState::default())),
+        fleet_state,
         registry,
         clock.clone() as Arc<dyn Clock>,
         Duration::from_secs(60),
     );
     let engine = QueryEngine::new(
         store.clone(),
-        fleet,
+        fleet.clone(),
         QueryLimits {
             max_rows: 10_000_000,
             ..Default::default()
@@ -208,6 +247,8 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     let rollup_span =
         format!("SELECT * FROM rollups_hourly WHERE lift_id = '{lift}' ORDER BY hour");
     let scan = "SELECT count(*), sum(trips), avg(motor_temp_c), max(vibration_mm_s) FROM readings";
+    let building = building_of(args.lifts / 2);
+    let building_sql = format!("SELECT * FROM lift_state WHERE building = '{building}'");
     let mut results = Vec::new();
     for (name, sql, runs) in [
         ("one lift, 24 h raw", one_lift_day.as_str(), args.runs),
@@ -217,6 +258,11 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
             args.runs,
         ),
         ("full-scan aggregate", scan, 5usize),
+        (
+            "one building's latest state (SQL)",
+            building_sql.as_str(),
+            args.runs,
+        ),
     ] {
         let mut samples = Vec::new();
         let mut rows_out = 0;
@@ -238,13 +284,53 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
         ));
     }
 
+    // The building page's lookup (GET /v1/buildings/{id}): registry index plus latest state.
+    let filter = LiftFilter {
+        building: Some(building.clone()),
+        ..Default::default()
+    };
+    let mut samples = Vec::new();
+    let mut rows_out = 0;
+    for _ in 0..args.runs.max(1) * 10 {
+        let t = Instant::now();
+        let views = fleet.select(&filter, None);
+        let json = serde_json::to_vec(&views)?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        rows_out = views.len();
+        std::hint::black_box(json);
+    }
+    results.push((
+        "one building's latest state (API lookup + JSON)",
+        format!("GET /v1/buildings/{building}"),
+        percentile(&mut samples.clone(), 0.5),
+        percentile(&mut samples, 0.99),
+        rows_out,
+    ));
+
     // 3. The same queries in DuckDB over the same files.
-    let file_list: Vec<String> = files
-        .iter()
-        .map(|f| hot_dir.join(&f.path).display().to_string())
-        .collect();
-    let duck = duckdb_times(&file_list, &lift, day0, day1, args.runs)?;
-    println!("## Queries (p50 / p99 ms; DuckDB p50 over the same files, 2 threads)");
+    let snapshot = store.snapshot();
+    let paths = |kind| -> Vec<String> {
+        [(Tier::Hot, &hot_dir), (Tier::Archive, &archive_dir)]
+            .into_iter()
+            .flat_map(|(tier, dir)| {
+                snapshot
+                    .files(tier, kind)
+                    .map(|f| dir.join(&f.path).display().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let duck = duckdb_times(
+        &paths(Kind::Readings),
+        &paths(Kind::RollupsHourly),
+        &lift,
+        day0,
+        day1,
+        args.runs,
+    )?;
+    println!(
+        "## Queries (p50 / p99 ms; DuckDB p50 over the same files, 2 threads, results as Arrow)"
+    );
     for (i, (name, _sql, p50, p99, n)) in results.iter().enumerate() {
         let peer = duck.get(i).copied().filter(|d| d.is_finite());
         println!(
@@ -271,23 +357,33 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// p50 ms of the raw-day and full-scan queries in DuckDB (rollups are Hoistway's own view,
-/// so that row has no peer). Installs duckdb (and pytz) from PyPI when missing.
+/// The benchmark's buildings hold 20 lifts each.
+fn building_of(lift_index: usize) -> String {
+    format!("B-{:05}", lift_index / 20)
+}
+
+/// p50 ms of the raw-day, rollup and full-scan queries in DuckDB over the same files, results
+/// fetched as Arrow tables (as DataFusion returns them). The rollup query reads the stored
+/// partials of one lift without Hoistway's merge, so it does less work than Hoistway's view.
+/// Installs duckdb, pyarrow and pytz from PyPI when missing.
 fn duckdb_times(
-    files: &[String],
+    readings: &[String],
+    rollups: &[String],
     lift: &str,
     day0: &str,
     day1: &str,
     runs: usize,
 ) -> anyhow::Result<Vec<f64>> {
     let have = std::process::Command::new("python3")
-        .args(["-c", "import duckdb, pytz"])
+        .args(["-c", "import duckdb, pyarrow, pytz"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
         let ok = std::process::Command::new("python3")
-            // pytz: DuckDB needs it to hand timestamps with a zone to Python.
-            .args(["-m", "pip", "install", "--quiet", "duckdb", "pytz"])
+            // pytz: DuckDB needs it to hand timestamps with a zone to Arrow.
+            .args([
+                "-m", "pip", "install", "--quiet", "duckdb", "pyarrow", "pytz",
+            ])
             .status()
             .context("pip install duckdb")?
             .success();
@@ -295,24 +391,33 @@ fn duckdb_times(
     }
     let script = r#"
 import duckdb, json, sys, time
-files, lift, day0, day1, runs = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+readings, rollups = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+lift, day0, day1, runs = sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
 con = duckdb.connect()
 con.execute("SET threads = 2")
-paths = ",".join("'" + f.replace("'", "''") + "'" for f in files)
-con.execute(f"CREATE VIEW readings AS SELECT * FROM read_parquet([{paths}])")
+def view(name, files):
+    paths = ",".join("'" + f.replace("'", "''") + "'" for f in files)
+    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{paths}])")
+view("readings", readings)
+view("rollup_partials", rollups)
+def arrow(result):
+    # DuckDB renamed fetch_arrow_table to to_arrow_table in 1.4.
+    return result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()
 def p50(sql, n):
     times = []
     for _ in range(n):
-        t = time.perf_counter(); con.execute(sql).fetchall(); times.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter(); arrow(con.execute(sql)); times.append((time.perf_counter() - t) * 1000)
     times.sort(); return times[len(times) // 2]
 raw = p50(f"SELECT * FROM readings WHERE lift_id = '{lift}' AND ts >= TIMESTAMPTZ '{day0}' AND ts < TIMESTAMPTZ '{day1}'", runs)
+roll = p50(f"SELECT * FROM rollup_partials WHERE lift_id = '{lift}' ORDER BY hour", runs)
 scan = p50("SELECT count(*), sum(trips), avg(motor_temp_c), max(vibration_mm_s) FROM readings", 5)
-print(json.dumps([raw, None, scan]))
+print(json.dumps([raw, roll, scan]))
 "#;
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(script)
-        .arg(serde_json::to_string(files)?)
+        .arg(serde_json::to_string(readings)?)
+        .arg(serde_json::to_string(rollups)?)
         .args([lift, day0, day1, &runs.to_string()])
         .output()
         .context("running duckdb")?;
@@ -321,7 +426,5 @@ print(json.dumps([raw, None, scan]))
         "duckdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Vec<Option<f64>> = serde_json::from_slice(&out.stdout)?;
-    // Rollups have no DuckDB peer: NaN keeps positions aligned and prints as no ratio.
-    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    Ok(serde_json::from_slice(&out.stdout)?)
 }

@@ -90,6 +90,8 @@ pub struct QuerySettings {
     pub max_rows: usize,
     pub timeout_secs: u64,
     pub memory_mb: usize,
+    /// Address of the PostgreSQL wire protocol listener; empty: off.
+    pub postgres_listen: String,
 }
 
 impl Default for StorageSettings {
@@ -114,6 +116,7 @@ impl Default for QuerySettings {
             max_rows: 100_000,
             timeout_secs: 30,
             memory_mb: 1024,
+            postgres_listen: String::new(),
         }
     }
 }

@@ -151,6 +151,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             std::env::temp_dir().join(format!("hoistway-demo-{}", std::process::id()));
     }
     let data_dir = config.data_dir.clone();
+    let postgres = config.query.postgres_listen.trim().to_string();
     let running = serve::start(config).await?;
     let addr = running.addr;
     let stop = running.shutdown_handle();
@@ -161,6 +162,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  one lift: curl -s http://{addr}/v1/lifts/SIM-000001/state");
     println!("  building: curl -s http://{addr}/v1/buildings/B00000");
     println!("  metrics:  curl -s http://{addr}/metrics");
+    println!(
+        "  sql:      curl -s http://{addr}/v1/sql -H 'content-type: text/plain' \\
+              -d 'SELECT lift_id, sum(trips) AS trips FROM rollups_hourly GROUP BY 1 ORDER BY 2 DESC LIMIT 5'"
+    );
+    if let Some((host, port)) = postgres.rsplit_once(':') {
+        println!(
+            "  psql:     psql -h {host} -p {port} -d hoistway -c 'SELECT * FROM lift_state LIMIT 5'"
+        );
+    }
     let sim_args = simulate::SimulateArgs::for_demo(addr, args.lifts, args.speedup);
     let sim = tokio::spawn(simulate::run(sim_args));
     serve::termination().await;

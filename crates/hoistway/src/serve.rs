@@ -120,6 +120,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .context("cannot start the query engine")?,
     );
+    let postgres_listener = match config.query.postgres_listen.trim() {
+        "" => None,
+        listen => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen for postgres clients on {listen}"))?,
+        ),
+    };
+    let postgres_query = query.clone();
     let accepting = Arc::new(AtomicBool::new(true));
     let app = AppState::new(AppParts {
         ingest,
@@ -169,6 +178,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
         shutdown_rx.clone(),
     ));
+    let postgres_task = postgres_listener
+        .map(|listener| {
+            let pg_addr = listener.local_addr()?;
+            tracing::info!(addr = %pg_addr, "postgres wire protocol listening");
+            anyhow::Ok(tokio::spawn(hoistway_pgwire::serve(
+                listener,
+                postgres_query,
+                shutdown_rx.clone(),
+            )))
+        })
+        .transpose()?;
     let router = hoistway_server::router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving");
     // The line tests and scripts wait for; keep its shape.
@@ -188,6 +208,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         sequencer_task.await?;
         let processed = processor_task.await?;
         maintenance_task.await?;
+        if let Some(task) = postgres_task {
+            task.await?;
+        }
         served?;
         processed?;
         tracing::info!("hoistway stopped cleanly");

@@ -766,6 +766,15 @@ async fn sql_refuses_writes_and_files_and_enforces_its_limits() {
         )
         .await;
     assert_problem(&r, 400);
+    // EXPLAIN and EXPLAIN ANALYZE show the plan, with the files the predicates kept.
+    for explain in ["EXPLAIN", "EXPLAIN ANALYZE"] {
+        let sql = format!("{explain} SELECT count(*) FROM readings WHERE lift_id = 'L-A1'");
+        let r = server
+            .post_json("/v1/sql", &json!({ "sql": sql }).to_string())
+            .await;
+        assert_eq!(r.status, 200, "{sql}: {}", String::from_utf8_lossy(&r.body));
+        assert!(r.json()["rows"].to_string().contains("Exec"), "{sql}");
+    }
 }
 
 #[tokio::test]
@@ -1009,4 +1018,119 @@ async fn the_archive_tier_on_s3_answers_the_same_sql() {
         server.spawn();
     });
     assert_eq!(run_golden_sql(&server).await, expected);
+}
+
+/// psql (simple protocol) and tokio-postgres (extended protocol, `$n` parameters, binary
+/// results) against the PostgreSQL wire listener: same tables, same refusals, same limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clients_query_over_the_wire_protocol() {
+    let pg_port = common::free_port();
+    let listen = format!("127.0.0.1:{pg_port}");
+    let server = TestServer::start(&[
+        ("HOISTWAY_QUERY__POSTGRES_LISTEN", listen.as_str()),
+        ("HOISTWAY_QUERY__MAX_ROWS", "5"),
+    ]);
+    sql_fixture(&server).await;
+
+    // psql, the way a person would use it.
+    let psql = |sql: &str| {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &pg_port.to_string()])
+            .args([
+                "-U", "analyst", "-d", "hoistway", "-X", "-A", "-t", "-F", ",",
+            ])
+            .args(["-c", sql])
+            .output()
+            .expect("psql is installed (postgresql-client)")
+    };
+    let out = psql(
+        "SELECT lift_id, count(*), sum(trips), max(ts) FROM readings GROUP BY lift_id ORDER BY lift_id",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "L-A1,6,21,2026-01-10 11:40:00+00:00\n\
+         L-A2,4,15,2026-01-10 10:40:00+00:00\n\
+         L-B1,4,10,2026-01-10 11:00:00+00:00\n"
+    );
+    let out = psql("SELECT faults, extra FROM readings WHERE lift_id = 'L-B1' AND seq = 2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[E7],{cabin_temp_c: 22.0}\n"
+    );
+    for (sql, code) in [
+        ("DROP VIEW rollups_daily", "read-only"),
+        ("SELECT * FROM '/etc/passwd'", "ERROR"),
+        ("SELEC 1", "ERROR"),
+    ] {
+        let out = psql(sql);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sql} was not refused");
+        assert!(err.contains(code), "{sql}: {err}");
+    }
+    let out = psql("SELECT seq FROM readings ORDER BY lift_id, seq");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("truncated to 5 rows"),
+        "the row limit is announced: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // tokio-postgres: session setup as drivers send it, then a prepared statement with
+    // parameters, executed twice, results in binary.
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={pg_port} user=grafana dbname=hoistway"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("SET application_name = 'dashboard'")
+        .await
+        .unwrap();
+    let statement = client
+        .prepare(
+            "SELECT lift_id, count(*) AS readings, max(ts) AS last, avg(motor_temp_c) AS temp \
+             FROM readings WHERE lift_id = $1 AND ts >= $2 GROUP BY lift_id",
+        )
+        .await
+        .unwrap();
+    let since = chrono::DateTime::parse_from_rfc3339("2026-01-10T10:30:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    for (lift, readings, temp) in [("L-A1", 4i64, 44.5f64), ("L-B1", 2, 43.5)] {
+        let rows = client.query(&statement, &[&lift, &since]).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].get::<_, &str>("lift_id"), lift);
+        assert_eq!(rows[0].get::<_, i64>("readings"), readings);
+        assert_eq!(rows[0].get::<_, f64>("temp"), temp);
+        assert!(rows[0].get::<_, chrono::DateTime<chrono::Utc>>("last") >= since);
+    }
+    let err = client
+        .query("DELETE FROM readings WHERE lift_id = $1", &[&"L-A1"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+        "{err}"
+    );
+    // Nothing was deleted, and HTTP sees the same data.
+    assert_eq!(
+        server
+            .sql_rows("SELECT count(*) FROM readings WHERE lift_id = 'L-A1'")
+            .await,
+        [["6"]]
+    );
 }
