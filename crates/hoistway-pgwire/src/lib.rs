@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
 use datafusion::prelude::DataFrame;
 use datafusion::scalar::ScalarValue;
 use futures::{Sink, SinkExt};
@@ -41,6 +41,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let handlers = Arc::new(Handlers::new(engine));
+    let stopped = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -58,7 +62,7 @@ pub async fn serve(
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = &mut stopped => return,
         }
     }
 }
@@ -252,7 +256,7 @@ fn parameter(
         Type::FLOAT8 => ScalarValue::Float64(portal.parameter::<f64>(i, declared).map_err(err)?),
         Type::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
             portal
-                .parameter::<DateTime<Utc>>(i, declared)
+                .parameter::<DateTime<FixedOffset>>(i, declared)
                 .map_err(err)?
                 .map(|t| t.timestamp_micros()),
             Some("UTC".into()),
