@@ -1042,28 +1042,25 @@ async fn postgres_clients_query_over_the_wire_protocol() {
             .output()
             .expect("psql is installed (postgresql-client)")
     };
-    let out = psql(
-        "SELECT lift_id, count(*), sum(trips), max(ts) FROM readings GROUP BY lift_id ORDER BY lift_id",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let rows = |sql: &str| {
+        let out = psql(sql);
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        rows(
+            "SELECT lift_id, count(*), sum(trips), max(ts) FROM readings GROUP BY lift_id ORDER BY lift_id"
+        ),
         "L-A1,6,21,2026-01-10 11:40:00.000000+00\n\
          L-A2,4,15,2026-01-10 10:40:00.000000+00\n\
          L-B1,4,10,2026-01-10 11:00:00.000000+00\n"
     );
-    let out = psql("SELECT faults, extra FROM readings WHERE lift_id = 'L-B1' AND seq = 2");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        rows("SELECT faults, extra FROM readings WHERE lift_id = 'L-B1' AND seq = 2"),
         "[E7],{cabin_temp_c: 22.0}\n"
     );
     for (sql, code) in [
