@@ -27,7 +27,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 pub use state::{Applied, FleetState, LiftState};
-pub use view::{Fleet, FleetSummary, LiftStatus, LiftView, ListQuery, Page, select_lifts};
+pub use view::{Fleet, FleetSummary, LiftStatus, LiftView, ListQuery, Page};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

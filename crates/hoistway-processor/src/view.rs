@@ -230,7 +230,7 @@ impl Fleet {
     /// id: the SQL `lift_state` table, built for just the lifts a query can return.
     pub fn select(&self, filter: &LiftFilter, lift_ids: Option<&[String]>) -> Vec<LiftView> {
         let now = self.clock.now_us();
-        let infos = select_lifts(&self.registry, filter, lift_ids);
+        let infos = self.registry.select(filter, lift_ids);
         let fleet = self.state.read();
         infos
             .iter()
@@ -271,25 +271,5 @@ impl Fleet {
     /// Number of lifts with state.
     pub fn lifts_with_state(&self) -> usize {
         self.state.read().lifts.len()
-    }
-}
-
-/// Registered lifts matching `filter` and, if given, with one of `lift_ids`; sorted by id.
-pub fn select_lifts(
-    registry: &Registry,
-    filter: &LiftFilter,
-    lift_ids: Option<&[String]>,
-) -> Vec<Arc<LiftInfo>> {
-    match lift_ids {
-        Some(ids) => {
-            let mut ids: Vec<&String> = ids.iter().collect();
-            ids.sort();
-            ids.dedup();
-            ids.into_iter()
-                .filter_map(|id| registry.get(id))
-                .filter(|info| filter.matches(info))
-                .collect()
-        }
-        None => registry.list(filter),
     }
 }

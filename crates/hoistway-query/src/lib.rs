@@ -279,11 +279,7 @@ impl QueryEngine {
         ctx.register_table(
             "lifts",
             Arc::new(LazyTable::new(lifts_schema(), move |selection| {
-                let infos = hoistway_processor::select_lifts(
-                    &registry,
-                    &selection.filter,
-                    selection.lift_ids.as_deref(),
-                );
+                let infos = registry.select(&selection.filter, selection.lift_ids.as_deref());
                 let rows: Vec<&hoistway_registry::LiftInfo> =
                     infos.iter().map(|i| i.as_ref()).collect();
                 rows_to_batch(lifts_schema(), &rows)

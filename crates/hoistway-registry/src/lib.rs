@@ -270,6 +270,20 @@ impl Registry {
         out
     }
 
+    /// Lifts matching `filter` and, if given, with one of `lift_ids`; sorted by id.
+    pub fn select(&self, filter: &LiftFilter, lift_ids: Option<&[String]>) -> Vec<Arc<LiftInfo>> {
+        let Some(ids) = lift_ids else {
+            return self.list(filter);
+        };
+        let mut ids: Vec<&String> = ids.iter().collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| self.get(id))
+            .filter(|info| filter.matches(info))
+            .collect()
+    }
+
     /// Adds or replaces a lift; returns whether it was new.
     pub fn upsert(&self, info: LiftInfo) -> Result<bool> {
         Ok(self.upsert_many(vec![info])?.created == 1)
