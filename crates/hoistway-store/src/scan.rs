@@ -7,7 +7,7 @@ use arrow::compute::SortOptions;
 use arrow::datatypes::SchemaRef;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{
-    FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+    FileGroup, FileGroupPartitioner, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
 };
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
@@ -35,6 +35,9 @@ pub fn sort_order(schema: &SchemaRef, first: &str, second: &str) -> Result<LexOr
     ])
     .expect("two sort keys"))
 }
+
+/// Unordered scans of at least this many bytes in all are split into byte ranges.
+const SPLIT_FILES_OVER_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
@@ -74,12 +77,23 @@ pub fn parquet_scan(
             .map(|f| FileGroup::new(vec![partitioned(f)]))
             .collect()
     } else {
-        let n = options.partitions.max(1).min(files.len().max(1));
-        let mut groups = vec![Vec::new(); n];
-        for (i, f) in files.iter().enumerate() {
-            groups[i % n].push(partitioned(f));
-        }
-        groups.into_iter().map(FileGroup::new).collect()
+        // Byte ranges of equal size, so every partition (core) gets the same share of a scan
+        // even when there are fewer files than partitions or the files differ in size; a
+        // range reads the row groups whose middle falls in it. Below the threshold, whole
+        // files spread round-robin are cheaper than opening one file twice.
+        let all = FileGroup::new(files.iter().map(partitioned).collect());
+        FileGroupPartitioner::new()
+            .with_target_partitions(options.partitions.max(1))
+            .with_repartition_file_min_size(SPLIT_FILES_OVER_BYTES)
+            .repartition_file_groups(std::slice::from_ref(&all))
+            .unwrap_or_else(|| {
+                let n = options.partitions.max(1).min(files.len().max(1));
+                let mut groups = vec![Vec::new(); n];
+                for (i, f) in files.iter().enumerate() {
+                    groups[i % n].push(partitioned(f));
+                }
+                groups.into_iter().map(FileGroup::new).collect()
+            })
     };
     let mut builder = FileScanConfigBuilder::new(tier_url(tier), Arc::new(source))
         .with_file_groups(groups)

@@ -30,6 +30,10 @@ pub struct BenchStorageArgs {
     /// Where the files go (a temporary dir by default; kept when given).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Query the files an earlier run with the same --lifts and --days left in --data-dir,
+    /// without writing them again (for iterating on query speed).
+    #[arg(long, requires = "data_dir")]
+    reuse: bool,
 }
 
 /// 2026-01-01T00:00:00Z
@@ -93,7 +97,9 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("hoistway-bench-storage-{}", std::process::id())),
     };
-    let _ = std::fs::remove_dir_all(&root);
+    if !args.reuse {
+        let _ = std::fs::remove_dir_all(&root);
+    }
     std::fs::create_dir_all(&root)?;
     let clock = Arc::new(ManualClock::new(START_US));
     let hot_dir = root.join("hot");
@@ -108,10 +114,196 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
         args.lifts, args.days, total
     );
 
-    // 1. Write: generate an hour, hand it to the store, flush (as checkpoints do); compact at the end.
+    let fleet_state = Arc::new(parking_lot::RwLock::new(FleetState::default()));
+    let rows = if args.reuse {
+        println!(
+            "(reusing the files in {}: no write figures, and the latest state is empty)\n",
+            root.display()
+        );
+        clock.set(START_US + (args.days as i64 + 1) * DAY_US);
+        let snapshot = store.snapshot();
+        let rows: u64 = [Tier::Hot, Tier::Archive]
+            .into_iter()
+            .flat_map(|tier| snapshot.files(tier, Kind::Readings).map(|f| f.rows))
+            .sum();
+        anyhow::ensure!(
+            rows == total,
+            "{} holds {rows} readings, not the {total} of --lifts {} --days {}",
+            root.display(),
+            args.lifts,
+            args.days
+        );
+        rows
+    } else {
+        write(&args, &store, &clock, &fleet_state, total).await?
+    };
+
+    // 2. Queries, in-process through the same engine the API uses. Lifts are registered in
+    // buildings of 20.
+    let registry = Arc::new(Registry::open(root.join("registry.sqlite3"))?);
+    registry.upsert_many(
+        (0..args.lifts)
+            .map(|i| {
+                let mut info =
+                    LiftInfo::new(LiftId::new(&lift_name(i)).expect("simulator ids are valid"));
+                info.building = building_of(i);
+                info
+            })
+            .collect(),
+    )?;
+    let fleet = hoistway_processor::Fleet::new(
+        fleet_state,
+        registry,
+        clock.clone() as Arc<dyn Clock>,
+        Duration::from_secs(60),
+    );
+    let engine = QueryEngine::new(
+        store.clone(),
+        fleet.clone(),
+        QueryLimits {
+            max_rows: 10_000_000,
+            ..Default::default()
+        },
+    )?;
+    let day0 = "2026-01-01T00:00:00Z";
+    let day1 = "2026-01-02T00:00:00Z";
+    let lift = lift_name(args.lifts / 2);
+    let one_lift_day = format!(
+        "SELECT * FROM readings WHERE lift_id = '{lift}' AND ts >= '{day0}' AND ts < '{day1}'"
+    );
+    let rollup_span =
+        format!("SELECT * FROM rollups_hourly WHERE lift_id = '{lift}' ORDER BY hour");
+    let scan = "SELECT count(*), sum(trips), avg(motor_temp_c), max(vibration_mm_s) FROM readings";
+    let building = building_of(args.lifts / 2);
+    let building_sql = format!("SELECT * FROM lift_state WHERE building = '{building}'");
+    let mut results = Vec::new();
+    let mut cpu_ms = Vec::new();
+    for (name, sql, runs) in [
+        ("one lift, 24 h raw", one_lift_day.as_str(), args.runs),
+        (
+            "one lift, hourly rollups of the whole span",
+            rollup_span.as_str(),
+            args.runs,
+        ),
+        ("full-scan aggregate", scan, 5usize),
+        (
+            "one building's latest state (SQL)",
+            building_sql.as_str(),
+            args.runs,
+        ),
+    ] {
+        let mut samples = Vec::new();
+        let mut cpu = Vec::new();
+        let mut rows_out = 0;
+        for _ in 0..runs.max(1) {
+            let c = process_cpu_ms();
+            let t = Instant::now();
+            let r = engine
+                .sql(sql)
+                .await
+                .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            cpu.push(process_cpu_ms() - c);
+            rows_out = r.rows();
+        }
+        cpu_ms.push(percentile(&mut cpu, 0.5));
+        results.push((
+            name,
+            sql.to_string(),
+            percentile(&mut samples.clone(), 0.5),
+            percentile(&mut samples, 0.99),
+            rows_out,
+        ));
+    }
+
+    // The building page's lookup (GET /v1/buildings/{id}): registry index plus latest state.
+    let filter = LiftFilter {
+        building: Some(building.clone()),
+        ..Default::default()
+    };
+    let mut samples = Vec::new();
+    let mut rows_out = 0;
+    for _ in 0..args.runs.max(1) * 10 {
+        let t = Instant::now();
+        let views = fleet.select(&filter, None);
+        let json = serde_json::to_vec(&views)?;
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        rows_out = views.len();
+        std::hint::black_box(json);
+    }
+    results.push((
+        "one building's latest state (API lookup + JSON)",
+        format!("GET /v1/buildings/{building}"),
+        percentile(&mut samples.clone(), 0.5),
+        percentile(&mut samples, 0.99),
+        rows_out,
+    ));
+
+    // 3. The same queries in DuckDB over the same files.
+    let snapshot = store.snapshot();
+    let paths = |kind| -> Vec<String> {
+        [(Tier::Hot, &hot_dir), (Tier::Archive, &archive_dir)]
+            .into_iter()
+            .flat_map(|(tier, dir)| {
+                snapshot
+                    .files(tier, kind)
+                    .map(|f| dir.join(&f.path).display().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let duck = duckdb_times(
+        &paths(Kind::Readings),
+        &paths(Kind::RollupsHourly),
+        &lift,
+        day0,
+        day1,
+        args.runs,
+    )?;
+    println!(
+        "## Queries (p50 / p99 ms; DuckDB p50 over the same files, 2 threads, results as Arrow)"
+    );
+    for (i, (name, _sql, p50, p99, n)) in results.iter().enumerate() {
+        let peer = duck.get(i).copied().filter(|d| d.is_finite());
+        println!(
+            "{name}: {p50:.1} / {p99:.1} ms, {n} rows{}",
+            peer.map(|d| format!("; DuckDB {d:.1} ms (hoistway/DuckDB {:.2}×)", p50 / d))
+                .unwrap_or_default()
+        );
+    }
+    let (scan_ms, scan_cpu_ms) = (results[2].2, cpu_ms[2]);
+    println!(
+        "full scan: {:.1} M readings/s, {:.1} M readings/s per core; {:.0} ms of CPU, {:.1} M readings per CPU-second ({:.2} cores busy)",
+        rows as f64 / scan_ms / 1000.0,
+        rows as f64 / scan_ms / 1000.0 / 2.0,
+        scan_cpu_ms,
+        rows as f64 / scan_cpu_ms / 1000.0,
+        scan_cpu_ms / scan_ms
+    );
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    } else {
+        println!(
+            "files kept in {} ({:.1} MiB)",
+            root.display(),
+            dir_bytes(&root) as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// Phase 1: generate an hour, hand it to the store, flush (as checkpoints do), upkeep after each
+/// day; prints the size and write figures and returns the stored row count.
+async fn write(
+    args: &BenchStorageArgs,
+    store: &Store,
+    clock: &ManualClock,
+    fleet_state: &parking_lot::RwLock<FleetState>,
+    total: u64,
+) -> anyhow::Result<u64> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let mut lifts: Vec<SimLift> = (0..args.lifts)
-        .map(|i| SimLift::new(format!("SIM-{i:06}"), &mut rng, 1))
+        .map(|i| SimLift::new(lift_name(i), &mut rng, 1))
         .collect();
     let progress = indicatif::ProgressBar::new(total);
     let mut write_time = Duration::ZERO;
@@ -121,7 +313,6 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     let mut compact_time = Duration::ZERO;
     let mut compactions = 0;
     let mut buffered = 0;
-    let fleet_state = Arc::new(parking_lot::RwLock::new(FleetState::default()));
     for hour in 0..(args.days as i64 * 24) {
         let readings = hour_of_readings(&mut lifts, &mut rng, START_US + hour * 3_600_000_000);
         // Peer: default Parquet writer settings (zstd), rows in arrival order.
@@ -210,151 +401,27 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     clock.set(START_US + (args.days as i64 + 1) * DAY_US);
     store.maintain().await?;
 
-    // 2. Queries, in-process through the same engine the API uses. Lifts are registered in
-    // buildings of 20.
-    let registry = Arc::new(Registry::open(root.join("registry.sqlite3"))?);
-    registry.upsert_many(
-        lifts
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let mut info = LiftInfo::new(LiftId::new(&l.id).expect("simulator ids are valid"));
-                info.building = building_of(i);
-                info
-            })
-            .collect(),
-    )?;
-    let fleet = hoistway_processor::Fleet::new(
-        fleet_state,
-        registry,
-        clock.clone() as Arc<dyn Clock>,
-        Duration::from_secs(60),
-    );
-    let engine = QueryEngine::new(
-        store.clone(),
-        fleet.clone(),
-        QueryLimits {
-            max_rows: 10_000_000,
-            ..Default::default()
-        },
-    )?;
-    let day0 = "2026-01-01T00:00:00Z";
-    let day1 = "2026-01-02T00:00:00Z";
-    let lift = format!("SIM-{:06}", args.lifts / 2);
-    let one_lift_day = format!(
-        "SELECT * FROM readings WHERE lift_id = '{lift}' AND ts >= '{day0}' AND ts < '{day1}'"
-    );
-    let rollup_span =
-        format!("SELECT * FROM rollups_hourly WHERE lift_id = '{lift}' ORDER BY hour");
-    let scan = "SELECT count(*), sum(trips), avg(motor_temp_c), max(vibration_mm_s) FROM readings";
-    let building = building_of(args.lifts / 2);
-    let building_sql = format!("SELECT * FROM lift_state WHERE building = '{building}'");
-    let mut results = Vec::new();
-    for (name, sql, runs) in [
-        ("one lift, 24 h raw", one_lift_day.as_str(), args.runs),
-        (
-            "one lift, hourly rollups of the whole span",
-            rollup_span.as_str(),
-            args.runs,
-        ),
-        ("full-scan aggregate", scan, 5usize),
-        (
-            "one building's latest state (SQL)",
-            building_sql.as_str(),
-            args.runs,
-        ),
-    ] {
-        let mut samples = Vec::new();
-        let mut rows_out = 0;
-        for _ in 0..runs.max(1) {
-            let t = Instant::now();
-            let r = engine
-                .sql(sql)
-                .await
-                .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
-            samples.push(t.elapsed().as_secs_f64() * 1000.0);
-            rows_out = r.rows();
-        }
-        results.push((
-            name,
-            sql.to_string(),
-            percentile(&mut samples.clone(), 0.5),
-            percentile(&mut samples, 0.99),
-            rows_out,
-        ));
-    }
+    Ok(rows)
+}
 
-    // The building page's lookup (GET /v1/buildings/{id}): registry index plus latest state.
-    let filter = LiftFilter {
-        building: Some(building.clone()),
-        ..Default::default()
+/// User plus system CPU time of this process (all threads) so far, in ms; NaN where
+/// /proc/self/stat is missing. Linux reports it in ticks of 10 ms (USER_HZ is 100).
+fn process_cpu_ms() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
     };
-    let mut samples = Vec::new();
-    let mut rows_out = 0;
-    for _ in 0..args.runs.max(1) * 10 {
-        let t = Instant::now();
-        let views = fleet.select(&filter, None);
-        let json = serde_json::to_vec(&views)?;
-        samples.push(t.elapsed().as_secs_f64() * 1000.0);
-        rows_out = views.len();
-        std::hint::black_box(json);
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) * 10.0,
+        _ => f64::NAN,
     }
-    results.push((
-        "one building's latest state (API lookup + JSON)",
-        format!("GET /v1/buildings/{building}"),
-        percentile(&mut samples.clone(), 0.5),
-        percentile(&mut samples, 0.99),
-        rows_out,
-    ));
+}
 
-    // 3. The same queries in DuckDB over the same files.
-    let snapshot = store.snapshot();
-    let paths = |kind| -> Vec<String> {
-        [(Tier::Hot, &hot_dir), (Tier::Archive, &archive_dir)]
-            .into_iter()
-            .flat_map(|(tier, dir)| {
-                snapshot
-                    .files(tier, kind)
-                    .map(|f| dir.join(&f.path).display().to_string())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let duck = duckdb_times(
-        &paths(Kind::Readings),
-        &paths(Kind::RollupsHourly),
-        &lift,
-        day0,
-        day1,
-        args.runs,
-    )?;
-    println!(
-        "## Queries (p50 / p99 ms; DuckDB p50 over the same files, 2 threads, results as Arrow)"
-    );
-    for (i, (name, _sql, p50, p99, n)) in results.iter().enumerate() {
-        let peer = duck.get(i).copied().filter(|d| d.is_finite());
-        println!(
-            "{name}: {p50:.1} / {p99:.1} ms, {n} rows{}",
-            peer.map(|d| format!("; DuckDB {d:.1} ms (hoistway/DuckDB {:.2}×)", p50 / d))
-                .unwrap_or_default()
-        );
-    }
-    let scan_ms = results[2].2;
-    println!(
-        "full scan: {:.1} M readings/s, {:.1} M readings/s per core",
-        rows as f64 / scan_ms / 1000.0,
-        rows as f64 / scan_ms / 1000.0 / 2.0
-    );
-    if args.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&root);
-    } else {
-        println!(
-            "files kept in {} ({:.1} MiB)",
-            root.display(),
-            dir_bytes(&root) as f64 / (1 << 20) as f64
-        );
-    }
-    Ok(())
+fn lift_name(index: usize) -> String {
+    format!("SIM-{index:06}")
 }
 
 /// The benchmark's buildings hold 20 lifts each.
