@@ -176,24 +176,54 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     let scan = "SELECT count(*), sum(trips), avg(motor_temp_c), max(vibration_mm_s) FROM readings";
     let building = building_of(args.lifts / 2);
     let building_sql = format!("SELECT * FROM lift_state WHERE building = '{building}'");
+
+    // The same queries in DuckDB over the same files, run by run after Hoistway's.
+    let snapshot = store.snapshot();
+    let paths = |kind| -> Vec<String> {
+        [(Tier::Hot, &hot_dir), (Tier::Archive, &archive_dir)]
+            .into_iter()
+            .flat_map(|(tier, dir)| {
+                snapshot
+                    .files(tier, kind)
+                    .map(|f| dir.join(&f.path).display().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut duck = DuckPeer::start(&paths(Kind::Readings), &paths(Kind::RollupsHourly))?;
+    let duck_raw = format!(
+        "SELECT * FROM readings WHERE lift_id = '{lift}' AND ts >= TIMESTAMPTZ '{day0}' AND ts < TIMESTAMPTZ '{day1}'"
+    );
+    // DuckDB reads the stored partials of one lift without Hoistway's merge: less work.
+    let duck_rollups =
+        format!("SELECT * FROM rollup_partials WHERE lift_id = '{lift}' ORDER BY hour");
+
     let mut results = Vec::new();
     let mut cpu_ms = Vec::new();
-    for (name, sql, runs) in [
-        ("one lift, 24 h raw", one_lift_day.as_str(), args.runs),
+    for (name, sql, peer_sql, runs) in [
+        (
+            "one lift, 24 h raw",
+            one_lift_day.as_str(),
+            Some(duck_raw.as_str()),
+            args.runs,
+        ),
         (
             "one lift, hourly rollups of the whole span",
             rollup_span.as_str(),
+            Some(duck_rollups.as_str()),
             args.runs,
         ),
-        ("full-scan aggregate", scan, 5usize),
+        ("full-scan aggregate", scan, Some(scan), 5usize),
         (
             "one building's latest state (SQL)",
             building_sql.as_str(),
+            None,
             args.runs,
         ),
     ] {
         let mut samples = Vec::new();
         let mut cpu = Vec::new();
+        let mut peer = Vec::new();
         let mut rows_out = 0;
         for _ in 0..runs.max(1) {
             let c = process_cpu_ms();
@@ -205,16 +235,20 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
             samples.push(t.elapsed().as_secs_f64() * 1000.0);
             cpu.push(process_cpu_ms() - c);
             rows_out = r.rows();
+            if let Some(peer_sql) = peer_sql {
+                peer.push(duck.time(peer_sql)?);
+            }
         }
         cpu_ms.push(percentile(&mut cpu, 0.5));
-        results.push((
+        results.push(QueryResult {
             name,
-            sql.to_string(),
-            percentile(&mut samples.clone(), 0.5),
-            percentile(&mut samples, 0.99),
-            rows_out,
-        ));
+            p50: percentile(&mut samples.clone(), 0.5),
+            p99: percentile(&mut samples, 0.99),
+            rows: rows_out,
+            peer: Comparison::of(&samples, &peer),
+        });
     }
+    drop(duck);
 
     // The building page's lookup (GET /v1/buildings/{id}): registry index plus latest state.
     let filter = LiftFilter {
@@ -231,51 +265,43 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
         rows_out = views.len();
         std::hint::black_box(json);
     }
-    results.push((
-        "one building's latest state (API lookup + JSON)",
-        format!("GET /v1/buildings/{building}"),
-        percentile(&mut samples.clone(), 0.5),
-        percentile(&mut samples, 0.99),
-        rows_out,
-    ));
+    results.push(QueryResult {
+        name: "one building's latest state (API lookup + JSON)",
+        p50: percentile(&mut samples.clone(), 0.5),
+        p99: percentile(&mut samples, 0.99),
+        rows: rows_out,
+        peer: None,
+    });
 
-    // 3. The same queries in DuckDB over the same files.
-    let snapshot = store.snapshot();
-    let paths = |kind| -> Vec<String> {
-        [(Tier::Hot, &hot_dir), (Tier::Archive, &archive_dir)]
-            .into_iter()
-            .flat_map(|(tier, dir)| {
-                snapshot
-                    .files(tier, kind)
-                    .map(|f| dir.join(&f.path).display().to_string())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let duck = duckdb_times(
-        &paths(Kind::Readings),
-        &paths(Kind::RollupsHourly),
-        &lift,
-        day0,
-        day1,
-        args.runs,
-    )?;
     println!(
-        "## Queries (p50 / p99 ms; DuckDB p50 over the same files, 2 threads, results as Arrow)"
+        "## Queries (p50 / p99 ms; DuckDB p50 over the same files, {} threads, results as Arrow, each run right after Hoistway's)",
+        cores()
     );
-    for (i, (name, _sql, p50, p99, n)) in results.iter().enumerate() {
-        let peer = duck.get(i).copied().filter(|d| d.is_finite());
+    for r in &results {
         println!(
-            "{name}: {p50:.1} / {p99:.1} ms, {n} rows{}",
-            peer.map(|d| format!("; DuckDB {d:.1} ms (hoistway/DuckDB {:.2}×)", p50 / d))
+            "{}: {:.1} / {:.1} ms, {} rows{}",
+            r.name,
+            r.p50,
+            r.p99,
+            r.rows,
+            r.peer
+                .as_ref()
+                .map(|c| format!(
+                    "; DuckDB {:.1} ms (hoistway/DuckDB {:.2}×, run by run {:.2}–{:.2}×)",
+                    c.p50,
+                    r.p50 / c.p50,
+                    c.ratio_min,
+                    c.ratio_max
+                ))
                 .unwrap_or_default()
         );
     }
-    let (scan_ms, scan_cpu_ms) = (results[2].2, cpu_ms[2]);
+    let (scan_ms, scan_cpu_ms) = (results[2].p50, cpu_ms[2]);
+    let cores = cores();
     println!(
-        "full scan: {:.1} M readings/s, {:.1} M readings/s per core; {:.0} ms of CPU, {:.1} M readings per CPU-second ({:.2} cores busy)",
+        "full scan: {:.1} M readings/s, {:.1} M readings/s per core ({cores} cores); {:.0} ms of CPU, {:.1} M readings per CPU-second ({:.2} cores busy)",
         rows as f64 / scan_ms / 1000.0,
-        rows as f64 / scan_ms / 1000.0 / 2.0,
+        rows as f64 / scan_ms / 1000.0 / cores as f64,
         scan_cpu_ms,
         rows as f64 / scan_cpu_ms / 1000.0,
         scan_cpu_ms / scan_ms
@@ -429,69 +455,134 @@ fn building_of(lift_index: usize) -> String {
     format!("B-{:05}", lift_index / 20)
 }
 
-/// p50 ms of the raw-day, rollup and full-scan queries in DuckDB over the same files, results
-/// fetched as Arrow tables (as DataFusion returns them). The rollup query reads the stored
-/// partials of one lift without Hoistway's merge, so it does less work than Hoistway's view.
-/// Installs duckdb, pyarrow and pytz from PyPI when missing.
-fn duckdb_times(
-    readings: &[String],
-    rollups: &[String],
-    lift: &str,
-    day0: &str,
-    day1: &str,
-    runs: usize,
-) -> anyhow::Result<Vec<f64>> {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import duckdb, pyarrow, pytz"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        let ok = std::process::Command::new("python3")
-            // pytz: DuckDB needs it to hand timestamps with a zone to Arrow.
-            .args([
-                "-m", "pip", "install", "--quiet", "duckdb", "pyarrow", "pytz",
-            ])
-            .status()
-            .context("pip install duckdb")?
-            .success();
-        anyhow::ensure!(ok, "pip install duckdb failed");
+/// Cores this process may use: DataFusion's scan partitions and DuckDB's threads.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+struct QueryResult {
+    name: &'static str,
+    p50: f64,
+    p99: f64,
+    rows: usize,
+    peer: Option<Comparison>,
+}
+
+/// DuckDB's p50 for a query and the spread of Hoistway/DuckDB over the paired runs.
+struct Comparison {
+    p50: f64,
+    ratio_min: f64,
+    ratio_max: f64,
+}
+
+impl Comparison {
+    fn of(ours: &[f64], peer: &[f64]) -> Option<Comparison> {
+        if peer.is_empty() {
+            return None;
+        }
+        let ratios = ours.iter().zip(peer).map(|(a, b)| a / b);
+        Some(Comparison {
+            p50: percentile(&mut peer.to_vec(), 0.5),
+            ratio_min: ratios.clone().fold(f64::INFINITY, f64::min),
+            ratio_max: ratios.fold(0.0, f64::max),
+        })
     }
-    let script = r#"
+}
+
+/// DuckDB (from PyPI, installed with pyarrow and pytz when missing) in a child process over the
+/// same files, timing one query run at a time on request. Each of its runs follows the matching
+/// Hoistway run, so a busy moment on a shared machine weighs on both alike. Results are fetched
+/// as Arrow tables, as DataFusion returns them.
+struct DuckPeer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const DUCK_SCRIPT: &str = r#"
 import duckdb, json, sys, time
-readings, rollups = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-lift, day0, day1, runs = sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+readings, rollups, threads = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 con = duckdb.connect()
-con.execute("SET threads = 2")
+con.execute(f"SET threads = {threads}")
 def view(name, files):
     paths = ",".join("'" + f.replace("'", "''") + "'" for f in files)
     con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{paths}])")
 view("readings", readings)
 view("rollup_partials", rollups)
-def arrow(result):
-    # DuckDB renamed fetch_arrow_table to to_arrow_table in 1.4.
-    return result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()
-def p50(sql, n):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter(); arrow(con.execute(sql)); times.append((time.perf_counter() - t) * 1000)
-    times.sort(); return times[len(times) // 2]
-raw = p50(f"SELECT * FROM readings WHERE lift_id = '{lift}' AND ts >= TIMESTAMPTZ '{day0}' AND ts < TIMESTAMPTZ '{day1}'", runs)
-roll = p50(f"SELECT * FROM rollup_partials WHERE lift_id = '{lift}' ORDER BY hour", runs)
-scan = p50("SELECT count(*), sum(trips), avg(motor_temp_c), max(vibration_mm_s) FROM readings", 5)
-print(json.dumps([raw, roll, scan]))
+def arrow(sql):
+    # A relation hands Arrow over without the extra copy of a DB-API result; DuckDB renamed
+    # its arrow() to to_arrow_table() in 1.4.
+    rel = con.sql(sql)
+    return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+print("ready", flush=True)
+for line in sys.stdin:
+    sql = json.loads(line)
+    t = time.perf_counter()
+    arrow(sql)
+    print((time.perf_counter() - t) * 1000, flush=True)
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(serde_json::to_string(readings)?)
-        .arg(serde_json::to_string(rollups)?)
-        .args([lift, day0, day1, &runs.to_string()])
-        .output()
-        .context("running duckdb")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "duckdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+
+impl DuckPeer {
+    fn start(readings: &[String], rollups: &[String]) -> anyhow::Result<DuckPeer> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let have = Command::new("python3")
+            .args(["-c", "import duckdb, pyarrow, pytz"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have {
+            let ok = Command::new("python3")
+                // pytz: DuckDB needs it to hand timestamps with a zone to Arrow.
+                .args([
+                    "-m", "pip", "install", "--quiet", "duckdb", "pyarrow", "pytz",
+                ])
+                .status()
+                .context("pip install duckdb")?
+                .success();
+            anyhow::ensure!(ok, "pip install duckdb failed");
+        }
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(DUCK_SCRIPT)
+            .arg(serde_json::to_string(readings)?)
+            .arg(serde_json::to_string(rollups)?)
+            .arg(cores().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting python3 for DuckDB")?;
+        let stdin = child.stdin.take().context("DuckDB stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("DuckDB stdout")?);
+        let mut peer = DuckPeer {
+            child,
+            stdin,
+            stdout,
+        };
+        let mut line = String::new();
+        peer.stdout.read_line(&mut line)?;
+        anyhow::ensure!(
+            line.trim() == "ready",
+            "DuckDB did not start (see its error above)"
+        );
+        Ok(peer)
+    }
+
+    /// One run of `sql`, in ms.
+    fn time(&mut self, sql: &str) -> anyhow::Result<f64> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{}", serde_json::to_string(sql)?)?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        line.trim()
+            .parse()
+            .with_context(|| format!("DuckDB failed on {sql} (see its error above)"))
+    }
+}
+
+impl Drop for DuckPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
