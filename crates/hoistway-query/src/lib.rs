@@ -55,11 +55,25 @@ impl From<DataFusionError> for Error {
         match e.find_root() {
             DataFusionError::SQL(..)
             | DataFusionError::Plan(..)
-            | DataFusionError::SchemaError(..) => Error::Invalid(e.find_root().to_string()),
+            | DataFusionError::SchemaError(..) => Error::Invalid(with_table_hint(e.find_root())),
             DataFusionError::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
             DataFusionError::NotImplemented(m) => Error::Invalid(format!("not supported: {m}")),
             _ => Error::Internal(e.to_string()),
         }
+    }
+}
+
+/// The tables a query can read, named in the error for an unknown table or a file or URL.
+const TABLES: &str = "readings, rollups_hourly, rollups_daily, rollup_partials, lifts, lift_state";
+
+/// DataFusion's "table 'x' not found" also answers `FROM '/some/file'` and `read_csv(..)`; say
+/// what can be read instead.
+fn with_table_hint(e: &DataFusionError) -> String {
+    let msg = e.to_string();
+    if msg.contains("not found") && (msg.contains("table '") || msg.contains("table function '")) {
+        format!("{msg}. The tables are {TABLES}; files and URLs cannot be read")
+    } else {
+        msg
     }
 }
 

@@ -685,12 +685,12 @@ async fn sql_refuses_writes_and_files_and_enforces_its_limits() {
             "{sql}: {p}"
         );
     }
-    for sql in [
-        "SELECT * FROM '/etc/passwd'",
-        "SELECT * FROM read_csv('/etc/passwd')",
-        "SELECT * FROM nope",
-        "SELEC 1",
-        "SELECT no_such_column FROM readings",
+    for (sql, names_tables) in [
+        ("SELECT * FROM '/etc/passwd'", true),
+        ("SELECT * FROM read_csv('/etc/passwd')", true),
+        ("SELECT * FROM nope", true),
+        ("SELEC 1", false),
+        ("SELECT no_such_column FROM readings", false),
     ] {
         let r = server
             .post_json("/v1/sql", &json!({ "sql": sql }).to_string())
@@ -698,6 +698,12 @@ async fn sql_refuses_writes_and_files_and_enforces_its_limits() {
         let p = assert_problem(&r, 400);
         assert_eq!(
             p["type"], "https://hoistway.dev/problems/invalid-sql",
+            "{sql}: {p}"
+        );
+        let detail = p["detail"].as_str().unwrap();
+        assert_eq!(
+            detail.contains("The tables are readings, rollups_hourly"),
+            names_tables,
             "{sql}: {p}"
         );
     }
