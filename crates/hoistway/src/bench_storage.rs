@@ -110,8 +110,11 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(config, clock.clone()).await?);
     let total = args.lifts as u64 * args.days as u64 * 8640;
     println!(
-        "# hoistway bench-storage — {} lifts × {} day(s) = {} readings, 2 cores shared\n",
-        args.lifts, args.days, total
+        "# hoistway bench-storage — {} lifts × {} day(s) = {} readings, {} cores\n",
+        args.lifts,
+        args.days,
+        total,
+        cores()
     );
 
     let fleet_state = Arc::new(parking_lot::RwLock::new(FleetState::default()));
