@@ -9,6 +9,10 @@
 //! processor checkpoint is recognised and dropped on recovery ([`DeadLetterQueue::discard_from`])
 //! — replay of the log writes it again, and no dead letter is kept twice. Replayed files move to
 //! `replayed/`. This crate does not decide what is dead; the processor does.
+//!
+//! Each line carries its format version, `"format":1`, before the dead letter's own fields.
+//! Lines without it were written before versions were recorded and are read as version 1; a
+//! line of a newer version is refused with the file, line and version, never skipped.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -33,6 +37,29 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The line format written (and the newest read).
+pub const FORMAT: u32 = 1;
+
+#[derive(Serialize)]
+struct LineOut<'a> {
+    format: u32,
+    #[serde(flatten)]
+    letter: &'a DeadLetter,
+}
+
+#[derive(Deserialize)]
+struct LineIn {
+    /// Absent in lines written before versions were recorded: those are version 1.
+    #[serde(default = "unversioned")]
+    format: u32,
+    #[serde(flatten)]
+    letter: DeadLetter,
+}
+
+fn unversioned() -> u32 {
+    1
+}
 
 /// Why a reading was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -98,6 +125,12 @@ fn valid_id(id: &str) -> bool {
     parse_name(&format!("{id}.ndjson")).is_some() && !id.contains('/')
 }
 
+fn newer(version: u64) -> String {
+    format!(
+        "it is in format version {version}, which this build does not read (it reads {FORMAT}); run the release that wrote it or a newer one"
+    )
+}
+
 impl DeadLetterQueue {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
@@ -122,8 +155,12 @@ impl DeadLetterQueue {
         let name = format!("{first_offset:020}-{last_offset:020}.ndjson");
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut out = std::io::BufWriter::new(File::create(&tmp)?);
-        for item in items {
-            serde_json::to_writer(&mut out, item).map_err(std::io::Error::other)?;
+        for letter in items {
+            let line = LineOut {
+                format: FORMAT,
+                letter,
+            };
+            serde_json::to_writer(&mut out, &line).map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -204,11 +241,25 @@ impl DeadLetterQueue {
             if line.trim().is_empty() {
                 continue;
             }
-            out.push(serde_json::from_str(&line).map_err(|e| Error::Unreadable {
+            let unreadable = |message: String| Error::Unreadable {
                 file: id.into(),
                 line: i + 1,
-                message: e.to_string(),
-            })?);
+                message,
+            };
+            let parsed: LineIn = serde_json::from_str(&line).map_err(|e| {
+                // Say what a newer release's line is, even when its fields no longer parse.
+                match serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("format")?.as_u64())
+                {
+                    Some(version) if version > u64::from(FORMAT) => unreadable(newer(version)),
+                    _ => unreadable(e.to_string()),
+                }
+            })?;
+            if parsed.format > FORMAT {
+                return Err(unreadable(newer(parsed.format.into())));
+            }
+            out.push(parsed.letter);
         }
         Ok(out)
     }
@@ -242,5 +293,84 @@ impl DeadLetterQueue {
             }
         }
         (files, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hoistway_model::{Direction, DoorState, LiftId};
+
+    use super::*;
+
+    fn letter(seq: u64) -> DeadLetter {
+        DeadLetter {
+            reason: Reason::UnregisteredLift,
+            detail: Reason::UnregisteredLift.describe().into(),
+            offset: 3,
+            reading: Reading {
+                lift_id: LiftId::new("L-9").unwrap(),
+                epoch: 1,
+                seq,
+                ts_us: 1_764_400_000_000_000,
+                received_us: 1_764_400_000_000_000,
+                floor: 1,
+                direction: Direction::Idle,
+                door: DoorState::Closed,
+                load_kg: None,
+                speed_mps: None,
+                motor_temp_c: None,
+                vibration_mm_s: None,
+                trips: 0,
+                door_cycles: 0,
+                faults: vec![],
+                events: vec![],
+                extra: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn lines_carry_their_version_and_unversioned_lines_are_read_as_version_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let dlq = DeadLetterQueue::open(dir.path()).unwrap();
+        dlq.write_batch(3, 3, &[letter(1)]).unwrap();
+        let id = format!("{:020}-{:020}", 3, 3);
+        let text = fs::read_to_string(dir.path().join(format!("{id}.ndjson"))).unwrap();
+        assert!(text.starts_with("{\"format\":1,\"reason\""), "{text}");
+        assert_eq!(dlq.read(&id).unwrap(), vec![letter(1)]);
+
+        // what releases before versions wrote: the dead letter alone
+        let old = format!(
+            "{}\n{}\n",
+            serde_json::to_string(&letter(1)).unwrap(),
+            serde_json::to_string(&letter(2)).unwrap()
+        );
+        fs::write(dir.path().join(format!("{id}.ndjson")), old).unwrap();
+        assert_eq!(dlq.read(&id).unwrap(), vec![letter(1), letter(2)]);
+    }
+
+    #[test]
+    fn a_newer_line_is_refused_with_file_line_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let dlq = DeadLetterQueue::open(dir.path()).unwrap();
+        let id = format!("{:020}-{:020}", 5, 9);
+        let current = serde_json::to_string(&LineOut {
+            format: FORMAT,
+            letter: &letter(1),
+        })
+        .unwrap();
+        let newer = r#"{"format":2,"why":"a field this build does not know"}"#;
+        fs::write(
+            dir.path().join(format!("{id}.ndjson")),
+            format!("{current}\n{newer}\n"),
+        )
+        .unwrap();
+        let message = dlq.read(&id).unwrap_err().to_string();
+        assert!(
+            message.contains(&id)
+                && message.contains("line 2")
+                && message.contains("format version 2"),
+            "{message}"
+        );
     }
 }

@@ -14,8 +14,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::segment::{
-    Decoded, ENTRY_HEADER_LEN, SEGMENT_HEADER_LEN, decode_entry, decode_header, encode_entry,
-    encode_header, parse_segment_name, segment_path,
+    self, Decoded, ENTRY_HEADER_LEN, Header, HeaderError, MARK_POS, SEGMENT_HEADER_LEN,
+    SEGMENT_VERSION, SEGMENT_VERSION_MIN, decode_entry, decode_header, encode_entry, encode_header,
+    encode_mark, parse_segment_name, segment_path,
 };
 use crate::{Error, Log, Offset, Record, Result};
 
@@ -25,6 +26,9 @@ pub struct FileLogConfig {
     /// A segment is sealed and a new one started once it grows past this size.
     pub segment_bytes: u64,
     pub max_record_bytes: usize,
+    /// The segment format new segments are written in. The newest by default; an older one
+    /// while nodes of an older release may still read this log (a rolling upgrade).
+    pub write_version: u16,
 }
 
 impl FileLogConfig {
@@ -33,6 +37,7 @@ impl FileLogConfig {
             dir: dir.into(),
             segment_bytes: 64 << 20,
             max_record_bytes: 32 << 20,
+            write_version: SEGMENT_VERSION,
         }
     }
 }
@@ -46,6 +51,8 @@ pub struct RecoveryReport {
     /// Bytes cut from the tail of the last segment: a torn or corrupt write that was never
     /// acknowledged (acknowledged entries were fsync'd before their append returned durable).
     pub truncated_bytes: u64,
+    /// How far the last segment's durable mark said the log was on stable storage.
+    pub durable_mark: Offset,
 }
 
 /// A directory of segment files; see the crate docs and [`Log`] for the contract.
@@ -79,11 +86,30 @@ struct Writer {
     base: Offset,
     pos: u64,
     next: Offset,
+    /// Format of the active segment.
+    version: u16,
+    /// The durable mark last written into the active segment's header (version 2).
+    mark: Offset,
+}
+
+impl Writer {
+    /// Raises the active segment's durable mark to `end`. Called only once everything below
+    /// `end` is synced, so the mark never claims more than stable storage holds.
+    fn write_mark(&mut self, end: Offset) -> std::io::Result<()> {
+        if self.version < 2 || end <= self.mark {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&encode_mark(self.base, end), MARK_POS)?;
+        self.mark = end;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy)]
 struct SegmentMeta {
     base: Offset,
+    header_len: u64,
 }
 
 #[derive(Default)]
@@ -101,49 +127,92 @@ struct ReadHint {
 
 impl FileLog {
     /// Opens (or creates) the log in `config.dir`, cutting a torn tail off the last segment.
+    ///
+    /// Fails with [`Error::Corrupt`] when a damaged entry of the last segment lies below its
+    /// durable mark (acknowledged records would be lost: see [`repair`]) and with
+    /// [`Error::Format`] when a segment was written in a format this build does not read.
     pub fn open(config: FileLogConfig) -> Result<(Self, RecoveryReport)> {
         fs::create_dir_all(&config.dir)?;
-        let mut bases: Vec<Offset> = fs::read_dir(&config.dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| parse_segment_name(e.file_name().to_str()?))
-            .collect();
-        bases.sort_unstable();
+        let mut bases = segment_bases(&config.dir)?;
         let mut report = RecoveryReport::default();
         if bases.is_empty() {
-            create_segment(&config.dir, 0)?;
+            create_segment(&config.dir, 0, config.write_version)?;
             bases.push(0);
         }
         let last_base = *bases.last().unwrap();
+        let mut segments = Vec::with_capacity(bases.len());
+        for &base in &bases[..bases.len() - 1] {
+            let header = read_header(&config.dir, base)?;
+            segments.push(SegmentMeta {
+                base,
+                header_len: header.len() as u64,
+            });
+        }
         let last_path = segment_path(&config.dir, last_base);
-        let (pos, count, truncated) = recover_tail(&last_path, last_base)?;
-        report.truncated_bytes = truncated;
-        if truncated > 0 {
+        let tail = recover_tail(&last_path, last_base, config.write_version)?;
+        report.truncated_bytes = tail.cut;
+        report.durable_mark = tail.mark;
+        if tail.cut > 0 {
             tracing::warn!(
                 segment = %last_path.display(),
-                truncated_bytes = truncated,
-                "cut a torn or corrupt tail off the log"
+                truncated_bytes = tail.cut,
+                durable_mark = tail.mark,
+                "cut a torn tail off the log, above its durable mark"
             );
         }
+        let next = last_base + tail.count;
         let file = OpenOptions::new().read(true).write(true).open(&last_path)?;
-        let next = last_base + count;
-        let mut size = 0;
-        for base in &bases {
-            size += fs::metadata(segment_path(&config.dir, *base))?.len();
+        let mut writer = Writer {
+            file: Arc::new(file),
+            base: last_base,
+            pos: tail.pos,
+            next,
+            version: tail.header.version,
+            mark: tail.mark,
+        };
+        segments.push(SegmentMeta {
+            base: last_base,
+            header_len: tail.header.len() as u64,
+        });
+        if writer.version != config.write_version {
+            // Older (or newer) segments stay as they are and are read as such; new entries go
+            // to a segment of the format this node is told to write.
+            writer.file.sync_data()?;
+            let header = encode_header(config.write_version, next);
+            if tail.count == 0 {
+                replace_file(&last_path, &header)?;
+                writer.file = Arc::new(OpenOptions::new().read(true).write(true).open(&last_path)?);
+                segments.pop();
+            } else {
+                writer.file = Arc::new(create_segment(&config.dir, next, config.write_version)?);
+            }
+            writer.base = next;
+            writer.pos = header.len() as u64;
+            writer.version = config.write_version;
+            writer.mark = next;
+            segments.push(SegmentMeta {
+                base: next,
+                header_len: header.len() as u64,
+            });
+            tracing::info!(
+                segment_format = config.write_version,
+                base = next,
+                "new log entries go to a segment of the configured format"
+            );
         }
-        report.segments = bases.len();
-        report.start = bases[0];
+        let mut size = 0;
+        for s in &segments {
+            size += fs::metadata(segment_path(&config.dir, s.base))?.len();
+        }
+        report.segments = segments.len();
+        report.start = segments[0].base;
         report.end = next;
         let inner = Inner {
-            writer: Mutex::new(Writer {
-                file: Arc::new(file),
-                base: last_base,
-                pos,
-                next,
-            }),
-            segments: Mutex::new(bases.iter().map(|&base| SegmentMeta { base }).collect()),
+            writer: Mutex::new(writer),
+            start: AtomicU64::new(segments[0].base),
+            segments: Mutex::new(segments),
             sync_lock: tokio::sync::Mutex::new(()),
             durable: watch::Sender::new(next),
-            start: AtomicU64::new(bases[0]),
             size: AtomicU64::new(size),
             poison: Mutex::new(None),
             read_hint: Mutex::new(None),
@@ -163,30 +232,99 @@ impl FileLog {
     }
 }
 
-/// Scans the last segment; returns (valid end position, entries, bytes cut off).
-fn recover_tail(path: &Path, base: Offset) -> Result<(u64, u64, u64)> {
-    let bytes = fs::read(path)?;
-    if decode_header(&bytes) != Some(base) {
-        if bytes.len() <= SEGMENT_HEADER_LEN && bytes.iter().skip(6).all(|b| *b == 0)
-            || bytes.len() < SEGMENT_HEADER_LEN
-        {
-            // The crash came while the segment was being created: nothing was in it.
-            let cut = bytes.len() as u64;
-            let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
-            f.write_all(&encode_header(base))?;
-            f.sync_all()?;
-            return Ok((SEGMENT_HEADER_LEN as u64, 0, cut));
-        }
-        return Err(Error::Corrupt {
+pub(crate) fn segment_bases(dir: &Path) -> Result<Vec<Offset>> {
+    let mut bases: Vec<Offset> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| parse_segment_name(e.file_name().to_str()?))
+        .collect();
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+pub(crate) fn header_error(path: &Path, base: Offset, e: HeaderError) -> Error {
+    match e {
+        HeaderError::UnknownVersion(version) => Error::Format {
+            file: path.display().to_string(),
+            version: version.into(),
+            reads: format!("{SEGMENT_VERSION_MIN} to {SEGMENT_VERSION}"),
+        },
+        HeaderError::Unreadable => Error::Corrupt {
             offset: base,
             reason: format!("segment {} has a bad header", path.display()),
-        });
+        },
     }
-    let mut pos = SEGMENT_HEADER_LEN;
+}
+
+fn read_header(dir: &Path, base: Offset) -> Result<Header> {
+    let path = segment_path(dir, base);
+    let mut bytes = [0u8; SEGMENT_HEADER_LEN];
+    let n = read_full_at(&File::open(&path)?, &mut bytes, 0)?;
+    let header = decode_header(&bytes[..n]).map_err(|e| header_error(&path, base, e))?;
+    if header.base != base {
+        return Err(header_error(&path, base, HeaderError::Unreadable));
+    }
+    Ok(header)
+}
+
+/// What recovery found in the last segment.
+struct Tail {
+    header: Header,
+    /// Byte position just past the last whole entry.
+    pos: u64,
+    count: u64,
+    cut: u64,
+    mark: Offset,
+}
+
+/// Scans the last segment and cuts a torn tail, but only above the durable mark.
+fn recover_tail(path: &Path, base: Offset, write_version: u16) -> Result<Tail> {
+    let bytes = fs::read(path)?;
+    let header = match decode_header(&bytes) {
+        Ok(h) if h.base == base => h,
+        Err(HeaderError::Unreadable) if bytes.len() <= SEGMENT_HEADER_LEN => {
+            // The crash came while the segment was being created: nothing was in it.
+            let header = encode_header(write_version, base);
+            replace_file(path, &header)?;
+            return Ok(Tail {
+                header: decode_header(&header).expect("a fresh header decodes"),
+                pos: header.len() as u64,
+                count: 0,
+                cut: bytes.len() as u64,
+                mark: base,
+            });
+        }
+        Ok(_) => return Err(header_error(path, base, HeaderError::Unreadable)),
+        Err(e) => return Err(header_error(path, base, e)),
+    };
+    let mark = match (header.version, header.durable_mark) {
+        (1, _) => base,
+        (_, Some(mark)) => mark,
+        (_, None) => {
+            // A torn write of the mark itself: it only ever grows, so nothing is claimed.
+            tracing::warn!(segment = %path.display(), "durable mark unreadable; treating the whole segment as unconfirmed");
+            base
+        }
+    };
+    let mut pos = header.len();
     let mut count = 0;
     while let Decoded::Entry { size, .. } = decode_entry(&bytes[pos..]) {
         pos += size;
         count += 1;
+    }
+    let end = base + count;
+    if end < mark {
+        let what = if pos < bytes.len() {
+            "is damaged"
+        } else {
+            "is missing (the segment ends there)"
+        };
+        return Err(Error::Corrupt {
+            offset: end,
+            reason: format!(
+                "in segment {}, the entry at offset {end} {what}, but the log was durable through offset {mark}: acknowledged records would be lost; stop and run `hoistway log repair`",
+                path.display()
+            ),
+        });
     }
     let cut = (bytes.len() - pos) as u64;
     if cut > 0 {
@@ -194,17 +332,34 @@ fn recover_tail(path: &Path, base: Offset) -> Result<(u64, u64, u64)> {
         f.set_len(pos as u64)?;
         f.sync_all()?;
     }
-    Ok((pos as u64, count, cut))
+    Ok(Tail {
+        header,
+        pos: pos as u64,
+        count,
+        cut,
+        mark,
+    })
 }
 
-fn create_segment(dir: &Path, base: Offset) -> Result<File> {
+/// Writes `bytes` as the whole content of `path`, atomically (temp file, fsync, rename).
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("seg.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(())
+}
+
+fn create_segment(dir: &Path, base: Offset, version: u16) -> Result<File> {
     let path = segment_path(dir, base);
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(&path)?;
-    f.write_all(&encode_header(base))?;
+    f.write_all(&encode_header(version, base))?;
     f.sync_all()?;
     sync_dir(dir)?;
     Ok(f)
@@ -215,6 +370,19 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Inner {
+    /// Records in the active segment's header that everything below `end` is synced (`file`
+    /// was synced through `end`; if the writer has rolled since, the seal already covers it).
+    fn advance_mark(&self, file: &Arc<File>, end: Offset) {
+        let mut w = self.writer.lock();
+        if Arc::ptr_eq(&w.file, file)
+            && let Err(e) = w.write_mark(end)
+        {
+            // Not fatal: the records are synced, and a mark that lags only makes recovery less
+            // sure of what it may cut.
+            tracing::warn!(error = %e, "could not advance the log's durable mark");
+        }
+    }
+
     fn check_poison(&self) -> Result<()> {
         match &*self.poison.lock() {
             Some(why) => Err(Error::Poisoned(why.clone())),
@@ -243,8 +411,8 @@ impl Inner {
             encode_entry(&mut buf, r);
         }
         let mut w = self.writer.lock();
-        if w.pos > SEGMENT_HEADER_LEN as u64 && w.pos + buf.len() as u64 > self.config.segment_bytes
-        {
+        let has_entries = w.pos > segment::header_len(w.version) as u64;
+        if has_entries && w.pos + buf.len() as u64 > self.config.segment_bytes {
             self.roll(&mut w)?;
         }
         let first = w.next;
@@ -261,27 +429,38 @@ impl Inner {
         Ok(first)
     }
 
-    /// Seals the active segment (fsync'd) and starts a new one at the next offset.
+    /// Seals the active segment (fsync'd, its durable mark set to its end, fsync'd again) and
+    /// starts a new one at the next offset.
     fn roll(&self, w: &mut Writer) -> Result<()> {
+        let next = w.next;
         w.file
             .sync_data()
+            .and_then(|()| w.write_mark(next))
+            .and_then(|()| w.file.sync_data())
             .map_err(|e| self.poison(format!("fsync of sealed segment failed: {e}")))?;
-        let file = create_segment(&self.config.dir, w.next).map_err(|e| match e {
-            Error::Io(io) => Error::Write(io),
-            other => other,
-        })?;
-        // Everything below w.next is now durable: the sealed segment was synced.
+        let file = create_segment(&self.config.dir, next, self.config.write_version).map_err(
+            |e| match e {
+                Error::Io(io) => Error::Write(io),
+                other => other,
+            },
+        )?;
+        // Everything below next is now durable: the sealed segment was synced.
         self.durable.send_if_modified(|d| {
-            let moved = *d < w.next;
-            *d = (*d).max(w.next);
+            let moved = *d < next;
+            *d = (*d).max(next);
             moved
         });
+        let header_len = segment::header_len(self.config.write_version) as u64;
         w.file = Arc::new(file);
-        w.base = w.next;
-        w.pos = SEGMENT_HEADER_LEN as u64;
-        self.segments.lock().push(SegmentMeta { base: w.next });
-        self.size
-            .fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
+        w.base = next;
+        w.pos = header_len;
+        w.version = self.config.write_version;
+        w.mark = next;
+        self.segments.lock().push(SegmentMeta {
+            base: next,
+            header_len,
+        });
+        self.size.fetch_add(header_len, Ordering::Relaxed);
         Ok(())
     }
 
@@ -297,10 +476,14 @@ impl Inner {
         if from >= durable {
             return Ok(Vec::new());
         }
-        let (base, seg_end) = {
+        let (base, header_len, seg_end) = {
             let segs = self.segments.lock();
             let i = segs.partition_point(|s| s.base <= from) - 1;
-            (segs[i].base, segs.get(i + 1).map(|s| s.base))
+            (
+                segs[i].base,
+                segs[i].header_len,
+                segs.get(i + 1).map(|s| s.base),
+            )
         };
         let limit = seg_end.unwrap_or(durable).min(durable);
         let mut cache = self.read_cache.lock();
@@ -317,7 +500,7 @@ impl Inner {
         let hint = *self.read_hint.lock();
         let mut pos = match hint {
             Some(h) if h.offset == from && h.base == base => h.pos,
-            _ => scan_to(&file, base, from)?,
+            _ => scan_to(&file, header_len, base, from)?,
         };
         let mut offset = from;
         let mut out = Vec::new();
@@ -414,8 +597,8 @@ fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize>
 }
 
 /// Byte position of entry `target` in the segment starting at `base`, walking entry headers.
-fn scan_to(file: &File, base: Offset, target: Offset) -> Result<u64> {
-    let mut pos = SEGMENT_HEADER_LEN as u64;
+fn scan_to(file: &File, header_len: u64, base: Offset, target: Offset) -> Result<u64> {
+    let mut pos = header_len;
     let mut header = [0u8; ENTRY_HEADER_LEN];
     for offset in base..target {
         if read_full_at(file, &mut header, pos)? < ENTRY_HEADER_LEN {
@@ -459,10 +642,15 @@ impl Log for FileLog {
             if offset > end {
                 return Err(Error::BeyondEnd { offset, end });
             }
-            let synced = tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
+            let inner = self.inner.clone();
+            let synced = tokio::task::spawn_blocking(move || {
+                file.sync_data()?;
+                inner.advance_mark(&file, end);
+                Ok(())
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
             match synced {
                 Ok(()) => {
                     self.inner.durable.send_if_modified(|d| {

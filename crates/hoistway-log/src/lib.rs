@@ -9,6 +9,7 @@
 //! when a record may be dropped — consumers tell it with [`Log::truncate_before`].
 
 mod file;
+mod repair;
 mod segment;
 
 use std::time::Duration;
@@ -17,7 +18,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use file::{FileLog, FileLogConfig, RecoveryReport};
-pub use segment::{ENTRY_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION};
+pub use repair::{RepairReport, is_placeholder, repair};
+pub use segment::{
+    ENTRY_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION, SEGMENT_VERSION_MIN,
+};
 
 /// Position of a record in the log: records are numbered 0, 1, 2, … for the log's lifetime.
 pub type Offset = u64;
@@ -41,6 +45,16 @@ pub enum Error {
     /// A sealed part of the log failed its checksum: it is never served.
     #[error("log is corrupt at offset {offset}: {reason}")]
     Corrupt { offset: Offset, reason: String },
+    /// A file written in a format this build does not read (by a newer release): refused, never
+    /// skipped.
+    #[error(
+        "{file} is in log format version {version}, which this build does not read (it reads {reads}); run the release that wrote it or a newer one"
+    )]
+    Format {
+        file: String,
+        version: u32,
+        reads: String,
+    },
     #[error("offset {offset} was truncated; the log starts at {start}")]
     Truncated { offset: Offset, start: Offset },
     /// A caller waited for records that were never appended.

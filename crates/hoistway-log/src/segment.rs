@@ -1,36 +1,110 @@
-//! On-disk format of one segment file (guarded by a golden test).
+//! On-disk format of one segment file (guarded by golden tests, one per version).
 //!
 //! ```text
-//! header (16 bytes): magic "HWLOG\0" | version u16 LE | base offset u64 LE
-//! entry:             length u32 LE | crc32c(length bytes ++ payload) u32 LE | payload
+//! version 2 header (32 bytes): magic "HWLOG\0" | version u16 LE | base offset u64 LE
+//!                              | durable mark u64 LE | crc32c(bytes 8..24) u32 LE | zero u32
+//! version 1 header (16 bytes): magic "HWLOG\0" | version u16 LE | base offset u64 LE
+//! entry (both versions):       length u32 LE | crc32c(length bytes ++ payload) u32 LE | payload
 //! ```
-//! A segment is named after its base offset, `{base:020}.seg`. Entries follow back to back; the
-//! first entry that is short or fails its checksum marks the end of what was written.
+//! A segment is named after its base offset, `{base:020}.seg`. Entries follow back to back.
+//!
+//! The durable mark (version 2) says how far the segment was known to be on stable storage: it
+//! is rewritten in place after each `fdatasync` (so it never claims more than was synced) and set
+//! to the segment's end when the segment is sealed. Recovery may cut a torn tail only at or above
+//! the mark; a damaged entry below it was acknowledged, so it is corruption, not the end of data.
+//! Version 1 segments (written before the mark existed) are still read; their tail is cut at the
+//! first bad entry, as that version always did.
 
 use std::path::{Path, PathBuf};
 
 pub const SEGMENT_MAGIC: &[u8; 6] = b"HWLOG\0";
-pub const SEGMENT_VERSION: u16 = 1;
-pub const SEGMENT_HEADER_LEN: usize = 16;
+/// The newest segment format, written by default.
+pub const SEGMENT_VERSION: u16 = 2;
+/// The oldest segment format this build reads (and can still write, for rolling upgrades).
+pub const SEGMENT_VERSION_MIN: u16 = 1;
+/// Header length of the newest format.
+pub const SEGMENT_HEADER_LEN: usize = 32;
 pub const ENTRY_HEADER_LEN: usize = 8;
 
-pub(crate) fn encode_header(base: u64) -> [u8; SEGMENT_HEADER_LEN] {
-    let mut h = [0u8; SEGMENT_HEADER_LEN];
+const V1_HEADER_LEN: usize = 16;
+/// Where the durable mark and its checksum sit in a version 2 header.
+pub(crate) const MARK_POS: u64 = 16;
+
+pub(crate) fn header_len(version: u16) -> usize {
+    if version == 1 {
+        V1_HEADER_LEN
+    } else {
+        SEGMENT_HEADER_LEN
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub version: u16,
+    pub base: u64,
+    /// Version 2 only, and only when its checksum holds.
+    pub durable_mark: Option<u64>,
+}
+
+impl Header {
+    pub fn len(&self) -> usize {
+        header_len(self.version)
+    }
+}
+
+pub(crate) fn encode_header(version: u16, base: u64) -> Vec<u8> {
+    let mut h = vec![0u8; header_len(version)];
     h[..6].copy_from_slice(SEGMENT_MAGIC);
-    h[6..8].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[6..8].copy_from_slice(&version.to_le_bytes());
     h[8..16].copy_from_slice(&base.to_le_bytes());
+    if version >= 2 {
+        h[16..28].copy_from_slice(&encode_mark(base, base));
+    }
     h
 }
 
-/// `Some(base)` when `bytes` is a header this version understands.
-pub(crate) fn decode_header(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() < SEGMENT_HEADER_LEN || &bytes[..6] != SEGMENT_MAGIC {
-        return None;
+/// The 12 bytes written at [`MARK_POS`]: the mark and a checksum over base and mark, so a torn
+/// or stray write is recognised rather than trusted.
+pub(crate) fn encode_mark(base: u64, mark: u64) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..8].copy_from_slice(&mark.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&base.to_le_bytes()), &mark.to_le_bytes());
+    out[8..].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// Too short, or not a segment at all.
+    Unreadable,
+    /// A segment of a format this build does not know (written by a newer release).
+    UnknownVersion(u16),
+}
+
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, HeaderError> {
+    if bytes.len() < V1_HEADER_LEN || &bytes[..6] != SEGMENT_MAGIC {
+        return Err(HeaderError::Unreadable);
     }
-    if u16::from_le_bytes([bytes[6], bytes[7]]) != SEGMENT_VERSION {
-        return None;
+    let version = u16::from_le_bytes([bytes[6], bytes[7]]);
+    if !(SEGMENT_VERSION_MIN..=SEGMENT_VERSION).contains(&version) {
+        return Err(HeaderError::UnknownVersion(version));
     }
-    Some(u64::from_le_bytes(bytes[8..16].try_into().ok()?))
+    if bytes.len() < header_len(version) {
+        return Err(HeaderError::Unreadable);
+    }
+    let base = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    let durable_mark = (version >= 2)
+        .then(|| {
+            let mark: [u8; 12] = bytes[16..28].try_into().unwrap();
+            let value = u64::from_le_bytes(mark[..8].try_into().unwrap());
+            (encode_mark(base, value) == mark).then_some(value)
+        })
+        .flatten();
+    Ok(Header {
+        version,
+        base,
+        durable_mark,
+    })
 }
 
 pub(crate) fn entry_checksum(len: [u8; 4], payload: &[u8]) -> u32 {

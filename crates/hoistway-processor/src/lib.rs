@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hoistway_dlq::{DeadLetter, DeadLetterQueue, Reason};
+use hoistway_ingest::RecordError;
 use hoistway_ingest::record::decode_record;
 use hoistway_log::{Log, Offset, Record};
 use hoistway_model::{Clock, DedupWindow, Reading};
@@ -37,6 +38,8 @@ pub enum Error {
     Dlq(#[from] hoistway_dlq::Error),
     #[error(transparent)]
     Registry(#[from] hoistway_registry::Error),
+    #[error("log record at offset {offset} cannot be applied: {source}")]
+    Record { offset: Offset, source: RecordError },
     #[error("checkpoint failed: {0}")]
     Checkpoint(String),
     #[error("a sink could not commit: {0}")]
@@ -357,13 +360,23 @@ fn apply_blocking(
         debug_assert_eq!(record.offset, guard.offset);
         let batch = match decode_record(&record.payload) {
             Ok(b) => b,
-            Err(e) => {
-                // The checksum passed, so this is a record from another version: skip it
-                // loudly rather than stop the fleet.
-                tracing::error!(offset = record.offset, error = %e, "undecodable log record skipped");
-                metrics::counter!("hoistway_processor_undecodable_records_total").increment(1);
+            Err(RecordError::Removed) => {
+                // An operator chose to lose this record with `hoistway log repair`.
+                tracing::warn!(
+                    offset = record.offset,
+                    "log record removed by repair skipped"
+                );
+                metrics::counter!("hoistway_processor_removed_records_total").increment(1);
                 guard.offset = record.offset + 1;
                 continue;
+            }
+            Err(source) => {
+                // The checksum held, so this is a record of a format this build does not
+                // read (a newer release wrote it) or a bug: stop rather than lose it.
+                return Err(Error::Record {
+                    offset: record.offset,
+                    source,
+                });
             }
         };
         accepted.clear();

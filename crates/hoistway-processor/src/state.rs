@@ -109,7 +109,7 @@ impl LiftState {
 }
 
 /// Every lift's state, as of log offset `offset` (everything below it is applied).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetState {
     pub offset: u64,
     pub lifts: HashMap<LiftId, LiftState>,

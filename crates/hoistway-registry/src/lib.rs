@@ -28,6 +28,10 @@ pub enum Error {
     Invalid { field: String, message: String },
     #[error("csv line {line}: {message}")]
     Csv { line: u64, message: String },
+    #[error(
+        "{file} has schema version {version}, which this build does not read (it reads up to {SCHEMA_VERSION}); run the release that wrote it or a newer one"
+    )]
+    Format { file: String, version: u32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -126,7 +130,14 @@ impl Catalog {
     }
 }
 
-const SCHEMA: &str = "
+/// The schema version this build writes (SQLite's `user_version`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `MIGRATIONS[v]` takes a catalog from schema version `v` to `v + 1`. Version 0 is an empty
+/// file or a catalog written before versions were recorded (it already had `lifts`).
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1];
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS lifts (
     lift_id       TEXT PRIMARY KEY NOT NULL,
     building      TEXT NOT NULL DEFAULT '',
@@ -138,6 +149,27 @@ CREATE TABLE IF NOT EXISTS lifts (
 );
 CREATE INDEX IF NOT EXISTS lifts_building ON lifts(building);
 ";
+
+/// Brings the catalog to [`SCHEMA_VERSION`] in one transaction; refuses a newer one.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let tx = conn.transaction()?;
+    let version: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Format {
+            file: path.display().to_string(),
+            version,
+        });
+    }
+    for step in &MIGRATIONS[version as usize..] {
+        tx.execute_batch(step)?;
+    }
+    if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tracing::info!(from = version, to = SCHEMA_VERSION, registry = %path.display(), "registry schema migrated");
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 fn check_text(field: &str, v: &str) -> Result<()> {
     if v.len() > 128 || v.chars().any(char::is_control) {
@@ -209,10 +241,11 @@ impl LiftInfo {
 impl Registry {
     /// Opens the catalog at `path` (created if missing); `":memory:"` for tests.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let conn = Connection::open(path)?;
+        let path = path.as_ref();
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn, path)?;
         let mut lifts = Catalog::default();
         {
             let mut stmt = conn.prepare(
@@ -470,6 +503,41 @@ pub fn parse_csv(csv_text: &[u8]) -> Result<Vec<LiftInfo>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unversioned_catalog_is_migrated_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite3");
+        {
+            // what releases before schema versions wrote: the table, user_version 0
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute(
+                "INSERT INTO lifts (lift_id, building) VALUES ('L1', 'B1')",
+                [],
+            )
+            .unwrap();
+        }
+        let reg = Registry::open(&path).unwrap();
+        assert_eq!(reg.get("L1").unwrap().building, "B1");
+        drop(reg);
+        let conn = Connection::open(&path).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Registry::open(&path)
+            .err()
+            .expect("a newer schema is refused");
+        let message = err.to_string();
+        assert!(
+            message.contains("registry.sqlite3") && message.contains("schema version 2"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn csv_import_survives_reopen_and_updates_in_place() {

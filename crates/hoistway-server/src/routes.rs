@@ -265,7 +265,7 @@ fn registry_problem(e: hoistway_registry::Error) -> Problem {
             }],
         ),
         E::Csv { .. } => Problem::invalid(e.to_string(), vec![]),
-        E::Storage(_) => Problem::internal(&e),
+        E::Storage(_) | E::Format { .. } => Problem::internal(&e),
     }
 }
 

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// The manifest format written (and the newest read). Pinned by the committed data dirs in
+/// `crates/hoistway/tests/fixtures/`: a data dir of every earlier release must still open.
 pub const FORMAT: u32 = 1;
 pub const MANIFEST_PATH: &str = "_hoistway/manifest.json";
 
@@ -126,14 +128,22 @@ impl Manifest {
         match store.get(&Path::from(MANIFEST_PATH)).await {
             Ok(got) => {
                 let bytes = got.bytes().await?;
-                let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-                if manifest.format != FORMAT {
+                #[derive(Deserialize)]
+                struct Head {
+                    format: u32,
+                }
+                let corrupt =
+                    |e: serde_json::Error| Error::Corrupt(format!("{MANIFEST_PATH}: {e}"));
+                // The version first, so a newer manifest is named as such even if its fields
+                // no longer parse.
+                let head: Head = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                if head.format != FORMAT {
                     return Err(Error::Corrupt(format!(
-                        "manifest format {} is not supported (this build reads {FORMAT})",
-                        manifest.format
+                        "{MANIFEST_PATH} is in format version {}, which this build does not read (it reads {FORMAT}); run the release that wrote it or a newer one",
+                        head.format
                     )));
                 }
+                let manifest: Manifest = serde_json::from_slice(&bytes).map_err(corrupt)?;
                 Ok(Some(manifest))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),

@@ -41,6 +41,8 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Ingest answers 503 once the log (everything not yet checkpointed) is this large.
     pub max_bytes: u64,
+    /// The format new segments are written in (an older one during a rolling upgrade).
+    pub segment_format: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,6 +155,7 @@ impl Default for LogConfig {
         Self {
             segment_bytes: 64 << 20,
             max_bytes: 2 << 30,
+            segment_format: hoistway_log::SEGMENT_VERSION,
         }
     }
 }
@@ -191,6 +194,14 @@ impl Config {
             ]))
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let writable = hoistway_log::SEGMENT_VERSION_MIN..=hoistway_log::SEGMENT_VERSION;
+        anyhow::ensure!(
+            writable.contains(&config.log.segment_format),
+            "log.segment_format {} is not one this build writes ({} to {})",
+            config.log.segment_format,
+            writable.start(),
+            writable.end()
+        );
         anyhow::ensure!(
             config.version == CONFIG_VERSION,
             "config version {} is not supported (this build reads version {CONFIG_VERSION})",

@@ -4,12 +4,14 @@ mod admin;
 mod bench;
 mod bench_storage;
 mod config;
+mod offline;
 mod serve;
 mod simulate;
 mod sql;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
 
@@ -18,10 +20,13 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+static LONG_VERSION: LazyLock<String> = LazyLock::new(offline::long_version);
+
 #[derive(Parser)]
 #[command(
     name = "hoistway",
     version,
+    long_version = LONG_VERSION.as_str(),
     about = "Telemetry, state and alerts for a fleet of lifts"
 )]
 struct Cli {
@@ -46,6 +51,8 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Storage tiers of a running server: status, or run upkeep now.
     Storage(sql::StorageArgs),
+    /// The log of a stopped server: repair damaged entries.
+    Log(offline::LogArgs),
     /// Benchmark ingest against a bare axum handler (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Benchmark storage and SQL on simulator data against default Parquet and DuckDB.
@@ -114,6 +121,9 @@ fn init_tracing() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    if let Command::Log(args) = cli.command {
+        return offline::log(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -139,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             Command::BenchStorage(args) => bench_storage::run(args).await,
             Command::Storage(args) => sql::storage(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Log(_) => unreachable!("runs without a runtime"),
             Command::BenchPeer { listen } => bench::peer(listen).await,
         }
     })

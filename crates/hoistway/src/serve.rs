@@ -41,31 +41,22 @@ impl Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
     let data = config.data_dir.clone();
-    std::fs::create_dir_all(&data)
-        .with_context(|| format!("cannot create data dir {}", data.display()))?;
     // One server per data dir: a second one would interleave writes to the same log.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(data.join("LOCK"))
-        .with_context(|| format!("cannot create the lock file in {}", data.display()))?;
-    if lock.try_lock().is_err() {
-        anyhow::bail!(
-            "data dir {} is in use by another hoistway process",
-            data.display()
-        );
-    }
+    let lock = crate::offline::lock_data_dir(&data)?;
+    // Installed first, so that what recovery counts (replayed readings, skipped records) shows.
+    let metrics = hoistway_server::install_metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let mut log_config = FileLogConfig::new(data.join("log"));
     log_config.segment_bytes = config.log.segment_bytes;
+    log_config.write_version = config.log.segment_format;
     let (file_log, report) = FileLog::open(log_config).context("cannot open the log")?;
     tracing::info!(
         start = report.start,
         end = report.end,
         segments = report.segments,
         truncated_bytes = report.truncated_bytes,
+        durable_mark = report.durable_mark,
         "log opened"
     );
     let log: Arc<dyn Log> = Arc::new(file_log);
@@ -148,7 +139,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             },
             retry_after_secs: config.ingest.retry_after_secs,
         },
-        metrics: hoistway_server::install_metrics(),
+        metrics,
         accepting: accepting.clone(),
         started,
     });

@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 
 use bytes::Bytes;
 use common::*;
@@ -814,7 +815,7 @@ async fn a_lifts_readings_for_charts_raw_and_rolled_up() {
     assert_problem(&server.get("/v1/lifts/bad%20id/readings").await, 422);
 }
 
-/// The files are plain Parquet: pyarrow (installed from PyPI if missing) reads the files the
+/// The files are plain Parquet: pyarrow (pinned, from PyPI) reads the files the
 /// manifest lists with the documented schema and the same row count as SQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_files_are_read_back_by_pyarrow() {
@@ -823,7 +824,7 @@ async fn stored_files_are_read_back_by_pyarrow() {
     tokio::task::block_in_place(|| {
         assert!(server.terminate());
     });
-    let python = ensure_python_modules(&[("pyarrow", "pyarrow")]);
+    let python = test_python();
     let script = r#"
 import json, sys, pyarrow.parquet as pq
 root = sys.argv[1]
@@ -881,29 +882,50 @@ print(json.dumps({"rows": rows, "schema": schema}))
     );
 }
 
-/// A Python with the given modules (import name, PyPI requirement): installs missing ones.
-fn ensure_python_modules(modules: &[(&str, &str)]) -> String {
-    let python = "python3".to_string();
-    let have = |m: &str| {
-        std::process::Command::new(&python)
-            .args(["-c", &format!("import {m}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let missing: Vec<&str> = modules
-        .iter()
-        .filter(|(m, _)| !have(m))
-        .map(|(_, requirement)| *requirement)
-        .collect();
-    if !missing.is_empty() {
-        let status = std::process::Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet"])
-            .args(&missing)
+/// A Python with the tests' pinned packages (`tests/python-requirements.txt`), in a virtual
+/// environment under `target/`: made on first use, and again when the requirements change. It
+/// needs nothing of the system Python but `venv`, so it works where the system refuses
+/// `pip install` (PEP 668).
+fn test_python() -> String {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python-requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    let venv = tmp.join("python");
+    let python = venv.join("bin").join("python3");
+    let stamp = venv.join("requirements.installed");
+    std::fs::create_dir_all(tmp).unwrap();
+    // Tests run in parallel: one makes the environment, the others wait for it.
+    let lock = std::fs::File::create(tmp.join("python.lock")).unwrap();
+    lock.lock().unwrap();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        if !python.exists() {
+            let made = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap();
+            assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        }
+        let installed = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements)
             .status()
             .unwrap();
-        assert!(status.success(), "pip install {missing:?} failed");
+        assert!(
+            installed.success(),
+            "pip install -r {} failed",
+            requirements.display()
+        );
+        std::fs::write(&stamp, &wanted).unwrap();
     }
-    python
+    python.display().to_string()
 }
 
 /// An S3-compatible server (moto, from PyPI) on a loopback port, stopped when dropped.
@@ -914,7 +936,7 @@ struct S3Server {
 
 impl S3Server {
     async fn start(bucket: &str) -> Self {
-        let python = ensure_python_modules(&[("moto.server", "moto[server]")]);
+        let python = test_python();
         let port = free_port();
         let child = std::process::Command::new(python)
             .args([
