@@ -542,3 +542,104 @@ async fn a_log_record_of_a_newer_release_stops_the_server_instead_of_being_skipp
         "{stderr}"
     );
 }
+
+async fn post_reading(server: &TestServer, seq: u64) -> Reply {
+    let body = serde_json::to_string(&reading("L-1", seq, 1)).unwrap();
+    server.post_json("/v1/telemetry", &body).await
+}
+
+/// Injected fault: fdatasync of the log fails (tests/faults/fail_io.c). The request waiting for
+/// it gets a 503, the log is poisoned (every later request too, and /readyz says why), and after
+/// a restart every acknowledged reading is there, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_poisons_the_log_and_loses_nothing_acknowledged() {
+    let shim = fault_shim();
+    let tmp = tempfile::tempdir().unwrap();
+    let trigger = tmp.path().join("fail-fsync");
+    let mut server = TestServer::start_in(
+        tmp.path().join("data"),
+        &[
+            ("LD_PRELOAD", shim.to_str().unwrap()),
+            ("FAIL_IO_FSYNC_TRIGGER", trigger.to_str().unwrap()),
+        ],
+    );
+    register(&server, "lift_id,building\nL-1,B1\n").await;
+    for seq in 1..=5 {
+        assert_eq!(post_reading(&server, seq).await.status, 200);
+    }
+    std::fs::write(&trigger, b"").unwrap();
+    let failed = post_reading(&server, 6).await;
+    assert_eq!(
+        failed.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&failed.body)
+    );
+    assert!(failed.headers.contains_key("retry-after"));
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    let why = ready.json()["detail"].as_str().unwrap().to_string();
+    assert!(why.contains("fsync failed"), "{why}");
+    // the disk may be back, but what it holds is no longer known: poisoned until restart
+    std::fs::remove_file(&trigger).unwrap();
+    assert_eq!(post_reading(&server, 7).await.status, 503);
+
+    tokio::task::block_in_place(|| {
+        server.kill9();
+        server.set_env("LD_PRELOAD", None);
+        server.spawn();
+    });
+    assert_eq!(server.get("/readyz").await.status, 200);
+    let state = server.get("/v1/lifts/L-1/state").await.json();
+    let ranges = &state["seq_ranges"][0]["ranges"];
+    assert_eq!(ranges[0][0], 1, "{state}");
+    assert!(
+        ranges[0][1].as_u64().unwrap() >= 5,
+        "acknowledged seqs 1..=5 are kept: {state}"
+    );
+    // The lift resends what was not acknowledged; each reading counts once either way.
+    for seq in [6, 7] {
+        assert_eq!(post_reading(&server, seq).await.status, 200);
+    }
+    let state = server.get("/v1/lifts/L-1/state").await.json();
+    assert_eq!(state["readings_total"], 7, "{state}");
+}
+
+/// Injected fault: reading the log fails with EIO. The server does not take that for the end of
+/// the log (which would drop what follows): it refuses to start and names the error; once the
+/// disk reads again, every reading is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_reading_the_log_is_reported_not_taken_for_its_end() {
+    let shim = fault_shim();
+    let mut server = TestServer::start(&[("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "3600")]);
+    register(&server, "lift_id,building\nL-1,B1\n").await;
+    for seq in 1..=3 {
+        let body = serde_json::to_string(&reading("L-1", seq, 1)).unwrap();
+        assert_eq!(server.post_json("/v1/telemetry", &body).await.status, 200);
+    }
+    // no checkpoint: a restart replays the log from its start
+    tokio::task::block_in_place(|| server.kill9());
+    let data = server.data_dir().to_path_buf();
+    let trigger = data.join("fail-read");
+    std::fs::write(&trigger, b"").unwrap();
+    let refused = hoistway_with_env(
+        &[
+            "serve".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
+        &[
+            ("LD_PRELOAD", shim.as_os_str()),
+            ("FAIL_IO_READ_TRIGGER", trigger.as_os_str()),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("Input/output error"), "{stderr}");
+    std::fs::remove_file(&trigger).unwrap();
+    tokio::task::block_in_place(|| server.spawn());
+    let state = server.get("/v1/lifts/L-1/state").await.json();
+    assert_eq!(state["readings_total"], 3, "{state}");
+}

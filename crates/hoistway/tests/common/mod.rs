@@ -264,8 +264,17 @@ pub async fn register(server: &TestServer, csv: &str) {
 
 /// Runs the `hoistway` binary with `args` to completion (at most a minute) and returns its output.
 pub fn hoistway(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    hoistway_with_env(args, &[])
+}
+
+/// [`hoistway`] with extra environment variables.
+pub fn hoistway_with_env(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hoistway"))
         .args(args)
+        .envs(env.iter().copied())
         .env("HOISTWAY_LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -294,4 +303,20 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// The LD_PRELOAD shim of `tests/faults/fail_io.c`, built with the system C compiler.
+pub fn fault_shim() -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/fail_io.c");
+    let out =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fail_io-{}.so", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("run cc (the fault tests need a C compiler)");
+    assert!(status.success(), "cc {} failed", source.display());
+    out
 }
