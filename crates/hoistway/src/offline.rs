@@ -99,9 +99,13 @@ enum LogCommand {
 pub fn log(args: LogArgs) -> anyhow::Result<()> {
     match args.command {
         LogCommand::Repair { data_dir, dry_run } => {
-            let _lock = lock_data_dir(&data_dir)?;
             let dir = data_dir.join("log");
-            anyhow::ensure!(dir.is_dir(), "no log in {}", data_dir.display());
+            anyhow::ensure!(
+                dir.is_dir(),
+                "{} holds no log: is it a hoistway data dir?",
+                data_dir.display()
+            );
+            let _lock = lock_data_dir(&data_dir)?;
             let report = hoistway_log::repair(&dir, dry_run)
                 .with_context(|| format!("cannot repair the log in {}", dir.display()))?;
             println!("checked {} log segments", report.segments);

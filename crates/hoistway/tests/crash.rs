@@ -643,3 +643,45 @@ async fn an_io_error_reading_the_log_is_reported_not_taken_for_its_end() {
     let state = server.get("/v1/lifts/L-1/state").await.json();
     assert_eq!(state["readings_total"], 3, "{state}");
 }
+
+/// Injected fault: reading a stored Parquet file fails with EIO. A query over it is an error, not
+/// an answer computed from fewer rows; once the disk reads again, the same query is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_reading_stored_files_fails_the_query_instead_of_dropping_rows() {
+    let shim = fault_shim();
+    let tmp = tempfile::tempdir().unwrap();
+    let trigger = tmp.path().join("fail-parquet-read");
+    let mut server = TestServer::start_in(
+        tmp.path().join("data"),
+        &[
+            ("LD_PRELOAD", shim.to_str().unwrap()),
+            ("FAIL_IO_PARQUET_READ_TRIGGER", trigger.to_str().unwrap()),
+        ],
+    );
+    register(&server, "lift_id,building\nL-1,B1\n").await;
+    for seq in 1..=6 {
+        assert_eq!(post_reading(&server, seq).await.status, 200);
+    }
+    // a clean stop flushes every reading to Parquet; after the restart none is in memory
+    tokio::task::block_in_place(|| {
+        assert!(server.terminate());
+        server.spawn();
+    });
+    let sql =
+        r#"{"sql": "SELECT count(*) AS n, sum(trips) AS trips FROM readings", "format": "csv"}"#;
+    std::fs::write(&trigger, b"").unwrap();
+    let failed = server.post_json("/v1/sql", sql).await;
+    assert!(
+        failed.status >= 500,
+        "{}: {}",
+        failed.status,
+        String::from_utf8_lossy(&failed.body)
+    );
+    std::fs::remove_file(&trigger).unwrap();
+    let answered = server.post_json("/v1/sql", sql).await;
+    assert_eq!(answered.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&answered.body).lines().nth(1),
+        Some("6,6")
+    );
+}

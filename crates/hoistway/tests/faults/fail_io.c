@@ -20,20 +20,21 @@ static int armed(const char *variable) {
     return trigger != NULL && access(trigger, F_OK) == 0;
 }
 
-static int is_log_segment(int fd) {
+static int has_suffix(int fd, const char *suffix) {
     char link[64];
     char target[4096];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, target, sizeof target - 1);
-    if (n < 4) {
+    size_t len = strlen(suffix);
+    if (n < 0 || (size_t)n < len) {
         return 0;
     }
     target[n] = '\0';
-    return strcmp(target + n - 4, ".seg") == 0;
+    return strcmp(target + n - len, suffix) == 0;
 }
 
-static int fault(const char *variable, int fd) {
-    if (armed(variable) && is_log_segment(fd)) {
+static int fault_on(const char *variable, int fd, const char *suffix) {
+    if (armed(variable) && has_suffix(fd, suffix)) {
         errno = EIO;
         return 1;
     }
@@ -45,7 +46,7 @@ int fdatasync(int fd) {
     if (real == NULL) {
         real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
     }
-    return fault("FAIL_IO_FSYNC_TRIGGER", fd) ? -1 : real(fd);
+    return fault_on("FAIL_IO_FSYNC_TRIGGER", fd, ".seg") ? -1 : real(fd);
 }
 
 int fsync(int fd) {
@@ -53,7 +54,7 @@ int fsync(int fd) {
     if (real == NULL) {
         real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
     }
-    return fault("FAIL_IO_FSYNC_TRIGGER", fd) ? -1 : real(fd);
+    return fault_on("FAIL_IO_FSYNC_TRIGGER", fd, ".seg") ? -1 : real(fd);
 }
 
 ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
@@ -61,7 +62,11 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
     if (real == NULL) {
         real = (ssize_t (*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread64");
     }
-    return fault("FAIL_IO_READ_TRIGGER", fd) ? -1 : real(fd, buf, count, offset);
+    if (fault_on("FAIL_IO_READ_TRIGGER", fd, ".seg") ||
+        fault_on("FAIL_IO_PARQUET_READ_TRIGGER", fd, ".parquet")) {
+        return -1;
+    }
+    return real(fd, buf, count, offset);
 }
 
 ssize_t pread(int fd, void *buf, size_t count, off_t offset) {
