@@ -69,7 +69,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogBatch, RecordError> {
         return Err(RecordError::Version(*version));
     }
     let (count, mut rest) = split_u32(rest)?;
-    let mut readings = Vec::with_capacity(count as usize);
+    // Each reading takes at least its 4-byte length: a damaged count cannot reserve more.
+    let mut readings = Vec::with_capacity((count as usize).min(rest.len() / 4));
     for _ in 0..count {
         let (len, tail) = split_u32(rest)?;
         let (item, tail) = tail
@@ -189,5 +190,8 @@ mod tests {
             Err(RecordError::Removed)
         ));
         assert!(matches!(decode_record(&[]), Err(RecordError::Truncated)));
+        // a damaged count (found by fuzzing): refused, without reserving room for it first
+        let huge = [VERSION, 0, 0xff, 0xff, 0xff, 0x7f, 1, 0, 0, 0, 9];
+        assert!(matches!(decode_record(&huge), Err(RecordError::Truncated)));
     }
 }

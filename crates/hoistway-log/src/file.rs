@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::segment::{
     self, Decoded, ENTRY_HEADER_LEN, Header, HeaderError, MARK_POS, SEGMENT_HEADER_LEN,
     SEGMENT_VERSION, SEGMENT_VERSION_MIN, decode_entry, decode_header, encode_entry, encode_header,
-    encode_mark, parse_segment_name, segment_path,
+    encode_mark, parse_segment_name, scan_segment, segment_path,
 };
 use crate::{Error, Log, Offset, Record, Result};
 
@@ -305,12 +305,8 @@ fn recover_tail(path: &Path, base: Offset, write_version: u16) -> Result<Tail> {
             base
         }
     };
-    let mut pos = header.len();
-    let mut count = 0;
-    while let Decoded::Entry { size, .. } = decode_entry(&bytes[pos..]) {
-        pos += size;
-        count += 1;
-    }
+    let scan = scan_segment(&bytes).expect("the header decoded above");
+    let (pos, count) = (scan.valid_len, scan.entries);
     let end = base + count;
     if end < mark {
         let what = if pos < bytes.len() {

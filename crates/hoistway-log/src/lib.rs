@@ -21,6 +21,7 @@ pub use file::{FileLog, FileLogConfig, RecoveryReport};
 pub use repair::{RepairReport, is_placeholder, repair};
 pub use segment::{
     ENTRY_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION, SEGMENT_VERSION_MIN,
+    SegmentScan, scan_segment,
 };
 
 /// Position of a record in the log: records are numbered 0, 1, 2, … for the log's lifetime.

@@ -107,6 +107,38 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, HeaderError> {
     })
 }
 
+/// What the bytes of a segment file hold, as recovery reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    pub version: u16,
+    pub base: u64,
+    /// Version 2: how far the segment was known durable (`None` when the mark is unreadable).
+    pub durable_mark: Option<u64>,
+    /// Whole entries after the header, up to the first that is short or fails its checksum.
+    pub entries: u64,
+    /// Where those entries end: everything after is a torn tail or damage.
+    pub valid_len: usize,
+}
+
+/// Reads a segment file's header and walks its entries; `None` when the bytes do not start with
+/// a segment header of a version this build reads.
+pub fn scan_segment(bytes: &[u8]) -> Option<SegmentScan> {
+    let header = decode_header(bytes).ok()?;
+    let mut pos = header.len();
+    let mut entries = 0;
+    while let Decoded::Entry { size, .. } = decode_entry(&bytes[pos..]) {
+        pos += size;
+        entries += 1;
+    }
+    Some(SegmentScan {
+        version: header.version,
+        base: header.base,
+        durable_mark: header.durable_mark,
+        entries,
+        valid_len: pos,
+    })
+}
+
 pub(crate) fn entry_checksum(len: [u8; 4], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&len), payload)
 }

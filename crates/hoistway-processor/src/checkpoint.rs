@@ -46,33 +46,38 @@ pub fn write(dir: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The last checkpoint, or `None` when there is none yet.
 pub fn read(dir: &Path) -> Result<Option<FleetState>> {
-    let bytes = match fs::read(dir.join(FILE_NAME)) {
+    let path = dir.join(FILE_NAME);
+    let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let path = dir.join(FILE_NAME);
-    let bad = |why: &str| Error::Checkpoint(format!("{} is unreadable: {why}", path.display()));
+    decode(&bytes)
+        .map(Some)
+        .map_err(|why| Error::Checkpoint(format!("{} is unreadable: {why}", path.display())))
+}
+
+/// A checkpoint file's state; the error says what is wrong with the bytes.
+pub fn decode(bytes: &[u8]) -> std::result::Result<FleetState, String> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
-        return Err(bad("bad header"));
+        return Err("bad header".into());
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
     if version != VERSION {
-        return Err(bad(&format!(
+        return Err(format!(
             "it is in format version {version}, which this build does not read (it reads {VERSION}); run the release that wrote it or a newer one"
-        )));
+        ));
     }
     let crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
-    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
-    let body = bytes
-        .get(HEADER..HEADER + len)
-        .ok_or_else(|| bad("truncated"))?;
+    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    let body = usize::try_from(len)
+        .ok()
+        .and_then(|len| bytes.get(HEADER..HEADER.checked_add(len)?))
+        .ok_or("truncated")?;
     if crc32c::crc32c(body) != crc {
-        return Err(bad("checksum mismatch"));
+        return Err("checksum mismatch".into());
     }
-    postcard::from_bytes(body)
-        .map(Some)
-        .map_err(|e| bad(&e.to_string()))
+    postcard::from_bytes(body).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -128,27 +128,30 @@ impl Manifest {
         match store.get(&Path::from(MANIFEST_PATH)).await {
             Ok(got) => {
                 let bytes = got.bytes().await?;
-                #[derive(Deserialize)]
-                struct Head {
-                    format: u32,
-                }
-                let corrupt =
-                    |e: serde_json::Error| Error::Corrupt(format!("{MANIFEST_PATH}: {e}"));
-                // The version first, so a newer manifest is named as such even if its fields
-                // no longer parse.
-                let head: Head = serde_json::from_slice(&bytes).map_err(corrupt)?;
-                if head.format != FORMAT {
-                    return Err(Error::Corrupt(format!(
-                        "{MANIFEST_PATH} is in format version {}, which this build does not read (it reads {FORMAT}); run the release that wrote it or a newer one",
-                        head.format
-                    )));
-                }
-                let manifest: Manifest = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                let manifest = Self::decode(&bytes)?;
                 Ok(Some(manifest))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A manifest from its JSON; a newer format is named as such even if its fields no longer
+    /// parse.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        let corrupt = |e: serde_json::Error| Error::Corrupt(format!("{MANIFEST_PATH}: {e}"));
+        let head: Head = serde_json::from_slice(bytes).map_err(corrupt)?;
+        if head.format != FORMAT {
+            return Err(Error::Corrupt(format!(
+                "{MANIFEST_PATH} is in format version {}, which this build does not read (it reads {FORMAT}); run the release that wrote it or a newer one",
+                head.format
+            )));
+        }
+        serde_json::from_slice(bytes).map_err(corrupt)
     }
 
     /// Writes the manifest whole; the previous one stays valid until this returns `Ok`.
