@@ -543,6 +543,21 @@ async fn a_log_record_of_a_newer_release_stops_the_server_instead_of_being_skipp
     );
 }
 
+/// A server with the fault shim loaded, lift L-1 registered, and the shim's fault `variable`
+/// armed while the returned trigger file exists.
+async fn server_with_fault(variable: &str) -> (TestServer, std::path::PathBuf) {
+    let shim = fault_shim();
+    let trigger =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{variable}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&trigger);
+    let server = TestServer::start(&[
+        ("LD_PRELOAD", shim.to_str().unwrap()),
+        (variable, trigger.to_str().unwrap()),
+    ]);
+    register(&server, "lift_id,building\nL-1,B1\n").await;
+    (server, trigger)
+}
+
 async fn post_reading(server: &TestServer, seq: u64) -> Reply {
     let body = serde_json::to_string(&reading("L-1", seq, 1)).unwrap();
     server.post_json("/v1/telemetry", &body).await
@@ -553,17 +568,7 @@ async fn post_reading(server: &TestServer, seq: u64) -> Reply {
 /// a restart every acknowledged reading is there, counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_fsync_poisons_the_log_and_loses_nothing_acknowledged() {
-    let shim = fault_shim();
-    let tmp = tempfile::tempdir().unwrap();
-    let trigger = tmp.path().join("fail-fsync");
-    let mut server = TestServer::start_in(
-        tmp.path().join("data"),
-        &[
-            ("LD_PRELOAD", shim.to_str().unwrap()),
-            ("FAIL_IO_FSYNC_TRIGGER", trigger.to_str().unwrap()),
-        ],
-    );
-    register(&server, "lift_id,building\nL-1,B1\n").await;
+    let (mut server, trigger) = server_with_fault("FAIL_IO_FSYNC_TRIGGER").await;
     for seq in 1..=5 {
         assert_eq!(post_reading(&server, seq).await.status, 200);
     }
@@ -648,17 +653,7 @@ async fn an_io_error_reading_the_log_is_reported_not_taken_for_its_end() {
 /// an answer computed from fewer rows; once the disk reads again, the same query is right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_io_error_reading_stored_files_fails_the_query_instead_of_dropping_rows() {
-    let shim = fault_shim();
-    let tmp = tempfile::tempdir().unwrap();
-    let trigger = tmp.path().join("fail-parquet-read");
-    let mut server = TestServer::start_in(
-        tmp.path().join("data"),
-        &[
-            ("LD_PRELOAD", shim.to_str().unwrap()),
-            ("FAIL_IO_PARQUET_READ_TRIGGER", trigger.to_str().unwrap()),
-        ],
-    );
-    register(&server, "lift_id,building\nL-1,B1\n").await;
+    let (mut server, trigger) = server_with_fault("FAIL_IO_PARQUET_READ_TRIGGER").await;
     for seq in 1..=6 {
         assert_eq!(post_reading(&server, seq).await.status, 200);
     }

@@ -305,18 +305,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The LD_PRELOAD shim of `tests/faults/fail_io.c`, built with the system C compiler.
+/// The LD_PRELOAD shim of `tests/faults/fail_io.c`, built once per test process with the system
+/// C compiler.
 pub fn fault_shim() -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/fail_io.c");
-    let out =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fail_io-{}.so", std::process::id()));
-    let status = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&source)
-        .arg("-ldl")
-        .status()
-        .expect("run cc (the fault tests need a C compiler)");
-    assert!(status.success(), "cc {} failed", source.display());
-    out
+    static SHIM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults/fail_io.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fail_io-{}.so", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
+            .arg(&out)
+            .arg(&source)
+            .arg("-ldl")
+            .status()
+            .expect("run cc (the fault tests need a C compiler)");
+        assert!(status.success(), "cc {} failed", source.display());
+        out
+    })
+    .clone()
 }
