@@ -10,8 +10,11 @@ use bytes::Bytes;
 use hoistway_ingest::record::{decode_record, encode_reading, encode_record};
 use hoistway_ingest::{BodyFormat, DecodeLimits, LogBatch, decode_body};
 
+/// A fuzz target: takes any bytes, panics only when a decoder breaks its promise.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as the corpus folders under `fuzz/corpus/` are named.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("telemetry", telemetry),
     ("log_record", log_record),
     ("log_segment", log_segment),

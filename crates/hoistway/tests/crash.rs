@@ -199,6 +199,11 @@ async fn storage_survives_crashes_at_flush_and_compaction() {
     }
     let mut sim = running.await.unwrap();
     assert!(sim.drain(Duration::from_secs(60)).await);
+    assert_eq!(
+        sim.stats().rejected.load(Ordering::Relaxed),
+        0,
+        "the server rejected simulated readings"
+    );
     let ledger = sim.ledger().clone();
     assert!(ledger.total_readings() > 3_000);
     let deadline = Instant::now() + Duration::from_secs(60);
