@@ -94,20 +94,7 @@ async fn acknowledged_readings_survive_repeated_kill_9() {
     let failed = stats.failed_requests.load(Ordering::Relaxed);
     assert!(failed > 0, "the kills never hit a request");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let problems = verify(addr, &ledger).await;
-        if problems.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} lifts disagree with the ledger, e.g. {:?}",
-            problems.len(),
-            &problems[..problems.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    verified(&server, &ledger).await;
     stored_readings_match_the_ledger(&server, &ledger).await;
     eprintln!(
         "{total} readings acknowledged across 6 kills, {failed} failed requests retried, restarts took {restarts:?}"
@@ -206,11 +193,7 @@ async fn storage_survives_crashes_at_flush_and_compaction() {
     );
     let ledger = sim.ledger().clone();
     assert!(ledger.total_readings() > 3_000);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !verify(addr, &ledger).await.is_empty() {
-        assert!(Instant::now() < deadline, "state never matched the ledger");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    verified(&server, &ledger).await;
     stored_readings_match_the_ledger(&server, &ledger).await;
     // And again after a clean restart, from files only.
     tokio::task::block_in_place(|| {
@@ -342,6 +325,7 @@ fn merge_ledgers(earlier: &Ledger, later: &Ledger) -> Ledger {
     merged
 }
 
+/// Waits (at most a minute) until the server's state matches the ledger for every lift.
 async fn verified(server: &TestServer, ledger: &Ledger) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
