@@ -310,6 +310,21 @@ async fn a_full_disk_refuses_new_readings_and_keeps_every_acknowledged_one() {
     tokio::task::block_in_place(|| server.kill9());
 }
 
+/// Runs `hoistway serve` on `data`, expecting it to refuse to start; returns what it said.
+fn serve_refused(data: &Path, env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let args: [&std::ffi::OsStr; 5] = [
+        "serve".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    let out = hoistway_with_env(&args, env);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "serve started: {stderr}");
+    stderr
+}
+
 /// Adds what a later run acknowledged to what an earlier one did: lifetime counters add up,
 /// accepted seqs are the later run's (a new epoch).
 fn merge_ledgers(earlier: &Ledger, later: &Ledger) -> Ledger {
@@ -457,15 +472,7 @@ async fn a_damaged_log_entry_stops_the_start_until_an_operator_repairs_it() {
     std::fs::write(&seg, &damaged).unwrap();
 
     let data = server.data_dir().as_os_str().to_owned();
-    let refused = hoistway(&[
-        "serve".as_ref(),
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
+    let stderr = serve_refused(Path::new(&data), &[]);
     assert!(
         stderr.contains("hoistway log repair") && stderr.contains("durable"),
         "{stderr}"
@@ -517,15 +524,7 @@ async fn a_log_record_of_a_newer_release_stops_the_server_instead_of_being_skipp
         log.wait_durable(at + 1).await.unwrap();
         at
     };
-    let refused = hoistway(&[
-        "serve".as_ref(),
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{stderr}");
+    let stderr = serve_refused(&data, &[]);
     assert!(
         stderr.contains(&format!("offset {at}")) && stderr.contains("format version 9"),
         "{stderr}"
@@ -616,21 +615,13 @@ async fn an_io_error_reading_the_log_is_reported_not_taken_for_its_end() {
     let data = server.data_dir().to_path_buf();
     let trigger = data.join("fail-read");
     std::fs::write(&trigger, b"").unwrap();
-    let refused = hoistway_with_env(
-        &[
-            "serve".as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-        ],
+    let stderr = serve_refused(
+        &data,
         &[
             ("LD_PRELOAD", shim.as_os_str()),
             ("FAIL_IO_READ_TRIGGER", trigger.as_os_str()),
         ],
     );
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{stderr}");
     assert!(stderr.contains("Input/output error"), "{stderr}");
     std::fs::remove_file(&trigger).unwrap();
     tokio::task::block_in_place(|| server.spawn());
