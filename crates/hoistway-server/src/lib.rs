@@ -7,6 +7,7 @@
 //! This crate names no backend: it is handed an [`AppState`] built by the binary.
 
 mod analytics;
+pub mod auth;
 pub mod problem;
 mod routes;
 
@@ -46,6 +47,7 @@ impl std::ops::Deref for AppState {
 
 pub struct AppParts {
     pub ingest: Ingest,
+    pub auth: Arc<hoistway_auth::Authority>,
     pub fleet: Fleet,
     pub registry: Arc<Registry>,
     pub dlq: Arc<DeadLetterQueue>,
@@ -88,7 +90,13 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    routes::routes()
+    let (routes, rules) = routes::routes();
+    let gate = auth::Gate {
+        app: state.clone(),
+        rules: Arc::new(rules),
+    };
+    routes
+        .layer(axum::middleware::from_fn_with_state(gate, auth::authorize))
         .layer(axum::middleware::from_fn(track_requests))
         .layer(tower::limit::ConcurrencyLimitLayer::new(8192))
         .with_state(state)
@@ -110,6 +118,18 @@ async fn track_requests(req: Request, next: Next) -> Response {
     metrics::histogram!("hoistway_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Every route with the access it needs: (method, path pattern, access). For the tests that walk
+/// the whole API.
+pub fn route_rules() -> Vec<(String, String, hoistway_auth::Access)> {
+    let mut rules: Vec<_> = routes::routes()
+        .1
+        .into_iter()
+        .map(|((m, p), a)| (m.to_string(), p.to_string(), a))
+        .collect();
+    rules.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+    rules
 }
 
 /// Installs the process-wide Prometheus recorder (once) with Hoistway's histogram buckets.

@@ -18,6 +18,13 @@ pub struct FieldProblem {
     pub message: String,
 }
 
+/// The OAuth 2.0 error code and its description.
+#[derive(Debug, Clone, Serialize)]
+pub struct OAuthMembers {
+    pub error: &'static str,
+    pub error_description: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]
@@ -27,8 +34,14 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldProblem>,
+    /// RFC 6749 §5.2's members, for the `/oauth` endpoints' clients.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<Box<OAuthMembers>>,
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// Sends `WWW-Authenticate: Bearer` (a 401).
+    #[serde(skip)]
+    pub challenge: bool,
 }
 
 impl Problem {
@@ -44,8 +57,51 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            oauth: None,
             retry_after: None,
+            challenge: false,
         }
+    }
+
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication required",
+            detail,
+        );
+        p.challenge = true;
+        p
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    }
+
+    /// An OAuth error response: 400 (401 for a bad client), with `error` and
+    /// `error_description` as RFC 6749 §5.2 names them, as extension members.
+    pub fn oauth(code: &'static str, description: impl Into<String>) -> Self {
+        let description = description.into();
+        let status = if code == "invalid_client" {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let mut p = Self::new(
+            status,
+            "oauth",
+            "OAuth error",
+            format!("{code}: {description}"),
+        );
+        p.oauth = Some(Box::new(OAuthMembers {
+            error: code,
+            error_description: description,
+        }));
+        p
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -112,9 +168,16 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self.retry_after;
+        let challenge = self.challenge;
         let mut resp = (status, axum::Json(self)).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if challenge {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hoistway\""),
+            );
+        }
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

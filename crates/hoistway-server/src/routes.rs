@@ -8,9 +8,11 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use hoistway_auth::{Access, Principal, Role};
 use hoistway_dlq::DeadLetter;
 use hoistway_ingest::{BodyError, BodyFormat, IngestError, Rejection, decode_body};
 use hoistway_model::LiftId;
@@ -21,6 +23,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::AppState;
+use crate::auth::{self, Rules};
 
 /// Largest body of a registry change.
 const ADMIN_BODY_LIMIT: usize = 1 << 20;
@@ -28,37 +31,204 @@ const ADMIN_BODY_LIMIT: usize = 1 << 20;
 const IMPORT_BODY_LIMIT: usize = 64 << 20;
 use crate::problem::{ApiResult, FieldProblem, Problem};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/telemetry", post(telemetry))
-        .route("/v1/lifts", get(list_lifts).post(create_lift))
-        .route("/v1/lifts/import", post(import_lifts))
-        .route(
-            "/v1/lifts/{lift_id}",
-            get(get_lift)
-                .put(put_lift)
-                .patch(patch_lift)
-                .delete(delete_lift),
-        )
-        .route("/v1/lifts/{lift_id}/state", get(lift_state))
-        .route(
-            "/v1/lifts/{lift_id}/readings",
-            get(crate::analytics::lift_readings),
-        )
-        .route("/v1/sql", post(crate::analytics::sql))
-        .route("/v1/storage/status", get(crate::analytics::storage_status))
-        .route(
-            "/v1/storage/maintain",
-            post(crate::analytics::storage_maintain),
-        )
-        .route("/v1/buildings/{building_id}", get(building))
-        .route("/v1/fleet/summary", get(fleet_summary))
-        .route("/v1/dlq", get(dlq_list))
-        .route("/v1/dlq/{id}", get(dlq_show))
-        .route("/v1/dlq/{id}/replay", post(dlq_replay))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+/// Adds routes together with the access each needs, so no route exists without a rule.
+struct Table {
+    router: Router<AppState>,
+    rules: Rules,
+}
+
+impl Table {
+    fn add(
+        mut self,
+        method: Method,
+        path: &'static str,
+        access: Access,
+        handler: MethodRouter<AppState>,
+    ) -> Self {
+        assert!(
+            self.rules.insert((method, path), access).is_none(),
+            "route {path} added twice"
+        );
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+/// Every route, with the access it needs (docs/security.md has the same table in prose).
+pub fn routes() -> (Router<AppState>, Rules) {
+    use Access::{Device, Public, Staff};
+    const VIEWER: Access = Access::Role(Role::Viewer);
+    const OPERATOR: Access = Access::Role(Role::Operator);
+    const ADMIN: Access = Access::Role(Role::Admin);
+    let (g, p, put_, pa, d) = (
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+    );
+    let t = Table {
+        router: Router::new(),
+        rules: Rules::new(),
+    }
+    .add(p.clone(), "/v1/telemetry", Device, post(telemetry))
+    .add(
+        p.clone(),
+        "/oauth/device_authorization",
+        Public,
+        post(auth::device_authorization),
+    )
+    .add(p.clone(), "/oauth/token", Public, post(auth::token))
+    .add(p.clone(), "/v1/auth/login", Public, post(auth::login))
+    .add(p.clone(), "/v1/auth/logout", Staff, post(auth::logout))
+    .add(g.clone(), "/v1/auth/me", Staff, get(auth::me))
+    .add(p.clone(), "/v1/auth/totp", Staff, post(auth::totp_enrol))
+    .add(
+        p.clone(),
+        "/v1/auth/totp/confirm",
+        Staff,
+        post(auth::totp_confirm),
+    )
+    .add(g.clone(), "/v1/auth/tokens", Staff, get(auth::tokens))
+    .add(
+        p.clone(),
+        "/v1/auth/tokens",
+        Staff,
+        post(auth::token_create),
+    )
+    .add(
+        d.clone(),
+        "/v1/auth/tokens/{id}",
+        Staff,
+        delete(auth::token_revoke),
+    )
+    .add(
+        p.clone(),
+        "/v1/auth/sessions/revoke",
+        Staff,
+        post(auth::sessions_revoke),
+    )
+    .add(g.clone(), "/v1/auth/keys", ADMIN, get(auth::keys))
+    .add(
+        p.clone(),
+        "/v1/auth/keys/rotate",
+        ADMIN,
+        post(auth::keys_rotate),
+    )
+    .add(g.clone(), "/v1/users", ADMIN, get(auth::users))
+    .add(p.clone(), "/v1/users", ADMIN, post(auth::user_create))
+    .add(
+        pa.clone(),
+        "/v1/users/{username}",
+        ADMIN,
+        patch(auth::user_update),
+    )
+    .add(
+        d.clone(),
+        "/v1/users/{username}",
+        ADMIN,
+        delete(auth::user_delete),
+    )
+    .add(
+        p.clone(),
+        "/v1/users/{username}/totp/reset",
+        ADMIN,
+        post(auth::user_totp_reset),
+    )
+    .add(
+        p.clone(),
+        "/v1/users/{username}/sessions/revoke",
+        ADMIN,
+        post(auth::user_sessions_revoke),
+    )
+    .add(g.clone(), "/v1/devices", OPERATOR, get(auth::devices))
+    .add(
+        g.clone(),
+        "/v1/devices/requests/{user_code}",
+        OPERATOR,
+        get(auth::device_request),
+    )
+    .add(
+        p.clone(),
+        "/v1/devices/approve",
+        OPERATOR,
+        post(auth::device_approve),
+    )
+    .add(
+        p.clone(),
+        "/v1/devices/deny",
+        OPERATOR,
+        post(auth::device_deny),
+    )
+    .add(
+        p.clone(),
+        "/v1/devices/{lift_id}/revoke",
+        OPERATOR,
+        post(auth::device_revoke),
+    )
+    .add(
+        put_.clone(),
+        "/v1/devices/{lift_id}/mode",
+        ADMIN,
+        put(auth::device_mode),
+    )
+    .add(g.clone(), "/v1/lifts", VIEWER, get(list_lifts))
+    .add(p.clone(), "/v1/lifts", OPERATOR, post(create_lift))
+    .add(p.clone(), "/v1/lifts/import", OPERATOR, post(import_lifts))
+    .add(g.clone(), "/v1/lifts/{lift_id}", VIEWER, get(get_lift))
+    .add(put_.clone(), "/v1/lifts/{lift_id}", OPERATOR, put(put_lift))
+    .add(
+        pa.clone(),
+        "/v1/lifts/{lift_id}",
+        OPERATOR,
+        patch(patch_lift),
+    )
+    .add(
+        d.clone(),
+        "/v1/lifts/{lift_id}",
+        OPERATOR,
+        delete(delete_lift),
+    )
+    .add(
+        g.clone(),
+        "/v1/lifts/{lift_id}/state",
+        VIEWER,
+        get(lift_state),
+    )
+    .add(
+        g.clone(),
+        "/v1/lifts/{lift_id}/readings",
+        VIEWER,
+        get(crate::analytics::lift_readings),
+    )
+    .add(p.clone(), "/v1/sql", VIEWER, post(crate::analytics::sql))
+    .add(
+        g.clone(),
+        "/v1/storage/status",
+        VIEWER,
+        get(crate::analytics::storage_status),
+    )
+    .add(
+        p.clone(),
+        "/v1/storage/maintain",
+        ADMIN,
+        post(crate::analytics::storage_maintain),
+    )
+    .add(
+        g.clone(),
+        "/v1/buildings/{building_id}",
+        VIEWER,
+        get(building),
+    )
+    .add(g.clone(), "/v1/fleet/summary", VIEWER, get(fleet_summary))
+    .add(g.clone(), "/v1/dlq", VIEWER, get(dlq_list))
+    .add(g.clone(), "/v1/dlq/{id}", VIEWER, get(dlq_show))
+    .add(p.clone(), "/v1/dlq/{id}/replay", OPERATOR, post(dlq_replay))
+    .add(g.clone(), "/healthz", Public, get(healthz))
+    .add(g.clone(), "/readyz", Public, get(readyz))
+    .add(g, "/metrics", VIEWER, get(metrics_text));
+    let router = t
+        .router
         .fallback(|| async {
             Problem::not_found("no such endpoint; the API is described in docs/api.md")
         })
@@ -69,7 +239,8 @@ pub fn routes() -> Router<AppState> {
                 "Method not allowed",
                 "this endpoint does not take that method",
             )
-        })
+        });
+    (router, t.rules)
 }
 
 fn ingest_problem(e: IngestError, retry_after: u64) -> Problem {
@@ -127,14 +298,24 @@ struct TelemetryResponse {
     rejected: Vec<Rejection>,
 }
 
-async fn telemetry(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match telemetry_inner(app, headers, body).await {
+async fn telemetry(
+    State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match telemetry_inner(app, principal.map(|p| p.0), headers, body).await {
         Ok(r) => r,
         Err(p) => p.into_response(),
     }
 }
 
-async fn telemetry_inner(app: AppState, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+async fn telemetry_inner(
+    app: AppState,
+    principal: Option<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     let started = Instant::now();
     if !app.is_accepting() {
         return Err(Problem::unavailable(
@@ -195,6 +376,17 @@ async fn telemetry_inner(app: AppState, headers: HeaderMap, body: Body) -> ApiRe
         BodyError::Empty => Problem::bad_request("body holds no readings"),
         other => Problem::bad_request(other.to_string()),
     })?;
+    // Whose readings these are decides whether they may be taken: before anything is stored or
+    // reported as rejected.
+    let mut lifts: Vec<&str> = decoded
+        .readings
+        .iter()
+        .map(|r| r.lift_id.as_str())
+        .chain(decoded.rejected.iter().filter_map(|r| r.lift_id.as_deref()))
+        .collect();
+    lifts.sort_unstable();
+    lifts.dedup();
+    auth::check_telemetry(&app, principal.as_ref(), &lifts)?;
     metrics::counter!("hoistway_ingest_readings_total", "outcome" => "rejected")
         .increment(decoded.rejected.len() as u64);
     if decoded.readings.is_empty() {

@@ -14,6 +14,8 @@ pub struct Connection {
     addr: SocketAddr,
     host: String,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// Sent as `Authorization: Bearer …` with every request.
+    bearer: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +42,18 @@ impl Connection {
             addr,
             host: addr.to_string(),
             sender: None,
+            bearer: None,
         }
+    }
+
+    /// Sends `token` as the bearer token from now on (`None`: no token).
+    pub fn with_bearer(mut self, token: Option<String>) -> Self {
+        self.bearer = token;
+        self
+    }
+
+    pub fn set_bearer(&mut self, token: Option<String>) {
+        self.bearer = token;
     }
 
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
@@ -94,13 +107,15 @@ impl Connection {
         content_type: &str,
         body: Bytes,
     ) -> Request<Full<Bytes>> {
-        Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", self.host.as_str())
-            .header("content-type", content_type)
-            .body(Full::new(body))
-            .expect("valid request")
+            .header("content-type", content_type);
+        if let Some(token) = &self.bearer {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        req.body(Full::new(body)).expect("valid request")
     }
 
     /// Sends one request and hands the response body to `on_chunk` as it arrives (for

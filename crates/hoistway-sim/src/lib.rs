@@ -10,6 +10,7 @@
 //! This crate is also the load generator of `hoistway bench`; it does not start servers.
 
 pub mod client;
+pub mod device;
 pub mod lift;
 mod run;
 

@@ -124,6 +124,7 @@ struct Slot {
 
 struct Job {
     slot: usize,
+    lift: String,
     seqs: Vec<u64>,
     body: Bytes,
 }
@@ -152,7 +153,11 @@ struct RejectedItem {
     index: usize,
 }
 
+/// Each lift's tokens, by slot (`None`: the lift posts without a token).
+type Credentials = Arc<Vec<parking_lot::Mutex<Option<crate::device::DeviceTokens>>>>;
+
 pub struct Simulator {
+    credentials: Credentials,
     config: SimConfig,
     slots: Vec<Slot>,
     rng: SmallRng,
@@ -194,17 +199,25 @@ impl Simulator {
         let (result_tx, results) = mpsc::unbounded_channel();
         let job_rx = Arc::new(Mutex::new(job_rx));
         let stats = Arc::new(SimStats::default());
+        let credentials: Credentials = Arc::new(
+            (0..config.lifts)
+                .map(|_| parking_lot::Mutex::new(None))
+                .collect(),
+        );
         for _ in 0..config.connections.max(1) {
             let job_rx = job_rx.clone();
             let result_tx = result_tx.clone();
             let stats = stats.clone();
             let timeout = config.request_timeout;
+            let credentials = credentials.clone();
             tokio::spawn(async move {
                 let mut conn = Connection::new(addr);
                 loop {
                     let job = { job_rx.lock().await.recv().await };
                     let Some(job) = job else { return };
                     stats.requests.fetch_add(1, Ordering::Relaxed);
+                    let tokens = credentials[job.slot].lock().clone();
+                    conn.set_bearer(tokens.as_ref().map(|t| t.access_token.clone()));
                     let reply = conn
                         .send(
                             Method::POST,
@@ -241,6 +254,17 @@ impl Simulator {
                                 seqs: job.seqs,
                             }
                         }
+                        Ok(r) if r.status == StatusCode::UNAUTHORIZED && tokens.is_some() => {
+                            // The access token expired: refresh it, then the retry sends it.
+                            let lift = job.lift.clone();
+                            let old = tokens.expect("checked");
+                            match crate::device::refresh(&mut conn, &lift, &old.refresh_token).await
+                            {
+                                Ok(new) => *credentials[job.slot].lock() = Some(new),
+                                Err(e) => tracing::warn!(error = %e, "refresh failed"),
+                            }
+                            JobResult::Failed { slot: job.slot }
+                        }
                         _ => JobResult::Failed { slot: job.slot },
                     };
                     if result_tx.send(result).is_err() {
@@ -269,8 +293,34 @@ impl Simulator {
             retries: BinaryHeap::new(),
             pending_count: 0,
             in_flight_count: 0,
+            credentials,
             config,
         }
+    }
+
+    /// Each lift's building, as `registry_csv` assigns them.
+    pub fn lift_buildings(&self) -> Vec<(String, String)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.lift.id.clone(), format!("B{:05}", i / 8)))
+            .collect()
+    }
+
+    /// Registers every lift with the device flow (`operator_token` approves), so that each
+    /// posts with its own access token from then on.
+    pub async fn enrol(&self, addr: SocketAddr, operator_token: &str) -> Result<(), String> {
+        let tokens = crate::device::enrol(
+            addr,
+            operator_token,
+            &self.lift_buildings(),
+            self.config.connections,
+        )
+        .await?;
+        for (slot, t) in self.credentials.iter().zip(tokens) {
+            *slot.lock() = Some(t);
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> Arc<SimStats> {
@@ -452,6 +502,7 @@ impl Simulator {
             self.in_flight_count += 1;
             let job = Job {
                 slot: i,
+                lift: slot.lift.id.clone(),
                 seqs,
                 body: Bytes::from(body),
             };
@@ -519,7 +570,8 @@ impl Simulator {
 }
 
 /// Compares the server's state with the ledger; returns one line per disagreement.
-pub async fn verify(addr: SocketAddr, ledger: &Ledger) -> Vec<String> {
+/// `token`: a staff token that may read lift state.
+pub async fn verify(addr: SocketAddr, token: Option<&str>, ledger: &Ledger) -> Vec<String> {
     #[derive(Deserialize)]
     struct State {
         readings_total: u64,
@@ -533,7 +585,7 @@ pub async fn verify(addr: SocketAddr, ledger: &Ledger) -> Vec<String> {
         epoch: u64,
         ranges: Vec<(u64, u64)>,
     }
-    let mut conn = Connection::new(addr);
+    let mut conn = Connection::new(addr).with_bearer(token.map(str::to_string));
     let mut problems = Vec::new();
     let mut ids: Vec<_> = ledger.lifts.keys().collect();
     ids.sort();

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use hoistway_sim::client::Connection;
 use hyper::Method;
 
 #[derive(clap::Args)]
@@ -114,8 +113,8 @@ pub async fn call(
     content_type: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<()> {
-    let addr = crate::simulate::parse_target(server)?;
-    let mut conn = Connection::new(addr);
+    let mut conn = crate::access::connect(server)?;
+    let body = if body == b"null" { Vec::new() } else { body };
     let reply = conn
         .send(
             method,

@@ -41,10 +41,35 @@ struct Proc {
 
 impl Proc {
     fn start(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Proc, Duration)> {
+        // A served data dir gets an admin token for the benchmark's own reads (once per dir).
+        let token = match args.iter().position(|a| *a == "--data-dir") {
+            Some(i) if args[0] == "serve" => {
+                let dir = Path::new(args[i + 1]);
+                let file = dir.with_extension("token");
+                match std::fs::read_to_string(&file) {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        let (_, t) = crate::access::add_user_offline(
+                            dir,
+                            "bench",
+                            hoistway_auth::Role::Admin,
+                            None,
+                            Some("bench"),
+                        )?;
+                        let t = t.expect("asked for a token");
+                        std::fs::write(&file, &t)?;
+                        Some(t)
+                    }
+                }
+            }
+            _ => None,
+        };
         let started = Instant::now();
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(args)
             .env("HOISTWAY_LOG_LEVEL", "warn")
+            // Lifts post without tokens here; token checks are measured on their own.
+            .env("HOISTWAY_AUTH__DEVICES", "open")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -59,6 +84,9 @@ impl Proc {
             .next()
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("server did not start: {line:?}"))?;
+        if let Some(t) = token {
+            TOKENS.lock().insert(addr, t);
+        }
         Ok((Proc { child, addr }, started.elapsed()))
     }
 
@@ -218,8 +246,17 @@ async fn load(
     }
 }
 
+/// The admin token of each benchmarked server, by address.
+static TOKENS: std::sync::LazyLock<
+    parking_lot::Mutex<std::collections::HashMap<SocketAddr, String>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn staff_connection(addr: SocketAddr) -> Connection {
+    Connection::new(addr).with_bearer(TOKENS.lock().get(&addr).cloned())
+}
+
 async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    let mut conn = Connection::new(addr);
+    let mut conn = staff_connection(addr);
     let r = conn
         .send(
             Method::GET,
@@ -233,7 +270,7 @@ async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Va
 }
 
 async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
-    let mut conn = Connection::new(addr);
+    let mut conn = staff_connection(addr);
     let r = conn
         .send(
             Method::GET,
@@ -266,7 +303,8 @@ async fn register_lifts(addr: SocketAddr, lifts: usize) -> anyhow::Result<()> {
     for i in 0..lifts {
         csv.push_str(&format!("BENCH-{i:06},BB{:05}\n", i / 20));
     }
-    crate::simulate::register(addr, csv).await
+    let token = TOKENS.lock().get(&addr).cloned();
+    crate::simulate::register(addr, token.as_deref(), csv).await
 }
 
 /// Closed-loop batches of 1,000 readings; returns the run and the end-to-end rate (durable

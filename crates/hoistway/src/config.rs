@@ -22,6 +22,61 @@ pub struct Config {
     pub processor: ProcessorSettings,
     pub storage: StorageSettings,
     pub query: QuerySettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Whether lifts must send an access token: `required`, `optional` (a registered lift's
+    /// readings are also accepted without one, during a roll-out) or `open` (no device
+    /// authentication; a closed lab network only).
+    pub devices: hoistway_auth::DeviceMode,
+    pub access_token_secs: i64,
+    pub refresh_token_days: i64,
+    pub refresh_grace_secs: i64,
+    pub device_code_secs: i64,
+    pub poll_interval_secs: u32,
+    pub session_hours: i64,
+    /// Where installers enter user codes; empty: `http://<listen>/activate`.
+    pub verification_uri: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        let d = hoistway_auth::AuthorityConfig::default();
+        Self {
+            devices: d.devices,
+            access_token_secs: d.access_token_secs,
+            refresh_token_days: d.refresh_token_days,
+            refresh_grace_secs: d.refresh_grace_secs,
+            device_code_secs: d.device_code_secs,
+            poll_interval_secs: d.poll_interval_secs,
+            session_hours: d.session_hours,
+            verification_uri: String::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn authority(&self) -> hoistway_auth::AuthorityConfig {
+        let a = &self.auth;
+        hoistway_auth::AuthorityConfig {
+            access_token_secs: a.access_token_secs,
+            refresh_token_days: a.refresh_token_days,
+            refresh_grace_secs: a.refresh_grace_secs,
+            device_code_secs: a.device_code_secs,
+            poll_interval_secs: a.poll_interval_secs,
+            session_hours: a.session_hours,
+            verification_uri: if a.verification_uri.is_empty() {
+                format!("http://{}/activate", self.listen)
+            } else {
+                a.verification_uri.clone()
+            },
+            devices: a.devices,
+            issuer: "Hoistway".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -134,6 +189,7 @@ impl Default for Config {
             processor: ProcessorSettings::default(),
             storage: StorageSettings::default(),
             query: QuerySettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -191,6 +247,7 @@ impl Config {
                 "log_level",
                 "log_format",
                 "unstable_crash_at",
+                "token",
             ]))
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -201,6 +258,14 @@ impl Config {
             config.log.segment_format,
             writable.start(),
             writable.end()
+        );
+        anyhow::ensure!(
+            config.auth.access_token_secs >= 60 && config.auth.access_token_secs <= 86_400,
+            "auth.access_token_secs must be 60 to 86400"
+        );
+        anyhow::ensure!(
+            config.auth.poll_interval_secs >= 1,
+            "auth.poll_interval_secs must be at least 1"
         );
         anyhow::ensure!(
             config.version == CONFIG_VERSION,

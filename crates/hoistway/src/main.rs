@@ -1,5 +1,6 @@
 //! The `hoistway` command: server, simulator, demo, admin client.
 
+mod access;
 mod admin;
 mod bench;
 mod bench_storage;
@@ -30,6 +31,9 @@ static LONG_VERSION: LazyLock<String> = LazyLock::new(offline::long_version);
     about = "Telemetry, state and alerts for a fleet of lifts"
 )]
 struct Cli {
+    /// Bearer token for client commands (else the one `hoistway login` stored for the server).
+    #[arg(long, env = "HOISTWAY_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +46,16 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Serve on a fresh data dir and drive it with a simulated fleet: the quickest look.
     Demo(DemoArgs),
+    /// Log in to a running server (password, then TOTP) and keep the session token.
+    Login(access::LoginArgs),
+    /// End the stored session.
+    Logout(access::LogoutArgs),
+    /// Staff accounts: add the first admin to a data dir, list accounts.
+    Users(access::UsersArgs),
+    /// Lift credentials: approve or deny device-flow codes, revoke lifts.
+    Devices(access::DevicesArgs),
+    /// Every API route and the access it needs, as JSON (docs/security.md explains them).
+    Routes,
     /// Manage the lift registry of a running server.
     Lifts(admin::LiftsArgs),
     /// Inspect and replay the dead-letter queue of a running server.
@@ -121,8 +135,25 @@ fn init_tracing() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    let _ = access::TOKEN.set(cli.token.clone());
     if let Command::Log(args) = cli.command {
         return offline::log(args);
+    }
+    if let Command::Routes = cli.command {
+        let rules: Vec<_> = hoistway_server::route_rules()
+            .into_iter()
+            .map(|(method, path, access)| {
+                let access = match access {
+                    hoistway_auth::Access::Public => "public".to_string(),
+                    hoistway_auth::Access::Device => "device".to_string(),
+                    hoistway_auth::Access::Staff => "staff".to_string(),
+                    hoistway_auth::Access::Role(r) => r.to_string(),
+                };
+                serde_json::json!({ "method": method, "path": path, "access": access })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rules)?);
+        return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -143,13 +174,17 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Simulate(args) => simulate::run(args).await,
             Command::Demo(args) => demo(args).await,
+            Command::Login(args) => access::login(args).await,
+            Command::Logout(args) => access::logout(args).await,
+            Command::Users(args) => access::users(args).await,
+            Command::Devices(args) => access::devices(args).await,
             Command::Lifts(args) => admin::lifts(args).await,
             Command::Dlq(args) => admin::dlq(args).await,
             Command::Sql(args) => sql::sql(args).await,
             Command::BenchStorage(args) => bench_storage::run(args).await,
             Command::Storage(args) => sql::storage(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Log(_) => unreachable!("runs without a runtime"),
+            Command::Log(_) | Command::Routes => unreachable!("runs without a runtime"),
             Command::BenchPeer { listen } => bench::peer(listen).await,
         }
     })
@@ -163,26 +198,55 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let data_dir = config.data_dir.clone();
     let postgres = config.query.postgres_listen.trim().to_string();
+    // A fresh data dir gets an admin (who enrols TOTP at the first login) and an API token
+    // that plays the installer approving the simulated lifts.
+    let fresh = !data_dir.join("auth/auth.sqlite3").exists();
+    let admin = if fresh {
+        Some(access::add_user_offline(
+            &data_dir,
+            "admin",
+            hoistway_auth::Role::Admin,
+            None,
+            Some("demo"),
+        )?)
+    } else {
+        None
+    };
     let running = serve::start(config).await?;
     let addr = running.addr;
     let stop = running.shutdown_handle();
     println!("data dir: {}", data_dir.display());
     println!("simulating {} lifts; Ctrl-C stops the demo", args.lifts);
-    println!("  fleet:    curl -s http://{addr}/v1/fleet/summary");
-    println!("  lifts:    curl -s 'http://{addr}/v1/lifts?limit=5'");
-    println!("  one lift: curl -s http://{addr}/v1/lifts/SIM-000001/state");
-    println!("  building: curl -s http://{addr}/v1/buildings/B00000");
-    println!("  metrics:  curl -s http://{addr}/metrics");
+    let token = match &admin {
+        Some((password, token)) => {
+            println!("admin login: hoistway login --server http://{addr} --username admin");
+            println!("  password: {password} (the first login enrols a TOTP second factor)");
+            token.clone()
+        }
+        None => {
+            println!("existing data dir: log in with an account of it (hoistway login)");
+            None
+        }
+    };
+    if let Some(t) = &token {
+        println!("API token for scripts: export HOISTWAY_TOKEN={t}");
+    }
+    let auth = "-H \"authorization: Bearer $HOISTWAY_TOKEN\"";
+    println!("  fleet:    curl -s {auth} http://{addr}/v1/fleet/summary");
+    println!("  lifts:    curl -s {auth} 'http://{addr}/v1/lifts?limit=5'");
+    println!("  one lift: curl -s {auth} http://{addr}/v1/lifts/SIM-000001/state");
+    println!("  building: curl -s {auth} http://{addr}/v1/buildings/B00000");
+    println!("  metrics:  curl -s {auth} http://{addr}/metrics");
     println!(
-        "  sql:      curl -s http://{addr}/v1/sql -H 'content-type: text/plain' \\
-              -d 'SELECT lift_id, sum(trips) AS trips FROM rollups_hourly GROUP BY 1 ORDER BY 2 DESC LIMIT 5'"
+        "  sql:      hoistway sql --server http://{addr} 'SELECT lift_id, sum(trips) AS trips FROM rollups_hourly GROUP BY 1 ORDER BY 2 DESC LIMIT 5'"
     );
     if let Some((host, port)) = postgres.rsplit_once(':') {
         println!(
             "  psql:     psql -h {host} -p {port} -d hoistway -c 'SELECT * FROM lift_state LIMIT 5'"
         );
     }
-    let sim_args = simulate::SimulateArgs::for_demo(addr, args.lifts, args.speedup);
+    let mut sim_args = simulate::SimulateArgs::for_demo(addr, args.lifts, args.speedup);
+    sim_args.operator_token = token;
     let sim = tokio::spawn(simulate::run(sim_args));
     serve::termination().await;
     sim.abort();

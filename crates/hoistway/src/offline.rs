@@ -60,6 +60,16 @@ pub fn long_version() -> String {
             hoistway_registry::SCHEMA_VERSION.to_string(),
         ),
         (
+            "auth schema",
+            format!("0-{}", hoistway_auth::sqlite::SCHEMA_VERSION),
+            hoistway_auth::sqlite::SCHEMA_VERSION.to_string(),
+        ),
+        (
+            "auth signing keys",
+            hoistway_auth::keys::FORMAT.to_string(),
+            hoistway_auth::keys::FORMAT.to_string(),
+        ),
+        (
             "storage manifest",
             hoistway_store::manifest::FORMAT.to_string(),
             hoistway_store::manifest::FORMAT.to_string(),

@@ -67,6 +67,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let dlq = Arc::new(
         DeadLetterQueue::open(data.join("dlq")).context("cannot open the dead-letter queue")?,
     );
+    let auth = Arc::new(open_authority(&config, clock.clone())?);
+    if config.auth.devices == hoistway_auth::DeviceMode::Open {
+        tracing::warn!(
+            "auth.devices = \"open\": any client can post readings for any lift; use it only on a closed network"
+        );
+    }
 
     let store = Arc::new(
         Store::open(store_config(&config)?, clock.clone())
@@ -123,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let accepting = Arc::new(AtomicBool::new(true));
     let app = AppState::new(AppParts {
         ingest,
+        auth,
         fleet,
         registry,
         dlq,
@@ -319,4 +326,21 @@ pub async fn termination() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The auth state of a data dir: `auth/auth.sqlite3` and the signing keys `auth/keys.json`.
+pub fn open_authority(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<hoistway_auth::Authority> {
+    let dir = config.data_dir.join("auth");
+    let store = hoistway_auth::SqliteAuthStore::open(&dir.join("auth.sqlite3"))
+        .context("cannot open the auth store")?;
+    hoistway_auth::Authority::open(
+        Arc::new(store),
+        &dir.join("keys.json"),
+        clock,
+        config.authority(),
+    )
+    .context("cannot open the auth keys")
 }

@@ -53,6 +53,9 @@ pub struct SimulateArgs {
     /// No progress bar (for logs and CI).
     #[arg(long)]
     pub quiet: bool,
+    /// The operator token that approves the lifts (the demo's; otherwise `--token`).
+    #[arg(skip)]
+    pub operator_token: Option<String>,
 }
 
 impl SimulateArgs {
@@ -72,6 +75,7 @@ impl SimulateArgs {
             verify: false,
             ledger: None,
             quiet: true,
+            operator_token: None,
         }
     }
 }
@@ -90,8 +94,8 @@ pub fn parse_target(target: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{target} resolves to no address"))
 }
 
-pub async fn register(addr: SocketAddr, csv: String) -> anyhow::Result<()> {
-    let mut conn = Connection::new(addr);
+pub async fn register(addr: SocketAddr, token: Option<&str>, csv: String) -> anyhow::Result<()> {
+    let mut conn = Connection::new(addr).with_bearer(token.map(str::to_string));
     let reply = conn
         .send(
             Method::POST,
@@ -127,8 +131,23 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         ..SimConfig::default()
     };
     let mut sim = Simulator::new(config, addr);
+    let token = args
+        .operator_token
+        .clone()
+        .or_else(|| crate::access::token_for(&args.target));
     if !args.no_register {
-        register(addr, sim.registry_csv()).await?;
+        register(addr, token.as_deref(), sim.registry_csv()).await?;
+        match &token {
+            // Each lift registers with the device flow, as a real one does; the operator token
+            // plays the installer who enters the codes.
+            Some(t) => sim
+                .enrol(addr, t)
+                .await
+                .map_err(|e| anyhow::anyhow!("device registration failed: {e}"))?,
+            None => eprintln!(
+                "no token (--token, HOISTWAY_TOKEN or `hoistway login`): lifts post without access tokens, which only a server with auth.devices = open or optional takes"
+            ),
+        }
     }
     let stats = sim.stats();
     let (stop_tx, stop) = watch::channel(false);
@@ -184,7 +203,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             ledger.total_readings() > 0,
             "no reading was acknowledged, so there is nothing to verify: is the server reachable?"
         );
-        let problems = verify(addr, ledger).await;
+        let problems = verify(addr, token.as_deref(), ledger).await;
         if problems.is_empty() {
             println!("verified: every lift's counters and accepted seqs match the ledger");
         } else {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use hoistway_sim::client::Connection;
 use hyper::Method;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,8 +57,7 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
         args.format != OutputFormat::Parquet || args.output.is_some(),
         "--format parquet writes a binary file: give --output FILE"
     );
-    let addr = crate::simulate::parse_target(&args.server)?;
-    let mut conn = Connection::new(addr);
+    let mut conn = crate::access::connect(&args.server)?;
     let body = serde_json::to_vec(&serde_json::json!({ "sql": args.sql, "format": wire }))?;
     let progress = args.output.as_ref().map(|path| {
         let bar = indicatif::ProgressBar::new_spinner();

@@ -1,6 +1,7 @@
 //! The HTTP API at its boundary: a real server process, requests in, responses and files out.
 
 mod common;
+mod security;
 
 use std::io::Write;
 use std::path::Path;
@@ -412,6 +413,7 @@ async fn unregistered_lifts_are_dead_lettered_then_replayed() {
             "--server",
             &format!("http://{}", server.addr),
         ])
+        .env("HOISTWAY_TOKEN", &server.token)
         .output()
         .unwrap();
     assert!(

@@ -34,6 +34,8 @@ async fn acknowledged_readings_survive_repeated_kill_9() {
         // Flushes every second and compaction every second: the kills land in both.
         ("HOISTWAY_STORAGE__COMPACT_MIN_FILES", "3"),
         ("HOISTWAY_STORAGE__MAINTENANCE_INTERVAL_SECS", "1"),
+        // Every lift registers with the device flow and posts with its own token.
+        ("HOISTWAY_AUTH__DEVICES", "required"),
     ]);
     let addr = server.addr;
     let run_for = Duration::from_secs(14);
@@ -51,6 +53,7 @@ async fn acknowledged_readings_survive_repeated_kill_9() {
     };
     let mut sim = Simulator::new(config, addr);
     register(&server, &sim.registry_csv()).await;
+    sim.enrol(addr, &server.token).await.unwrap();
     let stats = sim.stats();
     let (_stop_tx, stop) = watch::channel(false);
     let running = tokio::spawn(async move {
@@ -344,7 +347,7 @@ fn merge_ledgers(earlier: &Ledger, later: &Ledger) -> Ledger {
 async fn verified(server: &TestServer, ledger: &Ledger) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let problems = verify(server.addr, ledger).await;
+        let problems = verify(server.addr, Some(&server.token), ledger).await;
         if problems.is_empty() {
             return;
         }

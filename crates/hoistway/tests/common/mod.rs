@@ -15,6 +15,8 @@ use hyper_util::rt::TokioIo;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// An admin's API token; [`http`] sends it to this server unless the request names another.
+    pub token: String,
     env: Vec<(String, String)>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
@@ -36,18 +38,31 @@ impl TestServer {
         s
     }
 
-    /// Starts on a data dir the caller prepared (e.g. a small filesystem).
+    /// Starts on a data dir the caller prepared (e.g. a small filesystem). The data dir gets
+    /// an admin account with an API token first. Lifts post without tokens
+    /// (`auth.devices = open`) unless `env` says otherwise.
     pub fn start_in(data_dir: PathBuf, env: &[(&str, &str)]) -> Self {
+        let token = admin_token(&data_dir);
+        let mut all = vec![
+            ("HOISTWAY_AUTH__DEVICES".to_string(), "open".to_string()),
+            (
+                "HOISTWAY_AUTH__POLL_INTERVAL_SECS".to_string(),
+                "1".to_string(),
+            ),
+        ];
+        for (k, v) in env {
+            all.retain(|(key, _)| key != k);
+            all.push((k.to_string(), v.to_string()));
+        }
         let mut s = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             data_dir,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            token,
+            env: all,
             child: None,
             _tmp: None,
         };
+        TOKENS.lock().unwrap().insert(s.addr, s.token.clone());
         s.spawn();
         s
     }
@@ -203,6 +218,40 @@ impl Reply {
     }
 }
 
+/// The admin token of each test server, by address.
+static TOKENS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<SocketAddr, String>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Adds an admin with an API token to a data dir (`hoistway users add`); returns the token.
+pub fn admin_token(data_dir: &Path) -> String {
+    let out = hoistway(&[
+        "users".as_ref(),
+        "add".as_ref(),
+        "admin".as_ref(),
+        "--role".as_ref(),
+        "admin".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--api-token".as_ref(),
+        "tests".as_ref(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "users add: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("api token: "))
+        .expect("an api token line")
+        .trim()
+        .to_string()
+}
+
+/// One HTTP/1.1 request. A request to a [`TestServer`] carries its admin token unless
+/// `headers` has an `authorization` (an empty one sends none) or it posts telemetry.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -219,8 +268,21 @@ pub async fn http(
         .method(method)
         .uri(path)
         .header("host", addr.to_string());
+    let explicit = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
     for (k, v) in headers {
+        if k.eq_ignore_ascii_case("authorization") && v.is_empty() {
+            continue;
+        }
         req = req.header(*k, *v);
+    }
+    // Telemetry is a lift's, never a staff member's.
+    if !explicit
+        && path != "/v1/telemetry"
+        && let Some(t) = TOKENS.lock().unwrap().get(&addr)
+    {
+        req = req.header("authorization", format!("Bearer {t}"));
     }
     let resp = sender
         .send_request(req.body(Full::new(body)).unwrap())

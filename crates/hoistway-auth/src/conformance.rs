@@ -1,0 +1,282 @@
+//! The behaviour every [`AuthStore`] implementation must show. Call [`check`] on a fresh, empty
+//! store; it panics on the first difference.
+
+use hoistway_model::LiftId;
+
+use crate::Error;
+use crate::roles::Role;
+use crate::store::{
+    AuthStore, Device, DeviceGrant, GrantKey, GrantState, RefreshToken, Token, TokenKind, User,
+};
+
+fn user(name: &str) -> User {
+    User {
+        username: name.into(),
+        password_hash: "$argon2id$x".into(),
+        role: Role::Viewer,
+        totp_secret: None,
+        totp_confirmed: false,
+        totp_last_step: 0,
+        recovery_codes: vec![],
+        created_us: 1,
+    }
+}
+
+fn token(id: &str, owner: &str, kind: TokenKind) -> Token {
+    Token {
+        id: id.into(),
+        hash: format!("hash-{id}"),
+        owner: owner.into(),
+        kind,
+        name: format!("name-{id}"),
+        created_us: 2,
+        expires_us: Some(100),
+        second_factor: false,
+    }
+}
+
+fn refresh(hash: &str, family: &str, lift: &str) -> RefreshToken {
+    RefreshToken {
+        hash: hash.into(),
+        family: family.into(),
+        lift_id: LiftId::new(lift).unwrap(),
+        created_us: 1,
+        expires_us: 1_000,
+        rotated_to: None,
+        rotated_us: None,
+        revoked: false,
+    }
+}
+
+/// Runs every check against `store`, which must start empty.
+pub fn check(store: &dyn AuthStore) {
+    users(store);
+    tokens(store);
+    grants(store);
+    refresh_tokens(store);
+    devices(store);
+}
+
+fn users(store: &dyn AuthStore) {
+    assert!(store.user("alice").unwrap().is_none());
+    store.insert_user(&user("bob")).unwrap();
+    store.insert_user(&user("alice")).unwrap();
+    assert!(matches!(
+        store.insert_user(&user("alice")),
+        Err(Error::Conflict(_))
+    ));
+    let names: Vec<_> = store
+        .users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["alice", "bob"], "users come by name");
+    // A closure that returns false writes nothing.
+    let seen = store
+        .update_user("alice", &mut |u| {
+            u.role = Role::Admin;
+            false
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.role, Role::Admin, "the closure's view is returned");
+    assert_eq!(store.user("alice").unwrap().unwrap().role, Role::Viewer);
+    store
+        .update_user("alice", &mut |u| {
+            u.role = Role::Operator;
+            u.totp_secret = Some(vec![1, 2, 3]);
+            u.recovery_codes = vec!["r1".into()];
+            true
+        })
+        .unwrap();
+    let alice = store.user("alice").unwrap().unwrap();
+    assert_eq!(alice.role, Role::Operator);
+    assert_eq!(alice.totp_secret.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!(alice.recovery_codes, ["r1"]);
+    assert!(
+        store
+            .update_user("nobody", &mut |_| true)
+            .unwrap()
+            .is_none()
+    );
+    store
+        .insert_token(&token("bob-1", "bob", TokenKind::Api))
+        .unwrap();
+    assert!(store.delete_user("bob").unwrap());
+    assert!(!store.delete_user("bob").unwrap());
+    assert!(
+        store.token_by_hash("hash-bob-1").unwrap().is_none(),
+        "a deleted user's tokens go with them"
+    );
+}
+
+fn tokens(store: &dyn AuthStore) {
+    store
+        .insert_token(&token("t1", "alice", TokenKind::Session))
+        .unwrap();
+    store
+        .insert_token(&token("t2", "alice", TokenKind::Api))
+        .unwrap();
+    store
+        .insert_token(&token("t3", "alice", TokenKind::Session))
+        .unwrap();
+    store
+        .insert_token(&token("c1", "carol", TokenKind::Session))
+        .unwrap();
+    let t = store.token_by_hash("hash-t2").unwrap().unwrap();
+    assert_eq!(
+        t,
+        token("t2", "alice", TokenKind::Api),
+        "the hash comes back too"
+    );
+    let ids: Vec<_> = store
+        .tokens("alice")
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["t1", "t2", "t3"], "oldest first");
+    store
+        .update_token("hash-t1", &mut |t| {
+            t.second_factor = true;
+            true
+        })
+        .unwrap();
+    assert!(
+        store
+            .token_by_hash("hash-t1")
+            .unwrap()
+            .unwrap()
+            .second_factor
+    );
+    assert_eq!(
+        store.delete_tokens("alice", Some("c1"), None).unwrap(),
+        0,
+        "only the owner's"
+    );
+    assert_eq!(
+        store
+            .delete_tokens("alice", None, Some(TokenKind::Session))
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.delete_tokens("alice", Some("t2"), None).unwrap(), 1);
+    assert!(store.tokens("alice").unwrap().is_empty());
+    assert_eq!(store.tokens("carol").unwrap().len(), 1);
+}
+
+fn grants(store: &dyn AuthStore) {
+    let grant = |code: &str, hash: &str, expires_us| DeviceGrant {
+        device_code_hash: hash.into(),
+        user_code: code.into(),
+        lift_id: LiftId::new("L-1").unwrap(),
+        created_us: 0,
+        expires_us,
+        interval_secs: 5,
+        last_poll_us: None,
+        state: GrantState::Pending,
+    };
+    store.insert_grant(&grant("BCDFGHJK", "d1", 100)).unwrap();
+    assert!(matches!(
+        store.insert_grant(&grant("BCDFGHJK", "d2", 100)),
+        Err(Error::Conflict(_))
+    ));
+    store.insert_grant(&grant("LMNPQRST", "d3", 50)).unwrap();
+    store
+        .update_grant(GrantKey::UserCode("BCDFGHJK"), &mut |g| {
+            g.state = GrantState::Approved {
+                building: "B1".into(),
+                by: "alice".into(),
+            };
+            true
+        })
+        .unwrap()
+        .unwrap();
+    let by_hash = store
+        .update_grant(GrantKey::DeviceCodeHash("d1"), &mut |g| {
+            g.last_poll_us = Some(7);
+            true
+        })
+        .unwrap()
+        .unwrap();
+    assert!(matches!(by_hash.state, GrantState::Approved { .. }));
+    assert_eq!(by_hash.last_poll_us, Some(7));
+    assert!(
+        store
+            .update_grant(GrantKey::UserCode("ZZZZZZZZ"), &mut |_| true)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.purge_grants(60).unwrap(), 1, "only the expired one");
+    assert!(
+        store
+            .update_grant(GrantKey::DeviceCodeHash("d3"), &mut |_| false)
+            .unwrap()
+            .is_none()
+    );
+}
+
+fn refresh_tokens(store: &dyn AuthStore) {
+    store.insert_refresh(&refresh("r1", "f1", "L-1")).unwrap();
+    store.insert_refresh(&refresh("r2", "f1", "L-1")).unwrap();
+    store.insert_refresh(&refresh("r3", "f2", "L-1")).unwrap();
+    store.insert_refresh(&refresh("r4", "f3", "L-2")).unwrap();
+    store
+        .update_refresh("r1", &mut |t| {
+            t.rotated_to = Some("r2".into());
+            t.rotated_us = Some(5);
+            true
+        })
+        .unwrap();
+    let r1 = store.update_refresh("r1", &mut |_| false).unwrap().unwrap();
+    assert_eq!(r1.rotated_to.as_deref(), Some("r2"));
+    assert_eq!(store.revoke_family("f1").unwrap(), 2);
+    assert_eq!(store.revoke_family("f1").unwrap(), 0, "already revoked");
+    assert_eq!(
+        store
+            .revoke_lift_refresh(&LiftId::new("L-1").unwrap())
+            .unwrap(),
+        1,
+        "r3; r1 and r2 were revoked already"
+    );
+    let r4 = store.update_refresh("r4", &mut |_| false).unwrap().unwrap();
+    assert!(!r4.revoked, "another lift's family is untouched");
+    assert!(
+        store
+            .update_refresh("nope", &mut |_| true)
+            .unwrap()
+            .is_none()
+    );
+}
+
+fn devices(store: &dyn AuthStore) {
+    let lift = LiftId::new("L-9").unwrap();
+    assert!(store.device(&lift).unwrap().is_none());
+    let mut d = Device {
+        lift_id: lift.clone(),
+        approved_us: Some(1),
+        approved_by: Some("alice".into()),
+        revoked_us: None,
+        not_before_us: None,
+        mode: None,
+    };
+    store.put_device(&d).unwrap();
+    d.revoked_us = Some(3);
+    d.mode = Some(crate::DeviceMode::Optional);
+    store.put_device(&d).unwrap();
+    assert_eq!(store.device(&lift).unwrap().unwrap(), d);
+    store
+        .put_device(&Device {
+            lift_id: LiftId::new("L-0").unwrap(),
+            ..d.clone()
+        })
+        .unwrap();
+    let ids: Vec<_> = store
+        .devices()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.lift_id)
+        .collect();
+    assert_eq!(ids, [LiftId::new("L-0").unwrap(), lift]);
+}
