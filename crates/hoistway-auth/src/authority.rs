@@ -28,6 +28,10 @@ pub const API_TOKEN_PREFIX: &str = "hwt_";
 pub const REFRESH_PREFIX: &str = "hwr_";
 /// Prefix of a device code.
 pub const DEVICE_CODE_PREFIX: &str = "hwd_";
+/// Prefix of a factory registration code.
+pub const REGISTRATION_CODE_PREFIX: &str = "hwp_";
+/// The grant type a lift uses to exchange a registration code.
+pub const REGISTRATION_CODE_GRANT: &str = "urn:hoistway:params:oauth:grant-type:registration_code";
 /// Recovery codes handed out when TOTP is enrolled.
 pub const RECOVERY_CODES: usize = 10;
 /// Most access tokens the verification cache holds before it starts over.
@@ -339,8 +343,72 @@ impl Authority {
         Ok(grant)
     }
 
+    /// Factory pre-provisioning: a one-time registration code for `lift`, approved in advance
+    /// (into `building`), valid `valid_days`. The lift exchanges it once at `/oauth/token` with
+    /// [`REGISTRATION_CODE_GRANT`] for the same tokens the device flow gives.
+    pub fn provision(
+        &self,
+        lift: &LiftId,
+        building: &str,
+        by: &str,
+        valid_days: i64,
+    ) -> Result<String> {
+        let now = self.now();
+        let code = secret::random_token(REGISTRATION_CODE_PREFIX);
+        for _ in 0..8 {
+            let grant = DeviceGrant {
+                device_code_hash: secret::hash(&code),
+                // Never shown: a registration code needs no user code, but grants are unique by one.
+                user_code: format!("P{}", secret::random_id()),
+                lift_id: lift.clone(),
+                created_us: now,
+                expires_us: now + valid_days * 86_400 * US,
+                interval_secs: 0,
+                last_poll_us: None,
+                state: GrantState::Approved {
+                    building: building.to_string(),
+                    by: by.to_string(),
+                },
+            };
+            match self.store.insert_grant(&grant) {
+                Ok(()) => {
+                    let mut device = self.device_record(lift)?;
+                    device.approved_us = Some(now);
+                    device.approved_by = Some(by.to_string());
+                    device.revoked_us = None;
+                    self.store.put_device(&device)?;
+                    self.devices.write().insert(lift.clone(), device);
+                    return Ok(code);
+                }
+                Err(Error::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Storage("could not store a registration code".into()))
+    }
+
+    /// A lift exchanges its registration code (once) for tokens.
+    pub fn redeem(&self, code: &str, client_id: &str) -> Result<TokenPair> {
+        if !code.starts_with(REGISTRATION_CODE_PREFIX) {
+            return Err(Error::oauth("invalid_grant", "not a registration code"));
+        }
+        self.exchange(code, client_id)
+    }
+
     /// RFC 8628 §3.4–3.5: the lift polls with its device code.
     pub fn poll(&self, device_code: &str, client_id: &str) -> Result<TokenPair> {
+        if device_code.starts_with(REGISTRATION_CODE_PREFIX) {
+            return Err(Error::oauth(
+                "invalid_grant",
+                format!(
+                    "a registration code is exchanged with grant_type {REGISTRATION_CODE_GRANT}"
+                ),
+            ));
+        }
+        self.exchange(device_code, client_id)
+    }
+
+    fn exchange(&self, device_code: &str, client_id: &str) -> Result<TokenPair> {
         let now = self.now();
         let mut answer: Result<Option<LiftId>> = Ok(None);
         let found = self.store.update_grant(
@@ -640,6 +708,38 @@ impl Authority {
 
     pub fn keys(&self) -> Vec<KeyInfo> {
         self.keys.read().list()
+    }
+
+    // ---- audit -----------------------------------------------------------------------------
+
+    /// Records a security-relevant action. A failure to record is logged, not raised: the action
+    /// itself has happened.
+    pub fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        address: Option<String>,
+        detail: &str,
+    ) {
+        let event = crate::store::AuditEvent {
+            id: 0,
+            at_us: self.now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+            address,
+            detail: detail.to_string(),
+        };
+        if let Err(e) = self.store.append_audit(&event) {
+            tracing::error!(error = %e, action, "could not record an audit event");
+        }
+    }
+
+    pub fn audit(&self, query: &crate::store::AuditQuery) -> Result<Vec<crate::store::AuditEvent>> {
+        self.store.audit(query)
     }
 
     // ---- staff -----------------------------------------------------------------------------

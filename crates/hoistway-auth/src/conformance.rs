@@ -55,6 +55,56 @@ pub fn check(store: &dyn AuthStore) {
     grants(store);
     refresh_tokens(store);
     devices(store);
+    audit(store);
+}
+
+fn audit(store: &dyn AuthStore) {
+    use crate::store::{AuditEvent, AuditQuery};
+    let event = |actor: &str, action: &str| AuditEvent {
+        id: 0,
+        at_us: 5,
+        actor: actor.into(),
+        action: action.into(),
+        target: "t".into(),
+        outcome: "ok".into(),
+        address: Some("127.0.0.1".into()),
+        detail: "d".into(),
+    };
+    let a = store.append_audit(&event("alice", "login")).unwrap();
+    let b = store.append_audit(&event("bob", "login")).unwrap();
+    let c = store.append_audit(&event("alice", "sql")).unwrap();
+    assert!(a < b && b < c, "ids increase");
+    let all = store
+        .audit(&AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [a, b, c]);
+    assert_eq!(
+        all[0],
+        AuditEvent {
+            id: a,
+            ..event("alice", "login")
+        }
+    );
+    let q = |after_id, actor: Option<&str>, action: Option<&str>, limit| AuditQuery {
+        after_id,
+        actor: actor.map(str::to_string),
+        action: action.map(str::to_string),
+        limit,
+    };
+    let ids = |q: AuditQuery| {
+        store
+            .audit(&q)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(q(None, Some("alice"), None, 10)), [a, c]);
+    assert_eq!(ids(q(None, None, Some("login"), 10)), [a, b]);
+    assert_eq!(ids(q(Some(a), None, None, 1)), [b], "after an id, limited");
 }
 
 fn users(store: &dyn AuthStore) {

@@ -24,7 +24,10 @@ pub use authority::{Authority, AuthorityConfig, DeviceMode, TokenPair};
 pub use keys::KeyRing;
 pub use roles::{Access, Principal, Role};
 pub use sqlite::SqliteAuthStore;
-pub use store::{AuthStore, Device, DeviceGrant, GrantState, RefreshToken, Token, TokenKind, User};
+pub use store::{
+    AuditEvent, AuditQuery, AuthStore, Device, DeviceGrant, GrantState, RefreshToken, Token,
+    TokenKind, User,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -10,16 +10,18 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::store::{AuditEvent, AuditQuery};
 use crate::store::{
     AuthStore, Device, DeviceGrant, GrantKey, RefreshToken, Token, TokenKind, User,
 };
 use crate::{Error, Result};
 
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE users (username TEXT PRIMARY KEY, body TEXT NOT NULL);
     CREATE TABLE tokens (hash TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,
                          kind TEXT NOT NULL, body TEXT NOT NULL);
@@ -31,7 +33,15 @@ pub const MIGRATIONS: &[&str] = &["
     CREATE INDEX refresh_family ON refresh (family);
     CREATE INDEX refresh_lift ON refresh (lift_id);
     CREATE TABLE devices (lift_id TEXT PRIMARY KEY, body TEXT NOT NULL);
-"];
+",
+    "
+    CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at_us INTEGER NOT NULL,
+                        actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+                        outcome TEXT NOT NULL, address TEXT, detail TEXT NOT NULL);
+    CREATE INDEX audit_actor ON audit (actor, id);
+    CREATE INDEX audit_action ON audit (action, id);
+",
+];
 
 pub struct SqliteAuthStore {
     conn: Mutex<Connection>,
@@ -363,6 +373,14 @@ impl AuthStore for SqliteAuthStore {
         self.all("SELECT body FROM devices ORDER BY lift_id", None)
     }
 
+    fn append_audit(&self, event: &AuditEvent) -> Result<i64> {
+        self.append_audit_row(event).map_err(storage)
+    }
+
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        self.audit_rows(query).map_err(storage)
+    }
+
     fn put_device(&self, device: &Device) -> Result<()> {
         let conn = self.conn.lock();
         conn.execute(
@@ -376,6 +394,48 @@ impl AuthStore for SqliteAuthStore {
 }
 
 impl SqliteAuthStore {
+    fn append_audit_row(&self, e: &AuditEvent) -> rusqlite::Result<i64> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO audit (at_us, actor, action, target, outcome, address, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                e.at_us, e.actor, e.action, e.target, e.outcome, e.address, e.detail
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn audit_rows(&self, q: &AuditQuery) -> rusqlite::Result<Vec<AuditEvent>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, at_us, actor, action, target, outcome, address, detail FROM audit
+             WHERE id > ?1 AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3)
+             ORDER BY id LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                q.after_id.unwrap_or(0),
+                q.actor,
+                q.action,
+                q.limit.min(100_000) as i64
+            ],
+            |r| {
+                Ok(AuditEvent {
+                    id: r.get(0)?,
+                    at_us: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    outcome: r.get(5)?,
+                    address: r.get(6)?,
+                    detail: r.get(7)?,
+                })
+            },
+        )?;
+        rows.collect()
+    }
+
     fn revoke_where(&self, column: &str, value: &str) -> Result<u64> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(storage)?;

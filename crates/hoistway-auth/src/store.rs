@@ -138,6 +138,32 @@ pub struct Device {
     pub mode: Option<crate::DeviceMode>,
 }
 
+/// One security-relevant action: who did what to what, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Assigned by the store, increasing.
+    pub id: i64,
+    pub at_us: i64,
+    /// Username, `lift:<id>`, or what a failed login claimed to be.
+    pub actor: String,
+    /// e.g. `login`, `device.approve`, `token.create`, `user.role`, `dlq.replay`, `sql`.
+    pub action: String,
+    pub target: String,
+    /// `ok`, `denied` or `failed`.
+    pub outcome: String,
+    pub address: Option<String>,
+    pub detail: String,
+}
+
+/// A page of the audit log, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub after_id: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub limit: usize,
+}
+
 /// Which grant an update addresses.
 #[derive(Debug, Clone, Copy)]
 pub enum GrantKey<'a> {
@@ -197,4 +223,9 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Every lift with credentials state, by id.
     fn devices(&self) -> Result<Vec<Device>>;
     fn put_device(&self, device: &Device) -> Result<()>;
+
+    /// Appends an event (its `id` is ignored); returns the id given.
+    fn append_audit(&self, event: &AuditEvent) -> Result<i64>;
+    /// Events after `after_id` matching the filters, oldest first, at most `limit`.
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 }

@@ -67,6 +67,8 @@ fn parse_format(name: Option<&str>) -> ApiResult<Format> {
 /// `POST /v1/sql`: a read-only query, as JSON `{"sql": ..., "format": ...}` or as plain text.
 pub async fn sql(
     State(app): State<AppState>,
+    principal: Option<axum::Extension<hoistway_auth::Principal>>,
+    axum::Extension(addr): axum::Extension<crate::auth::ClientAddr>,
     query: Result<Query<FormatQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -91,7 +93,15 @@ pub async fn sql(
     }
     let format = parse_format(request.format.as_deref().or(q.format.as_deref()))?;
     let started = Instant::now();
-    let result = app.query.sql(&request.sql).await.map_err(query_problem)?;
+    let who = principal
+        .as_ref()
+        .and_then(|p| p.username().map(str::to_string))
+        .unwrap_or_default();
+    let text: String = request.sql.chars().take(2000).collect();
+    let result = app.query.sql(&request.sql).await;
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    crate::auth::record(&app, &who, "sql", "", outcome, addr, &text).await;
+    let result = result.map_err(query_problem)?;
     metrics::histogram!("hoistway_query_duration_seconds").record(started.elapsed().as_secs_f64());
     respond(format, result, started)
 }

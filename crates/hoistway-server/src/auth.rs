@@ -25,6 +25,34 @@ use crate::routes::{json_body, parse_lift_id, read_limited};
 
 const AUTH_BODY_LIMIT: usize = 64 << 10;
 
+/// The address a request came from (for rate limits and the audit log).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl ClientAddr {
+    fn text(self) -> Option<String> {
+        self.0.map(|ip| ip.to_string())
+    }
+}
+
+/// Records an audit event off the runtime threads.
+pub async fn record(
+    app: &AppState,
+    actor: &str,
+    action: &'static str,
+    target: &str,
+    outcome: &'static str,
+    address: ClientAddr,
+    detail: &str,
+) {
+    let auth = app.auth.clone();
+    let (actor, target, detail) = (actor.to_string(), target.to_string(), detail.to_string());
+    let _ = tokio::task::spawn_blocking(move || {
+        auth.record(&actor, action, &target, outcome, address.text(), &detail)
+    })
+    .await;
+}
+
 /// The access rule of every route, by method and path pattern.
 pub type Rules = HashMap<(Method, &'static str), Access>;
 
@@ -93,6 +121,8 @@ pub async fn authenticate(app: &AppState, token: &str) -> ApiResult<Principal> {
 /// The middleware: finds the route's rule, authenticates the bearer token and checks the rule.
 /// Telemetry (`Access::Device`) is checked by its handler, which knows the lifts in the body.
 pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let address = crate::listen::remote_addr(&req).map(|a| a.ip());
+    req.extensions_mut().insert(ClientAddr(address));
     let Some(path) = req.extensions().get::<MatchedPath>().map(|p| p.as_str()) else {
         return next.run(req).await; // the fallback: 404
     };
@@ -146,6 +176,15 @@ fn user_of(req_principal: Option<axum::Extension<Principal>>) -> ApiResult<(Stri
     }
 }
 
+/// Runs `f` on the authority off the runtime threads.
+async fn with_auth<T: Send + 'static>(
+    app: &AppState,
+    f: impl FnOnce(&hoistway_auth::Authority) -> Result<T, AuthError> + Send + 'static,
+) -> ApiResult<T> {
+    let auth = app.auth.clone();
+    blocking(move || f(&auth)).await
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
 ) -> ApiResult<T> {
@@ -171,7 +210,7 @@ pub fn check_telemetry(
                     "this token belongs to lift {lift_id}; it cannot post readings of {other:?}; nothing was accepted"
                 )));
             }
-            Ok(())
+            app.rate.ingest(lift_id.as_str())
         }
         Some(Principal::User { .. }) => Err(Problem::forbidden(
             "telemetry is posted with a lift's device token, not a staff token",
@@ -195,6 +234,9 @@ pub fn check_telemetry(
                         }
                     }
                 }
+            }
+            if let Some(first) = lifts.first() {
+                app.rate.ingest(first)?;
             }
             metrics::counter!("hoistway_ingest_unauthenticated_requests_total").increment(1);
             tracing::info!(lifts = ?lifts, "readings accepted without a token (optional mode)");
@@ -238,13 +280,14 @@ fn field<'a>(fields: &'a HashMap<String, String>, name: &str) -> ApiResult<&'a s
 /// RFC 8628 §3.1.
 pub async fn device_authorization(
     State(app): State<AppState>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let fields = oauth_fields(&headers, body).await?;
     let client_id = field(&fields, "client_id")?.to_string();
-    let auth = app.auth.clone();
-    let answer = blocking(move || auth.device_authorization(&client_id)).await?;
+    app.rate.device(addr.0, &client_id)?;
+    let answer = with_auth(&app, move |auth| auth.device_authorization(&client_id)).await?;
     Ok(no_store(Json(answer).into_response()))
 }
 
@@ -253,28 +296,43 @@ pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_cod
 /// RFC 8628 §3.4 (device code) and RFC 6749 §6 (refresh token).
 pub async fn token(
     State(app): State<AppState>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let fields = oauth_fields(&headers, body).await?;
     let grant_type = field(&fields, "grant_type")?.to_string();
-    let auth = app.auth.clone();
+    if grant_type == "refresh_token" {
+        // Device-code polls are paced by slow_down; refreshes by this.
+        app.rate
+            .device(addr.0, fields.get("client_id").map_or("", String::as_str))?;
+    }
     let pair = match grant_type.as_str() {
         DEVICE_CODE_GRANT => {
             let device_code = field(&fields, "device_code")?.to_string();
             let client_id = field(&fields, "client_id")?.to_string();
-            blocking(move || auth.poll(&device_code, &client_id)).await?
+            with_auth(&app, move |auth| auth.poll(&device_code, &client_id)).await?
+        }
+        hoistway_auth::authority::REGISTRATION_CODE_GRANT => {
+            let code = field(&fields, "code")?.to_string();
+            let client_id = field(&fields, "client_id")?.to_string();
+            app.rate.device(addr.0, &client_id)?;
+            with_auth(&app, move |auth| auth.redeem(&code, &client_id)).await?
         }
         "refresh_token" => {
             let refresh = field(&fields, "refresh_token")?.to_string();
             let client_id = fields.get("client_id").cloned();
-            blocking(move || auth.refresh(&refresh, client_id.as_deref())).await?
+            with_auth(&app, move |auth| {
+                auth.refresh(&refresh, client_id.as_deref())
+            })
+            .await?
         }
         other => {
             return Err(Problem::oauth(
                 "unsupported_grant_type",
                 format!(
-                    "grant_type {other:?} is not supported; use {DEVICE_CODE_GRANT} or refresh_token"
+                    "grant_type {other:?} is not supported; use {DEVICE_CODE_GRANT}, {} or refresh_token",
+                    hoistway_auth::authority::REGISTRATION_CODE_GRANT
                 ),
             ));
         }
@@ -294,10 +352,12 @@ fn no_store(mut resp: Response) -> Response {
 
 pub async fn device_request(
     State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
     Path(code): Path<String>,
 ) -> ApiResult<Response> {
-    let auth = app.auth.clone();
-    let grant = blocking(move || auth.pending_grant(&code)).await?;
+    let (by, _) = user_of(principal)?;
+    app.rate.code_entry(&by)?;
+    let grant = with_auth(&app, move |auth| auth.pending_grant(&code)).await?;
     let registered = app.registry.get(grant.lift_id.as_str()).is_some();
     Ok(Json(json!({
         "lift_id": grant.lift_id,
@@ -327,13 +387,14 @@ struct Decision {
 pub async fn device_approve(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     body: Body,
 ) -> ApiResult<Response> {
     let (by, _) = user_of(principal)?;
+    app.rate.code_entry(&by)?;
     let d: Decision = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
-    let auth = app.auth.clone();
     let code = d.user_code.clone();
-    let grant = blocking(move || auth.pending_grant(&code)).await?;
+    let grant = with_auth(&app, move |auth| auth.pending_grant(&code)).await?;
     let existing = app.registry.get(grant.lift_id.as_str());
     let building = match (&d.building, &existing) {
         (Some(b), _) if !b.trim().is_empty() => b.trim().to_string(),
@@ -373,29 +434,111 @@ pub async fn device_approve(
         .await
         .map_err(|e| Problem::internal(&e))?
         .map_err(|e| Problem::invalid(e.to_string(), vec![]))?;
-    let auth = app.auth.clone();
     let code = d.user_code.clone();
     let by2 = by.clone();
-    let grant = blocking(move || auth.decide(&code, Some(&building), &by2)).await?;
+    let grant = with_auth(&app, move |auth| auth.decide(&code, Some(&building), &by2)).await?;
     tracing::info!(lift_id = %grant.lift_id, by, "device approved");
+    record(
+        &app,
+        &by,
+        "device.approve",
+        grant.lift_id.as_str(),
+        "ok",
+        addr,
+        "",
+    )
+    .await;
     Ok(Json(json!({ "lift_id": grant.lift_id, "approved": true })).into_response())
 }
 
 pub async fn device_deny(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     body: Body,
 ) -> ApiResult<Response> {
     let (by, _) = user_of(principal)?;
+    app.rate.code_entry(&by)?;
     let d: Decision = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
-    let auth = app.auth.clone();
-    let grant = blocking(move || auth.decide(&d.user_code, None, &by)).await?;
+    let who = by.clone();
+    let grant = with_auth(&app, move |auth| auth.decide(&d.user_code, None, &who)).await?;
+    record(
+        &app,
+        &by,
+        "device.deny",
+        grant.lift_id.as_str(),
+        "ok",
+        addr,
+        "",
+    )
+    .await;
     Ok(Json(json!({ "lift_id": grant.lift_id, "approved": false })).into_response())
 }
 
-pub async fn devices(State(app): State<AppState>) -> ApiResult<Response> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionParams {
+    #[serde(default)]
+    valid_days: Option<i64>,
+}
+
+/// Factory pre-provisioning: a registry CSV in (as `POST /v1/lifts/import`, every lift with a
+/// building), `lift_id,registration_code` CSV out. The lifts are registered (all or none) and
+/// approved; each code is exchanged once for tokens and is shown only here.
+pub async fn device_provision(
+    State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
+    query: Result<axum::extract::Query<ProvisionParams>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> ApiResult<Response> {
+    let (by, _) = user_of(principal)?;
+    let axum::extract::Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let valid_days = q.valid_days.unwrap_or(365);
+    if !(1..=3650).contains(&valid_days) {
+        return Err(Problem::invalid("valid_days must be 1 to 3650", vec![]));
+    }
+    let csv = read_limited(body, 64 << 20).await?;
+    let reg = app.registry.clone();
     let auth = app.auth.clone();
-    let devices = blocking(move || auth.devices()).await?;
+    let who = by.clone();
+    let (out, n) = tokio::task::spawn_blocking(move || -> ApiResult<(String, usize)> {
+        let lifts = hoistway_registry::parse_csv(&csv)
+            .map_err(|e| Problem::invalid(e.to_string(), vec![]))?;
+        if let Some(l) = lifts.iter().find(|l| l.building.trim().is_empty()) {
+            return Err(Problem::invalid(
+                format!(
+                    "lift {} has no building; every provisioned lift needs one",
+                    l.lift_id
+                ),
+                vec![],
+            ));
+        }
+        reg.import_csv(&csv)
+            .map_err(|e| Problem::invalid(e.to_string(), vec![]))?;
+        let mut out = String::from("lift_id,registration_code\n");
+        for l in &lifts {
+            let code = auth
+                .provision(&l.lift_id, &l.building, &who, valid_days)
+                .map_err(problem)?;
+            out.push_str(&format!("{},{code}\n", l.lift_id));
+        }
+        Ok((out, lifts.len()))
+    })
+    .await
+    .map_err(|e| Problem::internal(&e))??;
+    let detail = format!("{n} lifts, valid {valid_days} days");
+    record(&app, &by, "device.provision", "", "ok", addr, &detail).await;
+    let mut resp = no_store(out.into_response());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/csv"),
+    );
+    Ok(resp)
+}
+
+pub async fn devices(State(app): State<AppState>) -> ApiResult<Response> {
+    let devices = with_auth(&app, move |auth| auth.devices()).await?;
     Ok(
         Json(json!({ "default_mode": app.auth.config().devices, "items": devices }))
             .into_response(),
@@ -405,12 +548,14 @@ pub async fn devices(State(app): State<AppState>) -> ApiResult<Response> {
 pub async fn device_revoke(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let (by, _) = user_of(principal)?;
     let lift = parse_lift_id(&id)?;
-    let auth = app.auth.clone();
-    let device = blocking(move || auth.revoke_device(&lift, &by)).await?;
+    let who = by.clone();
+    let device = with_auth(&app, move |auth| auth.revoke_device(&lift, &who)).await?;
+    record(&app, &by, "device.revoke", &id, "ok", addr, "").await;
     Ok(Json(device).into_response())
 }
 
@@ -423,9 +568,12 @@ struct ModeBody {
 
 pub async fn device_mode(
     State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
+    let (by, _) = user_of(principal)?;
     let lift: LiftId = parse_lift_id(&id)?;
     let m: ModeBody = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
     if m.mode == Some(DeviceMode::Open) {
@@ -434,8 +582,9 @@ pub async fn device_mode(
             vec![],
         ));
     }
-    let auth = app.auth.clone();
-    let device = blocking(move || auth.set_device_mode(&lift, m.mode)).await?;
+    let mode = m.mode.map_or("default", DeviceMode::as_str);
+    let device = with_auth(&app, move |auth| auth.set_device_mode(&lift, m.mode)).await?;
+    record(&app, &by, "device.mode", &id, "ok", addr, mode).await;
     Ok(Json(device).into_response())
 }
 
@@ -451,22 +600,32 @@ struct Login {
     code: Option<String>,
 }
 
-pub async fn login(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
+pub async fn login(
+    State(app): State<AppState>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
+    body: Body,
+) -> ApiResult<Response> {
     let l: Login = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
-    let auth = app.auth.clone();
+    app.rate.login(addr.0, &l.username)?;
     let username = l.username.clone();
-    let result = blocking(move || auth.login(&l.username, &l.password, l.code.as_deref())).await;
+    let with_code = l.code.is_some();
+    let result = with_auth(&app, move |auth| {
+        auth.login(&l.username, &l.password, l.code.as_deref())
+    })
+    .await;
     let issued = match result {
         Ok(t) => t,
         Err(p) => {
             metrics::counter!("hoistway_auth_login_failures_total").increment(1);
             tracing::info!(username, status = p.status, "login refused");
+            let detail = if with_code { "with a code" } else { "" };
+            record(&app, &username, "login", &username, "denied", addr, detail).await;
             return Err(p);
         }
     };
-    let auth = app.auth.clone();
+    record(&app, &username, "login", &username, "ok", addr, "").await;
     let owner = issued.record.owner.clone();
-    let user = blocking(move || auth.user(&owner)).await?;
+    let user = with_auth(&app, move |auth| auth.user(&owner)).await?;
     let enrol = user.role.needs_second_factor() && !issued.record.second_factor;
     Ok(no_store(
         Json(json!({
@@ -489,8 +648,7 @@ pub async fn logout(
     let Principal::User { token_id, .. } = p else {
         unreachable!("user_of returns users")
     };
-    let auth = app.auth.clone();
-    blocking(move || auth.revoke_token(&username, &token_id)).await?;
+    with_auth(&app, move |auth| auth.revoke_token(&username, &token_id)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -499,8 +657,7 @@ pub async fn me(
     principal: Option<axum::Extension<Principal>>,
 ) -> ApiResult<Response> {
     let (username, p) = user_of(principal)?;
-    let auth = app.auth.clone();
-    let user = blocking(move || auth.user(&username)).await?;
+    let user = with_auth(&app, move |auth| auth.user(&username)).await?;
     let Principal::User { second_factor, .. } = p else {
         unreachable!("user_of returns users")
     };
@@ -517,10 +674,12 @@ pub async fn me(
 pub async fn totp_enrol(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
 ) -> ApiResult<Response> {
     let (username, _) = user_of(principal)?;
-    let auth = app.auth.clone();
-    let e = blocking(move || auth.enrol_totp(&username)).await?;
+    let who = username.clone();
+    let e = with_auth(&app, move |auth| auth.enrol_totp(&who)).await?;
+    record(&app, &username, "totp.enrol", &username, "ok", addr, "").await;
     Ok(no_store(Json(e).into_response()))
 }
 
@@ -533,15 +692,32 @@ struct CodeBody {
 pub async fn totp_confirm(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     body: Body,
 ) -> ApiResult<Response> {
     let (username, p) = user_of(principal)?;
     let Principal::User { token_id, .. } = p else {
         unreachable!("user_of returns users")
     };
+    app.rate.login(addr.0, &username)?;
     let c: CodeBody = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
-    let auth = app.auth.clone();
-    let codes = blocking(move || auth.confirm_totp(&username, &c.code, &token_id)).await?;
+    let who = username.clone();
+    let codes = with_auth(&app, move |auth| {
+        auth.confirm_totp(&who, &c.code, &token_id)
+    })
+    .await;
+    let outcome = if codes.is_ok() { "ok" } else { "denied" };
+    record(
+        &app,
+        &username,
+        "totp.confirm",
+        &username,
+        outcome,
+        addr,
+        "",
+    )
+    .await;
+    let codes = codes?;
     Ok(no_store(
         Json(json!({
             "recovery_codes": codes,
@@ -556,8 +732,7 @@ pub async fn tokens(
     principal: Option<axum::Extension<Principal>>,
 ) -> ApiResult<Response> {
     let (username, _) = user_of(principal)?;
-    let auth = app.auth.clone();
-    let tokens = blocking(move || auth.tokens(&username)).await?;
+    let tokens = with_auth(&app, move |auth| auth.tokens(&username)).await?;
     Ok(Json(json!({ "items": tokens })).into_response())
 }
 
@@ -572,12 +747,17 @@ struct NewToken {
 pub async fn token_create(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (_, p) = user_of(principal)?;
+    let (username, p) = user_of(principal)?;
     let t: NewToken = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
-    let auth = app.auth.clone();
-    let issued = blocking(move || auth.create_api_token(&p, &t.name, t.expires_days)).await?;
+    let issued = with_auth(&app, move |auth| {
+        auth.create_api_token(&p, &t.name, t.expires_days)
+    })
+    .await?;
+    let (id, name) = (&issued.record.id, &issued.record.name);
+    record(&app, &username, "token.create", id, "ok", addr, name).await;
     Ok(no_store(
         (StatusCode::CREATED, Json(issued)).into_response(),
     ))
@@ -586,11 +766,13 @@ pub async fn token_create(
 pub async fn token_revoke(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let (username, _) = user_of(principal)?;
-    let auth = app.auth.clone();
-    blocking(move || auth.revoke_token(&username, &id)).await?;
+    let (who, which) = (username.clone(), id.clone());
+    with_auth(&app, move |auth| auth.revoke_token(&who, &which)).await?;
+    record(&app, &username, "token.revoke", &id, "ok", addr, "").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -599,8 +781,7 @@ pub async fn sessions_revoke(
     principal: Option<axum::Extension<Principal>>,
 ) -> ApiResult<Response> {
     let (username, _) = user_of(principal)?;
-    let auth = app.auth.clone();
-    let n = blocking(move || auth.revoke_sessions(&username)).await?;
+    let n = with_auth(&app, move |auth| auth.revoke_sessions(&username)).await?;
     Ok(Json(json!({ "revoked": n })).into_response())
 }
 
@@ -616,8 +797,7 @@ fn user_json(u: &hoistway_auth::User) -> serde_json::Value {
 }
 
 pub async fn users(State(app): State<AppState>) -> ApiResult<Response> {
-    let auth = app.auth.clone();
-    let users = blocking(move || auth.users()).await?;
+    let users = with_auth(&app, move |auth| auth.users()).await?;
     Ok(Json(json!({ "items": users.iter().map(user_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -629,10 +809,20 @@ struct NewUser {
     role: Role,
 }
 
-pub async fn user_create(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
+pub async fn user_create(
+    State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
+    body: Body,
+) -> ApiResult<Response> {
+    let (by, _) = user_of(principal)?;
     let u: NewUser = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
-    let auth = app.auth.clone();
-    let user = blocking(move || auth.create_user(&u.username, &u.password, u.role)).await?;
+    let user = with_auth(&app, move |auth| {
+        auth.create_user(&u.username, &u.password, u.role)
+    })
+    .await?;
+    let role = user.role.as_str();
+    record(&app, &by, "user.create", &user.username, "ok", addr, role).await;
     Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
 }
 
@@ -647,12 +837,24 @@ struct UserPatch {
 
 pub async fn user_update(
     State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
+    let (by, _) = user_of(principal)?;
     let patch: UserPatch = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
-    let auth = app.auth.clone();
-    let user = blocking(move || {
+    let detail = format!(
+        "{}{}",
+        patch.role.map(|r| format!("role {r} ")).unwrap_or_default(),
+        if patch.password.is_some() {
+            "password"
+        } else {
+            ""
+        }
+    );
+    let target = name.clone();
+    let user = with_auth(&app, move |auth| {
         if let Some(p) = &patch.password {
             auth.set_password(&name, p)?;
         }
@@ -662,29 +864,36 @@ pub async fn user_update(
         auth.user(&name)
     })
     .await?;
+    record(&app, &by, "user.update", &target, "ok", addr, detail.trim()).await;
     Ok(Json(user_json(&user)).into_response())
 }
 
 pub async fn user_delete(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     let (me, _) = user_of(principal)?;
     if me == name {
         return Err(Problem::conflict("you cannot delete your own account"));
     }
-    let auth = app.auth.clone();
-    blocking(move || auth.delete_user(&name)).await?;
+    let target = name.clone();
+    with_auth(&app, move |auth| auth.delete_user(&name)).await?;
+    record(&app, &me, "user.delete", &target, "ok", addr, "").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn user_totp_reset(
     State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let auth = app.auth.clone();
-    blocking(move || auth.reset_totp(&name)).await?;
+    let (by, _) = user_of(principal)?;
+    let target = name.clone();
+    with_auth(&app, move |auth| auth.reset_totp(&name)).await?;
+    record(&app, &by, "totp.reset", &target, "ok", addr, "").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -692,8 +901,7 @@ pub async fn user_sessions_revoke(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let auth = app.auth.clone();
-    let n = blocking(move || {
+    let n = with_auth(&app, move |auth| {
         auth.user(&name)?;
         auth.revoke_sessions(&name)
     })
@@ -705,10 +913,57 @@ pub async fn keys(State(app): State<AppState>) -> ApiResult<Response> {
     Ok(Json(json!({ "items": app.auth.keys() })).into_response())
 }
 
-pub async fn keys_rotate(State(app): State<AppState>) -> ApiResult<Response> {
-    let auth = app.auth.clone();
-    let kid = blocking(move || auth.rotate_keys()).await?;
+pub async fn keys_rotate(
+    State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<ClientAddr>,
+) -> ApiResult<Response> {
+    let (by, _) = user_of(principal)?;
+    let kid = with_auth(&app, move |auth| auth.rotate_keys()).await?;
+    record(&app, &by, "keys.rotate", &kid, "ok", addr, "").await;
     Ok(Json(json!({ "signing": kid, "items": app.auth.keys() })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The audit log, oldest first; page with `after` = the last id seen.
+pub async fn audit(
+    State(app): State<AppState>,
+    query: Result<axum::extract::Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let axum::extract::Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let q = hoistway_auth::AuditQuery {
+        after_id: p.after,
+        actor: p.actor,
+        action: p.action,
+        limit,
+    };
+    let events = with_auth(&app, move |auth| auth.audit(&q)).await?;
+    let next_after = (events.len() == limit)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    let items: Vec<_> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id, "at": micros_rfc3339(e.at_us), "actor": e.actor, "action": e.action,
+                "target": e.target, "outcome": e.outcome, "address": e.address, "detail": e.detail,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "next_after": next_after })).into_response())
 }
 
 pub fn micros_rfc3339(us: i64) -> String {

@@ -8,7 +8,9 @@
 
 mod analytics;
 pub mod auth;
+pub mod listen;
 pub mod problem;
+pub mod rate;
 mod routes;
 
 use std::sync::Arc;
@@ -48,6 +50,7 @@ impl std::ops::Deref for AppState {
 pub struct AppParts {
     pub ingest: Ingest,
     pub auth: Arc<hoistway_auth::Authority>,
+    pub rate: rate::RateLimits,
     pub fleet: Fleet,
     pub registry: Arc<Registry>,
     pub dlq: Arc<DeadLetterQueue>,
@@ -95,9 +98,31 @@ pub fn router(state: AppState) -> Router {
         app: state.clone(),
         rules: Arc::new(rules),
     };
-    routes
+    use axum::http::{HeaderValue, header};
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let security_headers = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ];
+    let mut router = routes
         .layer(axum::middleware::from_fn_with_state(gate, auth::authorize))
-        .layer(axum::middleware::from_fn(track_requests))
+        .layer(axum::middleware::from_fn(track_requests));
+    for (name, value) in security_headers {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            name,
+            HeaderValue::from_static(value),
+        ));
+    }
+    router
+        // A client that starts a body and then stalls is cut off.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_secs(60),
+        ))
         .layer(tower::limit::ConcurrencyLimitLayer::new(8192))
         .with_state(state)
 }

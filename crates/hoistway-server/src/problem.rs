@@ -74,6 +74,17 @@ impl Problem {
         p
     }
 
+    pub fn too_many(detail: impl Into<String>, retry_after: u64) -> Self {
+        let mut p = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            detail,
+        );
+        p.retry_after = Some(retry_after);
+        p
+    }
+
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
     }

@@ -115,6 +115,7 @@ pub fn routes() -> (Router<AppState>, Rules) {
         ADMIN,
         post(auth::keys_rotate),
     )
+    .add(g.clone(), "/v1/audit", ADMIN, get(auth::audit))
     .add(g.clone(), "/v1/users", ADMIN, get(auth::users))
     .add(p.clone(), "/v1/users", ADMIN, post(auth::user_create))
     .add(
@@ -159,6 +160,12 @@ pub fn routes() -> (Router<AppState>, Rules) {
         "/v1/devices/deny",
         OPERATOR,
         post(auth::device_deny),
+    )
+    .add(
+        p.clone(),
+        "/v1/devices/provision",
+        OPERATOR,
+        post(auth::device_provision),
     )
     .add(
         p.clone(),
@@ -628,7 +635,12 @@ async fn dlq_show(State(app): State<AppState>, Path(id): Path<String>) -> ApiRes
     Ok(Json(json!({ "items": letters })).into_response())
 }
 
-async fn dlq_replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn dlq_replay(
+    State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
+    axum::Extension(addr): axum::Extension<auth::ClientAddr>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let dlq = app.dlq.clone();
     let file_id = id.clone();
     let letters: Vec<DeadLetter> =
@@ -641,7 +653,14 @@ async fn dlq_replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
         .map_err(|e| ingest_problem(e, app.limits.retry_after_secs))?;
     // The readings are durable in the log again; only now does the file leave the queue.
     let dlq = app.dlq.clone();
+    let file = id.clone();
     blocking(move || dlq.mark_replayed(&id).map_err(dlq_problem)).await?;
+    let who = principal
+        .as_ref()
+        .and_then(|p| p.username().map(str::to_string))
+        .unwrap_or_default();
+    let detail = format!("{} readings", outcome.accepted);
+    auth::record(&app, &who, "dlq.replay", &file, "ok", addr, &detail).await;
     Ok(Json(json!({
         "replayed": outcome.accepted,
         "note": "readings are back in the log; the processor applies them, or dead-letters them again if the cause remains",

@@ -85,48 +85,53 @@ struct Authorization {
     at: std::time::Instant,
 }
 
+/// Sends one request; a transport error or a status other than 200 is an error naming `what`.
+async fn call(
+    conn: &mut Connection,
+    what: &str,
+    path: &str,
+    content_type: &str,
+    body: Bytes,
+) -> Result<crate::client::Reply, String> {
+    let r = conn
+        .send(Method::POST, path, content_type, body, TIMEOUT)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    if r.status == StatusCode::OK {
+        Ok(r)
+    } else {
+        Err(format!(
+            "{what} answered {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        ))
+    }
+}
+
 async fn ask_and_approve(
     lift_conn: &mut Connection,
     op_conn: &mut Connection,
     lift: &str,
     building: &str,
 ) -> Result<Authorization, String> {
-    let r = lift_conn
-        .send(
-            Method::POST,
-            "/oauth/device_authorization",
-            FORM,
-            form(&[("client_id", lift)]),
-            TIMEOUT,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status != StatusCode::OK {
-        return Err(format!(
-            "{lift}: device authorization answered {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        ));
-    }
+    let r = call(
+        lift_conn,
+        &format!("{lift}: device authorization"),
+        "/oauth/device_authorization",
+        FORM,
+        form(&[("client_id", lift)]),
+    )
+    .await?;
     let a: Authorization = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
     let approve = serde_json::json!({ "user_code": a.user_code, "building": building });
-    let r = op_conn
-        .send(
-            Method::POST,
-            "/v1/devices/approve",
-            "application/json",
-            Bytes::from(approve.to_string()),
-            TIMEOUT,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status != StatusCode::OK {
-        return Err(format!(
-            "{lift}: approval answered {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        ));
-    }
+    call(
+        op_conn,
+        &format!("{lift}: approval"),
+        "/v1/devices/approve",
+        "application/json",
+        Bytes::from(approve.to_string()),
+    )
+    .await?;
     Ok(a)
 }
 
@@ -142,37 +147,24 @@ async fn poll(
         let next = last + Duration::from_secs(interval);
         tokio::time::sleep_until(next.into()).await;
         last = std::time::Instant::now();
-        let r = lift_conn
-            .send(
-                Method::POST,
-                "/oauth/token",
-                FORM,
-                form(&[
-                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-                    ("device_code", &a.device_code),
-                    ("client_id", lift),
-                ]),
-                TIMEOUT,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        if r.status == StatusCode::OK {
-            return serde_json::from_slice(&r.body).map_err(|e| e.to_string());
-        }
-        let error = serde_json::from_slice::<serde_json::Value>(&r.body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        match error.as_str() {
-            "authorization_pending" => {}
-            "slow_down" => interval += 5,
-            _ => {
-                return Err(format!(
-                    "{lift}: token request answered {}: {}",
-                    r.status,
-                    String::from_utf8_lossy(&r.body)
-                ));
-            }
+        let body = form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", &a.device_code),
+            ("client_id", lift),
+        ]);
+        match call(
+            lift_conn,
+            &format!("{lift}: token request"),
+            "/oauth/token",
+            FORM,
+            body,
+        )
+        .await
+        {
+            Ok(r) => return serde_json::from_slice(&r.body).map_err(|e| e.to_string()),
+            Err(e) if e.contains("authorization_pending") => {}
+            Err(e) if e.contains("slow_down") => interval += 5,
+            Err(e) => return Err(e),
         }
     }
     Err(format!("{lift}: never approved"))
@@ -185,26 +177,18 @@ pub async fn refresh(
     refresh_token: &str,
 ) -> Result<DeviceTokens, String> {
     conn.set_bearer(None);
-    let r = conn
-        .send(
-            Method::POST,
-            "/oauth/token",
-            FORM,
-            form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-                ("client_id", lift),
-            ]),
-            TIMEOUT,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status != StatusCode::OK {
-        return Err(format!(
-            "{lift}: refresh answered {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        ));
-    }
+    let body = form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", lift),
+    ]);
+    let r = call(
+        conn,
+        &format!("{lift}: refresh"),
+        "/oauth/token",
+        FORM,
+        body,
+    )
+    .await?;
     serde_json::from_slice(&r.body).map_err(|e| e.to_string())
 }

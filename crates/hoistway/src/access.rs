@@ -233,6 +233,21 @@ enum UsersCommand {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// The audit log (running server; admin): logins, second factors, device approvals and
+    /// revocations, tokens, role changes, replays, SQL by whom.
+    Audit {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        /// Only events after this id (the `next_after` of the previous page).
+        #[arg(long)]
+        after: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// An offline authority on `data_dir` (the caller holds the data-dir lock).
@@ -314,6 +329,30 @@ pub async fn users(args: UsersArgs) -> anyhow::Result<()> {
             )
             .await
         }
+        UsersCommand::Audit {
+            server,
+            actor,
+            action,
+            after,
+            limit,
+        } => {
+            let mut url = url::Url::parse("http://h/v1/audit")?;
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("limit", &limit.to_string());
+                if let Some(a) = &actor {
+                    q.append_pair("actor", a);
+                }
+                if let Some(a) = &action {
+                    q.append_pair("action", a);
+                }
+                if let Some(a) = after {
+                    q.append_pair("after", &a.to_string());
+                }
+            }
+            let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+            crate::admin::call(&server, Method::GET, &path, "application/json", vec![]).await
+        }
     }
 }
 
@@ -343,6 +382,14 @@ enum DevicesCommand {
     },
     /// Deny a user code.
     Deny { user_code: String },
+    /// Factory pre-provisioning: register the lifts of a CSV (lift_id,building,…) and print one
+    /// single-use registration code per lift (CSV) to flash into its controller.
+    Provision {
+        file: PathBuf,
+        /// Days the codes stay valid.
+        #[arg(long, default_value_t = 365)]
+        valid_days: i64,
+    },
     /// Revoke a lift's tokens: it must be approved again.
     Revoke { lift_id: String },
 }
@@ -386,6 +433,18 @@ pub async fn devices(args: DevicesArgs) -> anyhow::Result<()> {
                 }
             }
             json_call(Method::POST, "/v1/devices/approve".into(), body).await
+        }
+        DevicesCommand::Provision { file, valid_days } => {
+            let csv =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            crate::admin::call(
+                s,
+                Method::POST,
+                &format!("/v1/devices/provision?valid_days={valid_days}"),
+                "text/csv",
+                csv,
+            )
+            .await
         }
         DevicesCommand::Deny { user_code } => {
             json_call(

@@ -127,6 +127,21 @@ fn now_ts() -> String {
     hoistway_model::time::format_micros(hoistway_model::time::now_us())
 }
 
+impl Load {
+    /// Closed loop, one reading per request, no tokens.
+    fn single(args: &BenchArgs) -> Self {
+        Self {
+            connections: args.connections,
+            seconds: args.seconds,
+            batch: 1,
+            lifts: args.lifts,
+            rate: None,
+            seq_base: 0,
+            tokens: None,
+        }
+    }
+}
+
 struct LoadResult {
     readings: u64,
     errors: u64,
@@ -148,17 +163,32 @@ impl LoadResult {
     }
 }
 
-/// Closed loop: every connection sends as fast as answers come. `batch` readings per request;
-/// `rate` (total readings/s) turns it into an open loop measured from the scheduled send time.
-async fn load(
-    addr: SocketAddr,
+/// One load run.
+#[derive(Clone)]
+struct Load {
     connections: usize,
     seconds: f64,
+    /// Readings per request.
     batch: usize,
     lifts: usize,
+    /// Total readings/s: an open loop measured from the scheduled send time (`None`: closed).
     rate: Option<u64>,
     seq_base: u64,
-) -> LoadResult {
+    /// Each lift's access token, sent with its readings (one reading per request).
+    tokens: Option<Arc<Vec<String>>>,
+}
+
+/// Closed loop: every connection sends as fast as answers come, unless `rate` is set.
+async fn load(addr: SocketAddr, spec: Load) -> LoadResult {
+    let Load {
+        connections,
+        seconds,
+        batch,
+        lifts,
+        rate,
+        seq_base,
+        tokens,
+    } = spec;
     let stop = Arc::new(AtomicBool::new(false));
     let requests = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -168,6 +198,7 @@ async fn load(
         let stop = stop.clone();
         let requests = requests.clone();
         let errors = errors.clone();
+        let tokens = tokens.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = Connection::new(addr);
             let mut latencies = Vec::new();
@@ -186,6 +217,7 @@ async fn load(
                     Instant::now()
                 };
                 let mut body = String::with_capacity(batch * 260);
+                let mut first_lift = 0;
                 if batch > 1 {
                     body.push('[');
                 }
@@ -197,6 +229,8 @@ async fn load(
                     let seq = seq_base + k / (lifts / connections).max(1) as u64 + 1;
                     if i > 0 {
                         body.push(',');
+                    } else {
+                        first_lift = lift;
                     }
                     body.push_str(&reading_json(lift, seq, &ts));
                 }
@@ -204,6 +238,9 @@ async fn load(
                     body.push(']');
                 }
                 n += 1;
+                if let Some(t) = &tokens {
+                    conn.set_bearer(Some(t[first_lift].clone()));
+                }
                 match conn
                     .send(
                         Method::POST,
@@ -298,6 +335,22 @@ async fn wait_processed(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Access tokens for every benchmark lift, signed with the key of the data dir the server will
+/// open (as if each lift had run the device flow).
+fn mint_tokens(dir: &Path, lifts: usize) -> anyhow::Result<Vec<String>> {
+    let config = crate::config::Config {
+        data_dir: dir.to_path_buf(),
+        ..crate::config::Config::load(None)?
+    };
+    let auth = crate::serve::open_authority(&config, Arc::new(hoistway_model::SystemClock))?;
+    (0..lifts)
+        .map(|i| {
+            let lift = hoistway_model::LiftId::new(&format!("BENCH-{i:06}"))?;
+            Ok(auth.access_token(&lift)?)
+        })
+        .collect()
+}
+
 async fn register_lifts(addr: SocketAddr, lifts: usize) -> anyhow::Result<()> {
     let mut csv = String::from("lift_id,building\n");
     for i in 0..lifts {
@@ -313,12 +366,12 @@ async fn batch_phase(addr: SocketAddr, args: &BenchArgs) -> anyhow::Result<(Load
     let t = Instant::now();
     let run = load(
         addr,
-        args.connections.min(8),
-        args.seconds,
-        1000,
-        args.lifts,
-        None,
-        2_000_000,
+        Load {
+            connections: args.connections.min(8),
+            batch: 1000,
+            seq_base: 2_000_000,
+            ..Load::single(args)
+        },
     )
     .await;
     wait_processed(addr).await?;
@@ -346,14 +399,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // 1. One reading per request: hoistway vs a bare axum handler.
     let (peer, _) = Proc::start(&["bench-peer", "--listen", "127.0.0.1:0"], &[])?;
-    let mut peer_single = load(peer.addr, conns, args.seconds, 1, args.lifts, None, 0).await;
+    let mut peer_single = load(peer.addr, Load::single(&args)).await;
     peer.kill();
     let dir1 = tmp.join("single");
     let a1 = serve_args(&dir1);
     let (server, _) = Proc::start(&a1.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
     register_lifts(server.addr, args.lifts).await?;
     let cpu0 = server.cpu_secs();
-    let mut single = load(server.addr, conns, args.seconds, 1, args.lifts, None, 0).await;
+    let mut single = load(server.addr, Load::single(&args)).await;
     let cpu_single = server.cpu_secs() - cpu0;
     wait_processed(server.addr).await?;
     println!("## One reading per request (keep-alive)");
@@ -379,15 +432,51 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         single.per_sec() / peer_single.per_sec().max(1.0)
     );
 
+    // 1b. The same with every lift sending its own access token (auth.devices = required):
+    // the token check, the verification cache and the per-lift rate limit on the hot path.
+    let dir_auth = tmp.join("single-auth");
+    let tokens = Arc::new(mint_tokens(&dir_auth, args.lifts)?);
+    let aa = serve_args(&dir_auth);
+    let (auth_server, _) = Proc::start(
+        &aa.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("HOISTWAY_AUTH__DEVICES", "required")],
+    )?;
+    register_lifts(auth_server.addr, args.lifts).await?;
+    let with_tokens = Load {
+        tokens: Some(tokens),
+        ..Load::single(&args)
+    };
+    let mut authed = load(auth_server.addr, with_tokens).await;
+    wait_processed(auth_server.addr).await?;
+    auth_server.kill();
+    println!("## One reading per request with device tokens");
+    println!("| server | readings/s | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---|---|");
+    for (name, run) in [
+        ("no token (open)", &mut single),
+        ("device token (required)", &mut authed),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} |",
+            run.per_sec(),
+            run.percentile_ms(0.5),
+            run.percentile_ms(0.99),
+            run.errors
+        );
+    }
+    println!(
+        "\nratio with tokens / without: {:.2}\n",
+        authed.per_sec() / single.per_sec().max(1.0)
+    );
+
     // 2. Steady offered rate: acknowledgement latency.
     let mut steady = load(
         server.addr,
-        conns,
-        args.seconds,
-        1,
-        args.lifts,
-        Some(args.rate),
-        1_000_000,
+        Load {
+            rate: Some(args.rate),
+            seq_base: 1_000_000,
+            ..Load::single(&args)
+        },
     )
     .await;
     println!("## Steady {} readings/s, one per request", args.rate);

@@ -17,6 +17,8 @@ pub struct Config {
     pub version: u32,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Seconds a client has to send a request's line and headers.
+    pub header_read_timeout_secs: u64,
     pub ingest: IngestConfig,
     pub log: LogConfig,
     pub processor: ProcessorSettings,
@@ -40,6 +42,10 @@ pub struct AuthSettings {
     pub session_hours: i64,
     /// Where installers enter user codes; empty: `http://<listen>/activate`.
     pub verification_uri: String,
+    /// Requests a lift may make per minute, sustained, and in one burst (a backlog resent after
+    /// an outage); above them it gets 429 with Retry-After.
+    pub ingest_requests_per_minute: u32,
+    pub ingest_burst: u32,
 }
 
 impl Default for AuthSettings {
@@ -54,6 +60,8 @@ impl Default for AuthSettings {
             poll_interval_secs: d.poll_interval_secs,
             session_hours: d.session_hours,
             verification_uri: String::new(),
+            ingest_requests_per_minute: 120,
+            ingest_burst: 600,
         }
     }
 }
@@ -184,6 +192,7 @@ impl Default for Config {
             version: CONFIG_VERSION,
             data_dir: PathBuf::from("hoistway-data"),
             listen: "127.0.0.1:8080".parse().unwrap(),
+            header_read_timeout_secs: 10,
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
             processor: ProcessorSettings::default(),

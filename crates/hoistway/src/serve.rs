@@ -127,9 +127,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let postgres_query = query.clone();
     let accepting = Arc::new(AtomicBool::new(true));
+    let ingest_rate = (config.auth.devices != hoistway_auth::DeviceMode::Open).then_some(
+        hoistway_server::rate::IngestRate {
+            per_minute: config.auth.ingest_requests_per_minute,
+            burst: config.auth.ingest_burst,
+        },
+    );
     let app = AppState::new(AppParts {
         ingest,
         auth,
+        rate: hoistway_server::rate::RateLimits::new(ingest_rate),
         fleet,
         registry,
         dlq,
@@ -192,15 +199,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // The line tests and scripts wait for; keep its shape.
     println!("hoistway listening on http://{addr}");
 
+    let header_read_timeout_secs = config.header_read_timeout_secs;
     let mut serve_shutdown = shutdown_rx.clone();
     let task = tokio::spawn(async move {
         let graceful = async move {
             let _ = serve_shutdown.wait_for(|s| *s).await;
             accepting.store(false, Ordering::Release);
         };
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(graceful)
-            .await;
+        let served = hoistway_server::listen::serve(
+            listener,
+            router,
+            hoistway_server::listen::ConnLimits {
+                header_read_timeout: Duration::from_secs(header_read_timeout_secs.max(1)),
+                ..Default::default()
+            },
+            graceful,
+        )
+        .await;
         // The router (and with it every Ingest handle) is gone: the sequencer answers what it
         // holds and ends; then the processor drains the log and checkpoints.
         sequencer_task.await?;

@@ -422,3 +422,191 @@ async fn optional_mode_takes_registered_lifts_without_a_token_during_a_roll_out(
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brute_force_hits_the_rate_limit_and_the_audit_log_records_who_did_what() {
+    let server = TestServer::start(&[]);
+    let r = server
+        .post_json(
+            "/v1/users",
+            &json!({ "username": "vera", "password": "a long enough password", "role": "viewer" })
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // Guessing a password: ten tries per account a minute, then 429 with Retry-After, even for
+    // the right password.
+    let mut limited = None;
+    for i in 0..12 {
+        let r = as_bearer(
+            &server,
+            None,
+            "POST",
+            "/v1/auth/login",
+            json!({ "username": "vera", "password": format!("guess number {i}") }),
+        )
+        .await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 401);
+    }
+    let r = limited.expect("the limit was reached");
+    assert!(
+        r.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let r = as_bearer(
+        &server,
+        None,
+        "POST",
+        "/v1/auth/login",
+        json!({ "username": "vera", "password": "a long enough password" }),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+
+    // Browser-facing headers on every response, errors included.
+    for h in [
+        "x-content-type-options",
+        "referrer-policy",
+        "content-security-policy",
+    ] {
+        assert!(r.headers.contains_key(h), "{h}");
+    }
+
+    // The audit log has the failures, the user's creation and the SQL with its author.
+    server.sql_rows("SELECT 1 AS one").await;
+    let audit = server.get("/v1/audit?limit=1000").await;
+    assert_eq!(audit.status, 200);
+    let items = audit.json()["items"].as_array().unwrap().clone();
+    let count = |action: &str, outcome: &str| {
+        items
+            .iter()
+            .filter(|e| e["action"] == action && e["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(count("login", "denied"), 10);
+    assert_eq!(count("user.create", "ok"), 1);
+    let sql = items.iter().find(|e| e["action"] == "sql").unwrap();
+    assert_eq!(sql["actor"], "admin");
+    assert_eq!(sql["detail"], "SELECT 1 AS one");
+    assert_eq!(sql["address"], "127.0.0.1");
+    let page = server.get("/v1/audit?action=user.create").await.json();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["target"], "vera");
+    // Secrets never reach the log.
+    let text = audit.body.iter().map(|b| *b as char).collect::<String>();
+    assert!(!text.contains("a long enough password") && !text.contains("guess number"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&[("HOISTWAY_HEADER_READ_TIMEOUT_SECS", "1")]);
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the server kept a stalled connection open");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Others are served all along.
+    assert_eq!(server.get("/healthz").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factory_provisioned_lifts_exchange_their_code_once() {
+    let server = TestServer::start(&[("HOISTWAY_AUTH__DEVICES", "required")]);
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/devices/provision?valid_days=30",
+        &[("content-type", "text/csv")],
+        Bytes::from("lift_id,building,model\nFAC-1,B-9,HW-2000\nFAC-2,B-9,HW-2000\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let csv = String::from_utf8(r.body.to_vec()).unwrap();
+    let codes: Vec<(String, String)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (lift, code) = l.split_once(',').unwrap();
+            (lift.to_string(), code.to_string())
+        })
+        .collect();
+    assert_eq!(codes.len(), 2);
+    assert_eq!(
+        server.get("/v1/lifts/FAC-1").await.json()["model"],
+        "HW-2000"
+    );
+    let grant = "urn%3Ahoistway%3Aparams%3Aoauth%3Agrant-type%3Aregistration_code";
+    let (lift, code) = &codes[0];
+    // Another lift cannot use it, nor can the device-code grant.
+    let r = form(
+        &server,
+        "/oauth/token",
+        &format!("grant_type={grant}&code={code}&client_id=FAC-2"),
+    )
+    .await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+    let r = form(
+        &server,
+        "/oauth/token",
+        &format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code={code}&client_id={lift}"),
+    )
+    .await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+    let r = form(
+        &server,
+        "/oauth/token",
+        &format!("grant_type={grant}&code={code}&client_id={lift}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = as_bearer(
+        &server,
+        Some(&token),
+        "POST",
+        "/v1/telemetry",
+        reading(lift, 1, 3),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = form(
+        &server,
+        "/oauth/token",
+        &format!("grant_type={grant}&code={code}&client_id={lift}"),
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"],
+        "invalid_grant",
+        "a registration code works once"
+    );
+    // A lift without a building is refused, and nothing of that file is registered.
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/devices/provision",
+        &[("content-type", "text/csv")],
+        Bytes::from("lift_id,building\nFAC-3,B-9\nFAC-4,\n"),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(server.get("/v1/lifts/FAC-3").await.status, 404);
+}
