@@ -85,7 +85,8 @@ impl RateLimits {
             login_address: Limiter::new("login_address", 30, 30),
             login_account: Limiter::new("login_account", 10, 10),
             code_entry: Limiter::new("user_code", 20, 20),
-            device_address: Limiter::new("device_address", 600, 1200),
+            // A building's or a factory's lifts may share one address.
+            device_address: Limiter::new("device_address", 3000, 20_000),
             device_client: Limiter::new("device_client", 10, 20),
         }
     }

@@ -1,5 +1,5 @@
-//! Lifts registering as real ones do: the RFC 8628 device flow, with the simulator also playing
-//! the installer (an operator token approves each user code), then refresh on expiry.
+//! Lifts registering as a factory-provisioned fleet does: an operator token provisions them, each
+//! lift exchanges its one-time code for tokens, then refreshes them on expiry.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,50 +40,61 @@ fn form(fields: &[(&str, &str)]) -> Bytes {
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
-/// Registers each `(lift, building)` through the device flow; `operator_token` approves the
-/// codes. Returns the tokens in the same order.
-pub async fn enrol(
+/// Registers the lifts of `registry_csv` as a factory does: `operator_token` provisions them
+/// (`POST /v1/devices/provision`), then each lift exchanges its one-time registration code for
+/// tokens. Returns the tokens by lift id.
+pub async fn provision(
     addr: SocketAddr,
     operator_token: &str,
-    lifts: &[(String, String)],
+    registry_csv: String,
     connections: usize,
-) -> Result<Vec<DeviceTokens>, String> {
-    let chunk = lifts.len().div_ceil(connections.max(1)).max(1);
+) -> Result<std::collections::HashMap<String, DeviceTokens>, String> {
+    let mut op = Connection::new(addr).with_bearer(Some(operator_token.to_string()));
+    let r = call(
+        &mut op,
+        "provisioning",
+        "/v1/devices/provision?valid_days=1",
+        "text/csv",
+        Bytes::from(registry_csv),
+    )
+    .await?;
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    let codes: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(','))
+        .map(|(lift, code)| (lift.to_string(), code.to_string()))
+        .collect();
+    let chunk = codes.len().div_ceil(connections.max(1)).max(1);
     let mut tasks = Vec::new();
-    for part in lifts.chunks(chunk) {
+    for part in codes.chunks(chunk) {
         let part = part.to_vec();
-        let operator = operator_token.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut lift_conn = Connection::new(addr);
-            let mut op_conn = Connection::new(addr).with_bearer(Some(operator));
-            // Every lift of this part asks and is approved, then all of them poll: one wait of
-            // the poll interval for the part, not one per lift.
-            let mut asked = Vec::with_capacity(part.len());
-            for (lift, building) in &part {
-                asked.push(ask_and_approve(&mut lift_conn, &mut op_conn, lift, building).await?);
-            }
+            let mut conn = Connection::new(addr);
             let mut out = Vec::with_capacity(part.len());
-            for (a, (lift, _)) in asked.iter().zip(&part) {
-                out.push(poll(&mut lift_conn, lift, a).await?);
+            for (lift, code) in part {
+                let body = form(&[
+                    ("grant_type", REGISTRATION_CODE_GRANT),
+                    ("code", &code),
+                    ("client_id", &lift),
+                ]);
+                let what = format!("{lift}: registration");
+                let r = call(&mut conn, &what, "/oauth/token", FORM, body).await?;
+                let tokens: DeviceTokens =
+                    serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+                out.push((lift, tokens));
             }
             Ok::<_, String>(out)
         }));
     }
-    let mut all = Vec::with_capacity(lifts.len());
+    let mut all = std::collections::HashMap::new();
     for t in tasks {
         all.extend(t.await.map_err(|e| e.to_string())??);
     }
     Ok(all)
 }
 
-#[derive(Deserialize)]
-struct Authorization {
-    device_code: String,
-    user_code: String,
-    interval: u64,
-    #[serde(skip, default = "std::time::Instant::now")]
-    at: std::time::Instant,
-}
+const REGISTRATION_CODE_GRANT: &str = "urn:hoistway:params:oauth:grant-type:registration_code";
 
 /// Sends one request; a transport error or a status other than 200 is an error naming `what`.
 async fn call(
@@ -106,68 +117,6 @@ async fn call(
             String::from_utf8_lossy(&r.body)
         ))
     }
-}
-
-async fn ask_and_approve(
-    lift_conn: &mut Connection,
-    op_conn: &mut Connection,
-    lift: &str,
-    building: &str,
-) -> Result<Authorization, String> {
-    let r = call(
-        lift_conn,
-        &format!("{lift}: device authorization"),
-        "/oauth/device_authorization",
-        FORM,
-        form(&[("client_id", lift)]),
-    )
-    .await?;
-    let a: Authorization = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
-    let approve = serde_json::json!({ "user_code": a.user_code, "building": building });
-    call(
-        op_conn,
-        &format!("{lift}: approval"),
-        "/v1/devices/approve",
-        "application/json",
-        Bytes::from(approve.to_string()),
-    )
-    .await?;
-    Ok(a)
-}
-
-async fn poll(
-    lift_conn: &mut Connection,
-    lift: &str,
-    a: &Authorization,
-) -> Result<DeviceTokens, String> {
-    // The lift polls no sooner than the interval it was given.
-    let mut interval = a.interval;
-    let mut last = a.at;
-    for _ in 0..10 {
-        let next = last + Duration::from_secs(interval);
-        tokio::time::sleep_until(next.into()).await;
-        last = std::time::Instant::now();
-        let body = form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-            ("device_code", &a.device_code),
-            ("client_id", lift),
-        ]);
-        match call(
-            lift_conn,
-            &format!("{lift}: token request"),
-            "/oauth/token",
-            FORM,
-            body,
-        )
-        .await
-        {
-            Ok(r) => return serde_json::from_slice(&r.body).map_err(|e| e.to_string()),
-            Err(e) if e.contains("authorization_pending") => {}
-            Err(e) if e.contains("slow_down") => interval += 5,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(format!("{lift}: never approved"))
 }
 
 /// Exchanges a refresh token for new tokens.

@@ -298,27 +298,18 @@ impl Simulator {
         }
     }
 
-    /// Each lift's building, as `registry_csv` assigns them.
-    pub fn lift_buildings(&self) -> Vec<(String, String)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.lift.id.clone(), format!("B{:05}", i / 8)))
-            .collect()
-    }
-
-    /// Registers every lift with the device flow (`operator_token` approves), so that each
-    /// posts with its own access token from then on.
+    /// Registers every lift as a factory does (`operator_token` provisions them, each lift
+    /// exchanges its one-time code), so that each posts with its own access token from then on.
     pub async fn enrol(&self, addr: SocketAddr, operator_token: &str) -> Result<(), String> {
-        let tokens = crate::device::enrol(
+        let mut tokens = crate::device::provision(
             addr,
             operator_token,
-            &self.lift_buildings(),
+            self.registry_csv(),
             self.config.connections,
         )
         .await?;
-        for (slot, t) in self.credentials.iter().zip(tokens) {
-            *slot.lock() = Some(t);
+        for (slot, s) in self.credentials.iter().zip(&self.slots) {
+            *slot.lock() = tokens.remove(&s.lift.id);
         }
         Ok(())
     }

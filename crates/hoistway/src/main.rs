@@ -199,7 +199,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let postgres = config.query.postgres_listen.trim().to_string();
     // A fresh data dir gets an admin (who enrols TOTP at the first login) and an API token
-    // that plays the installer approving the simulated lifts.
+    // that provisions the simulated lifts (factory registration codes).
     let fresh = !data_dir.join("auth/auth.sqlite3").exists();
     let admin = if fresh {
         Some(access::add_user_offline(

@@ -138,8 +138,8 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if !args.no_register {
         register(addr, token.as_deref(), sim.registry_csv()).await?;
         match &token {
-            // Each lift registers with the device flow, as a real one does; the operator token
-            // plays the installer who enters the codes.
+            // The operator token provisions the fleet as a factory does; each lift exchanges its
+            // one-time registration code for its own tokens.
             Some(t) => sim
                 .enrol(addr, t)
                 .await

@@ -34,7 +34,7 @@ async fn acknowledged_readings_survive_repeated_kill_9() {
         // Flushes every second and compaction every second: the kills land in both.
         ("HOISTWAY_STORAGE__COMPACT_MIN_FILES", "3"),
         ("HOISTWAY_STORAGE__MAINTENANCE_INTERVAL_SECS", "1"),
-        // Every lift registers with the device flow and posts with its own token.
+        // Every lift registers with its factory code and posts with its own token.
         ("HOISTWAY_AUTH__DEVICES", "required"),
     ]);
     let addr = server.addr;
