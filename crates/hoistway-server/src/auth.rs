@@ -412,15 +412,9 @@ pub async fn device_approve(
             ));
         }
     };
-    let mut info = existing.map(|i| (*i).clone()).unwrap_or(LiftInfo {
-        lift_id: grant.lift_id.clone(),
-        building: String::new(),
-        site: String::new(),
-        customer: String::new(),
-        model: String::new(),
-        install_date: None,
-        initial_trips: 0,
-    });
+    let mut info = existing
+        .map(|i| (*i).clone())
+        .unwrap_or_else(|| LiftInfo::new(grant.lift_id.clone()));
     info.building = building.clone();
     if let Some(site) = d.site {
         info.site = site;
