@@ -732,6 +732,12 @@ impl Authority {
             outcome: outcome.to_string(),
             address,
             detail: detail.to_string(),
+            customer: self
+                .store
+                .user(actor)
+                .ok()
+                .flatten()
+                .and_then(|u| u.customer),
         };
         if let Err(e) = self.store.append_audit(&event) {
             tracing::error!(error = %e, action, "could not record an audit event");
@@ -744,14 +750,24 @@ impl Authority {
 
     // ---- staff -----------------------------------------------------------------------------
 
-    /// Adds a staff account.
-    pub fn create_user(&self, username: &str, password: &str, role: Role) -> Result<User> {
+    /// Adds a staff account: the lift maker's (`customer` `None`) or one customer's.
+    pub fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+        customer: Option<&str>,
+    ) -> Result<User> {
         check_username(username)?;
         password::check_strength(password)?;
+        if let Some(c) = customer {
+            check_customer(c)?;
+        }
         let user = User {
             username: username.to_string(),
             password_hash: password::hash(password)?,
             role,
+            customer: customer.map(str::to_string),
             totp_secret: None,
             totp_confirmed: false,
             totp_last_step: 0,
@@ -1048,6 +1064,7 @@ impl Authority {
             return Ok(Principal::User {
                 username: user.username,
                 role: user.role,
+                customer: user.customer,
                 token_id: token.id,
                 second_factor: token.second_factor,
             });
@@ -1064,6 +1081,16 @@ fn normalised(user_code: &str) -> Result<String> {
             "a user code is 8 letters from BCDFGHJKLMNPQRSTVWXZ, shown as XXXX-XXXX",
         )
     })
+}
+
+fn check_customer(customer: &str) -> Result<()> {
+    if customer.is_empty() || customer.len() > 128 || customer.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "customer",
+            "1 to 128 characters without control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn check_username(name: &str) -> Result<()> {

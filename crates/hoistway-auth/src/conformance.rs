@@ -14,6 +14,7 @@ fn user(name: &str) -> User {
         username: name.into(),
         password_hash: "$argon2id$x".into(),
         role: Role::Viewer,
+        customer: (name == "bob").then(|| "acme".to_string()),
         totp_secret: None,
         totp_confirmed: false,
         totp_last_step: 0,
@@ -69,6 +70,7 @@ fn audit(store: &dyn AuthStore) {
         outcome: "ok".into(),
         address: Some("127.0.0.1".into()),
         detail: "d".into(),
+        customer: (actor == "bob").then(|| "acme".to_string()),
     };
     let a = store.append_audit(&event("alice", "login")).unwrap();
     let b = store.append_audit(&event("bob", "login")).unwrap();
@@ -92,6 +94,7 @@ fn audit(store: &dyn AuthStore) {
         after_id,
         actor: actor.map(str::to_string),
         action: action.map(str::to_string),
+        customer: None,
         limit,
     };
     let ids = |q: AuditQuery| {
@@ -105,6 +108,12 @@ fn audit(store: &dyn AuthStore) {
     assert_eq!(ids(q(None, Some("alice"), None, 10)), [a, c]);
     assert_eq!(ids(q(None, None, Some("login"), 10)), [a, b]);
     assert_eq!(ids(q(Some(a), None, None, 1)), [b], "after an id, limited");
+    let acme = AuditQuery {
+        customer: Some("acme".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(ids(acme), [b], "a customer's people's events");
 }
 
 fn users(store: &dyn AuthStore) {
@@ -122,6 +131,11 @@ fn users(store: &dyn AuthStore) {
         .map(|u| u.username)
         .collect();
     assert_eq!(names, ["alice", "bob"], "users come by name");
+    assert_eq!(
+        store.user("bob").unwrap().unwrap().customer.as_deref(),
+        Some("acme"),
+        "a user's customer is kept"
+    );
     // A closure that returns false writes nothing.
     let seen = store
         .update_user("alice", &mut |u| {

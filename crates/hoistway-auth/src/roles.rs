@@ -47,7 +47,7 @@ impl Role {
         match access {
             Access::Public | Access::Staff => true,
             Access::Device => false,
-            Access::Role(needed) => self >= needed,
+            Access::Role(needed) | Access::Fleet(needed) => self >= needed,
         }
     }
 }
@@ -76,7 +76,11 @@ pub enum Access {
     /// account, sessions and tokens).
     Staff,
     /// A staff member with at least this role, second factor done where the role needs one.
+    /// A customer's user passes too; the handler shows them only that customer's data.
     Role(Role),
+    /// As `Role`, for the lift maker's staff only (whole-fleet scope): device enrolment,
+    /// signing keys, storage upkeep, fleet-wide metrics.
+    Fleet(Role),
 }
 
 /// Who sent a request.
@@ -88,6 +92,8 @@ pub enum Principal {
     User {
         username: String,
         role: Role,
+        /// `Some(c)`: one of customer `c`'s people, who see only its lifts.
+        customer: Option<String>,
         /// Id of the token used (to revoke "this session" on logout).
         token_id: String,
         /// False while an operator or admin has yet to pass a second factor.
@@ -114,10 +120,16 @@ impl Principal {
                 Principal::User {
                     role,
                     second_factor,
+                    customer,
                     ..
                 },
-                Access::Role(needed),
+                Access::Role(needed) | Access::Fleet(needed),
             ) => {
+                if let (Some(customer), Access::Fleet(_)) = (customer, access) {
+                    return Err(Error::Forbidden(format!(
+                        "this is for the lift maker's staff; your account belongs to customer {customer:?}"
+                    )));
+                }
                 if role.needs_second_factor() && !second_factor {
                     return Err(Error::Forbidden(format!(
                         "the {role} role needs a second factor: enrol TOTP (POST /v1/auth/totp) and log in again"
@@ -140,6 +152,19 @@ impl Principal {
             Principal::Device { .. } => None,
         }
     }
+
+    /// The customer a user belongs to; `None` for the lift maker's staff (and devices).
+    pub fn customer(&self) -> Option<&str> {
+        match self {
+            Principal::User { customer, .. } => customer.as_deref(),
+            Principal::Device { .. } => None,
+        }
+    }
+
+    /// Whether this principal holds at least `role` (ignoring scope).
+    pub fn has_role(&self, needed: Role) -> bool {
+        matches!(self, Principal::User { role, .. } if *role >= needed)
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +176,7 @@ mod tests {
         let user = |role, second_factor| Principal::User {
             username: "u".into(),
             role,
+            customer: None,
             token_id: "t".into(),
             second_factor,
         };

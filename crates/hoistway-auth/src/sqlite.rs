@@ -17,7 +17,7 @@ use crate::store::{
 use crate::{Error, Result};
 
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -40,6 +40,10 @@ pub const MIGRATIONS: &[&str] = &[
                         outcome TEXT NOT NULL, address TEXT, detail TEXT NOT NULL);
     CREATE INDEX audit_actor ON audit (actor, id);
     CREATE INDEX audit_action ON audit (action, id);
+",
+    "
+    ALTER TABLE audit ADD COLUMN customer TEXT;
+    CREATE INDEX audit_customer ON audit (customer, id);
 ",
 ];
 
@@ -397,10 +401,10 @@ impl SqliteAuthStore {
     fn append_audit_row(&self, e: &AuditEvent) -> rusqlite::Result<i64> {
         let conn = self.conn.lock();
         conn.execute(
-            "INSERT INTO audit (at_us, actor, action, target, outcome, address, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO audit (at_us, actor, action, target, outcome, address, detail, customer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
-                e.at_us, e.actor, e.action, e.target, e.outcome, e.address, e.detail
+                e.at_us, e.actor, e.action, e.target, e.outcome, e.address, e.detail, e.customer
             ],
         )?;
         Ok(conn.last_insert_rowid())
@@ -409,8 +413,9 @@ impl SqliteAuthStore {
     fn audit_rows(&self, q: &AuditQuery) -> rusqlite::Result<Vec<AuditEvent>> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, at_us, actor, action, target, outcome, address, detail FROM audit
+            "SELECT id, at_us, actor, action, target, outcome, address, detail, customer FROM audit
              WHERE id > ?1 AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3)
+               AND (?5 IS NULL OR customer = ?5)
              ORDER BY id LIMIT ?4",
         )?;
         let rows = stmt.query_map(
@@ -418,7 +423,8 @@ impl SqliteAuthStore {
                 q.after_id.unwrap_or(0),
                 q.actor,
                 q.action,
-                q.limit.min(100_000) as i64
+                q.limit.min(100_000) as i64,
+                q.customer
             ],
             |r| {
                 Ok(AuditEvent {
@@ -430,6 +436,7 @@ impl SqliteAuthStore {
                     outcome: r.get(5)?,
                     address: r.get(6)?,
                     detail: r.get(7)?,
+                    customer: r.get(8)?,
                 })
             },
         )?;

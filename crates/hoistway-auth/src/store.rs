@@ -18,6 +18,10 @@ pub struct User {
     /// PHC string (argon2id).
     pub password_hash: String,
     pub role: Role,
+    /// The customer whose people this user belongs to: they see only that customer's lifts
+    /// and, as admins, manage only its users. `None`: the lift maker's staff (whole fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
     /// TOTP secret; `totp_confirmed` once a code from it was entered.
     pub totp_secret: Option<Vec<u8>>,
     pub totp_confirmed: bool,
@@ -153,6 +157,9 @@ pub struct AuditEvent {
     pub outcome: String,
     pub address: Option<String>,
     pub detail: String,
+    /// The actor's customer when the actor is a customer's user: that customer's admins read
+    /// these events.
+    pub customer: Option<String>,
 }
 
 /// A page of the audit log, oldest first.
@@ -161,6 +168,8 @@ pub struct AuditQuery {
     pub after_id: Option<i64>,
     pub actor: Option<String>,
     pub action: Option<String>,
+    /// Only the events of this customer's users.
+    pub customer: Option<String>,
     pub limit: usize,
 }
 

@@ -275,17 +275,21 @@ fn code_now(f: &Fixture, secret_b32: &str) -> String {
 fn staff_log_in_with_a_password_and_a_totp_code_used_once() {
     let f = fixture();
     f.auth
-        .create_user("olivia", "a long enough password", Role::Operator)
+        .create_user("olivia", "a long enough password", Role::Operator, None)
         .unwrap();
     assert!(matches!(
         f.auth
-            .create_user("olivia", "a long enough password", Role::Viewer),
+            .create_user("olivia", "a long enough password", Role::Viewer, None),
         Err(Error::Conflict(_))
     ));
-    assert!(f.auth.create_user("x", "short", Role::Viewer).is_err());
     assert!(
         f.auth
-            .create_user("Bad Name", "a long enough password", Role::Viewer)
+            .create_user("x", "short", Role::Viewer, None)
+            .is_err()
+    );
+    assert!(
+        f.auth
+            .create_user("Bad Name", "a long enough password", Role::Viewer, None)
             .is_err()
     );
     assert!(matches!(

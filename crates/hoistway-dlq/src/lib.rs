@@ -113,6 +113,8 @@ pub struct DlqFile {
 
 pub struct DeadLetterQueue {
     dir: PathBuf,
+    /// Bytes of pending files, kept current by every change (ingest checks it per request).
+    pending_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn parse_name(name: &str) -> Option<(u64, u64)> {
@@ -135,7 +137,25 @@ impl DeadLetterQueue {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         fs::create_dir_all(dir.join("replayed"))?;
-        Ok(Self { dir })
+        let dlq = Self {
+            dir,
+            pending_bytes: Default::default(),
+        };
+        dlq.recount();
+        Ok(dlq)
+    }
+
+    /// Bytes of the pending (not yet replayed) files.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn recount(&self) {
+        let (_, bytes) = self.size();
+        self.pending_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("hoistway_dlq_pending_bytes").set(bytes as f64);
     }
 
     pub fn dir(&self) -> &Path {
@@ -167,16 +187,19 @@ impl DeadLetterQueue {
         file.sync_all()?;
         fs::rename(&tmp, self.dir.join(&name))?;
         File::open(&self.dir)?.sync_all()?;
+        self.recount();
         Ok(())
     }
 
     /// Removes a batch written by a checkpoint attempt that failed (it will be written again).
     pub fn remove_batch(&self, first_offset: u64, last_offset: u64) -> Result<()> {
         let name = format!("{first_offset:020}-{last_offset:020}.ndjson");
-        match fs::remove_file(self.dir.join(name)) {
+        let removed = match fs::remove_file(self.dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
-        }
+        };
+        self.recount();
+        removed
     }
 
     /// Deletes batches that start at or after `offset`: written before a crash, but not covered
@@ -194,6 +217,7 @@ impl DeadLetterQueue {
                 removed += 1;
             }
         }
+        self.recount();
         Ok(removed)
     }
 
@@ -277,6 +301,7 @@ impl DeadLetterQueue {
             },
         )?;
         File::open(&self.dir)?.sync_all()?;
+        self.recount();
         Ok(())
     }
 

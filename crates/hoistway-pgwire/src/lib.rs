@@ -6,11 +6,17 @@
 //! `POST /v1/sql`, in text or binary columns ([`encode`]). When the row limit cuts a result
 //! short, the client gets a `WARNING` notice.
 //!
-//! Not here: authentication (there is none yet, so the listener belongs on loopback or a
-//! private network), TLS, `COPY`, and the `pg_catalog` tables that GUI clients browse. Session
-//! commands (`SET`, `BEGIN`, `COMMIT`, `ROLLBACK`, `DISCARD`, `RESET`) are acknowledged and
-//! ignored: every query is read-only over a fresh snapshot, so there is no session state.
+//! Clients authenticate with their Hoistway user name and, as the password, an API token (or
+//! a session token) of that user ([`auth`]); the password travels in clear inside TLS, so
+//! without TLS it is taken only where [`PlainPasswords`] allows (by default from loopback).
+//! Each query runs as that user: the same roles and customer scope as `POST /v1/sql`, and the
+//! token is checked again on every query, so revoking it ends the connection's access.
+//!
+//! Not here: `COPY`, and the `pg_catalog` tables that GUI clients browse. Session commands
+//! (`SET`, `BEGIN`, `COMMIT`, `ROLLBACK`, `DISCARD`, `RESET`) are acknowledged and ignored:
+//! every query is read-only over a fresh snapshot, so there is no session state.
 
+pub mod auth;
 pub mod encode;
 
 use std::fmt::Debug;
@@ -34,13 +40,19 @@ use pgwire::messages::PgWireBackendMessage;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use auth::PlainPasswords;
+
 /// Accepts connections until `shutdown` turns true; each connection runs on its own task.
+/// `tls` holds the current acceptor (none: TLS off); a client that asks for TLS gets it.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<QueryEngine>,
+    authority: Arc<hoistway_auth::Authority>,
+    plain: PlainPasswords,
+    tls: watch::Receiver<Option<pgwire::tokio::TlsAcceptor>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let handlers = Arc::new(Handlers::new(engine));
+    let handlers = Arc::new(Handlers::new(engine, authority, plain));
     let stopped = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
@@ -50,8 +62,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let handlers = handlers.clone();
+                    let acceptor = tls.borrow().clone();
                     tokio::spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                             tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
                         }
                     });
@@ -70,22 +83,34 @@ pub async fn serve(
 /// The protocol handlers pgwire calls for every connection.
 pub struct Handlers {
     backend: Arc<Backend>,
+    startup: Arc<auth::Startup>,
 }
 
 impl Handlers {
-    pub fn new(engine: Arc<QueryEngine>) -> Self {
+    pub fn new(
+        engine: Arc<QueryEngine>,
+        authority: Arc<hoistway_auth::Authority>,
+        plain: PlainPasswords,
+    ) -> Self {
         Self {
             backend: Arc::new(Backend {
                 parser: Arc::new(Parser {
                     engine: engine.clone(),
+                    authority: authority.clone(),
                 }),
                 engine,
+                authority: authority.clone(),
             }),
+            startup: Arc::new(auth::Startup::new(authority, plain)),
         }
     }
 }
 
 impl PgWireServerHandlers for Handlers {
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.backend.clone()
     }
@@ -97,6 +122,7 @@ impl PgWireServerHandlers for Handlers {
 
 struct Backend {
     engine: Arc<QueryEngine>,
+    authority: Arc<hoistway_auth::Authority>,
     parser: Arc<Parser>,
 }
 
@@ -136,6 +162,7 @@ fn query_error(e: hoistway_query::Error) -> PgWireError {
         Error::Invalid(_) => "42601",            // syntax_error (also unknown tables)
         Error::Timeout(_) => "57014",            // query_canceled
         Error::ResourcesExhausted(_) => "53200", // out_of_memory
+        Error::Forbidden(_) => "42501",          // insufficient_privilege
         Error::Internal(_) => "XX000",           // internal_error
     };
     PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -291,7 +318,13 @@ impl SimpleQueryHandler for Backend {
         if let Some(tag) = session_command(query) {
             return Ok(vec![Response::Execution(Tag::new(tag))]);
         }
-        let df = self.engine.plan(query).await.map_err(query_error)?;
+        let caller = auth::caller(&self.authority, client)?;
+        auth::audit(&self.authority, client, query);
+        let df = self
+            .engine
+            .plan(query, &caller)
+            .await
+            .map_err(query_error)?;
         Ok(vec![self.run(client, df, &Format::UnifiedText).await?])
     }
 }
@@ -299,6 +332,7 @@ impl SimpleQueryHandler for Backend {
 /// Plans each statement once at `Parse` to describe it; execution plans it again.
 struct Parser {
     engine: Arc<QueryEngine>,
+    authority: Arc<hoistway_auth::Authority>,
 }
 
 #[async_trait]
@@ -307,7 +341,7 @@ impl QueryParser for Parser {
 
     async fn parse_sql<C>(
         &self,
-        _client: &C,
+        client: &C,
         sql: &str,
         _types: &[Option<Type>],
     ) -> PgWireResult<Option<Statement>>
@@ -322,7 +356,8 @@ impl QueryParser for Parser {
                 schema: None,
             }));
         }
-        let df = self.engine.plan(sql).await.map_err(query_error)?;
+        let caller = auth::caller(&self.authority, client)?;
+        let df = self.engine.plan(sql, &caller).await.map_err(query_error)?;
         Ok(Some(Statement {
             sql: sql.to_string(),
             session_tag: None,
@@ -372,9 +407,11 @@ impl ExtendedQueryHandler for Backend {
         if let Some(tag) = statement.session_tag {
             return Ok(Response::Execution(Tag::new(tag)));
         }
+        let caller = auth::caller(&self.authority, client)?;
+        auth::audit(&self.authority, client, &statement.sql);
         let df = self
             .engine
-            .plan(&statement.sql)
+            .plan(&statement.sql, &caller)
             .await
             .map_err(query_error)?;
         let expected = parameter_types(&df)?;

@@ -241,9 +241,10 @@ impl Fleet {
             .collect()
     }
 
-    pub fn summary(&self) -> FleetSummary {
+    /// Counts over the lifts `filter` selects (all: the default filter).
+    pub fn summary(&self, filter: &LiftFilter) -> FleetSummary {
         let now = self.clock.now_us();
-        let infos = self.registry.list(&LiftFilter::default());
+        let infos = self.registry.list(filter);
         let fleet = self.state.read();
         let mut s = FleetSummary {
             lifts: infos.len() as u64,
@@ -260,11 +261,15 @@ impl Fleet {
             s.entrapped += state.is_some_and(|s| s.entrapped) as u64;
             s.in_maintenance += state.is_some_and(|s| s.in_maintenance) as u64;
         }
-        s.unregistered_with_state = fleet
-            .lifts
-            .keys()
-            .filter(|k| !self.registry.contains(k.as_str()))
-            .count() as u64;
+        let whole_fleet =
+            filter.building.is_none() && filter.site.is_none() && filter.customer.is_none();
+        if whole_fleet {
+            s.unregistered_with_state = fleet
+                .lifts
+                .keys()
+                .filter(|k| !self.registry.contains(k.as_str()))
+                .count() as u64;
+        }
         s
     }
 

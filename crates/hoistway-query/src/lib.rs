@@ -4,7 +4,11 @@
 //! fleet's latest state. Out: Arrow record batches, and JSON / CSV / Parquet encodings of them.
 //! Tables: `readings` (buffer + hot + archive as one table; time and lift predicates skip
 //! files, row groups and pages), `rollups_hourly`, `rollups_daily` (views over the stored
-//! partials, merged exactly), `rollup_partials`, `lifts` and `lift_state`.
+//! partials, merged exactly), `rollup_partials`, `lifts`, `lift_state` and `audit` (admins).
+//!
+//! Every query runs for a [`Caller`]. A customer's caller gets the same table names over
+//! filtered views: `readings` of the periods the customer held each lift, rollup hours it
+//! held whole, its current lifts and their state, its own users' audit events.
 //!
 //! Only queries run: DDL, DML, `SET`, `COPY` and file or URL tables are refused with a
 //! [`Error::Refused`]. Every query has a row limit, a time limit and a memory limit.
@@ -12,6 +16,7 @@
 mod output;
 pub mod tables;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +49,43 @@ pub enum Error {
     Timeout(Duration),
     #[error("query needs more memory than the limit: {0}")]
     ResourcesExhausted(String),
+    /// The caller may not read what the query names (the `audit` table without admin).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("query failed: {0}")]
     Internal(String),
+}
+
+/// Marks a refusal raised inside a plan, so that it reaches the caller as
+/// [`Error::Forbidden`].
+#[derive(Debug)]
+struct Denied(String);
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Denied {}
+
+/// Who runs a query, which decides the rows every table shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// `Some(c)`: one of customer `c`'s people; `None`: the lift maker's staff.
+    pub customer: Option<String>,
+    /// Admins read the `audit` table.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// The whole fleet, audit included (the offline CLI, benchmarks, tests).
+    pub fn fleet_admin() -> Self {
+        Self {
+            customer: None,
+            admin: true,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,6 +93,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<DataFusionError> for Error {
     fn from(e: DataFusionError) -> Self {
         match e.find_root() {
+            DataFusionError::External(inner) if inner.downcast_ref::<Denied>().is_some() => {
+                Error::Forbidden(inner.to_string())
+            }
             DataFusionError::SQL(..)
             | DataFusionError::Plan(..)
             | DataFusionError::SchemaError(..) => Error::Invalid(with_table_hint(e.find_root())),
@@ -64,7 +107,8 @@ impl From<DataFusionError> for Error {
 }
 
 /// The tables a query can read, named in the error for an unknown table or a file or URL.
-const TABLES: &str = "readings, rollups_hourly, rollups_daily, rollup_partials, lifts, lift_state";
+const TABLES: &str =
+    "readings, rollups_hourly, rollups_daily, rollup_partials, lifts, lift_state, audit";
 
 /// DataFusion's "table 'x' not found" also answers `FROM '/some/file'` and `read_csv(..)`; say
 /// what can be read instead.
@@ -115,9 +159,15 @@ pub struct QueryEngine {
     fleet: Fleet,
     limits: QueryLimits,
     runtime: Arc<RuntimeEnv>,
+    audit: Option<Arc<hoistway_auth::Authority>>,
     /// Tables, views and functions, registered once (see [`QueryEngine::context`]).
     base: tokio::sync::OnceCell<SessionState>,
+    /// The same per customer, over that customer's views; built on its first query.
+    scoped: std::sync::Mutex<HashMap<String, SessionState>>,
 }
+
+/// Customers whose sessions are kept ready; beyond it the cache starts over.
+const SCOPED_SESSIONS: usize = 1024;
 
 impl std::fmt::Debug for QueryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,6 +286,111 @@ fn lift_state_schema() -> SchemaRef {
     ]))
 }
 
+/// `hoistway_owned(lift_id, time_us, span_us)`: whether the customer held the lift for the
+/// whole of `[time, time + span]`.
+fn owned_udf(registry: Arc<hoistway_registry::Registry>, customer: String) -> ScalarUDF {
+    create_udf(
+        "hoistway_owned",
+        vec![DataType::Utf8, DataType::Int64, DataType::Int64],
+        DataType::Boolean,
+        Volatility::Immutable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            use arrow::array::{Array, AsArray, BooleanArray};
+            use arrow::datatypes::Int64Type;
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let ids = arrays[0].as_string::<i32>();
+            let times = arrays[1].as_primitive::<Int64Type>();
+            let spans = arrays[2].as_primitive::<Int64Type>();
+            let out: BooleanArray = registry.with_ownership(|owners| {
+                (0..ids.len())
+                    .map(|i| {
+                        let held = !ids.is_null(i)
+                            && !times.is_null(i)
+                            && owners.held(
+                                &customer,
+                                ids.value(i),
+                                times.value(i),
+                                times
+                                    .value(i)
+                                    .saturating_add(spans.value(i))
+                                    .saturating_add(1),
+                            );
+                        Some(held)
+                    })
+                    .collect()
+            });
+            Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
+        }),
+    )
+}
+
+fn audit_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("at", hoistway_store::schema::timestamp_type(), false),
+        Field::new("actor", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("address", DataType::Utf8, true),
+        Field::new("detail", DataType::Utf8, false),
+        Field::new("customer", DataType::Utf8, true),
+    ]))
+}
+
+/// The audit events `caller` may read: all for the lift maker's admins, its own users' for a
+/// customer's admin, none (an error that says so) for anyone else.
+fn audit_rows(
+    auth: Option<&hoistway_auth::Authority>,
+    caller: &Caller,
+) -> datafusion::error::Result<RecordBatch> {
+    if !caller.admin {
+        return Err(DataFusionError::External(Box::new(Denied(
+            "permission denied for table audit: it is for admins".into(),
+        ))));
+    }
+    let Some(auth) = auth else {
+        return Ok(RecordBatch::new_empty(audit_schema()));
+    };
+    #[derive(serde::Serialize)]
+    struct Row {
+        id: i64,
+        at: i64,
+        actor: String,
+        action: String,
+        target: String,
+        outcome: String,
+        address: Option<String>,
+        detail: String,
+        customer: Option<String>,
+    }
+    let mut rows = Vec::new();
+    let mut query = hoistway_auth::AuditQuery {
+        customer: caller.customer.clone(),
+        limit: 10_000,
+        ..Default::default()
+    };
+    loop {
+        let page = auth
+            .audit(&query)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let Some(last) = page.last() else { break };
+        query.after_id = Some(last.id);
+        rows.extend(page.into_iter().map(|e| Row {
+            id: e.id,
+            at: e.at_us,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            outcome: e.outcome,
+            address: e.address,
+            detail: e.detail,
+            customer: e.customer,
+        }));
+    }
+    rows_to_batch(audit_schema(), &rows)
+}
+
 fn rows_to_batch<T: serde::Serialize>(
     schema: SchemaRef,
     rows: &[T],
@@ -263,8 +418,16 @@ impl QueryEngine {
             fleet,
             limits,
             runtime,
+            audit: None,
             base: tokio::sync::OnceCell::new(),
+            scoped: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Serves the `audit` table from this authority's log.
+    pub fn with_audit(mut self, auth: Arc<hoistway_auth::Authority>) -> Self {
+        self.audit = Some(auth);
+        self
     }
 
     pub fn limits(&self) -> &QueryLimits {
@@ -274,30 +437,107 @@ impl QueryEngine {
     /// A session over a fresh snapshot: every table a query sees is from the same moment.
     /// Tables, views and functions are set up once; a query only clones that session state
     /// (a fresh DataFusion session costs milliseconds, more than a small query).
-    pub async fn context(&self) -> Result<SessionContext> {
-        let base = self.base.get_or_try_init(|| self.base_state()).await?;
-        let mut state = base.clone();
+    pub async fn context(&self, caller: &Caller) -> Result<SessionContext> {
+        let mut state = match &caller.customer {
+            None => self
+                .base
+                .get_or_try_init(|| self.base_state(None))
+                .await?
+                .clone(),
+            Some(customer) => self.scoped_state(customer).await?,
+        };
         state
             .config_mut()
             .set_extension(Arc::new(self.store.snapshot()));
+        state.config_mut().set_extension(Arc::new(caller.clone()));
         Ok(SessionContext::new_with_state(state))
     }
 
-    async fn base_state(&self) -> Result<SessionState> {
+    async fn scoped_state(&self, customer: &str) -> Result<SessionState> {
+        let cached = self
+            .scoped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(customer)
+            .cloned();
+        if let Some(state) = cached {
+            return Ok(state);
+        }
+        let state = self.base_state(Some(customer)).await?;
+        let mut scoped = self.scoped.lock().unwrap_or_else(|p| p.into_inner());
+        if scoped.len() >= SCOPED_SESSIONS {
+            scoped.clear();
+        }
+        scoped.insert(customer.to_string(), state.clone());
+        Ok(state)
+    }
+
+    /// `readings` or `rollup_partials` for `customer`: the stored table filtered to rows of
+    /// the periods it held each lift (`span_us` after the row's time included: an hour of
+    /// rollups counts only when held whole). The stored table itself is not registered, so
+    /// no name reaches it unfiltered.
+    fn owned_view(
+        &self,
+        kind: Kind,
+        name: &str,
+        time_column: &str,
+        span_us: i64,
+        customer: &str,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+        use datafusion::logical_expr::{LogicalPlanBuilder, cast, col, lit};
+        let owned = owned_udf(self.fleet.registry().clone(), customer.to_string());
+        let plan = LogicalPlanBuilder::scan(
+            name,
+            datafusion::datasource::provider_as_source(Arc::new(StoredTable::new(kind))),
+            None,
+        )?
+        .filter(owned.call(vec![
+            cast(col("lift_id"), DataType::Utf8),
+            cast(col(time_column), DataType::Int64),
+            lit(span_us),
+        ]))?
+        .build()?;
+        Ok(Arc::new(datafusion::datasource::ViewTable::new(plan, None)))
+    }
+
+    async fn base_state(&self, customer: Option<&str>) -> Result<SessionState> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_batch_size(BATCH_ROWS);
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         ctx.register_udf(bit_count_udf());
-        ctx.register_table("readings", Arc::new(StoredTable::new(Kind::Readings)))?;
-        ctx.register_table(
-            "rollup_partials",
-            Arc::new(StoredTable::new(Kind::RollupsHourly)),
-        )?;
+        match customer {
+            None => {
+                ctx.register_table("readings", Arc::new(StoredTable::new(Kind::Readings)))?;
+                ctx.register_table(
+                    "rollup_partials",
+                    Arc::new(StoredTable::new(Kind::RollupsHourly)),
+                )?;
+            }
+            Some(customer) => {
+                ctx.register_table(
+                    "readings",
+                    self.owned_view(Kind::Readings, "readings", "ts", 0, customer)?,
+                )?;
+                ctx.register_table(
+                    "rollup_partials",
+                    self.owned_view(
+                        Kind::RollupsHourly,
+                        "rollup_partials",
+                        "hour",
+                        hoistway_store::HOUR_US - 1,
+                        customer,
+                    )?,
+                )?;
+            }
+        }
         let registry = self.fleet.registry().clone();
         ctx.register_table(
             "lifts",
-            Arc::new(LazyTable::new(lifts_schema(), move |selection| {
+            Arc::new(LazyTable::new(lifts_schema(), move |selection, caller| {
+                let Some(selection) = selection.for_caller(caller) else {
+                    return Ok(RecordBatch::new_empty(lifts_schema()));
+                };
                 let infos = registry.select(&selection.filter, selection.lift_ids.as_deref());
                 let rows: Vec<&hoistway_registry::LiftInfo> =
                     infos.iter().map(|i| i.as_ref()).collect();
@@ -307,9 +547,22 @@ impl QueryEngine {
         let fleet = self.fleet.clone();
         ctx.register_table(
             "lift_state",
-            Arc::new(LazyTable::new(lift_state_schema(), move |selection| {
-                let views = fleet.select(&selection.filter, selection.lift_ids.as_deref());
-                rows_to_batch(lift_state_schema(), &views)
+            Arc::new(LazyTable::new(
+                lift_state_schema(),
+                move |selection, caller| {
+                    let Some(selection) = selection.for_caller(caller) else {
+                        return Ok(RecordBatch::new_empty(lift_state_schema()));
+                    };
+                    let views = fleet.select(&selection.filter, selection.lift_ids.as_deref());
+                    rows_to_batch(lift_state_schema(), &views)
+                },
+            )),
+        )?;
+        let audit = self.audit.clone();
+        ctx.register_table(
+            "audit",
+            Arc::new(LazyTable::new(audit_schema(), move |_, caller| {
+                audit_rows(audit.as_deref(), caller)
             })),
         )?;
         for (name, sql) in [
@@ -343,8 +596,8 @@ impl QueryEngine {
     }
 
     /// Plans a read-only statement; anything else is refused before it runs.
-    pub async fn plan(&self, sql: &str) -> Result<DataFrame> {
-        let ctx = self.context().await?;
+    pub async fn plan(&self, sql: &str, caller: &Caller) -> Result<DataFrame> {
+        let ctx = self.context(caller).await?;
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -362,8 +615,8 @@ impl QueryEngine {
     }
 
     /// Runs a query with the row and time limits.
-    pub async fn sql(&self, sql: &str) -> Result<QueryResult> {
-        let df = self.plan(sql).await?;
+    pub async fn sql(&self, sql: &str, caller: &Caller) -> Result<QueryResult> {
+        let df = self.plan(sql, caller).await?;
         self.collect(df).await
     }
 
@@ -408,8 +661,12 @@ impl QueryEngine {
     }
 
     /// Streams every row, for exports; the caller bounds how long it reads.
-    pub async fn stream(&self, sql: &str) -> Result<(SchemaRef, SendableRecordBatchStream)> {
-        let df = self.plan(sql).await?;
+    pub async fn stream(
+        &self,
+        sql: &str,
+        caller: &Caller,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
+        let df = self.plan(sql, caller).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         Ok((schema, df.execute_stream().await?))
     }

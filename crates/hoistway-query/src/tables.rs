@@ -22,6 +22,8 @@ use hoistway_registry::LiftFilter;
 use hoistway_store::scan::{ScanOptions, parquet_scan, tier_url};
 use hoistway_store::{FileEntry, Kind, Snapshot, Tier, rollup, schema};
 
+use crate::Caller;
+
 /// `readings` or `rollup_partials`: committed files of both tiers plus the in-memory buffer,
 /// as of the [`Snapshot`] the query's session carries (a session config extension), so every
 /// table of one query sees the same moment while the table itself is registered once.
@@ -343,7 +345,30 @@ impl LiftSelection {
     }
 }
 
-type BuildRows = dyn Fn(&LiftSelection) -> Result<RecordBatch> + Send + Sync;
+type BuildRows = dyn Fn(&LiftSelection, &Caller) -> Result<RecordBatch> + Send + Sync;
+
+/// The caller a session was made for ([`crate::QueryEngine::context`] sets it).
+pub fn caller(state: &dyn Session) -> Result<Arc<Caller>> {
+    state
+        .config()
+        .get_extension::<Caller>()
+        .ok_or_else(|| DataFusionError::Internal("the session has no caller".into()))
+}
+
+impl LiftSelection {
+    /// This selection narrowed to the lifts `caller` may see now; `None` when that is none.
+    pub fn for_caller(&self, caller: &Caller) -> Option<LiftSelection> {
+        let Some(customer) = &caller.customer else {
+            return Some(self.clone());
+        };
+        if self.filter.customer.as_ref().is_some_and(|c| c != customer) {
+            return None;
+        }
+        let mut s = self.clone();
+        s.filter.customer = Some(customer.clone());
+        Some(s)
+    }
+}
 
 /// A table whose rows are computed only when a query scans it, for just the lifts its filters
 /// select (the registry and latest state are in memory; turning 200,000 lifts into Arrow is
@@ -356,7 +381,7 @@ pub struct LazyTable {
 impl LazyTable {
     pub fn new(
         schema: SchemaRef,
-        build: impl Fn(&LiftSelection) -> Result<RecordBatch> + Send + Sync + 'static,
+        build: impl Fn(&LiftSelection, &Caller) -> Result<RecordBatch> + Send + Sync + 'static,
     ) -> Self {
         Self {
             schema,
@@ -391,12 +416,13 @@ impl TableProvider for LazyTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = (self.build)(&LiftSelection::from_filters(filters))?;
+        let caller = caller(state)?;
+        let batch = (self.build)(&LiftSelection::from_filters(filters), &caller)?;
         let plan: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             self.schema.clone(),

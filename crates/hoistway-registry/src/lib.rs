@@ -73,6 +73,54 @@ pub struct ImportReport {
     pub updated: u64,
 }
 
+/// One period in which a lift belonged to a customer (and stood in a building). The first
+/// period of a lift starts at the beginning of time: its first owner owns its whole past,
+/// backlog included. A change of customer or building closes the period at the moment of the
+/// change and opens the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assignment {
+    pub customer: String,
+    pub building: String,
+    /// Microseconds since the epoch; `None`: since the beginning.
+    pub valid_from_us: Option<i64>,
+    /// Exclusive; `None`: still current.
+    pub valid_to_us: Option<i64>,
+}
+
+impl Assignment {
+    fn start_us(&self) -> i64 {
+        self.valid_from_us.unwrap_or(i64::MIN)
+    }
+
+    fn end_us(&self) -> i64 {
+        self.valid_to_us.unwrap_or(i64::MAX)
+    }
+}
+
+/// Every lift's assignment history, read under one lock (see [`Registry::with_ownership`]).
+pub struct Ownership<'a> {
+    history: &'a HashMap<LiftId, Vec<Assignment>>,
+}
+
+impl Ownership<'_> {
+    /// Whether `customer` held `lift_id` for the whole of `[from_us, end_us)`. A reading at
+    /// `t` asks for `[t, t + 1)`; an hourly rollup for the whole hour.
+    pub fn held(&self, customer: &str, lift_id: &str, from_us: i64, end_us: i64) -> bool {
+        self.history.get(lift_id).is_some_and(|periods| {
+            periods
+                .iter()
+                .any(|a| a.customer == customer && a.start_us() <= from_us && end_us <= a.end_us())
+        })
+    }
+
+    /// Whether `customer` ever held `lift_id`.
+    pub fn ever_held(&self, customer: &str, lift_id: &str) -> bool {
+        self.history
+            .get(lift_id)
+            .is_some_and(|periods| periods.iter().any(|a| a.customer == customer))
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct LiftFilter {
     pub building: Option<String>,
@@ -100,6 +148,8 @@ pub struct Registry {
 struct Catalog {
     by_id: HashMap<LiftId, Arc<LiftInfo>>,
     by_building: HashMap<String, BTreeSet<LiftId>>,
+    /// Periods oldest first; the last is open while the lift is registered.
+    history: HashMap<LiftId, Vec<Assignment>>,
 }
 
 impl Catalog {
@@ -131,11 +181,11 @@ impl Catalog {
 }
 
 /// The schema version this build writes (SQLite's `user_version`).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[v]` takes a catalog from schema version `v` to `v + 1`. Version 0 is an empty
 /// file or a catalog written before versions were recorded (it already had `lifts`).
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS lifts (
@@ -148,6 +198,21 @@ CREATE TABLE IF NOT EXISTS lifts (
     initial_trips INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS lifts_building ON lifts(building);
+";
+
+/// Version 2: who owned each lift when. Lifts registered before it belong to their customer
+/// since the beginning.
+const SCHEMA_V2: &str = "
+CREATE TABLE assignments (
+    lift_id       TEXT NOT NULL,
+    customer      TEXT NOT NULL,
+    building      TEXT NOT NULL,
+    valid_from_us INTEGER,
+    valid_to_us   INTEGER
+);
+CREATE INDEX assignments_lift ON assignments(lift_id);
+INSERT INTO assignments (lift_id, customer, building, valid_from_us, valid_to_us)
+    SELECT lift_id, customer, building, NULL, NULL FROM lifts;
 ";
 
 /// Brings the catalog to [`SCHEMA_VERSION`] in one transaction; refuses a newer one.
@@ -255,6 +320,27 @@ impl Registry {
             for row in rows {
                 lifts.insert(row?);
             }
+            let mut stmt = conn.prepare(
+                "SELECT lift_id, customer, building, valid_from_us, valid_to_us FROM assignments
+                 ORDER BY lift_id, coalesce(valid_from_us, -9223372036854775808)",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Assignment {
+                        customer: r.get(1)?,
+                        building: r.get(2)?,
+                        valid_from_us: r.get(3)?,
+                        valid_to_us: r.get(4)?,
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (id, a) = row?;
+                if let Ok(id) = LiftId::new(&id) {
+                    lifts.history.entry(id).or_default().push(a);
+                }
+            }
         }
         Ok(Self {
             conn: Mutex::new(conn),
@@ -342,13 +428,50 @@ impl Registry {
         Ok(self.get(lift_id).expect("just updated"))
     }
 
+    /// Removes a lift; its assignment history stays (its past readings keep their owners).
     pub fn remove(&self, lift_id: &str) -> Result<bool> {
-        let n = self
-            .conn
-            .lock()
-            .execute("DELETE FROM lifts WHERE lift_id = ?1", params![lift_id])?;
-        self.lifts.write().remove(lift_id);
+        let now = now_us();
+        let n = {
+            let mut conn = self.conn.lock();
+            let tx = conn.transaction()?;
+            let n = tx.execute("DELETE FROM lifts WHERE lift_id = ?1", params![lift_id])?;
+            tx.execute(
+                "UPDATE assignments SET valid_to_us = ?2 WHERE lift_id = ?1 AND valid_to_us IS NULL",
+                params![lift_id, now],
+            )?;
+            tx.commit()?;
+            n
+        };
+        let mut lifts = self.lifts.write();
+        lifts.remove(lift_id);
+        if let Some(last) = lifts
+            .history
+            .get_mut(lift_id)
+            .and_then(|h| h.last_mut())
+            .filter(|a| a.valid_to_us.is_none())
+        {
+            last.valid_to_us = Some(now);
+        }
         Ok(n > 0)
+    }
+
+    /// The lift's assignment periods, oldest first.
+    pub fn history(&self, lift_id: &str) -> Vec<Assignment> {
+        self.lifts
+            .read()
+            .history
+            .get(lift_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` over every lift's history under one read lock (a query filters a whole batch
+    /// of rows at once).
+    pub fn with_ownership<R>(&self, f: impl FnOnce(&Ownership<'_>) -> R) -> R {
+        let lifts = self.lifts.read();
+        f(&Ownership {
+            history: &lifts.history,
+        })
     }
 
     /// Adds or replaces many lifts in one transaction: all or nothing.
@@ -357,8 +480,38 @@ impl Registry {
             info.validate()?;
         }
         let mut report = ImportReport::default();
+        let now = now_us();
+        // New periods, decided against the catalog under the connection lock, which orders
+        // every writer.
+        let mut periods: Vec<(LiftId, Assignment)> = Vec::new();
         {
             let mut conn = self.conn.lock();
+            {
+                let lifts = self.lifts.read();
+                for i in &infos {
+                    let current = lifts
+                        .history
+                        .get(&i.lift_id)
+                        .and_then(|h| h.last())
+                        .filter(|a| a.valid_to_us.is_none());
+                    let moved = current
+                        .is_none_or(|a| a.customer != i.customer || a.building != i.building);
+                    if moved {
+                        let first = !lifts.history.contains_key(&i.lift_id)
+                            && !periods.iter().any(|(id, _)| *id == i.lift_id);
+                        periods.retain(|(id, _)| *id != i.lift_id);
+                        periods.push((
+                            i.lift_id.clone(),
+                            Assignment {
+                                customer: i.customer.clone(),
+                                building: i.building.clone(),
+                                valid_from_us: (!first).then_some(now),
+                                valid_to_us: None,
+                            },
+                        ));
+                    }
+                }
+            }
             let tx = conn.transaction()?;
             {
                 let mut exists = tx.prepare_cached("SELECT 1 FROM lifts WHERE lift_id = ?1")?;
@@ -389,12 +542,35 @@ impl Registry {
                         report.created += 1;
                     }
                 }
+                let mut close = tx.prepare_cached(
+                    "UPDATE assignments SET valid_to_us = ?2 WHERE lift_id = ?1 AND valid_to_us IS NULL",
+                )?;
+                let mut open = tx.prepare_cached(
+                    "INSERT INTO assignments (lift_id, customer, building, valid_from_us, valid_to_us)
+                     VALUES (?1, ?2, ?3, ?4, NULL)",
+                )?;
+                for (id, a) in &periods {
+                    close.execute(params![id.as_str(), now])?;
+                    open.execute(params![
+                        id.as_str(),
+                        a.customer,
+                        a.building,
+                        a.valid_from_us
+                    ])?;
+                }
             }
             tx.commit()?;
         }
         let mut lifts = self.lifts.write();
         for info in infos {
             lifts.insert(info);
+        }
+        for (id, a) in periods {
+            let history = lifts.history.entry(id).or_default();
+            if let Some(last) = history.last_mut().filter(|l| l.valid_to_us.is_none()) {
+                last.valid_to_us = Some(now);
+            }
+            history.push(a);
         }
         Ok(report)
     }
@@ -405,6 +581,10 @@ impl Registry {
     pub fn import_csv(&self, csv_text: &[u8]) -> Result<ImportReport> {
         self.upsert_many(parse_csv(csv_text)?)
     }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 fn row_to_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<LiftInfo> {
@@ -534,9 +714,68 @@ mod tests {
             .expect("a newer schema is refused");
         let message = err.to_string();
         assert!(
-            message.contains("registry.sqlite3") && message.contains("schema version 2"),
+            message.contains("registry.sqlite3")
+                && message.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_change_of_hands_closes_one_period_and_opens_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite3");
+        let reg = Registry::open(&path).unwrap();
+        let mut info = LiftInfo::new(LiftId::new("L1").unwrap());
+        info.customer = "acme".into();
+        reg.upsert(info).unwrap();
+        let before = now_us();
+        // Changes that keep customer and building open no period.
+        reg.update(
+            "L1",
+            LiftPatch {
+                model: Some("M2".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(reg.history("L1").len(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        reg.update(
+            "L1",
+            LiftPatch {
+                customer: Some("bolt".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let after = now_us() + 1;
+        let check = |reg: &Registry| {
+            let h = reg.history("L1");
+            assert_eq!(h.len(), 2, "{h:?}");
+            assert_eq!((h[0].customer.as_str(), h[0].valid_from_us), ("acme", None));
+            assert_eq!(h[0].valid_to_us, h[1].valid_from_us);
+            assert_eq!((h[1].customer.as_str(), h[1].valid_to_us), ("bolt", None));
+            reg.with_ownership(|o| {
+                // The first owner owns the lift's whole past, backlog included.
+                assert!(o.held("acme", "L1", i64::MIN + 1, before));
+                assert!(!o.held("bolt", "L1", before, before + 1));
+                assert!(o.held("bolt", "L1", after, after + 1));
+                assert!(!o.held("acme", "L1", after, after + 1));
+                // A span across the change belongs to neither.
+                assert!(!o.held("acme", "L1", before, after));
+                assert!(!o.held("bolt", "L1", before, after));
+                assert!(o.ever_held("acme", "L1") && !o.ever_held("carl", "L1"));
+            });
+        };
+        check(&reg);
+        drop(reg);
+        check(&Registry::open(&path).unwrap());
+        // Removal closes the period; the history stays for the readings already taken.
+        let reg = Registry::open(&path).unwrap();
+        reg.remove("L1").unwrap();
+        let h = reg.history("L1");
+        assert!(h[1].valid_to_us.is_some());
+        reg.with_ownership(|o| assert!(!o.held("bolt", "L1", now_us() + 1, now_us() + 2)));
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn query_problem(e: QueryError) -> Problem {
             "Query limit exceeded",
             format!("{e}; narrow the time range or the lifts, or aggregate"),
         ),
+        QueryError::Forbidden(m) => Problem::forbidden(m),
         QueryError::Internal(_) => Problem::internal(&e),
     }
 }
@@ -67,7 +68,7 @@ fn parse_format(name: Option<&str>) -> ApiResult<Format> {
 /// `POST /v1/sql`: a read-only query, as JSON `{"sql": ..., "format": ...}` or as plain text.
 pub async fn sql(
     State(app): State<AppState>,
-    principal: Option<axum::Extension<hoistway_auth::Principal>>,
+    staff: crate::auth::Staff,
     axum::Extension(addr): axum::Extension<crate::auth::ClientAddr>,
     query: Result<Query<FormatQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -93,14 +94,10 @@ pub async fn sql(
     }
     let format = parse_format(request.format.as_deref().or(q.format.as_deref()))?;
     let started = Instant::now();
-    let who = principal
-        .as_ref()
-        .and_then(|p| p.username().map(str::to_string))
-        .unwrap_or_default();
     let text: String = request.sql.chars().take(2000).collect();
-    let result = app.query.sql(&request.sql).await;
+    let result = app.query.sql(&request.sql, &staff.query_caller()).await;
     let outcome = if result.is_ok() { "ok" } else { "failed" };
-    crate::auth::record(&app, &who, "sql", "", outcome, addr, &text).await;
+    crate::auth::record(&app, staff.username(), "sql", "", outcome, addr, &text).await;
     let result = result.map_err(query_problem)?;
     metrics::histogram!("hoistway_query_duration_seconds").record(started.elapsed().as_secs_f64());
     respond(format, result, started)
@@ -182,11 +179,17 @@ fn timestamp(us: i64) -> datafusion::prelude::Expr {
 /// hourly / daily rollups with `step=1h|1d`.
 pub async fn lift_readings(
     State(app): State<AppState>,
+    staff: crate::auth::Staff,
     Path(id): Path<String>,
     query: Result<Query<ReadingsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     crate::routes::parse_lift_id(&id)?;
+    if let Some(mine) = staff.customer()
+        && !app.registry.with_ownership(|o| o.ever_held(mine, &id))
+    {
+        return Err(Problem::not_found(format!("lift {id:?} is not registered")));
+    }
     let format = parse_format(q.format.as_deref())?;
     let now = app.clock.now_us();
     let to =
@@ -214,7 +217,11 @@ pub async fn lift_readings(
         }
     };
     let started = Instant::now();
-    let ctx = app.query.context().await.map_err(query_problem)?;
+    let ctx = app
+        .query
+        .context(&staff.query_caller())
+        .await
+        .map_err(query_problem)?;
     let df = ctx
         .table(table)
         .await

@@ -118,10 +118,39 @@ pub async fn authenticate(app: &AppState, token: &str) -> ApiResult<Principal> {
     }
 }
 
+/// The client's address: the peer's, or, when the peer is a trusted reverse proxy, the last
+/// address in `X-Forwarded-For` that is not itself a trusted proxy (the ones before it are
+/// whatever the client claimed).
+pub fn client_address(
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> Option<std::net::IpAddr> {
+    let peer = peer?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .collect::<Vec<_>>();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|a| !trusted.contains(a))
+            .unwrap_or(peer),
+    )
+}
+
 /// The middleware: finds the route's rule, authenticates the bearer token and checks the rule.
 /// Telemetry (`Access::Device`) is checked by its handler, which knows the lifts in the body.
 pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
-    let address = crate::listen::remote_addr(&req).map(|a| a.ip());
+    let peer = crate::listen::remote_addr(&req).map(|a| a.ip());
+    let address = client_address(peer, req.headers(), &gate.app.trusted_proxies);
     req.extensions_mut().insert(ClientAddr(address));
     let Some(path) = req.extensions().get::<MatchedPath>().map(|p| p.as_str()) else {
         return next.run(req).await; // the fallback: 404
@@ -164,6 +193,54 @@ pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -
         req.extensions_mut().insert(p);
     }
     next.run(req).await
+}
+
+/// The staff member behind a request, for handlers that scope what they show: present on every
+/// route that needs a role (the gate put it there).
+pub struct Staff(pub Principal);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Staff {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Problem> {
+        match parts.extensions.get::<Principal>() {
+            Some(p @ Principal::User { .. }) => Ok(Staff(p.clone())),
+            _ => Err(Problem::unauthenticated("sign in first")),
+        }
+    }
+}
+
+impl Staff {
+    pub fn username(&self) -> &str {
+        self.0.username().unwrap_or_default()
+    }
+
+    /// `Some(c)` for one of customer `c`'s people.
+    pub fn customer(&self) -> Option<&str> {
+        self.0.customer()
+    }
+
+    /// Whether this user sees `lift` (a customer's people: only its current lifts).
+    pub fn sees(&self, lift: &LiftInfo) -> bool {
+        self.customer().is_none_or(|c| lift.customer == c)
+    }
+
+    /// Whether this user may manage `user` (a customer's admin: only that customer's users).
+    pub fn manages(&self, user: &hoistway_auth::User) -> bool {
+        self.customer()
+            .is_none_or(|c| user.customer.as_deref() == Some(c))
+    }
+
+    /// What the query engine shows this user.
+    pub fn query_caller(&self) -> hoistway_query::Caller {
+        hoistway_query::Caller {
+            customer: self.customer().map(str::to_string),
+            admin: self.0.has_role(Role::Admin),
+        }
+    }
 }
 
 /// The staff member behind a request (routes that need one always have one).
@@ -658,6 +735,7 @@ pub async fn me(
     Ok(Json(json!({
         "username": user.username,
         "role": user.role,
+        "customer": user.customer,
         "totp_enrolled": user.has_second_factor(),
         "second_factor": second_factor,
         "recovery_codes_left": user.recovery_codes.len(),
@@ -785,13 +863,15 @@ fn user_json(u: &hoistway_auth::User) -> serde_json::Value {
     json!({
         "username": u.username,
         "role": u.role,
+        "customer": u.customer,
         "totp_enrolled": u.has_second_factor(),
         "created_at": micros_rfc3339(u.created_us),
     })
 }
 
-pub async fn users(State(app): State<AppState>) -> ApiResult<Response> {
-    let users = with_auth(&app, move |auth| auth.users()).await?;
+pub async fn users(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
+    let mut users = with_auth(&app, move |auth| auth.users()).await?;
+    users.retain(|u| staff.manages(u));
     Ok(Json(json!({ "items": users.iter().map(user_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -801,6 +881,23 @@ struct NewUser {
     username: String,
     password: String,
     role: Role,
+    /// The customer the user belongs to; omitted: the lift maker's staff. A customer's admin
+    /// creates users of that customer only (omitted means theirs).
+    #[serde(default)]
+    customer: Option<String>,
+}
+
+/// Finds `name` and checks that `staff` manages it; another customer's user is a 404.
+fn managed_user(
+    auth: &hoistway_auth::Authority,
+    staff_customer: Option<&str>,
+    name: &str,
+) -> Result<hoistway_auth::User, AuthError> {
+    let user = auth.user(name)?;
+    if staff_customer.is_some_and(|c| user.customer.as_deref() != Some(c)) {
+        return Err(AuthError::NotFound(format!("no user {name:?}")));
+    }
+    Ok(user)
 }
 
 pub async fn user_create(
@@ -809,10 +906,18 @@ pub async fn user_create(
     axum::Extension(addr): axum::Extension<ClientAddr>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (by, _) = user_of(principal)?;
-    let u: NewUser = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
+    let (by, p) = user_of(principal)?;
+    let mut u: NewUser = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
+    if let Some(mine) = p.customer() {
+        if u.customer.as_deref().is_some_and(|c| c != mine) {
+            return Err(Problem::forbidden(format!(
+                "you manage the users of customer {mine:?} only"
+            )));
+        }
+        u.customer = Some(mine.to_string());
+    }
     let user = with_auth(&app, move |auth| {
-        auth.create_user(&u.username, &u.password, u.role)
+        auth.create_user(&u.username, &u.password, u.role, u.customer.as_deref())
     })
     .await?;
     let role = user.role.as_str();
@@ -836,7 +941,8 @@ pub async fn user_update(
     Path(name): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    let (by, _) = user_of(principal)?;
+    let (by, p) = user_of(principal)?;
+    let scope = p.customer().map(str::to_string);
     let patch: UserPatch = json_body(&read_limited(body, AUTH_BODY_LIMIT).await?)?;
     let detail = format!(
         "{}{}",
@@ -849,6 +955,7 @@ pub async fn user_update(
     );
     let target = name.clone();
     let user = with_auth(&app, move |auth| {
+        managed_user(auth, scope.as_deref(), &name)?;
         if let Some(p) = &patch.password {
             auth.set_password(&name, p)?;
         }
@@ -868,12 +975,17 @@ pub async fn user_delete(
     axum::Extension(addr): axum::Extension<ClientAddr>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let (me, _) = user_of(principal)?;
+    let (me, p) = user_of(principal)?;
     if me == name {
         return Err(Problem::conflict("you cannot delete your own account"));
     }
     let target = name.clone();
-    with_auth(&app, move |auth| auth.delete_user(&name)).await?;
+    let scope = p.customer().map(str::to_string);
+    with_auth(&app, move |auth| {
+        managed_user(auth, scope.as_deref(), &name)?;
+        auth.delete_user(&name)
+    })
+    .await?;
     record(&app, &me, "user.delete", &target, "ok", addr, "").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -884,19 +996,26 @@ pub async fn user_totp_reset(
     axum::Extension(addr): axum::Extension<ClientAddr>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let (by, _) = user_of(principal)?;
+    let (by, p) = user_of(principal)?;
     let target = name.clone();
-    with_auth(&app, move |auth| auth.reset_totp(&name)).await?;
+    let scope = p.customer().map(str::to_string);
+    with_auth(&app, move |auth| {
+        managed_user(auth, scope.as_deref(), &name)?;
+        auth.reset_totp(&name)
+    })
+    .await?;
     record(&app, &by, "totp.reset", &target, "ok", addr, "").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn user_sessions_revoke(
     State(app): State<AppState>,
+    staff: Staff,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
+    let scope = staff.customer().map(str::to_string);
     let n = with_auth(&app, move |auth| {
-        auth.user(&name)?;
+        managed_user(auth, scope.as_deref(), &name)?;
         auth.revoke_sessions(&name)
     })
     .await?;
@@ -934,6 +1053,7 @@ pub struct AuditParams {
 /// The audit log, oldest first; page with `after` = the last id seen.
 pub async fn audit(
     State(app): State<AppState>,
+    staff: Staff,
     query: Result<axum::extract::Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let axum::extract::Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
@@ -942,6 +1062,7 @@ pub async fn audit(
         after_id: p.after,
         actor: p.actor,
         action: p.action,
+        customer: staff.customer().map(str::to_string),
         limit,
     };
     let events = with_auth(&app, move |auth| auth.audit(&q)).await?;
@@ -954,6 +1075,7 @@ pub async fn audit(
             json!({
                 "id": e.id, "at": micros_rfc3339(e.at_us), "actor": e.actor, "action": e.action,
                 "target": e.target, "outcome": e.outcome, "address": e.address, "detail": e.detail,
+                "customer": e.customer,
             })
         })
         .collect();
@@ -964,4 +1086,35 @@ pub fn micros_rfc3339(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.0.0.2".parse().unwrap(),
+        );
+        let proxies = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // From a stranger the header is ignored.
+        assert_eq!(
+            client_address(Some(ip("198.51.100.1")), &headers, &proxies),
+            Some(ip("198.51.100.1"))
+        );
+        // Behind the proxies: the last hop they did not add; what the client claimed before it
+        // (6.6.6.6) is not believed.
+        assert_eq!(
+            client_address(Some(ip("10.0.0.1")), &headers, &proxies),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            client_address(Some(ip("10.0.0.1")), &HeaderMap::new(), &proxies),
+            Some(ip("10.0.0.1"))
+        );
+    }
 }

@@ -12,6 +12,7 @@ pub mod listen;
 pub mod problem;
 pub mod rate;
 mod routes;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +52,8 @@ pub struct AppParts {
     pub ingest: Ingest,
     pub auth: Arc<hoistway_auth::Authority>,
     pub rate: rate::RateLimits,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (rate limits, audit log).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub fleet: Fleet,
     pub registry: Arc<Registry>,
     pub dlq: Arc<DeadLetterQueue>,
@@ -73,6 +76,9 @@ pub struct ApiLimits {
     pub decode: DecodeLimits,
     /// Seconds a client is told to wait when ingest is behind or unavailable.
     pub retry_after_secs: u64,
+    /// Readings of unregistered lifts (which become dead letters) are refused once pending
+    /// dead letters take this many bytes; `None`: no cap (auto-registration makes none).
+    pub dead_letter_max_bytes: Option<u64>,
 }
 
 impl Default for ApiLimits {
@@ -81,6 +87,7 @@ impl Default for ApiLimits {
             max_body_bytes: 4 << 20,
             decode: DecodeLimits::default(),
             retry_after_secs: 5,
+            dead_letter_max_bytes: Some(1 << 30),
         }
     }
 }

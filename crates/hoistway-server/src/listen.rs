@@ -1,6 +1,6 @@
 //! The accept loop: HTTP/1.1 connections with a deadline for the request head (a client that
 //! trickles its headers is cut off), the client's address on every request, and a graceful
-//! shutdown that lets requests in flight finish.
+//! shutdown that lets requests in flight finish; TLS when the binary hands it an acceptor.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,10 +34,13 @@ impl Default for ConnLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for open requests.
+/// With an acceptor in `tls`, every connection is TLS (the current acceptor at accept time, so
+/// a reloaded certificate serves new connections at once).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    tls: crate::tls::Acceptors,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -65,13 +68,44 @@ pub async fn serve(
             req.extensions_mut().insert(ConnectInfo(remote));
             router.clone().oneshot(req.map(Body::new))
         });
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
+        let acceptor = tls.borrow().clone();
+        match acceptor {
+            None => {
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %remote, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs on the connection's task, under the same deadline as a
+                // request head: a client that stalls it holds no more than its own task.
+                let http = http.clone();
+                let watcher = graceful.watcher();
+                let deadline = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            metrics::counter!("hoistway_tls_handshake_failures_total").increment(1);
+                            tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("hoistway_tls_handshake_failures_total").increment(1);
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %remote, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())

@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::auth::{self, Rules};
+use crate::auth::{self, Rules, Staff};
 
 /// Largest body of a registry change.
 const ADMIN_BODY_LIMIT: usize = 1 << 20;
@@ -60,6 +60,11 @@ pub fn routes() -> (Router<AppState>, Rules) {
     const VIEWER: Access = Access::Role(Role::Viewer);
     const OPERATOR: Access = Access::Role(Role::Operator);
     const ADMIN: Access = Access::Role(Role::Admin);
+    // The lift maker's staff only: enrolling devices, keys, storage upkeep, fleet metrics, and
+    // whatever spans customers (creating lifts, replaying a dead-letter file).
+    const FLEET_VIEWER: Access = Access::Fleet(Role::Viewer);
+    const FLEET_OPERATOR: Access = Access::Fleet(Role::Operator);
+    const FLEET_ADMIN: Access = Access::Fleet(Role::Admin);
     let (g, p, put_, pa, d) = (
         Method::GET,
         Method::POST,
@@ -108,11 +113,11 @@ pub fn routes() -> (Router<AppState>, Rules) {
         Staff,
         post(auth::sessions_revoke),
     )
-    .add(g.clone(), "/v1/auth/keys", ADMIN, get(auth::keys))
+    .add(g.clone(), "/v1/auth/keys", FLEET_ADMIN, get(auth::keys))
     .add(
         p.clone(),
         "/v1/auth/keys/rotate",
-        ADMIN,
+        FLEET_ADMIN,
         post(auth::keys_rotate),
     )
     .add(g.clone(), "/v1/audit", ADMIN, get(auth::audit))
@@ -142,47 +147,58 @@ pub fn routes() -> (Router<AppState>, Rules) {
         ADMIN,
         post(auth::user_sessions_revoke),
     )
-    .add(g.clone(), "/v1/devices", OPERATOR, get(auth::devices))
+    .add(g.clone(), "/v1/devices", FLEET_OPERATOR, get(auth::devices))
     .add(
         g.clone(),
         "/v1/devices/requests/{user_code}",
-        OPERATOR,
+        FLEET_OPERATOR,
         get(auth::device_request),
     )
     .add(
         p.clone(),
         "/v1/devices/approve",
-        OPERATOR,
+        FLEET_OPERATOR,
         post(auth::device_approve),
     )
     .add(
         p.clone(),
         "/v1/devices/deny",
-        OPERATOR,
+        FLEET_OPERATOR,
         post(auth::device_deny),
     )
     .add(
         p.clone(),
         "/v1/devices/provision",
-        OPERATOR,
+        FLEET_OPERATOR,
         post(auth::device_provision),
     )
     .add(
         p.clone(),
         "/v1/devices/{lift_id}/revoke",
-        OPERATOR,
+        FLEET_OPERATOR,
         post(auth::device_revoke),
     )
     .add(
         put_.clone(),
         "/v1/devices/{lift_id}/mode",
-        ADMIN,
+        FLEET_ADMIN,
         put(auth::device_mode),
     )
     .add(g.clone(), "/v1/lifts", VIEWER, get(list_lifts))
-    .add(p.clone(), "/v1/lifts", OPERATOR, post(create_lift))
-    .add(p.clone(), "/v1/lifts/import", OPERATOR, post(import_lifts))
+    .add(p.clone(), "/v1/lifts", FLEET_OPERATOR, post(create_lift))
+    .add(
+        p.clone(),
+        "/v1/lifts/import",
+        FLEET_OPERATOR,
+        post(import_lifts),
+    )
     .add(g.clone(), "/v1/lifts/{lift_id}", VIEWER, get(get_lift))
+    .add(
+        g.clone(),
+        "/v1/lifts/{lift_id}/assignments",
+        VIEWER,
+        get(lift_assignments),
+    )
     .add(put_.clone(), "/v1/lifts/{lift_id}", OPERATOR, put(put_lift))
     .add(
         pa.clone(),
@@ -193,7 +209,7 @@ pub fn routes() -> (Router<AppState>, Rules) {
     .add(
         d.clone(),
         "/v1/lifts/{lift_id}",
-        OPERATOR,
+        FLEET_OPERATOR,
         delete(delete_lift),
     )
     .add(
@@ -212,13 +228,13 @@ pub fn routes() -> (Router<AppState>, Rules) {
     .add(
         g.clone(),
         "/v1/storage/status",
-        VIEWER,
+        FLEET_VIEWER,
         get(crate::analytics::storage_status),
     )
     .add(
         p.clone(),
         "/v1/storage/maintain",
-        ADMIN,
+        FLEET_ADMIN,
         post(crate::analytics::storage_maintain),
     )
     .add(
@@ -230,10 +246,15 @@ pub fn routes() -> (Router<AppState>, Rules) {
     .add(g.clone(), "/v1/fleet/summary", VIEWER, get(fleet_summary))
     .add(g.clone(), "/v1/dlq", VIEWER, get(dlq_list))
     .add(g.clone(), "/v1/dlq/{id}", VIEWER, get(dlq_show))
-    .add(p.clone(), "/v1/dlq/{id}/replay", OPERATOR, post(dlq_replay))
+    .add(
+        p.clone(),
+        "/v1/dlq/{id}/replay",
+        FLEET_OPERATOR,
+        post(dlq_replay),
+    )
     .add(g.clone(), "/healthz", Public, get(healthz))
     .add(g.clone(), "/readyz", Public, get(readyz))
-    .add(g, "/metrics", VIEWER, get(metrics_text));
+    .add(g, "/metrics", FLEET_VIEWER, get(metrics_text));
     let router = t
         .router
         .fallback(|| async {
@@ -394,6 +415,21 @@ async fn telemetry_inner(
     lifts.sort_unstable();
     lifts.dedup();
     auth::check_telemetry(&app, principal.as_ref(), &lifts)?;
+    if let Some(cap) = app.limits.dead_letter_max_bytes
+        && app.dlq.pending_bytes() >= cap
+        && let Some(unknown) = lifts.iter().find(|l| !app.registry.contains(l))
+    {
+        metrics::counter!("hoistway_dlq_full_rejections_total").increment(1);
+        return Err(Problem::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "dead-letters-full",
+            "Dead-letter storage is full",
+            format!(
+                "lift {unknown:?} is not registered, so its readings would become dead letters, and pending dead letters already take {} bytes (ingest.dead_letter_max_bytes = {cap}); register the lift or replay the dead letters (GET /v1/dlq); nothing was accepted",
+                app.dlq.pending_bytes()
+            ),
+        ));
+    }
     metrics::counter!("hoistway_ingest_readings_total", "outcome" => "rejected")
         .increment(decoded.rejected.len() as u64);
     if decoded.readings.is_empty() {
@@ -495,10 +531,47 @@ fn serde_path_to_error_free<T: serde::de::DeserializeOwned>(
 
 async fn list_lifts(
     State(app): State<AppState>,
+    staff: Staff,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Query(mut q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if let Some(mine) = staff.customer() {
+        if q.customer.as_deref().is_some_and(|c| c != mine) {
+            return Err(Problem::forbidden(format!(
+                "you see only the lifts of customer {mine:?}"
+            )));
+        }
+        q.customer = Some(mine.to_string());
+    }
     Ok(Json(app.fleet.list(&q)).into_response())
+}
+
+/// The registered lift `id` if `staff` may see it; otherwise the same 404 as for a lift that
+/// does not exist, so a customer learns nothing of another's lifts.
+fn visible_lift(app: &AppState, staff: &Staff, id: &str) -> ApiResult<std::sync::Arc<LiftInfo>> {
+    app.registry
+        .get(id)
+        .filter(|info| staff.sees(info))
+        .ok_or_else(|| Problem::not_found(format!("lift {id:?} is not registered")))
+}
+
+/// A customer's operator may change its own lifts, but not hand them to another customer.
+fn check_lift_change(
+    app: &AppState,
+    staff: &Staff,
+    id: &str,
+    customer: Option<&str>,
+) -> ApiResult<()> {
+    let Some(mine) = staff.customer() else {
+        return Ok(());
+    };
+    visible_lift(app, staff, id)?;
+    if customer.is_some_and(|c| c != mine) {
+        return Err(Problem::forbidden(
+            "a lift's customer is changed by the lift maker's staff",
+        ));
+    }
+    Ok(())
 }
 
 /// Adds or replaces a lift: 201 with the entry when new, 200 when replaced.
@@ -531,15 +604,45 @@ async fn import_lifts(State(app): State<AppState>, body: Body) -> ApiResult<Resp
     Ok(Json(report).into_response())
 }
 
-async fn get_lift(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    match app.registry.get(&id) {
-        Some(info) => Ok(Json(&*info).into_response()),
-        None => Err(Problem::not_found(format!("lift {id:?} is not registered"))),
+async fn get_lift(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let info = visible_lift(&app, &staff, &id)?;
+    Ok(Json(&*info).into_response())
+}
+
+/// `GET /v1/lifts/{id}/assignments`: who held the lift when (a customer sees its own periods).
+async fn lift_assignments(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let mut periods = app.registry.history(&id);
+    if let Some(mine) = staff.customer() {
+        periods.retain(|a| a.customer == mine);
     }
+    if periods.is_empty() {
+        return Err(Problem::not_found(format!("lift {id:?} is not registered")));
+    }
+    let items: Vec<_> = periods
+        .iter()
+        .map(|a| {
+            json!({
+                "customer": a.customer,
+                "building": a.building,
+                "valid_from": a.valid_from_us.map(auth::micros_rfc3339),
+                "valid_to": a.valid_to_us.map(auth::micros_rfc3339),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "lift_id": id, "items": items })).into_response())
 }
 
 async fn put_lift(
     State(app): State<AppState>,
+    staff: Staff,
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
@@ -551,16 +654,19 @@ async fn put_lift(
     }
     let info: LiftInfo = serde_json::from_value(patch_fields)
         .map_err(|e| Problem::invalid(format!("body does not match the schema: {e}"), vec![]))?;
+    check_lift_change(&app, &staff, &id, Some(&info.customer))?;
     upsert_lift(&app, info).await
 }
 
 async fn patch_lift(
     State(app): State<AppState>,
+    staff: Staff,
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
     let body = read_limited(body, ADMIN_BODY_LIMIT).await?;
     let patch: LiftPatch = json_body(&body)?;
+    check_lift_change(&app, &staff, &id, patch.customer.as_deref())?;
     let reg = app.registry.clone();
     let info = blocking(move || reg.update(&id, patch).map_err(registry_problem)).await?;
     Ok(Json(&*info).into_response())
@@ -579,8 +685,15 @@ async fn delete_lift(State(app): State<AppState>, Path(id): Path<String>) -> Api
     }
 }
 
-async fn lift_state(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn lift_state(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     parse_lift_id(&id)?;
+    if staff.customer().is_some() {
+        visible_lift(&app, &staff, &id)?;
+    }
     match app.fleet.lift(&id) {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(Problem::not_found(format!(
@@ -589,9 +702,14 @@ async fn lift_state(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
     }
 }
 
-async fn building(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn building(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let filter = LiftFilter {
         building: Some(id.clone()),
+        customer: staff.customer().map(str::to_string),
         ..Default::default()
     };
     let views = app.fleet.select(&filter, None);
@@ -612,8 +730,12 @@ async fn building(State(app): State<AppState>, Path(id): Path<String>) -> ApiRes
     .into_response())
 }
 
-async fn fleet_summary(State(app): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(app.fleet.summary()).into_response())
+async fn fleet_summary(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
+    let filter = LiftFilter {
+        customer: staff.customer().map(str::to_string),
+        ..Default::default()
+    };
+    Ok(Json(app.fleet.summary(&filter)).into_response())
 }
 
 fn dlq_problem(e: hoistway_dlq::Error) -> Problem {
@@ -623,15 +745,65 @@ fn dlq_problem(e: hoistway_dlq::Error) -> Problem {
     }
 }
 
-async fn dlq_list(State(app): State<AppState>) -> ApiResult<Response> {
+/// Keeps the dead letters of readings taken while `customer` held their lift.
+fn own_letters(app: &AppState, customer: &str, letters: &mut Vec<DeadLetter>) {
+    app.registry.with_ownership(|owners| {
+        letters.retain(|l| {
+            let ts = l.reading.ts_us;
+            owners.held(
+                customer,
+                l.reading.lift_id.as_str(),
+                ts,
+                ts.saturating_add(1),
+            )
+        })
+    });
+}
+
+async fn dlq_list(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
     let dlq = app.dlq.clone();
-    let files = blocking(move || dlq.list().map_err(dlq_problem)).await?;
+    let mut files = blocking(move || dlq.list().map_err(dlq_problem)).await?;
+    if let Some(mine) = staff.customer().map(str::to_string) {
+        // A file holds a batch of many lifts: a customer sees the files with its letters,
+        // counted as its own.
+        let (reader, app2) = (app.dlq.clone(), app.clone());
+        files = blocking(move || {
+            let mut kept = Vec::new();
+            for mut f in files {
+                let mut letters = reader.read(&f.id).map_err(dlq_problem)?;
+                own_letters(&app2, &mine, &mut letters);
+                if !letters.is_empty() {
+                    f.items = letters.len() as u64;
+                    f.reasons.clear();
+                    for l in &letters {
+                        *f.reasons.entry(l.reason).or_default() += 1;
+                    }
+                    f.bytes = 0; // the file's size would count other customers' letters
+                    kept.push(f);
+                }
+            }
+            Ok(kept)
+        })
+        .await?;
+    }
     Ok(Json(json!({ "files": files })).into_response())
 }
 
-async fn dlq_show(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn dlq_show(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let dlq = app.dlq.clone();
-    let letters: Vec<DeadLetter> = blocking(move || dlq.read(&id).map_err(dlq_problem)).await?;
+    let file = id.clone();
+    let mut letters: Vec<DeadLetter> =
+        blocking(move || dlq.read(&file).map_err(dlq_problem)).await?;
+    if let Some(mine) = staff.customer() {
+        own_letters(&app, mine, &mut letters);
+        if letters.is_empty() {
+            return Err(Problem::not_found(format!("no dead-letter file {id:?}")));
+        }
+    }
     Ok(Json(json!({ "items": letters })).into_response())
 }
 

@@ -219,6 +219,10 @@ enum UsersCommand {
         username: String,
         #[arg(long, default_value = "admin")]
         role: Role,
+        /// The customer the account belongs to (it then sees only that customer's lifts);
+        /// omitted: the lift maker's staff, who see the whole fleet.
+        #[arg(long)]
+        customer: Option<String>,
         #[arg(long)]
         data_dir: PathBuf,
         /// Read the password from stdin; otherwise one is generated and printed.
@@ -274,13 +278,14 @@ pub fn add_user_offline(
     data_dir: &Path,
     username: &str,
     role: Role,
+    customer: Option<&str>,
     password: Option<String>,
     api_token: Option<&str>,
 ) -> anyhow::Result<(String, Option<String>)> {
     let _lock = crate::offline::lock_data_dir(data_dir)?;
     let auth = offline_authority(data_dir)?;
     let password = password.unwrap_or_else(generated_password);
-    auth.create_user(username, &password, role)?;
+    auth.create_user(username, &password, role, customer)?;
     let token = match api_token {
         Some(name) => Some(auth.bootstrap_api_token(username, name)?.token),
         None => None,
@@ -293,6 +298,7 @@ pub async fn users(args: UsersArgs) -> anyhow::Result<()> {
         UsersCommand::Add {
             username,
             role,
+            customer,
             data_dir,
             password_stdin,
             api_token,
@@ -303,9 +309,18 @@ pub async fn users(args: UsersArgs) -> anyhow::Result<()> {
                 None
             };
             let given = password.is_some();
-            let (password, token) =
-                add_user_offline(&data_dir, &username, role, password, api_token.as_deref())?;
-            println!("added {username} ({role})");
+            let (password, token) = add_user_offline(
+                &data_dir,
+                &username,
+                role,
+                customer.as_deref(),
+                password,
+                api_token.as_deref(),
+            )?;
+            match &customer {
+                Some(c) => println!("added {username} ({role} of customer {c})"),
+                None => println!("added {username} ({role})"),
+            }
             if !given {
                 println!("password: {password}");
             }

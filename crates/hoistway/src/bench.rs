@@ -54,6 +54,7 @@ impl Proc {
                             "bench",
                             hoistway_auth::Role::Admin,
                             None,
+                            None,
                             Some("bench"),
                         )?;
                         let t = t.expect("asked for a token");

@@ -232,7 +232,7 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
             let c = process_cpu_ms();
             let t = Instant::now();
             let r = engine
-                .sql(sql)
+                .sql(sql, &hoistway_query::Caller::fleet_admin())
                 .await
                 .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
             samples.push(t.elapsed().as_secs_f64() * 1000.0);

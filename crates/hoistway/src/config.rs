@@ -25,6 +25,45 @@ pub struct Config {
     pub storage: StorageSettings,
     pub query: QuerySettings,
     pub auth: AuthSettings,
+    pub tls: TlsSettings,
+}
+
+/// TLS for the HTTP listener and the PostgreSQL wire endpoint, from PEM files; both empty:
+/// plain TCP (behind a reverse proxy that terminates TLS, or on loopback).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Certificate chain (leaf first).
+    pub cert: String,
+    pub key: String,
+    /// How often the files are checked for a change (SIGHUP reloads at once).
+    pub reload_check_secs: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert: String::new(),
+            key: String::new(),
+            reload_check_secs: 10,
+        }
+    }
+}
+
+impl TlsSettings {
+    /// The files, when TLS is on; an error when only one of the two is given.
+    pub fn files(&self) -> anyhow::Result<Option<hoistway_server::tls::TlsFiles>> {
+        match (self.cert.trim(), self.key.trim()) {
+            ("", "") => Ok(None),
+            ("", _) | (_, "") => anyhow::bail!(
+                "tls.cert and tls.key go together: give both PEM files, or neither for plain TCP"
+            ),
+            (cert, key) => Ok(Some(hoistway_server::tls::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            })),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +85,9 @@ pub struct AuthSettings {
     /// an outage); above them it gets 429 with Retry-After.
     pub ingest_requests_per_minute: u32,
     pub ingest_burst: u32,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` header names the client, for rate
+    /// limits and the audit log; empty: every request is from its peer address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for AuthSettings {
@@ -62,6 +104,7 @@ impl Default for AuthSettings {
             verification_uri: String::new(),
             ingest_requests_per_minute: 120,
             ingest_burst: 600,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -77,7 +120,12 @@ impl Config {
             poll_interval_secs: a.poll_interval_secs,
             session_hours: a.session_hours,
             verification_uri: if a.verification_uri.is_empty() {
-                format!("http://{}/activate", self.listen)
+                let scheme = if self.tls.cert.trim().is_empty() {
+                    "http"
+                } else {
+                    "https"
+                };
+                format!("{scheme}://{}/activate", self.listen)
             } else {
                 a.verification_uri.clone()
             },
@@ -96,6 +144,9 @@ pub struct IngestConfig {
     /// Register a lift on its first reading instead of dead-lettering its readings.
     pub auto_register: bool,
     pub retry_after_secs: u64,
+    /// Readings of unregistered lifts are refused (507) while pending dead letters take this
+    /// many bytes.
+    pub dead_letter_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -157,6 +208,9 @@ pub struct QuerySettings {
     pub memory_mb: usize,
     /// Address of the PostgreSQL wire protocol listener; empty: off.
     pub postgres_listen: String,
+    /// Where PostgreSQL clients may send their password (an API token) without TLS:
+    /// `never`, `loopback` (the default) or `anywhere`.
+    pub postgres_plain_passwords: hoistway_pgwire::PlainPasswords,
 }
 
 impl Default for StorageSettings {
@@ -181,7 +235,8 @@ impl Default for QuerySettings {
             max_rows: 100_000,
             timeout_secs: 30,
             memory_mb: 1024,
-            postgres_listen: String::new(),
+            postgres_listen: "127.0.0.1:5433".into(),
+            postgres_plain_passwords: hoistway_pgwire::PlainPasswords::Loopback,
         }
     }
 }
@@ -198,6 +253,7 @@ impl Default for Config {
             processor: ProcessorSettings::default(),
             storage: StorageSettings::default(),
             query: QuerySettings::default(),
+            tls: TlsSettings::default(),
             auth: AuthSettings::default(),
         }
     }
@@ -210,6 +266,7 @@ impl Default for IngestConfig {
             max_decoded_bytes: 16 << 20,
             max_readings_per_request: 10_000,
             auto_register: false,
+            dead_letter_max_bytes: 1 << 30,
             retry_after_secs: 5,
         }
     }

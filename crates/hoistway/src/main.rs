@@ -148,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                     hoistway_auth::Access::Device => "device".to_string(),
                     hoistway_auth::Access::Staff => "staff".to_string(),
                     hoistway_auth::Access::Role(r) => r.to_string(),
+                    hoistway_auth::Access::Fleet(r) => format!("fleet {r}"),
                 };
                 serde_json::json!({ "method": method, "path": path, "access": access })
             })
@@ -207,6 +208,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             "admin",
             hoistway_auth::Role::Admin,
             None,
+            None,
             Some("demo"),
         )?)
     } else {
@@ -242,7 +244,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     if let Some((host, port)) = postgres.rsplit_once(':') {
         println!(
-            "  psql:     psql -h {host} -p {port} -d hoistway -c 'SELECT * FROM lift_state LIMIT 5'"
+            "  psql:     PGPASSWORD=$HOISTWAY_TOKEN psql -h {host} -p {port} -U admin -d hoistway -c 'SELECT * FROM lift_state LIMIT 5'"
         );
     }
     let mut sim_args = simulate::SimulateArgs::for_demo(addr, args.lifts, args.speedup);

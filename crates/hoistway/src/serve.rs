@@ -68,6 +68,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         DeadLetterQueue::open(data.join("dlq")).context("cannot open the dead-letter queue")?,
     );
     let auth = Arc::new(open_authority(&config, clock.clone())?);
+    // TLS before anything listens: a server told to use it does not start without it.
+    let tls = match config.tls.files()? {
+        None => None,
+        Some(files) => Some(hoistway_server::tls::Reloader::start(files)?),
+    };
+    let acceptors = match &tls {
+        Some((_, acceptors)) => acceptors.clone(),
+        None => hoistway_server::tls::fixed(None),
+    };
     if config.auth.devices == hoistway_auth::DeviceMode::Open {
         tracing::warn!(
             "auth.devices = \"open\": any client can post readings for any lift; use it only on a closed network"
@@ -115,7 +124,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 memory_bytes: config.query.memory_mb.max(16) << 20,
             },
         )
-        .context("cannot start the query engine")?,
+        .context("cannot start the query engine")?
+        .with_audit(auth.clone()),
     );
     let postgres_listener = match config.query.postgres_listen.trim() {
         "" => None,
@@ -126,6 +136,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ),
     };
     let postgres_query = query.clone();
+    let postgres_auth = auth.clone();
     let accepting = Arc::new(AtomicBool::new(true));
     let ingest_rate = (config.auth.devices != hoistway_auth::DeviceMode::Open).then_some(
         hoistway_server::rate::IngestRate {
@@ -137,6 +148,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ingest,
         auth,
         rate: hoistway_server::rate::RateLimits::new(ingest_rate),
+        trusted_proxies: config.auth.trusted_proxies.clone(),
         fleet,
         registry,
         dlq,
@@ -152,6 +164,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 max_items: config.ingest.max_readings_per_request,
             },
             retry_after_secs: config.ingest.retry_after_secs,
+            dead_letter_max_bytes: (!config.ingest.auto_register)
+                .then_some(config.ingest.dead_letter_max_bytes),
         },
         metrics,
         accepting: accepting.clone(),
@@ -190,14 +204,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             anyhow::Ok(tokio::spawn(hoistway_pgwire::serve(
                 listener,
                 postgres_query,
+                postgres_auth,
+                config.query.postgres_plain_passwords,
+                acceptors.clone(),
                 shutdown_rx.clone(),
             )))
         })
         .transpose()?;
     let router = hoistway_server::router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving");
+    let tls_task = tls.map(|(reloader, _)| {
+        tokio::spawn(reloader.watch(
+            Duration::from_secs(config.tls.reload_check_secs.max(1)),
+            shutdown_rx.clone(),
+        ))
+    });
     // The line tests and scripts wait for; keep its shape.
-    println!("hoistway listening on http://{addr}");
+    let scheme = if tls_task.is_some() { "https" } else { "http" };
+    println!("hoistway listening on {scheme}://{addr}");
 
     let header_read_timeout_secs = config.header_read_timeout_secs;
     let mut serve_shutdown = shutdown_rx.clone();
@@ -213,6 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 header_read_timeout: Duration::from_secs(header_read_timeout_secs.max(1)),
                 ..Default::default()
             },
+            acceptors,
             graceful,
         )
         .await;
@@ -222,6 +247,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let processed = processor_task.await?;
         maintenance_task.await?;
         if let Some(task) = postgres_task {
+            task.await?;
+        }
+        if let Some(task) = tls_task {
             task.await?;
         }
         served?;

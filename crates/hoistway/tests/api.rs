@@ -1065,10 +1065,9 @@ async fn postgres_clients_query_over_the_wire_protocol() {
     let psql = |sql: &str| {
         std::process::Command::new("psql")
             .args(["-h", "127.0.0.1", "-p", &pg_port.to_string()])
-            .args([
-                "-U", "analyst", "-d", "hoistway", "-X", "-A", "-t", "-F", ",",
-            ])
+            .args(["-U", "admin", "-d", "hoistway", "-X", "-A", "-t", "-F", ","])
             .args(["-c", sql])
+            .env("PGPASSWORD", &server.token)
             .output()
             .expect("psql is installed (postgresql-client)")
     };
@@ -1115,7 +1114,10 @@ async fn postgres_clients_query_over_the_wire_protocol() {
     // tokio-postgres: session setup as drivers send it, then a prepared statement with
     // parameters, executed twice, results in binary.
     let (client, connection) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={pg_port} user=grafana dbname=hoistway"),
+        &format!(
+            "host=127.0.0.1 port={pg_port} user=admin password={} dbname=hoistway",
+            server.token
+        ),
         tokio_postgres::NoTls,
     )
     .await

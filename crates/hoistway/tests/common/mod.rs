@@ -49,6 +49,8 @@ impl TestServer {
                 "HOISTWAY_AUTH__POLL_INTERVAL_SECS".to_string(),
                 "1".to_string(),
             ),
+            // Tests run side by side: the wire endpoint only where a test gives it a port.
+            ("HOISTWAY_QUERY__POSTGRES_LISTEN".to_string(), String::new()),
         ];
         for (k, v) in env {
             all.retain(|(key, _)| key != k);
@@ -156,6 +158,11 @@ impl TestServer {
             .status()
             .unwrap();
         c.wait().unwrap().success()
+    }
+
+    /// The running process's id (to send it a signal).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn data_dir(&self) -> &Path {

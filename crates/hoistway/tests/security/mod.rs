@@ -53,11 +53,17 @@ fn now_secs() -> i64 {
 /// Creates a user with `role`, logs in (enrolling TOTP where the role needs it) and returns an
 /// API token made with that session.
 async fn staff(server: &TestServer, name: &str, role: &str) -> String {
+    staff_of(server, name, role, None).await
+}
+
+/// [`staff`] for one of `customer`'s people (the fleet admin creates the account).
+async fn staff_of(server: &TestServer, name: &str, role: &str, customer: Option<&str>) -> String {
     let password = "correct horse battery staple";
     let r = server
         .post_json(
             "/v1/users",
-            &json!({ "username": name, "password": password, "role": role }).to_string(),
+            &json!({ "username": name, "password": password, "role": role, "customer": customer })
+                .to_string(),
         )
         .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
@@ -166,17 +172,22 @@ async fn every_route_answers_each_role_by_its_rule() {
     let server = TestServer::start(&[("HOISTWAY_AUTH__DEVICES", "required")]);
     let viewer = staff(&server, "vera", "viewer").await;
     let operator = staff(&server, "otto", "operator").await;
+    let acme_viewer = staff_of(&server, "cleo", "viewer", Some("acme")).await;
+    let acme_admin = staff_of(&server, "carl", "admin", Some("acme")).await;
     let device = device_tokens(&server, "L-1").await["access_token"]
         .as_str()
         .unwrap()
         .to_string();
-    // Roles by rank; `None`: no staff role.
-    let callers: [(&str, Option<&str>, Option<u8>); 5] = [
+    // Roles by rank; `None`: no staff role. A customer's people pass the role rules (the
+    // handlers scope what they see) but not the lift maker's ("fleet ...") ones.
+    let callers: [(&str, Option<&str>, Option<u8>); 7] = [
         ("nobody", None, None),
         ("device", Some(&device), None),
         ("viewer", Some(&viewer), Some(0)),
         ("operator", Some(&operator), Some(1)),
         ("admin", Some(&server.token), Some(2)),
+        ("customer viewer", Some(&acme_viewer), Some(0)),
+        ("customer admin", Some(&acme_admin), Some(2)),
     ];
     let rank = |role: &str| {
         ["viewer", "operator", "admin"]
@@ -210,7 +221,13 @@ async fn every_route_answers_each_role_by_its_rule() {
                 ("device", _, "device" | "nobody") => true,
                 ("device", ..) => false,
                 ("staff", Some(_), _) => true,
-                (needed, Some(r), _) => rank(needed).is_some_and(|n| r as usize >= n),
+                (needed, Some(r), caller) => match needed.strip_prefix("fleet ") {
+                    Some(needed) => {
+                        !caller.starts_with("customer")
+                            && rank(needed).is_some_and(|n| r as usize >= n)
+                    }
+                    None => rank(needed).is_some_and(|n| r as usize >= n),
+                },
                 _ => false,
             };
             if access == "device" && caller == "nobody" {
@@ -609,4 +626,568 @@ async fn factory_provisioned_lifts_exchange_their_code_once() {
     .await;
     assert_eq!(r.status, 422);
     assert_eq!(server.get("/v1/lifts/FAC-3").await.status, 404);
+}
+
+/// The lift ids in a JSON answer of a table with a `lift_id` column, or `None` when the table
+/// has none.
+fn lift_ids_of(reply: &Reply) -> Option<Vec<String>> {
+    let answer = reply.json();
+    let columns = answer["columns"].as_array()?;
+    columns.iter().find(|c| c["name"] == "lift_id")?;
+    Some(
+        answer["rows"]
+            .as_array()?
+            .iter()
+            .map(|r| r["lift_id"].as_str().unwrap_or_default().to_string())
+            .collect(),
+    )
+}
+
+/// The values of a JSON answer's first column, as text.
+fn first_column(reply: &Reply) -> Vec<String> {
+    let answer = reply.json();
+    let name = answer["columns"][0]["name"].as_str().unwrap().to_string();
+    answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| match &r[&name] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+async fn sql_as(server: &TestServer, token: &str, sql: &str) -> Reply {
+    as_bearer(
+        server,
+        Some(token),
+        "POST",
+        "/v1/sql",
+        json!({ "sql": sql }),
+    )
+    .await
+}
+
+/// Customers see their own lifts and nothing of anyone else's, through every door: each table
+/// the catalog lists (so a new table must say how it is scoped, or this fails), the REST
+/// reads, dead letters, and the PostgreSQL wire. A lift that changes hands is seen by each
+/// customer for the period it held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_sees_only_its_own_lifts_and_periods_everywhere() {
+    let pg_port = common::free_port();
+    let listen = format!("127.0.0.1:{pg_port}");
+    let server = TestServer::start(&[("HOISTWAY_QUERY__POSTGRES_LISTEN", listen.as_str())]);
+    common::register(
+        &server,
+        "lift_id,customer,building\nA-1,acme,BA\nA-3,acme,BA\nB-1,bolt,BB\n",
+    )
+    .await;
+    let post = |lift: &'static str, seq: u64| {
+        let server = &server;
+        async move {
+            let r = server
+                .post_json("/v1/telemetry", &reading(lift, seq, seq).to_string())
+                .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+    };
+    for seq in 1..=3 {
+        for lift in ["A-1", "A-3", "B-1", "A-2", "B-2"] {
+            post(lift, seq).await;
+        }
+    }
+    let count = |sql: &'static str| {
+        let server = &server;
+        async move { server.sql_rows(sql).await[0][0].clone() }
+    };
+    server
+        .eventually("9 readings stored", || async {
+            count("SELECT count(*) FROM readings").await == "9"
+        })
+        .await;
+    // A-2 and B-2 were unknown: their readings are dead letters (written at the processor's
+    // next checkpoint); then they are registered.
+    server
+        .eventually("6 dead letters", || async {
+            let files = server.get("/v1/dlq").await.json()["files"].clone();
+            let items: u64 = files
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["items"].as_u64().unwrap())
+                .sum();
+            items == 6
+        })
+        .await;
+    common::register(
+        &server,
+        "lift_id,customer,building\nA-2,acme,BA\nB-2,bolt,BB\n",
+    )
+    .await;
+    // A-3 is sold to bolt; what it reports from now on is bolt's.
+    let r = http(
+        server.addr,
+        "PATCH",
+        "/v1/lifts/A-3",
+        &[("content-type", "application/json")],
+        Bytes::from(json!({ "customer": "bolt", "building": "BB" }).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    for seq in 4..=5 {
+        post("A-3", seq).await;
+    }
+    server
+        .eventually("11 readings stored", || async {
+            count("SELECT count(*) FROM readings").await == "11"
+        })
+        .await;
+
+    let ann = staff_of(&server, "ann", "viewer", Some("acme")).await;
+    let bob = staff_of(&server, "bob", "viewer", Some("bolt")).await;
+    let ada = staff_of(&server, "ada", "admin", Some("acme")).await;
+
+    // SQL: every table, as each customer.
+    let r = sql_as(
+        &server,
+        &ann,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let tables = first_column(&r);
+    assert!(tables.len() >= 7, "{tables:?}");
+    let acme: &[&str] = &["A-1", "A-2"];
+    let bolt: &[&str] = &["B-1", "B-2"];
+    for (who, token, mine, theirs) in [("ann", &ann, acme, bolt), ("bob", &bob, bolt, acme)] {
+        for table in &tables {
+            let r = sql_as(&server, token, &format!("SELECT * FROM {table}")).await;
+            let body = String::from_utf8_lossy(&r.body).into_owned();
+            if table == "audit" {
+                assert_eq!(r.status, 403, "{who}: audit is for admins: {body}");
+                continue;
+            }
+            assert_eq!(r.status, 200, "{who} {table}: {body}");
+            let ids = lift_ids_of(&r)
+                .unwrap_or_else(|| panic!("{table} has no lift_id column: how is it scoped?"));
+            assert!(
+                ids.iter().all(|id| !theirs.contains(&id.as_str())),
+                "{who} sees another customer's rows in {table}: {ids:?}"
+            );
+            if table == "lifts" || table == "lift_state" || table == "readings" {
+                assert!(
+                    ids.iter().any(|id| mine.contains(&id.as_str())),
+                    "{who} sees its own {table}"
+                );
+            }
+        }
+    }
+    // The lift that changed hands: each side sees its own period.
+    let seqs = |token: &String| {
+        let token = token.clone();
+        let server = &server;
+        async move {
+            let r = sql_as(
+                server,
+                &token,
+                "SELECT seq FROM readings WHERE lift_id = 'A-3' ORDER BY seq",
+            )
+            .await;
+            assert_eq!(r.status, 200);
+            first_column(&r)
+        }
+    };
+    assert_eq!(seqs(&ann).await, ["1", "2", "3"]);
+    assert_eq!(seqs(&bob).await, ["4", "5"]);
+    assert_eq!(seqs(&server.token).await.len(), 5);
+    // The audit table: a customer's admin reads its own people's events only.
+    let r = sql_as(
+        &server,
+        &ada,
+        "SELECT DISTINCT actor || ':' || customer AS who FROM audit ORDER BY 1",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let who = first_column(&r);
+    assert!(who.contains(&"ann:acme".to_string()), "{who:?}");
+    assert!(who.iter().all(|w| w.ends_with(":acme")), "{who:?}");
+
+    // REST.
+    let get = |token: &String, path: String| {
+        let token = token.clone();
+        let server = &server;
+        async move { as_bearer(server, Some(&token), "GET", &path, Value::Null).await }
+    };
+    let r = get(&ann, "/v1/lifts".into()).await;
+    let listed: Vec<String> = r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lift_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ["A-1", "A-2"], "A-3 is bolt's now");
+    assert_eq!(
+        get(&ann, "/v1/lifts?customer=bolt".into()).await.status,
+        403
+    );
+    for path in [
+        "/v1/lifts/B-1",
+        "/v1/lifts/B-1/state",
+        "/v1/lifts/B-1/readings",
+        "/v1/lifts/B-1/assignments",
+        "/v1/buildings/BB",
+    ] {
+        assert_eq!(get(&ann, path.into()).await.status, 404, "ann GET {path}");
+        assert_eq!(
+            get(&server.token, path.into()).await.status,
+            200,
+            "admin GET {path}"
+        );
+    }
+    let r = get(&ann, "/v1/lifts/A-3/readings".into()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["rows"].as_array().unwrap().len(),
+        3,
+        "{:?}",
+        r.json()
+    );
+    let r = get(&ann, "/v1/lifts/A-3/assignments".into()).await;
+    let periods = r.json()["items"].as_array().unwrap().clone();
+    assert_eq!(periods.len(), 1);
+    assert_eq!(periods[0]["customer"], "acme");
+    assert!(periods[0]["valid_to"].is_string());
+    let r = get(&server.token, "/v1/lifts/A-3/assignments".into()).await;
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        get(&ann, "/v1/fleet/summary".into()).await.json()["lifts"],
+        2
+    );
+    // Dead letters: A-2's are acme's (its first owner owns its past), B-2's are not.
+    let r = get(&ann, "/v1/dlq".into()).await;
+    let files = r.json()["files"].as_array().unwrap().clone();
+    assert!(!files.is_empty());
+    let mut seen = 0;
+    for f in &files {
+        let id = f["id"].as_str().unwrap();
+        let r = get(&ann, format!("/v1/dlq/{id}")).await;
+        for item in r.json()["items"].as_array().unwrap() {
+            assert_eq!(item["reading"]["lift_id"], "A-2");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 3);
+
+    // Property-level: a customer's admin changes its lifts, never their owner.
+    let patch = |token: &String, lift: &str, body: Value| {
+        let (token, path) = (token.clone(), format!("/v1/lifts/{lift}"));
+        let server = &server;
+        async move { as_bearer(server, Some(&token), "PATCH", &path, body).await }
+    };
+    assert_eq!(
+        patch(&ada, "A-1", json!({ "customer": "bolt" }))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        patch(&ada, "A-1", json!({ "site": "north" })).await.status,
+        200
+    );
+    assert_eq!(patch(&ada, "B-1", json!({ "site": "x" })).await.status, 404);
+    assert_eq!(patch(&ann, "A-1", json!({ "site": "x" })).await.status, 403);
+    // Users: a customer's admin manages its own people only.
+    let r = get(&ada, "/v1/users".into()).await;
+    let mut names: Vec<String> = r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ada", "ann"]);
+    let r = as_bearer(
+        &server,
+        Some(&ada),
+        "POST",
+        "/v1/users",
+        json!({ "username": "eve", "password": "a long enough password", "role": "admin", "customer": "bolt" }),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = as_bearer(
+        &server,
+        Some(&ada),
+        "PATCH",
+        "/v1/users/bob",
+        json!({ "role": "admin" }),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+
+    // The PostgreSQL wire: the same scope, with the user's token as the password.
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={pg_port} user=ann password={ann} dbname=hoistway"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT DISTINCT lift_id FROM readings ORDER BY 1", &[])
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, ["A-1", "A-3"]);
+    let err = client.query("SELECT * FROM audit", &[]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    // Someone else's token, no token, a device: refused.
+    for conn in [
+        format!(
+            "host=127.0.0.1 port={pg_port} user=ann password={} dbname=hoistway",
+            server.token
+        ),
+        format!("host=127.0.0.1 port={pg_port} user=ann password=hwt_guess dbname=hoistway"),
+    ] {
+        let err = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
+            "{err}"
+        );
+    }
+    // Revoking the token ends the connection's access at its next query.
+    let r = get(&ann, "/v1/auth/tokens".into()).await;
+    let id = r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "walk")
+        .expect("the API token")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = as_bearer(
+        &server,
+        Some(&ann),
+        "DELETE",
+        &format!("/v1/auth/tokens/{id}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert!(client.query("SELECT 1", &[]).await.is_err());
+}
+
+/// A certificate for `localhost` and 127.0.0.1 signed by `ca`, written where the server reads
+/// it (through a rename, as a certificate renewal tool does); returns its DER.
+fn issue_cert(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Vec<u8> {
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = params.signed_by(&leaf_key, &**ca).unwrap();
+    for (path, text) in [(key, leaf_key.serialize_pem()), (cert, leaf.pem())] {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+    leaf.der().to_vec()
+}
+
+/// One HTTPS request trusting only `ca`; the status and the certificate the server showed.
+async fn https_get(addr: std::net::SocketAddr, ca: &[u8], path: &str) -> (u16, Vec<u8>) {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca.to_vec()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let peer = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let status = sender.send_request(req).await.unwrap().status().as_u16();
+    (status, peer)
+}
+
+/// `serve` terminates TLS itself, for HTTP and the PostgreSQL wire, and picks up a renewed
+/// certificate on SIGHUP without dropping anything; plain text is refused on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_both_listeners_with_a_certificate_reloaded_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca_pem) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // A subject of its own (OpenSSL takes a leaf with its issuer's name for self-signed).
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Hoistway test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    let first = issue_cert(&ca, &cert, &key);
+    let pg_port = common::free_port();
+    let listen = format!("127.0.0.1:{pg_port}");
+    let server = TestServer::start(&[
+        ("HOISTWAY_TLS__CERT", cert.to_str().unwrap()),
+        ("HOISTWAY_TLS__KEY", key.to_str().unwrap()),
+        // Only SIGHUP reloads within this test's time.
+        ("HOISTWAY_TLS__RELOAD_CHECK_SECS", "3600"),
+        ("HOISTWAY_QUERY__POSTGRES_LISTEN", listen.as_str()),
+        ("HOISTWAY_QUERY__POSTGRES_PLAIN_PASSWORDS", "never"),
+    ]);
+    let ca_der = ca.der().to_vec();
+    let (status, shown) = https_get(server.addr, &ca_der, "/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(shown, first);
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        plain.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(!answer.starts_with(b"HTTP/1.1 200"));
+
+    // psql over TLS, verifying the certificate; a password without TLS is refused.
+    let psql = |sslmode: &str| {
+        std::process::Command::new("psql")
+            .arg(format!(
+                "host=localhost hostaddr=127.0.0.1 port={pg_port} user=admin dbname=hoistway sslmode={sslmode} sslrootcert={} gssencmode=disable",
+                ca_pem.display()
+            ))
+            .args(["-X", "-A", "-t", "-c", "SELECT 40 + 2"])
+            .env("PGPASSWORD", &server.token)
+            .output()
+            .expect("psql is installed (postgresql-client)")
+    };
+    let out = psql("verify-full");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let out = psql("disable");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only over TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A renewed certificate: SIGHUP, and new connections get it.
+    let second = issue_cert(&ca, &cert, &key);
+    assert_ne!(first, second);
+    let pid = server.pid().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, shown) = https_get(server.addr, &ca_der, "/healthz").await;
+        assert_eq!(status, 200);
+        if shown == second {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate is served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = psql("verify-full");
+    assert!(out.status.success());
+}
+
+/// Dead letters have a cap: past it, readings that would become dead letters are refused with
+/// a clear error and nothing else stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_storage_has_a_cap() {
+    let server = TestServer::start(&[("HOISTWAY_INGEST__DEAD_LETTER_MAX_BYTES", "1")]);
+    common::register(&server, "lift_id\nL-KNOWN\n").await;
+    let post = |lift: &'static str, seq: u64| {
+        let server = &server;
+        async move {
+            server
+                .post_json("/v1/telemetry", &reading(lift, seq, seq).to_string())
+                .await
+        }
+    };
+    assert_eq!(post("L-STRAY", 1).await.status, 200);
+    server
+        .eventually("a dead letter", || async {
+            !server.get("/v1/dlq").await.json()["files"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+    let r = post("L-STRAY", 2).await;
+    assert_eq!(r.status, 507, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.content_type(), "application/problem+json");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("dead_letter_max_bytes")
+    );
+    assert_eq!(post("L-KNOWN", 1).await.status, 200);
+    let metrics = String::from_utf8(server.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("hoistway_dlq_full_rejections_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hoistway_dlq_pending_bytes"));
 }
