@@ -71,6 +71,8 @@ impl Proc {
             .env("HOISTWAY_LOG_LEVEL", "warn")
             // Lifts post without tokens here; token checks are measured on their own.
             .env("HOISTWAY_AUTH__DEVICES", "open")
+            // Servers run side by side: no PostgreSQL endpoint to fight over.
+            .env("HOISTWAY_QUERY__POSTGRES_LISTEN", "")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

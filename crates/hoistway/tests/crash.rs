@@ -446,6 +446,114 @@ async fn a_data_dir_of_the_first_release_opens_and_keeps_counting_exactly() {
     );
 }
 
+/// A data dir of the release before customer scopes (registry schema 1, auth schema 2, with an
+/// admin, her API token, factory-provisioned lifts and audit events) opens with its readings
+/// exact, its accounts and tokens working, and each lift owned by its customer since the
+/// beginning, so that customer's people see the old readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_the_release_before_customer_scopes_opens_with_its_accounts() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&fixture.join("data"), &data);
+    let old: Ledger =
+        serde_json::from_slice(&std::fs::read(fixture.join("ledger.json")).unwrap()).unwrap();
+    let olga = std::fs::read_to_string(fixture.join("olga.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let server = TestServer::start_in(data.clone(), &[]);
+    verified(&server, &old).await;
+    stored_readings_match_the_ledger(&server, &old).await;
+    let as_olga = |path: &'static str| {
+        let auth = format!("Bearer {olga}");
+        async move {
+            http(server.addr, "GET", path, &[("authorization", &auth)], Default::default()).await
+        }
+    };
+    // Her token from the old release still works, with her role.
+    let me = as_olga("/v1/auth/me").await;
+    assert_eq!(me.status, 200, "{}", String::from_utf8_lossy(&me.body));
+    assert_eq!(me.json()["role"], "admin");
+    assert!(me.json()["customer"].is_null());
+    // The old audit events are there (the factory provisioning she did).
+    let audit = as_olga("/v1/audit?actor=olga").await.json();
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"device.provision"), "{actions:?}");
+    // Every lift belongs to its customer since the beginning: that customer's viewer sees all
+    // of its old readings and none of the other customer's.
+    let lifts = server.sql_rows("SELECT lift_id, customer FROM lifts ORDER BY lift_id").await;
+    let one = &lifts[0][1];
+    let periods = server
+        .get(&format!("/v1/lifts/{}/assignments", lifts[0][0]))
+        .await
+        .json();
+    assert_eq!(periods["items"].as_array().unwrap().len(), 1);
+    assert!(periods["items"][0]["valid_from"].is_null());
+    let r = server
+        .post_json(
+            "/v1/users",
+            &serde_json::json!({
+                "username": "cora", "password": "a long enough password", "role": "viewer",
+                "customer": one,
+            })
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let login = http(
+        server.addr,
+        "POST",
+        "/v1/auth/login",
+        &[("content-type", "application/json"), ("authorization", "")],
+        serde_json::json!({ "username": "cora", "password": "a long enough password" })
+            .to_string()
+            .into(),
+    )
+    .await
+    .json();
+    let cora = format!("Bearer {}", login["token"].as_str().unwrap());
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/sql",
+        &[("content-type", "text/plain"), ("authorization", &cora)],
+        "SELECT lift_id, count(*) AS n FROM readings GROUP BY lift_id ORDER BY lift_id".into(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen: Vec<(String, u64)> = r.json()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["lift_id"].as_str().unwrap().to_string(),
+                row["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mine: Vec<&String> = lifts
+        .iter()
+        .filter(|l| &l[1] == one)
+        .map(|l| &l[0])
+        .collect();
+    assert!(!mine.is_empty() && mine.len() < lifts.len());
+    assert_eq!(seen.iter().map(|(l, _)| l).collect::<Vec<_>>(), mine);
+    let all = server
+        .sql_rows("SELECT lift_id, count(*) FROM readings GROUP BY lift_id ORDER BY lift_id")
+        .await;
+    for (lift, n) in &seen {
+        let row = all.iter().find(|r| &r[0] == lift).unwrap();
+        assert_eq!(n.to_string(), row[1], "{lift}: every old reading");
+    }
+}
+
 /// A bit flipped in an acknowledged log entry (below the durable mark) is not taken for a torn
 /// tail: the server refuses to start and says why; `hoistway log repair` replaces the entry by a
 /// placeholder and the server then starts with every other reading counted.
