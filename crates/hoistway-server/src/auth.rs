@@ -91,6 +91,66 @@ pub fn problem(e: AuthError) -> Problem {
     }
 }
 
+/// The browser's session: the token in an `HttpOnly` cookie, and a CSRF token in a cookie the
+/// page reads and echoes in [`CSRF_HEADER`] on every request that changes something.
+pub const SESSION_COOKIE: &str = "hoistway_session";
+pub const CSRF_COOKIE: &str = "hoistway_csrf";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The value of cookie `name`, if the request has it.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether a cookie-authenticated request carries the CSRF token of its session (compared in
+/// constant time).
+fn csrf_ok(headers: &HeaderMap) -> bool {
+    let (Some(expected), Some(sent)) = (
+        cookie(headers, CSRF_COOKIE),
+        headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    expected.len() == sent.len()
+        && expected
+            .bytes()
+            .zip(sent.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// `Set-Cookie` values for a new session (or, with `None`, ones that clear it).
+fn session_cookies(session: Option<(&str, &str)>, max_age_secs: i64, secure: bool) -> [String; 2] {
+    let secure = if secure { "; Secure" } else { "" };
+    let (token, csrf, age) = match session {
+        Some((token, csrf)) => (token, csrf, max_age_secs),
+        None => ("", "", 0),
+    };
+    [
+        format!(
+            "{SESSION_COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; SameSite=Strict{secure}"
+        ),
+        format!("{CSRF_COOKIE}={csrf}; Path=/; Max-Age={age}; SameSite=Strict{secure}"),
+    ]
+}
+
+fn with_cookies(mut resp: Response, cookies: [String; 2]) -> Response {
+    for c in cookies {
+        if let Ok(v) = header::HeaderValue::from_str(&c) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
 /// The bearer token of a request, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -164,7 +224,26 @@ pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -
         // A route without a rule is a bug; refuse rather than serve it open.
         return Problem::internal(&format!("route {path} has no access rule")).into_response();
     };
-    let principal = match bearer(req.headers()) {
+    // A browser signs in with its session cookie; scripts and lifts with a bearer token, which
+    // wins when both are sent. A cookie-signed request that changes something must prove it
+    // comes from our page (CSRF).
+    let token = match bearer(req.headers()) {
+        Some(t) => Some(t),
+        None if access == Access::Device => None,
+        None => {
+            let from_cookie = cookie(req.headers(), SESSION_COOKIE);
+            let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+            if from_cookie.is_some() && !safe && !csrf_ok(req.headers()) {
+                let mut p = Problem::forbidden(format!(
+                    "a request signed in by the session cookie must send the {CSRF_HEADER} header with the value of the {CSRF_COOKIE} cookie"
+                ));
+                p.kind = "https://hoistway.dev/problems/csrf".into();
+                return p.into_response();
+            }
+            from_cookie
+        }
+    };
+    let principal = match token {
         Some(token) => match authenticate(&gate.app, token).await {
             Ok(p) => Some(p),
             Err(p) if access == Access::Public => {
@@ -698,16 +777,27 @@ pub async fn login(
     let owner = issued.record.owner.clone();
     let user = with_auth(&app, move |auth| auth.user(&owner)).await?;
     let enrol = user.role.needs_second_factor() && !issued.record.second_factor;
-    Ok(no_store(
-        Json(json!({
-            "token": issued.token,
-            "username": user.username,
-            "role": user.role,
-            "expires_at": issued.record.expires_us.map(micros_rfc3339),
-            "second_factor": issued.record.second_factor,
-            "enrolment_required": enrol,
-        }))
-        .into_response(),
+    let csrf: String = hoistway_auth::secret::random_token("");
+    let cookies = session_cookies(
+        Some((&issued.token, &csrf)),
+        app.auth.config().session_hours * 3600,
+        app.tls,
+    );
+    Ok(with_cookies(
+        no_store(
+            Json(json!({
+                "token": issued.token,
+                "csrf_token": csrf,
+                "username": user.username,
+                "role": user.role,
+                "customer": user.customer,
+                "expires_at": issued.record.expires_us.map(micros_rfc3339),
+                "second_factor": issued.record.second_factor,
+                "enrolment_required": enrol,
+            }))
+            .into_response(),
+        ),
+        cookies,
     ))
 }
 
@@ -720,7 +810,10 @@ pub async fn logout(
         unreachable!("user_of returns users")
     };
     with_auth(&app, move |auth| auth.revoke_token(&username, &token_id)).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(with_cookies(
+        StatusCode::NO_CONTENT.into_response(),
+        session_cookies(None, 0, app.tls),
+    ))
 }
 
 pub async fn me(

@@ -54,6 +54,9 @@ pub struct AppParts {
     pub rate: rate::RateLimits,
     /// Reverse proxies whose `X-Forwarded-For` names the client (rate limits, audit log).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Whether clients reach this server over TLS (its own, or a trusted proxy's): session
+    /// cookies are then `Secure`.
+    pub tls: bool,
     pub fleet: Fleet,
     pub registry: Arc<Registry>,
     pub dlq: Arc<DeadLetterQueue>,

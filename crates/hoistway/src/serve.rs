@@ -149,6 +149,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth,
         rate: hoistway_server::rate::RateLimits::new(ingest_rate),
         trusted_proxies: config.auth.trusted_proxies.clone(),
+        tls: tls.is_some() || !config.auth.trusted_proxies.is_empty(),
         fleet,
         registry,
         dlq,

@@ -468,7 +468,14 @@ async fn a_data_dir_of_the_release_before_customer_scopes_opens_with_its_account
     let as_olga = |path: &'static str| {
         let auth = format!("Bearer {olga}");
         async move {
-            http(server.addr, "GET", path, &[("authorization", &auth)], Default::default()).await
+            http(
+                server.addr,
+                "GET",
+                path,
+                &[("authorization", &auth)],
+                Default::default(),
+            )
+            .await
         }
     };
     // Her token from the old release still works, with her role.
@@ -487,7 +494,9 @@ async fn a_data_dir_of_the_release_before_customer_scopes_opens_with_its_account
     assert!(actions.contains(&"device.provision"), "{actions:?}");
     // Every lift belongs to its customer since the beginning: that customer's viewer sees all
     // of its old readings and none of the other customer's.
-    let lifts = server.sql_rows("SELECT lift_id, customer FROM lifts ORDER BY lift_id").await;
+    let lifts = server
+        .sql_rows("SELECT lift_id, customer FROM lifts ORDER BY lift_id")
+        .await;
     let one = &lifts[0][1];
     let periods = server
         .get(&format!("/v1/lifts/{}/assignments", lifts[0][0]))

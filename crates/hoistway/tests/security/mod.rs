@@ -1191,3 +1191,96 @@ async fn dead_letter_storage_has_a_cap() {
     );
     assert!(metrics.contains("hoistway_dlq_pending_bytes"));
 }
+
+/// A browser signs in with cookies: the session in an HttpOnly, SameSite=Strict cookie, and a
+/// request that changes something needs the CSRF token echoed in a header. Logout clears both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_is_a_cookie_and_changes_need_the_csrf_token() {
+    let server = TestServer::start(&[]);
+    let r = server
+        .post_json(
+            "/v1/users",
+            &json!({ "username": "vic", "password": "correct horse battery staple", "role": "viewer" })
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = as_bearer(
+        &server,
+        None,
+        "POST",
+        "/v1/auth/login",
+        json!({ "username": "vic", "password": "correct horse battery staple" }),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let set: Vec<String> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("hoistway_session="))
+        .expect("a session cookie");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    assert!(!session.contains("Secure"), "plain HTTP here: {session}");
+    let pair = |c: &String| c.split(';').next().unwrap().to_string();
+    let csrf = r.json()["csrf_token"].as_str().unwrap().to_string();
+    let cookies = format!(
+        "{}; {}",
+        pair(session),
+        pair(
+            set.iter()
+                .find(|c| c.starts_with("hoistway_csrf="))
+                .unwrap()
+        )
+    );
+    let call = |method: &'static str, path: &'static str, csrf: Option<String>| {
+        let cookies = cookies.clone();
+        let server = &server;
+        async move {
+            let mut headers = vec![
+                ("cookie", cookies),
+                ("authorization", String::new()),
+                ("content-type", "application/json".to_string()),
+            ];
+            if let Some(t) = csrf {
+                headers.push(("x-csrf-token", t));
+            }
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http(
+                server.addr,
+                method,
+                path,
+                &headers,
+                Bytes::from(json!({ "name": "from the browser" }).to_string()),
+            )
+            .await
+        }
+    };
+    let me = call("GET", "/v1/auth/me", None).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["username"], "vic");
+    let r = call("POST", "/v1/auth/tokens", None).await;
+    assert_eq!(r.status, 403, "no CSRF token");
+    assert!(r.json()["type"].as_str().unwrap().ends_with("/csrf"));
+    let r = call("POST", "/v1/auth/tokens", Some("forged".into())).await;
+    assert_eq!(r.status, 403, "a wrong CSRF token");
+    let r = call("POST", "/v1/auth/tokens", Some(csrf.clone())).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = call("POST", "/v1/auth/logout", Some(csrf)).await;
+    assert_eq!(r.status, 204);
+    assert!(
+        r.headers
+            .get_all("set-cookie")
+            .iter()
+            .all(|v| v.to_str().unwrap().contains("Max-Age=0"))
+    );
+    assert_eq!(call("GET", "/v1/auth/me", None).await.status, 401);
+}
