@@ -488,24 +488,31 @@ impl Registry {
             let mut conn = self.conn.lock();
             {
                 let lifts = self.lifts.read();
+                // Index into `periods` by lift: a 200,000-lift import stays linear.
+                let mut planned: HashMap<LiftId, usize> = HashMap::new();
                 for i in &infos {
-                    let current = lifts
-                        .history
-                        .get(&i.lift_id)
+                    if let Some(&k) = planned.get(&i.lift_id) {
+                        // The same lift twice in one batch: the last row wins, from the same
+                        // moment (or the beginning, for a new lift).
+                        let a = &mut periods[k].1;
+                        a.customer.clone_from(&i.customer);
+                        a.building.clone_from(&i.building);
+                        continue;
+                    }
+                    let history = lifts.history.get(&i.lift_id);
+                    let current = history
                         .and_then(|h| h.last())
                         .filter(|a| a.valid_to_us.is_none());
                     let moved = current
                         .is_none_or(|a| a.customer != i.customer || a.building != i.building);
                     if moved {
-                        let first = !lifts.history.contains_key(&i.lift_id)
-                            && !periods.iter().any(|(id, _)| *id == i.lift_id);
-                        periods.retain(|(id, _)| *id != i.lift_id);
+                        planned.insert(i.lift_id.clone(), periods.len());
                         periods.push((
                             i.lift_id.clone(),
                             Assignment {
                                 customer: i.customer.clone(),
                                 building: i.building.clone(),
-                                valid_from_us: (!first).then_some(now),
+                                valid_from_us: history.is_some().then_some(now),
                                 valid_to_us: None,
                             },
                         ));
