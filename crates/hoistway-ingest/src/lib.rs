@@ -16,6 +16,8 @@ mod sequencer;
 
 pub use decode::{BodyError, BodyFormat, DecodeLimits, Decoded, Rejection, decode_body};
 pub use record::{LogBatch, RecordError};
-pub use sequencer::{Ingest, IngestError, IngestOutcome, Sequencer, SequencerConfig};
+pub use sequencer::{
+    DurableRecord, Feed, Ingest, IngestError, IngestOutcome, Sequencer, SequencerConfig, feed,
+};
 
 pub use hoistway_model::Reading;

@@ -8,7 +8,25 @@ use hoistway_log::{Log, Offset};
 use hoistway_model::{DedupWindow, LiftDedup, LiftId, Reading, Seen};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{encode_reading, encode_record};
+use crate::record::{LogBatch, encode_reading, encode_record};
+
+/// A record the sequencer appended, once it is durable: its offset and its readings, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurableRecord {
+    pub offset: Offset,
+    pub batch: LogBatch,
+}
+
+/// The processor's end of the in-memory hand-off: each item is one group commit's records, in
+/// offset order, sent only after the log's `append` returned them durable.
+pub type Feed = mpsc::Receiver<Vec<DurableRecord>>;
+
+/// A channel for the hand-off from [`Sequencer::with_feed`] to the processor. When it is full
+/// the sequencer drops the group rather than wait (acks come first); the processor then reads
+/// those records from the log.
+pub fn feed(groups: usize) -> (mpsc::Sender<Vec<DurableRecord>>, Feed) {
+    mpsc::channel(groups.max(1))
+}
 
 #[derive(Debug, Clone)]
 pub struct SequencerConfig {
@@ -52,15 +70,10 @@ pub enum IngestError {
     Closed,
 }
 
-struct Item {
-    lift_id: LiftId,
-    epoch: u64,
-    seq: u64,
-    encoded: Bytes,
-}
-
 struct Request {
-    items: Vec<Item>,
+    readings: Vec<Reading>,
+    /// Each reading in the log record format, encoded on the request's task.
+    encoded: Vec<Bytes>,
     replay: bool,
     reply: oneshot::Sender<Result<IngestOutcome, IngestError>>,
 }
@@ -75,12 +88,12 @@ pub struct Ingest {
 
 impl Ingest {
     /// Appends the new ones among `readings` and returns once they are durable.
-    pub async fn submit(&self, readings: &[Reading]) -> Result<IngestOutcome, IngestError> {
+    pub async fn submit(&self, readings: Vec<Reading>) -> Result<IngestOutcome, IngestError> {
         self.send(readings, false).await
     }
 
     /// Sends readings again (from the dead-letter queue), skipping the head dedup index.
-    pub async fn replay(&self, readings: &[Reading]) -> Result<IngestOutcome, IngestError> {
+    pub async fn replay(&self, readings: Vec<Reading>) -> Result<IngestOutcome, IngestError> {
         self.send(readings, true).await
     }
 
@@ -93,7 +106,11 @@ impl Ingest {
         })
     }
 
-    async fn send(&self, readings: &[Reading], replay: bool) -> Result<IngestOutcome, IngestError> {
+    async fn send(
+        &self,
+        readings: Vec<Reading>,
+        replay: bool,
+    ) -> Result<IngestOutcome, IngestError> {
         if readings.is_empty() {
             return Ok(IngestOutcome::default());
         }
@@ -103,19 +120,12 @@ impl Ingest {
         if let Some(e) = self.backlogged() {
             return Err(e);
         }
-        let items = readings
-            .iter()
-            .map(|r| Item {
-                lift_id: r.lift_id.clone(),
-                epoch: r.epoch,
-                seq: r.seq,
-                encoded: encode_reading(r),
-            })
-            .collect();
+        let encoded = readings.iter().map(encode_reading).collect();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request {
-                items,
+                readings,
+                encoded,
                 replay,
                 reply,
             })
@@ -132,6 +142,7 @@ pub struct Sequencer {
     window: DedupWindow,
     max_group: usize,
     dedup: HashMap<LiftId, LiftDedup>,
+    feed: Option<mpsc::Sender<Vec<DurableRecord>>>,
 }
 
 impl Sequencer {
@@ -154,8 +165,15 @@ impl Sequencer {
             window: config.window,
             max_group: config.max_group.max(1),
             dedup,
+            feed: None,
         };
         (ingest, sequencer)
+    }
+
+    /// Hands every durable record, decoded, to the processor through `feed` (see [`feed`]).
+    pub fn with_feed(mut self, feed: mpsc::Sender<Vec<DurableRecord>>) -> Self {
+        self.feed = Some(feed);
+        self
     }
 
     /// Runs until every [`Ingest`] handle is dropped and every accepted request is answered.
@@ -175,39 +193,58 @@ impl Sequencer {
         let mut in_group: HashSet<(LiftId, u64, u64)> = HashSet::new();
         let mut records = Vec::with_capacity(group.len());
         let mut answers = Vec::with_capacity(group.len());
+        // The kept readings of each record, for the feed.
+        let mut fed: Vec<LogBatch> = Vec::new();
         for req in group {
-            let mut kept: Vec<&Item> = Vec::with_capacity(req.items.len());
+            let mut kept = Vec::with_capacity(req.readings.len());
             let mut duplicates = 0;
-            for item in &req.items {
-                let seen = match self.dedup.get(&item.lift_id) {
-                    Some(d) if !req.replay => d.check(item.epoch, item.seq, &self.window),
+            for (i, r) in req.readings.iter().enumerate() {
+                let seen = match self.dedup.get(&r.lift_id) {
+                    Some(d) if !req.replay => d.check(r.epoch, r.seq, &self.window),
                     _ => Seen::New,
                 };
-                let key = (item.lift_id.clone(), item.epoch, item.seq);
+                let key = (r.lift_id.clone(), r.epoch, r.seq);
                 if seen == Seen::Duplicate || !in_group.insert(key) {
                     duplicates += 1;
                 } else {
-                    kept.push(item);
+                    kept.push(i);
                 }
             }
             let record_index = (!kept.is_empty()).then(|| {
                 records.push(encode_record(
                     req.replay,
-                    kept.iter().map(|i| &i.encoded[..]),
+                    kept.iter().map(|&i| &req.encoded[i][..]),
                 ));
+                if self.feed.is_some() {
+                    let all = kept.len() == req.readings.len();
+                    let readings = if all {
+                        req.readings
+                    } else {
+                        let mut keep = kept.iter().copied().peekable();
+                        req.readings
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| keep.next_if_eq(i).is_some())
+                            .map(|(_, r)| r)
+                            .collect()
+                    };
+                    fed.push(LogBatch {
+                        replay: req.replay,
+                        readings,
+                    });
+                }
                 records.len() - 1
             });
             let accepted = kept.len();
             answers.push((req.reply, accepted, duplicates, record_index));
         }
-        let record_count = records.len() as u64;
         let appended = if records.is_empty() {
-            Ok(self.log.durable_end())
+            Ok(Vec::new())
         } else {
             self.log.append(records).await
         };
-        let first = match appended {
-            Ok(first) => first,
+        let offsets = match appended {
+            Ok(offsets) => offsets,
             Err(e) => {
                 tracing::warn!(error = %e, "log append failed; requests answered with an error");
                 let transient = e.is_transient();
@@ -223,24 +260,31 @@ impl Sequencer {
                 return;
             }
         };
-        // Only now is it certain the records are in the log (durability follows below).
+        // Only now is it certain the records are in the log, durable.
         for (lift_id, epoch, seq) in in_group {
             self.dedup
                 .entry(lift_id)
                 .or_default()
                 .insert(epoch, seq, &self.window);
         }
-        let durable = self.log.wait_durable(first + record_count).await;
+        if !fed.is_empty()
+            && let Some(feed) = &self.feed
+        {
+            let group = fed
+                .into_iter()
+                .zip(&offsets)
+                .map(|(batch, &offset)| DurableRecord { offset, batch })
+                .collect();
+            if feed.try_send(group).is_err() {
+                metrics::counter!("hoistway_ingest_feed_dropped_groups_total").increment(1);
+            }
+        }
         for (reply, accepted, duplicates, record_index) in answers {
-            let outcome = match &durable {
-                Ok(()) => Ok(IngestOutcome {
-                    accepted,
-                    duplicates,
-                    offset: record_index.map(|i| first + i as u64),
-                }),
-                Err(e) => Err(hoistway_log::Error::Poisoned(e.to_string()).into()),
-            };
-            let _ = reply.send(outcome);
+            let _ = reply.send(Ok(IngestOutcome {
+                accepted,
+                duplicates,
+                offset: record_index.map(|i| offsets[i]),
+            }));
         }
     }
 }

@@ -609,9 +609,11 @@ fn scan_to(file: &File, header_len: u64, base: Offset, target: Offset) -> Result
     Ok(pos)
 }
 
-#[async_trait]
-impl Log for FileLog {
-    async fn append(&self, records: Vec<Bytes>) -> Result<Offset> {
+impl FileLog {
+    /// Writes `records` at consecutive offsets and returns the first; they are not durable
+    /// (nor visible to readers) until [`wait_durable`](Self::wait_durable) covers them. The
+    /// two halves of [`Log::append`], for a single writer that knows its offsets at once.
+    pub async fn append_unsynced(&self, records: Vec<Bytes>) -> Result<Offset> {
         if records.is_empty() {
             return Ok(self.inner.writer.lock().next);
         }
@@ -621,7 +623,9 @@ impl Log for FileLog {
             .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
 
-    async fn wait_durable(&self, offset: Offset) -> Result<()> {
+    /// Returns once every record below `offset` is durable; concurrent callers share one
+    /// `fdatasync`.
+    pub async fn wait_durable(&self, offset: Offset) -> Result<()> {
         loop {
             if *self.inner.durable.borrow() >= offset {
                 return Ok(());
@@ -658,6 +662,16 @@ impl Log for FileLog {
                 Err(e) => return Err(self.inner.poison(format!("fsync failed: {e}"))),
             }
         }
+    }
+}
+
+#[async_trait]
+impl Log for FileLog {
+    async fn append(&self, records: Vec<Bytes>) -> Result<Vec<Offset>> {
+        let n = records.len() as u64;
+        let first = self.append_unsynced(records).await?;
+        self.wait_durable(first + n).await?;
+        Ok((first..first + n).collect())
     }
 
     async fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {

@@ -76,22 +76,26 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An append-only, ordered, durable log of records.
+/// An append-only, ordered, durable log of records: one partition's.
 ///
-/// Contract, for every implementation (checked by the conformance suite in `tests/`):
-/// - [`append`](Log::append) assigns consecutive offsets, in call order, and returns the first.
-///   Appended records are **not** durable yet and are not visible to readers.
-/// - When [`wait_durable(o)`](Log::wait_durable) returns `Ok`, every record below `o` is on
-///   stable storage: it survives a process crash or power loss and is returned by reads after
-///   restart. Concurrent waiters share one sync (group commit).
+/// Contract, for every implementation (checked by the conformance suite in `tests/`), which
+/// holds with one writer or several (processes appending to the same partition):
+/// - [`append`](Log::append) returns once every record of the call is on stable storage (it
+///   survives a process crash or power loss and is returned by reads after restart), with the
+///   offset each got. Offsets are known only then, never promised earlier: several writers'
+///   records interleave. One call's offsets increase in the order of its records; concurrent
+///   calls share one sync (group commit). On error none of the call's records may be assumed
+///   written, and a caller that retries may find the first attempt's records in the log too
+///   (readers deduplicate: the processor's index does).
 /// - [`read`](Log::read) returns only durable records, each exactly as appended, in offset order,
-///   never a corrupt one (a checksum failure is an error, not data).
+///   never a corrupt one (a checksum failure is an error, not data). Offsets increase; a reader
+///   never assumes they are consecutive.
 /// - [`truncate_before(o)`](Log::truncate_before) allows records below `o` to be deleted; the
 ///   log may keep more. Offsets are never reused.
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
-    async fn append(&self, records: Vec<Bytes>) -> Result<Offset>;
-    async fn wait_durable(&self, offset: Offset) -> Result<()>;
+    /// Appends `records` and returns, once they are durable, the offset of each.
+    async fn append(&self, records: Vec<Bytes>) -> Result<Vec<Offset>>;
     /// Up to `max_bytes` (at least one record if any) durable records starting at `from`.
     async fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Record>>;
     /// Resolves when the durable end passes `offset` or after `timeout`, whichever is first.

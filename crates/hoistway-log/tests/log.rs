@@ -23,47 +23,73 @@ async fn read_all(log: &dyn Log, from: u64) -> Vec<(u64, Bytes)> {
             return out;
         }
         for r in batch {
-            assert_eq!(r.offset, at, "offsets are consecutive");
-            at += 1;
+            assert!(r.offset >= at, "offsets increase");
+            at = r.offset + 1;
             out.push((r.offset, r.payload));
         }
     }
 }
 
-/// The conformance suite every `Log` implementation must pass.
-async fn check_log(log: &dyn Log) {
+/// The conformance suite every `Log` implementation must pass. `log` must be `Sync` and
+/// `'static` so that several writers can append at once, as several ingest nodes do.
+async fn check_log(log: std::sync::Arc<dyn Log>) {
     let start = log.durable_end();
-    let first = log.append(vec![payload(0), payload(1)]).await.unwrap();
-    assert_eq!(first, start);
-    // appended but not yet durable: invisible to readers
-    assert!(log.read(first, 1 << 20).await.unwrap().is_empty());
-    log.wait_durable(first + 2).await.unwrap();
-    assert_eq!(log.durable_end(), first + 2);
+    let offsets = log.append(vec![payload(0), payload(1)]).await.unwrap();
+    assert_eq!(offsets.len(), 2);
+    assert!(
+        offsets[0] >= start && offsets[1] > offsets[0],
+        "{offsets:?}"
+    );
+    // durable on return: visible to readers, and past the durable end
+    assert!(log.durable_end() > offsets[1]);
+    let first = offsets[0];
+    let back = read_all(log.as_ref(), first).await;
+    assert_eq!(
+        back,
+        vec![(offsets[0], payload(0)), (offsets[1], payload(1))]
+    );
 
-    // many appends share one sync
-    for _ in 0..8u64 {
-        for i in 0..25u64 {
-            log.append(vec![payload(i)]).await.unwrap();
-        }
+    // several writers at once: each gets its own offsets, each record is read back once, at
+    // the offset its writer was given, and one writer's records keep their order
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let log = log.clone();
+        writers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..25u64 {
+                let p = payload(w * 1000 + i);
+                let at = log.append(vec![p.clone(), p.clone()]).await.unwrap();
+                assert!(at[1] > at[0]);
+                mine.push((at[0], p.clone()));
+                mine.push((at[1], p));
+            }
+            mine
+        }));
     }
-    log.wait_durable(first + 202).await.unwrap();
-    let all = read_all(log, first).await;
-    assert_eq!(all.len(), 202);
-    assert_eq!(all[0].1, payload(0));
-    assert_eq!(all[1].1, payload(1));
-    for (k, (off, data)) in all.iter().enumerate().skip(2) {
-        assert_eq!(*off, first + k as u64);
-        assert_eq!(*data, payload(((k - 2) % 25) as u64));
+    let mut written = Vec::new();
+    for w in writers {
+        let mine = w.await.unwrap();
+        assert!(mine.windows(2).all(|p| p[0].0 < p[1].0), "a writer's order");
+        written.extend(mine);
     }
-    // a reader waiting for data wakes when it becomes durable
+    written.sort_by_key(|(o, _)| *o);
+    let all = read_all(log.as_ref(), offsets[1] + 1).await;
+    assert_eq!(all, written, "every record once, at its offset");
+
+    // a reader waiting for data wakes when a record becomes durable
     let end = log.durable_end();
+    let waiter = {
+        let log = log.clone();
+        tokio::spawn(async move { log.wait_for_data(end, Duration::from_secs(10)).await })
+    };
     let at = log.append(vec![payload(99)]).await.unwrap();
-    log.wait_durable(at + 1).await.unwrap();
-    log.wait_for_data(end, Duration::from_secs(5)).await;
-    assert_eq!(log.read(end, 1).await.unwrap()[0].payload, payload(99));
-    // waiting for what was never appended is an error, not a hang
-    let beyond = log.durable_end() + 10;
-    assert!(log.wait_durable(beyond).await.is_err());
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter woke")
+        .unwrap();
+    assert_eq!(log.read(at[0], 1).await.unwrap()[0].payload, payload(99));
+    // an empty append is not an error
+    assert!(log.append(Vec::new()).await.unwrap().is_empty());
     // small max_bytes still returns one record
     assert_eq!(log.read(first, 1).await.unwrap().len(), 1);
 }
@@ -78,14 +104,35 @@ fn small_segments(dir: &std::path::Path) -> FileLogConfig {
 async fn file_log_meets_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(FileLogConfig::new(dir.path())).unwrap();
-    check_log(&log).await;
+    check_log(std::sync::Arc::new(log)).await;
+}
+
+/// The file log's two halves of an append: written records stay invisible until synced, and
+/// waiting for what was never written is an error, not a hang.
+#[tokio::test]
+async fn file_log_records_are_invisible_until_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(FileLogConfig::new(dir.path())).unwrap();
+    let first = log
+        .append_unsynced(vec![payload(0), payload(1)])
+        .await
+        .unwrap();
+    assert!(log.read(first, 1 << 20).await.unwrap().is_empty());
+    assert_eq!(log.durable_end(), first);
+    log.wait_durable(first + 2).await.unwrap();
+    assert_eq!(log.durable_end(), first + 2);
+    assert_eq!(log.read(first, 1 << 20).await.unwrap().len(), 2);
+    assert!(matches!(
+        log.wait_durable(first + 10).await,
+        Err(Error::BeyondEnd { .. })
+    ));
 }
 
 #[tokio::test]
 async fn file_log_meets_the_contract_across_many_segments() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(small_segments(dir.path())).unwrap();
-    check_log(&log).await;
+    check_log(std::sync::Arc::new(log)).await;
     let segments = std::fs::read_dir(dir.path()).unwrap().count();
     assert!(segments > 3, "expected rolled segments, got {segments}");
 }
@@ -96,7 +143,7 @@ async fn reopening_keeps_every_durable_record() {
     {
         let (log, _) = FileLog::open(small_segments(dir.path())).unwrap();
         for i in 0..300 {
-            log.append(vec![payload(i)]).await.unwrap();
+            log.append_unsynced(vec![payload(i)]).await.unwrap();
         }
         log.wait_durable(300).await.unwrap();
     }
@@ -107,7 +154,7 @@ async fn reopening_keeps_every_durable_record() {
     assert_eq!(all.len(), 300);
     assert!(all.iter().all(|(o, p)| *p == payload(*o)));
     // and it keeps appending after them
-    assert_eq!(log.append(vec![payload(300)]).await.unwrap(), 300);
+    assert_eq!(log.append_unsynced(vec![payload(300)]).await.unwrap(), 300);
 }
 
 fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
@@ -122,7 +169,7 @@ fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
 async fn write_records(dir: &std::path::Path, n: u64) {
     let (log, _) = FileLog::open(FileLogConfig::new(dir)).unwrap();
     for i in 0..n {
-        log.append(vec![payload(i)]).await.unwrap();
+        log.append_unsynced(vec![payload(i)]).await.unwrap();
     }
     log.wait_durable(n).await.unwrap();
 }
@@ -199,7 +246,7 @@ async fn a_damaged_entry_below_the_durable_mark_stops_recovery_until_repaired() 
     assert_eq!(all.len(), 20);
     assert!(all[..19].iter().all(|(o, p)| *p == payload(*o)));
     assert!(is_placeholder(&all[19].1));
-    assert_eq!(log.append(vec![payload(20)]).await.unwrap(), 20);
+    assert_eq!(log.append_unsynced(vec![payload(20)]).await.unwrap(), 20);
 }
 
 #[tokio::test]
@@ -235,7 +282,7 @@ async fn a_version_1_log_still_cuts_a_corrupt_last_entry_and_moves_to_version_2(
     {
         let (log, _) = FileLog::open(version_1(dir.path())).unwrap();
         for i in 0..20 {
-            log.append(vec![payload(i)]).await.unwrap();
+            log.append_unsynced(vec![payload(i)]).await.unwrap();
         }
         log.wait_durable(20).await.unwrap();
     }
@@ -248,7 +295,7 @@ async fn a_version_1_log_still_cuts_a_corrupt_last_entry_and_moves_to_version_2(
     assert_eq!(report.end, 19);
     assert!(report.truncated_bytes > 0);
     // new entries go to a new, version 2 segment; the old one is read as it is
-    assert_eq!(log.append(vec![payload(19)]).await.unwrap(), 19);
+    assert_eq!(log.append_unsynced(vec![payload(19)]).await.unwrap(), 19);
     log.wait_durable(20).await.unwrap();
     let new_seg = last_segment(dir.path());
     assert_ne!(new_seg, seg);
@@ -262,15 +309,14 @@ async fn a_version_1_log_still_cuts_a_corrupt_last_entry_and_moves_to_version_2(
 async fn a_node_told_to_write_version_1_keeps_writing_it_for_older_readers() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(version_1(dir.path())).unwrap();
-    check_log(&log).await;
-    drop(log);
+    check_log(std::sync::Arc::new(log)).await;
     // the version 1 reader (the previous release's rules) reads every entry of it
     let mut total = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         total += read_version_1_segment(&bytes).len();
     }
-    assert_eq!(total, 203);
+    assert_eq!(total, 403);
 }
 
 /// The previous release's reader: a 16-byte header of version 1, then entries.
@@ -327,7 +373,7 @@ async fn corruption_inside_a_sealed_segment_is_an_error_not_data() {
     {
         let (log, _) = FileLog::open(small_segments(dir.path())).unwrap();
         for i in 0..100 {
-            log.append(vec![payload(i)]).await.unwrap();
+            log.append_unsynced(vec![payload(i)]).await.unwrap();
         }
         log.wait_durable(100).await.unwrap();
     }
@@ -356,7 +402,7 @@ async fn a_segment_torn_at_creation_is_reset() {
     let (log, report) = FileLog::open(FileLogConfig::new(dir.path())).unwrap();
     assert_eq!(report.end, 5);
     assert_eq!(read_all(&log, 0).await.len(), 5);
-    assert_eq!(log.append(vec![payload(5)]).await.unwrap(), 5);
+    assert_eq!(log.append_unsynced(vec![payload(5)]).await.unwrap(), 5);
 }
 
 #[tokio::test]
@@ -364,7 +410,7 @@ async fn truncation_drops_whole_segments_below_the_offset_only() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = FileLog::open(small_segments(dir.path())).unwrap();
     for i in 0..200 {
-        log.append(vec![payload(i)]).await.unwrap();
+        log.append_unsynced(vec![payload(i)]).await.unwrap();
     }
     log.wait_durable(200).await.unwrap();
     let before = log.size_bytes();
@@ -394,7 +440,7 @@ async fn segment_formats_match_their_golden_files() {
         let mut config = FileLogConfig::new(dir.path());
         config.write_version = version;
         let (log, _) = FileLog::open(config.clone()).unwrap();
-        log.append(vec![Bytes::from_static(b"hello"), Bytes::from_static(b"")])
+        log.append_unsynced(vec![Bytes::from_static(b"hello"), Bytes::from_static(b"")])
             .await
             .unwrap();
         log.wait_durable(2).await.unwrap();

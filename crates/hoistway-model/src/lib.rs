@@ -10,10 +10,12 @@
 pub mod dedup;
 pub mod lift_id;
 pub mod limits;
+pub mod partition;
 pub mod reading;
 pub mod time;
 
 pub use dedup::{DedupWindow, LiftDedup, Seen, SeqSet};
 pub use lift_id::{LiftId, LiftIdError};
+pub use partition::partition_of;
 pub use reading::{Direction, DoorState, EventKind, Reading, ReadingKey};
 pub use time::{Clock, ManualClock, SystemClock};

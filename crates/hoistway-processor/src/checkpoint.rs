@@ -1,33 +1,109 @@
 //! The checkpoint file: fleet state together with the log offset it reflects.
 //!
 //! ```text
-//! magic "HWCKPT\0\0" | version u32 LE | crc32c(body) u32 LE | body length u64 LE | postcard(FleetState)
+//! magic "HWCKPT\0\0" | version u32 LE | crc32c(body) u32 LE | body length u64 LE | body
 //! ```
 //! Written to a temporary file, fsync'd, renamed over `checkpoint.bin`, directory fsync'd: a crash
 //! leaves either the old or the new checkpoint, never a mix.
 //!
-//! Version 1 is pinned by `tests/golden/checkpoint-v1.hex`: a change to [`FleetState`] (or to
-//! the model types in it) fails that test. Then bump [`VERSION`] and keep a decoder for the old
-//! body, so a data dir of an older release still opens.
+//! Bodies (postcard):
+//! - version 1: `offset u64, lifts map<LiftId, LiftState>`;
+//! - version 2: `partitions u16, offsets [(partition u16, offset u64)], lifts` — the partition
+//!   count of the deployment (see [`hoistway_model::partition`]) and one log offset per
+//!   partition the state covers. A standalone server runs partition 0 of 1.
+//!
+//! Each version is pinned by `tests/golden/checkpoint-v{N}.hex`: a change to [`FleetState`] (or
+//! to the model types in it) fails those tests. Then bump [`VERSION`] and keep a decoder for the
+//! old body, so a data dir of an older release still opens.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-use crate::state::FleetState;
+use std::collections::HashMap;
+
+use hoistway_log::Offset;
+use hoistway_model::LiftId;
+use hoistway_model::partition::STANDALONE_PARTITIONS;
+use serde::{Deserialize, Serialize};
+
+use crate::state::{FleetState, LiftState};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"HWCKPT\0\0";
-/// The checkpoint format written (and the newest read).
-pub const VERSION: u32 = 1;
+/// The newest checkpoint format (the default one written).
+pub const VERSION: u32 = 2;
+/// The oldest format read (and the oldest that may be written, for a rolling downgrade).
+pub const VERSION_MIN: u32 = 1;
 const HEADER: usize = 24;
 pub const FILE_NAME: &str = "checkpoint.bin";
 
+/// The partition this standalone processor owns.
+const PARTITION: u16 = 0;
+
+#[derive(Serialize)]
+struct BodyV1Ref<'a> {
+    offset: u64,
+    lifts: &'a HashMap<LiftId, LiftState>,
+}
+
+#[derive(Deserialize)]
+struct BodyV1 {
+    offset: u64,
+    lifts: HashMap<LiftId, LiftState>,
+}
+
+/// One partition's log position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    pub partition: u16,
+    pub offset: Offset,
+}
+
+#[derive(Serialize)]
+struct BodyV2Ref<'a> {
+    partitions: u16,
+    offsets: &'a [PartitionOffset],
+    lifts: &'a HashMap<LiftId, LiftState>,
+}
+
+#[derive(Deserialize)]
+struct BodyV2 {
+    partitions: u16,
+    offsets: Vec<PartitionOffset>,
+    lifts: HashMap<LiftId, LiftState>,
+}
+
+/// The newest format.
 pub fn encode(state: &FleetState) -> Result<Vec<u8>> {
-    let body = postcard::to_stdvec(state).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    encode_version(state, VERSION)
+}
+
+/// `state` in format `version` ([`VERSION_MIN`] to [`VERSION`]).
+pub fn encode_version(state: &FleetState, version: u32) -> Result<Vec<u8>> {
+    let body = match version {
+        1 => postcard::to_stdvec(&BodyV1Ref {
+            offset: state.offset,
+            lifts: &state.lifts,
+        }),
+        2 => postcard::to_stdvec(&BodyV2Ref {
+            partitions: STANDALONE_PARTITIONS,
+            offsets: &[PartitionOffset {
+                partition: PARTITION,
+                offset: state.offset,
+            }],
+            lifts: &state.lifts,
+        }),
+        other => {
+            return Err(Error::Checkpoint(format!(
+                "checkpoint format {other} is not one this build writes ({VERSION_MIN} to {VERSION})"
+            )));
+        }
+    }
+    .map_err(|e| Error::Checkpoint(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&body);
@@ -63,9 +139,9 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<FleetState, String> {
         return Err("bad header".into());
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-    if version != VERSION {
+    if !(VERSION_MIN..=VERSION).contains(&version) {
         return Err(format!(
-            "it is in format version {version}, which this build does not read (it reads {VERSION}); run the release that wrote it or a newer one"
+            "it is in format version {version}, which this build does not read (it reads {VERSION_MIN} to {VERSION}); run the release that wrote it or a newer one"
         ));
     }
     let crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
@@ -77,7 +153,33 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<FleetState, String> {
     if crc32c::crc32c(body) != crc {
         return Err("checksum mismatch".into());
     }
-    postcard::from_bytes(body).map_err(|e| e.to_string())
+    match version {
+        1 => {
+            let v1: BodyV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            Ok(FleetState {
+                offset: v1.offset,
+                lifts: v1.lifts,
+            })
+        }
+        _ => {
+            let v2: BodyV2 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+            match v2.offsets.as_slice() {
+                [PartitionOffset { partition, offset }]
+                    if v2.partitions == STANDALONE_PARTITIONS && *partition == PARTITION =>
+                {
+                    Ok(FleetState {
+                        offset: *offset,
+                        lifts: v2.lifts,
+                    })
+                }
+                other => Err(format!(
+                    "it covers partitions {:?} of {}, but this server runs partition {PARTITION} of {STANDALONE_PARTITIONS} (standalone)",
+                    other.iter().map(|p| p.partition).collect::<Vec<_>>(),
+                    v2.partitions
+                )),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -118,12 +220,19 @@ mod tests {
     }
 
     #[test]
-    fn version_1_matches_its_golden_file_both_ways() {
-        let golden = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/golden/checkpoint-v1.hex"
+    fn every_version_matches_its_golden_file_both_ways() {
+        for version in VERSION_MIN..=VERSION {
+            golden_both_ways(version);
+        }
+    }
+
+    fn golden_both_ways(version: u32) {
+        let golden = format!(
+            "{}/tests/golden/checkpoint-v{version}.hex",
+            env!("CARGO_MANIFEST_DIR")
         );
-        let encoded = encode(&sample()).unwrap();
+        let golden = golden.as_str();
+        let encoded = encode_version(&sample(), version).unwrap();
         let hex: String = encoded
             .chunks(16)
             .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
@@ -134,7 +243,7 @@ mod tests {
         assert_eq!(
             hex,
             std::fs::read_to_string(golden).unwrap(),
-            "the checkpoint format changed: bump VERSION and keep a decoder for version 1"
+            "checkpoint format {version} changed: bump VERSION and keep a decoder for the old one"
         );
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &encoded).unwrap();
@@ -149,8 +258,33 @@ mod tests {
         write(dir.path(), &bytes).unwrap();
         let message = read(dir.path()).unwrap_err().to_string();
         assert!(
-            message.contains("checkpoint.bin") && message.contains("format version 2"),
+            message.contains("checkpoint.bin")
+                && message.contains(&format!("format version {}", VERSION + 1)),
             "{message}"
         );
+    }
+
+    /// A checkpoint of a clustered processor (another partition layout) is refused by name,
+    /// never read as if it were this server's.
+    #[test]
+    fn a_checkpoint_of_other_partitions_is_refused() {
+        let state = sample();
+        let body = postcard::to_stdvec(&BodyV2Ref {
+            partitions: 32,
+            offsets: &[PartitionOffset {
+                partition: 5,
+                offset: 9,
+            }],
+            lifts: &state.lifts,
+        })
+        .unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let message = decode(&bytes).unwrap_err();
+        assert!(message.contains("partitions [5] of 32"), "{message}");
     }
 }

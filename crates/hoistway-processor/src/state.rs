@@ -46,6 +46,16 @@ pub enum Applied {
 }
 
 impl LiftState {
+    /// The lifetime counters, with the registry's initial trip count added.
+    pub fn counters(&self, initial_trips: u64) -> crate::Counters {
+        crate::Counters {
+            readings_total: self.readings_total,
+            trips_total: initial_trips + self.trips_reported,
+            door_cycles_total: self.door_cycles_total,
+            events_total: self.events_total,
+        }
+    }
+
     fn from_first(r: &Reading) -> Self {
         LiftState {
             lift_id: r.lift_id.clone(),

@@ -14,6 +14,7 @@
 //! [`Error::Refused`]. Every query has a row limit, a time limit and a memory limit.
 
 mod output;
+pub mod runtime;
 pub mod tables;
 
 use std::collections::HashMap;
@@ -160,6 +161,10 @@ pub struct QueryEngine {
     limits: QueryLimits,
     runtime: Arc<RuntimeEnv>,
     audit: Option<Arc<hoistway_auth::Authority>>,
+    /// Where queries execute (see [`runtime`]); the caller's runtime when `None`.
+    exec: Option<runtime::AnalyticsRuntime>,
+    /// Registers `hoistway_test_sleep(ms)`, which blocks its thread (tests of the isolation).
+    test_functions: bool,
     /// Tables, views and functions, registered once (see [`QueryEngine::context`]).
     base: tokio::sync::OnceCell<SessionState>,
     /// The same per customer, over that customer's views; built on its first query.
@@ -220,6 +225,26 @@ fn rollup_view_sql(period: &str, bucket: &str, minutes: &str, source: &str) -> S
 }
 
 /// `bit_count(x)`: the number of set bits, as in DuckDB and MySQL.
+fn test_sleep_udf() -> ScalarUDF {
+    create_udf(
+        "hoistway_test_sleep",
+        vec![DataType::Int64],
+        DataType::Int64,
+        // Volatile: never folded into a constant while planning, always run by the executor.
+        Volatility::Volatile,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let input = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                arrays[0].as_ref(),
+            );
+            for ms in input.iter().flatten() {
+                std::thread::sleep(Duration::from_millis(ms.clamp(0, 60_000) as u64));
+            }
+            Ok(ColumnarValue::Array(arrays[0].clone()))
+        }),
+    )
+}
+
 fn bit_count_udf() -> ScalarUDF {
     create_udf(
         "bit_count",
@@ -419,6 +444,8 @@ impl QueryEngine {
             limits,
             runtime,
             audit: None,
+            exec: None,
+            test_functions: false,
             base: tokio::sync::OnceCell::new(),
             scoped: std::sync::Mutex::new(HashMap::new()),
         })
@@ -427,6 +454,20 @@ impl QueryEngine {
     /// Serves the `audit` table from this authority's log.
     pub fn with_audit(mut self, auth: Arc<hoistway_auth::Authority>) -> Self {
         self.audit = Some(auth);
+        self
+    }
+
+    /// Runs every query's execution on `runtime` instead of the caller's.
+    pub fn with_runtime(mut self, runtime: runtime::AnalyticsRuntime) -> Self {
+        self.exec = Some(runtime);
+        self
+    }
+
+    /// Adds `hoistway_test_sleep(ms)`: blocks the thread that evaluates it for `ms`
+    /// milliseconds and returns `ms`. For tests that prove queries cannot stall ingest; never
+    /// enable it in production (any reader could hold an analytics thread).
+    pub fn with_test_functions(mut self, on: bool) -> Self {
+        self.test_functions = on;
         self
     }
 
@@ -506,6 +547,9 @@ impl QueryEngine {
             .with_batch_size(BATCH_ROWS);
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         ctx.register_udf(bit_count_udf());
+        if self.test_functions {
+            ctx.register_udf(test_sleep_udf());
+        }
         match customer {
             None => {
                 ctx.register_table("readings", Arc::new(StoredTable::new(Kind::Readings)))?;
@@ -620,11 +664,11 @@ impl QueryEngine {
         self.collect(df).await
     }
 
-    /// Collects at most `max_rows` rows, within the time limit.
+    /// Collects at most `max_rows` rows, within the time limit, on the analytics runtime.
     pub async fn collect(&self, df: DataFrame) -> Result<QueryResult> {
         let max_rows = self.limits.max_rows;
         let limit = self.limits.timeout;
-        let run = async {
+        let run = async move {
             // EXPLAIN [ANALYZE] must stay the root of its plan; its output is small anyway.
             let df = match df.logical_plan() {
                 LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => df,
@@ -655,9 +699,20 @@ impl QueryEngine {
                 truncated,
             })
         };
-        tokio::time::timeout(limit, run)
-            .await
-            .map_err(|_| Error::Timeout(limit))?
+        let limited = async move {
+            tokio::time::timeout(limit, run)
+                .await
+                .map_err(|_| Error::Timeout(limit))?
+        };
+        match &self.exec {
+            None => limited.await,
+            Some(exec) => {
+                let mut task = runtime::AbortOnDrop(exec.handle().spawn(limited));
+                (&mut task.0)
+                    .await
+                    .map_err(|e| Error::Internal(format!("query task failed: {e}")))?
+            }
+        }
     }
 
     /// Streams every row, for exports; the caller bounds how long it reads.
@@ -668,6 +723,35 @@ impl QueryEngine {
     ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
         let df = self.plan(sql, caller).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        Ok((schema, df.execute_stream().await?))
+        let Some(exec) = &self.exec else {
+            return Ok((schema, df.execute_stream().await?));
+        };
+        // Executed on the analytics runtime; batches cross over a small channel, so a slow
+        // reader holds back the scan and a reader that leaves stops it at the next batch.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let started = exec.handle().spawn(async move {
+            let mut stream = df.execute_stream().await?;
+            Ok::<_, DataFusionError>(tokio::spawn(async move {
+                while let Some(batch) = stream.next().await {
+                    if tx.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+            }))
+        });
+        let pump = runtime::AbortOnDrop(
+            started
+                .await
+                .map_err(|e| Error::Internal(format!("query task failed: {e}")))??,
+        );
+        let batches = futures::stream::unfold((rx, pump), |(mut rx, pump)| async move {
+            rx.recv().await.map(|batch| (batch, (rx, pump)))
+        });
+        Ok((
+            schema.clone(),
+            Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, batches),
+            ),
+        ))
     }
 }

@@ -9,6 +9,7 @@
 mod analytics;
 pub mod auth;
 pub mod listen;
+mod meter;
 pub mod problem;
 pub mod rate;
 mod routes;
@@ -140,18 +141,15 @@ pub fn router(state: AppState) -> Router {
 /// Requests by route, method and status, and their duration.
 async fn track_requests(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("hoistway_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("hoistway_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    meter::request(
+        route.as_ref().map_or("unmatched", |r| r.as_str()),
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     resp
 }
 

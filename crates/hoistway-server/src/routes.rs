@@ -430,8 +430,7 @@ async fn telemetry_inner(
             ),
         ));
     }
-    metrics::counter!("hoistway_ingest_readings_total", "outcome" => "rejected")
-        .increment(decoded.rejected.len() as u64);
+    crate::meter::ingest(|m| m.rejected.increment(decoded.rejected.len() as u64));
     if decoded.readings.is_empty() {
         let detail = if decoded.single {
             let r = &decoded.rejected[0];
@@ -451,14 +450,14 @@ async fn telemetry_inner(
     }
     let outcome = app
         .ingest
-        .submit(&decoded.readings)
+        .submit(decoded.readings)
         .await
         .map_err(|e| ingest_problem(e, app.limits.retry_after_secs))?;
-    metrics::counter!("hoistway_ingest_readings_total", "outcome" => "accepted")
-        .increment(outcome.accepted as u64);
-    metrics::counter!("hoistway_ingest_readings_total", "outcome" => "duplicate")
-        .increment(outcome.duplicates as u64);
-    metrics::histogram!("hoistway_ingest_ack_seconds").record(started.elapsed().as_secs_f64());
+    crate::meter::ingest(|m| {
+        m.accepted.increment(outcome.accepted as u64);
+        m.duplicate.increment(outcome.duplicates as u64);
+        m.ack_seconds.record(started.elapsed().as_secs_f64());
+    });
     Ok(Json(TelemetryResponse {
         accepted: outcome.accepted,
         duplicates: outcome.duplicates,
@@ -820,7 +819,7 @@ async fn dlq_replay(
     let readings: Vec<_> = letters.into_iter().map(|l| l.reading).collect();
     let outcome = app
         .ingest
-        .replay(&readings)
+        .replay(readings)
         .await
         .map_err(|e| ingest_problem(e, app.limits.retry_after_secs))?;
     // The readings are durable in the log again; only now does the file leave the queue.

@@ -1,8 +1,8 @@
 //! Storage of accepted readings as Parquet in object storage, in two tiers.
 //!
-//! In: readings the processor accepted (new, registered, deduplicated), in log order, through
-//! [`AcceptedSink`]. They wait in an in-memory buffer of Arrow batches until the processor's
-//! checkpoint calls [`AcceptedSink::commit`]; then they are sorted by (`lift_id`, `ts`), split by
+//! In: readings the processor counted (new, registered, deduplicated), in log order, through
+//! the [`Sink`] seam. They wait in an in-memory buffer of Arrow batches until the processor's
+//! checkpoint calls [`Sink::commit`]; then they are sorted by (`lift_id`, `ts`), split by
 //! UTC date, written as zstd Parquet files plus hourly rollup partials, and made visible by one
 //! manifest write that also records the log offset they cover. Out: a consistent [`Snapshot`]
 //! (committed files of both tiers plus the buffer) for the query engine, and [`Store::maintain`]
@@ -30,7 +30,7 @@ use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use hoistway_log::Offset;
 use hoistway_model::{Clock, Reading};
-use hoistway_processor::AcceptedSink;
+use hoistway_processor::{Sink, SinkBatch, SinkError};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -119,6 +119,9 @@ pub struct StoreConfig {
     pub seal_rows: usize,
     /// Removed files are deleted this long after removal, so running queries can finish.
     pub garbage_grace_us: i64,
+    /// Where flush encoding runs: the analytics runtime (lower priority), so that a flush
+    /// never takes a core from the acks. The caller's runtime when `None`.
+    pub work: Option<tokio::runtime::Handle>,
 }
 
 impl StoreConfig {
@@ -133,6 +136,7 @@ impl StoreConfig {
             row_group_rows: 1 << 20,
             seal_rows: 16_384,
             garbage_grace_us: 10 * 60 * 1_000_000,
+            work: None,
         }
     }
 
@@ -405,8 +409,11 @@ impl Store {
         let encoded = if batches.is_empty() {
             Vec::new()
         } else {
-            tokio::task::spawn_blocking(move || write::encode_flush(&batches, row_group_rows))
-                .await??
+            let encode = move || write::encode_flush(&batches, row_group_rows);
+            match &self.config.work {
+                Some(work) => work.spawn_blocking(encode).await??,
+                None => tokio::task::spawn_blocking(encode).await??,
+            }
         };
         let mut stats = FlushStats::default();
         let mut written = Vec::new();
@@ -477,15 +484,21 @@ impl Store {
         }
     }
 
+    /// Buffers the counted readings of the log record at `offset` (what [`Sink::accept`] does),
+    /// for callers that hold plain readings: tests and the storage benchmark.
+    pub fn buffer(&self, offset: Offset, readings: &[Reading]) {
+        self.push(offset, readings.iter());
+    }
+
     /// Buffers readings from the log record at `offset`, unless a committed flush covers it.
-    fn push(&self, offset: Offset, readings: &[Reading]) {
+    fn push<'a>(&self, offset: Offset, readings: impl Iterator<Item = &'a Reading>) {
         let mut visible = self.visible.write();
         // After a crash the processor replays from its checkpoint, which may be behind what a
         // flush already committed: those readings are in files already.
         if offset < visible.hot.log_offset {
             return;
         }
-        visible.open.extend_from_slice(readings);
+        visible.open.extend(readings.cloned());
         if visible.open.len() >= self.config.seal_rows {
             let batch = schema::readings_batch(&visible.open);
             visible.open.clear();
@@ -502,16 +515,20 @@ pub struct FlushStats {
 }
 
 #[async_trait::async_trait]
-impl AcceptedSink for Store {
-    fn accept(&self, offset: Offset, readings: &[Reading]) {
-        self.push(offset, readings);
+impl Sink for Store {
+    fn name(&self) -> &'static str {
+        "storage"
     }
 
-    async fn commit(&self, through: Offset) -> Result<(), String> {
+    fn accept(&self, batch: &SinkBatch) {
+        self.push(batch.offset, batch.counted());
+    }
+
+    async fn commit(&self, through: Offset) -> Result<(), SinkError> {
         self.flush(through)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| SinkError::new("storage", through, e))
     }
 }
 

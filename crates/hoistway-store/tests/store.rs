@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 use hoistway_model::{Direction, DoorState, EventKind, LiftId, ManualClock, Reading};
-use hoistway_processor::AcceptedSink;
+use hoistway_processor::Sink;
 use hoistway_store::rollup::{merge_partials, partials_of_readings};
 use hoistway_store::schema::{self, readings_batch};
 use hoistway_store::{DAY_US, HOUR_US, Kind, Manifest, Store, StoreConfig, Tier, TierStore};
@@ -153,7 +153,7 @@ async fn flushed_readings_are_committed_sorted_and_replays_are_skipped() {
     let store = f.open().await;
     let readings = fleet(20, 30, DAY0);
     for (i, chunk) in readings.chunks(50).enumerate() {
-        store.accept(i as u64, chunk);
+        store.buffer(i as u64, chunk);
     }
     assert_eq!(
         store
@@ -175,8 +175,8 @@ async fn flushed_readings_are_committed_sorted_and_replays_are_skipped() {
     // already committed are skipped, the rest are kept.
     let store = f.open().await;
     let more = fleet(20, 2, DAY0 + HOUR_US);
-    store.accept(n - 1, &readings[..50]);
-    store.accept(n, &more);
+    store.buffer(n - 1, &readings[..50]);
+    store.buffer(n, &more);
     store.commit(n + 1).await.unwrap();
     let mut expected = readings.clone();
     expected.extend(more);
@@ -187,7 +187,7 @@ async fn flushed_readings_are_committed_sorted_and_replays_are_skipped() {
 async fn files_no_manifest_lists_are_removed_on_open() {
     let f = Fixture::new();
     let store = f.open().await;
-    store.accept(0, &fleet(3, 10, DAY0));
+    store.buffer(0, &fleet(3, 10, DAY0));
     store.commit(1).await.unwrap();
     drop(store);
     // What a crash between writing a file and committing the manifest leaves behind.
@@ -206,7 +206,7 @@ async fn late_readings_are_stored_under_their_event_date() {
     let store = f.open().await;
     let mut readings = fleet(2, 5, DAY0);
     readings.extend(fleet(2, 5, DAY0 - DAY_US + 3 * HOUR_US));
-    store.accept(0, &readings);
+    store.buffer(0, &readings);
     store.commit(1).await.unwrap();
     let snapshot = store.snapshot();
     let dates: std::collections::BTreeSet<&str> = snapshot
@@ -235,7 +235,7 @@ async fn compaction_merges_small_files_into_one_sorted_file() {
                 r
             })
             .collect();
-        store.accept(i, &batch);
+        store.buffer(i, &batch);
         store.commit(i + 1).await.unwrap();
         all.extend(batch);
     }
@@ -293,9 +293,9 @@ fn rollups(f: &Fixture, store: &Store) -> RecordBatch {
 async fn tiers_and_retention_follow_the_clock() {
     let f = Fixture::new();
     let store = f.open().await;
-    store.accept(0, &fleet(3, 10, DAY0 - 3 * DAY_US));
-    store.accept(1, &fleet(3, 10, DAY0 - DAY_US));
-    store.accept(2, &fleet(3, 10, DAY0));
+    store.buffer(0, &fleet(3, 10, DAY0 - 3 * DAY_US));
+    store.buffer(1, &fleet(3, 10, DAY0 - DAY_US));
+    store.buffer(2, &fleet(3, 10, DAY0));
     store.commit(3).await.unwrap();
     let status = |store: &Store, tier: Tier| {
         store
@@ -352,7 +352,7 @@ async fn archived_rollups_are_merged_per_month_once_it_is_over() {
     let store = f.open().await;
     // Three dates in October and one in November, all older than the 48 h hot retention.
     for (offset, days_ago) in [49i64, 37, 23, 21].into_iter().enumerate() {
-        store.accept(offset as u64, &fleet(3, 10, DAY0 - days_ago * DAY_US));
+        store.buffer(offset as u64, &fleet(3, 10, DAY0 - days_ago * DAY_US));
     }
     store.commit(4).await.unwrap();
     let partitions = |store: &Store, kind: Kind| {
@@ -384,7 +384,7 @@ async fn archived_rollups_are_merged_per_month_once_it_is_over() {
     );
 
     // A late October backlog reaches the archive and joins the month file.
-    store.accept(4, &fleet(4, 6, DAY0 - 40 * DAY_US));
+    store.buffer(4, &fleet(4, 6, DAY0 - 40 * DAY_US));
     store.commit(5).await.unwrap();
     let before = rollups(&f, &store);
     let report = store.maintain().await.unwrap();
@@ -409,7 +409,7 @@ async fn archived_rollups_are_merged_per_month_once_it_is_over() {
 async fn an_interrupted_move_keeps_the_archive_copy_only() {
     let f = Fixture::new();
     let store = f.open().await;
-    store.accept(0, &fleet(2, 5, DAY0 - 3 * DAY_US));
+    store.buffer(0, &fleet(2, 5, DAY0 - 3 * DAY_US));
     store.commit(1).await.unwrap();
     drop(store);
     // A crash after the archive manifest listed the file but before the hot one dropped it.

@@ -20,9 +20,19 @@ pub struct BenchArgs {
     /// Seconds each throughput phase runs.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Concurrent keep-alive connections of the load generator.
+    /// Concurrent keep-alive connections of the load generator (the later phases).
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Connection counts of the one-reading-per-request comparison.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    connection_counts: Vec<usize>,
+    /// Mostly idle keep-alive connections held open in the memory phase (each posts a reading
+    /// every 5 s, as a lift does every 10 s).
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// The PostgreSQL peer (libpq-style settings); empty: skip it.
+    #[arg(long, default_value = "host=127.0.0.1 user=postgres dbname=test")]
+    postgres: String,
     /// Lifts whose state the server holds during the memory phase.
     #[arg(long, default_value_t = 200_000)]
     lifts: usize,
@@ -392,27 +402,139 @@ fn serve_args(dir: &Path) -> Vec<String> {
     ]
 }
 
+/// Latency of `fdatasync` after a 4 KiB write in `dir`, `n` times: (per second, p50 ms, p99 ms).
+fn fdatasync_rate(dir: &Path, n: usize) -> anyhow::Result<(f64, f64, f64)> {
+    use std::io::{Seek, Write};
+    let path = dir.join("fdatasync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut latencies = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        file.seek(std::io::SeekFrom::Start(((i % 64) * 4096) as u64))?;
+        file.write_all(&block)?;
+        let t = Instant::now();
+        file.sync_data()?;
+        latencies.push(t.elapsed());
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    latencies.sort_unstable();
+    let at = |p: f64| latencies[((n as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
+    Ok((rate, at(0.5), at(0.99)))
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile_dir(args.data_dir.clone())?;
     let conns = args.connections;
     println!(
-        "# hoistway bench — {} connections, {} s phases, load generator on the same machine\n",
-        conns, args.seconds
+        "# hoistway bench — {} connections, {} s phases, {} lifts, load generator on the same machine\n",
+        conns, args.seconds, args.lifts
     );
+    let (sync_rate, sync_p50, sync_p99) = fdatasync_rate(&tmp, 300)?;
+    println!(
+        "disk: fdatasync of a 4 KiB write {sync_rate:.0}/s, p50 {sync_p50:.2} ms, p99 {sync_p99:.2} ms; cores: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let postgres = match args.postgres.trim() {
+        "" => None,
+        url => match crate::bench_pg::prepare(url).await {
+            Ok(version) => {
+                println!("peer: {version}");
+                Some(url.to_string())
+            }
+            Err(e) => {
+                println!("peer: PostgreSQL skipped ({e:#})");
+                None
+            }
+        },
+    };
+    let pg_max_connections = match &postgres {
+        Some(url) => pg_max_connections(url).await.unwrap_or(100),
+        None => 0,
+    };
+    println!();
 
-    // 1. One reading per request: hoistway vs a bare axum handler.
-    let (peer, _) = Proc::start(&["bench-peer", "--listen", "127.0.0.1:0"], &[])?;
-    let mut peer_single = load(peer.addr, Load::single(&args)).await;
-    peer.kill();
+    // 1. One reading per request: hoistway vs a bare axum handler vs PostgreSQL, at each
+    // connection count.
     let dir1 = tmp.join("single");
     let a1 = serve_args(&dir1);
     let (server, _) = Proc::start(&a1.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
     register_lifts(server.addr, args.lifts).await?;
+    println!("## One reading per request, by connection count (durable acks)");
+    println!(
+        "| connections | bare axum req/s | hoistway readings/s | hoistway / axum | hoistway p99 ms | hoistway CPU s | PostgreSQL ON CONFLICT rows/s (connections) | hoistway / PostgreSQL |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut seq_base = 0;
+    for &connections in &args.connection_counts {
+        let spec = Load {
+            connections,
+            seq_base,
+            ..Load::single(&args)
+        };
+        seq_base += 10_000_000;
+        let (peer, _) = Proc::start(&["bench-peer", "--listen", "127.0.0.1:0"], &[])?;
+        let axum = load(peer.addr, spec.clone()).await;
+        peer.kill();
+        let cpu0 = server.cpu_secs();
+        let mut ours = load(server.addr, spec).await;
+        let cpu = server.cpu_secs() - cpu0;
+        wait_processed(server.addr).await?;
+        let pg = match &postgres {
+            Some(url) => {
+                // PostgreSQL has a process per connection and a hard cap on them.
+                let pg_conns = connections.min(pg_max_connections.saturating_sub(10).max(1));
+                let r = crate::bench_pg::load(
+                    url,
+                    crate::bench_pg::Mode::Single,
+                    pg_conns,
+                    args.seconds,
+                    args.lifts,
+                    seq_base as i64,
+                )
+                .await?;
+                Some((
+                    r.readings as f64 / r.elapsed.as_secs_f64(),
+                    pg_conns,
+                    r.errors,
+                ))
+            }
+            None => None,
+        };
+        let p99 = ours.percentile_ms(0.99);
+        println!(
+            "| {connections} | {:.0} | {:.0} (errors {}) | {:.2} | {:.2} | {:.1} | {} | {} |",
+            axum.per_sec(),
+            ours.per_sec(),
+            ours.errors,
+            ours.per_sec() / axum.per_sec().max(1.0),
+            p99,
+            cpu,
+            pg.map_or("-".into(), |(r, c, e)| format!("{r:.0} ({c}, errors {e})")),
+            pg.map_or("-".into(), |(r, ..)| format!(
+                "{:.2}",
+                ours.per_sec() / r.max(1.0)
+            )),
+        );
+    }
+    println!();
+    let (peer, _) = Proc::start(&["bench-peer", "--listen", "127.0.0.1:0"], &[])?;
+    let mut peer_single = load(peer.addr, Load::single(&args)).await;
+    peer.kill();
     let cpu0 = server.cpu_secs();
-    let mut single = load(server.addr, Load::single(&args)).await;
+    let mut single = load(
+        server.addr,
+        Load {
+            seq_base,
+            ..Load::single(&args)
+        },
+    )
+    .await;
     let cpu_single = server.cpu_secs() - cpu0;
     wait_processed(server.addr).await?;
-    println!("## One reading per request (keep-alive)");
+    println!("## One reading per request (keep-alive, {conns} connections)");
     println!("| server | readings/s | p50 ms | p99 ms | errors | server CPU s |");
     println!("|---|---|---|---|---|---|");
     println!(
@@ -493,7 +615,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         steady.errors
     );
 
-    // 3. Batches of 1,000: durable and processed, end to end.
+    // 3. Batches of 1,000: durable and processed, end to end; PostgreSQL's batches and COPY.
     let (batch, e2e) = batch_phase(server.addr, &args).await?;
     println!("## Batches of 1,000 readings");
     println!(
@@ -502,6 +624,50 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         e2e,
         batch.errors
     );
+    if let Some(url) = &postgres {
+        println!(
+            "| PostgreSQL, {} connections | rows/s | p99 ms per batch | errors | hoistway end to end / it |",
+            args.connections.min(8)
+        );
+        println!("|---|---|---|---|---|");
+        for (name, mode, base) in [
+            (
+                "INSERT … ON CONFLICT DO NOTHING, 1,000 rows",
+                crate::bench_pg::Mode::Batch,
+                50_000_000,
+            ),
+            (
+                "COPY, 1,000 rows (not idempotent)",
+                crate::bench_pg::Mode::Copy,
+                60_000_000,
+            ),
+        ] {
+            let mut r = crate::bench_pg::load(
+                url,
+                mode,
+                args.connections.min(8),
+                args.seconds,
+                args.lifts,
+                base,
+            )
+            .await?;
+            let rate = r.readings as f64 / r.elapsed.as_secs_f64();
+            r.latencies_us.sort_unstable();
+            let p99 = r
+                .latencies_us
+                .get(((r.latencies_us.len() as f64 - 1.0) * 0.99).max(0.0) as usize)
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0;
+            println!(
+                "| {name} | {rate:.0} | {p99:.2} | {} | {:.2} |",
+                r.errors,
+                e2e / rate.max(1.0)
+            );
+        }
+        println!();
+        crate::bench_pg::cleanup(url).await?;
+    }
 
     // 3b. The same batches on two fresh servers, storage off and on, to show what storing every
     // reading as Parquet costs the ingest spine.
@@ -532,16 +698,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         end_to_end[1] / end_to_end[0].max(1.0)
     );
 
-    // 4. Memory with every lift holding state.
+    // 4. Memory with every lift holding state, then with many mostly idle connections.
     let summary = get_json(server.addr, "/v1/fleet/summary").await?;
     let rss = server.rss_mib();
     println!("## Memory");
     println!(
-        "{} lifts registered, {} with state: resident memory {:.0} MiB\n",
+        "{} lifts registered, {} with state: resident memory {:.0} MiB",
         summary["lifts"],
         args.lifts as u64 - summary["never_reported"].as_u64().unwrap_or(0),
         rss
     );
+    if args.idle_connections > 0 {
+        let (held, posted, failed, rss_held) = hold_idle_connections(
+            server.addr,
+            args.idle_connections,
+            args.lifts,
+            Duration::from_secs_f64(args.seconds.max(6.0)),
+            || server.rss_mib(),
+        )
+        .await;
+        println!(
+            "{held} keep-alive connections open, each posting a reading every 5 s ({posted} acknowledged, {failed} failed): resident memory {rss_held:.0} MiB"
+        );
+    }
+    println!();
 
     // 5. kill -9, then time until the server accepts again.
     let mut server = server;
@@ -571,6 +751,81 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     Ok(())
+}
+
+/// Opens `n` keep-alive connections that each post one reading every 5 s for `hold`; returns
+/// (connections that got an answer, readings acknowledged, requests failed, the server's
+/// resident MiB while they are all still open).
+async fn hold_idle_connections(
+    addr: SocketAddr,
+    n: usize,
+    lifts: usize,
+    hold: Duration,
+    rss: impl Fn() -> f64,
+) -> (usize, u64, u64, f64) {
+    let posted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let open = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + hold;
+    let mut tasks = Vec::with_capacity(n);
+    for c in 0..n {
+        let (posted, failed, open) = (posted.clone(), failed.clone(), open.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::new(addr);
+            // spread the first posts over the 5 s period
+            tokio::time::sleep(Duration::from_micros((c as u64 * 5_000_000) / n as u64)).await;
+            let mut seq = 20_000_000;
+            let mut counted = false;
+            while Instant::now() < until {
+                seq += 1;
+                let body = Bytes::from(reading_json(c % lifts, seq, &now_ts()));
+                match conn
+                    .send(
+                        Method::POST,
+                        "/v1/telemetry",
+                        "application/json",
+                        body,
+                        Duration::from_secs(30),
+                    )
+                    .await
+                {
+                    Ok(r) if r.status == StatusCode::OK => {
+                        posted.fetch_add(1, Ordering::Relaxed);
+                        if !counted {
+                            open.fetch_add(1, Ordering::Relaxed);
+                            counted = true;
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            conn
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for t in tasks {
+        if let Ok(c) = t.await {
+            conns.push(c);
+        }
+    }
+    let result = (
+        open.load(Ordering::Relaxed) as usize,
+        posted.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        rss(),
+    );
+    drop(conns);
+    result
+}
+
+async fn pg_max_connections(url: &str) -> anyhow::Result<usize> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let row = client.query_one("SHOW max_connections", &[]).await?;
+    Ok(row.get::<_, String>(0).parse()?)
 }
 
 fn tempfile_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hoistway_ingest::{BodyFormat, DecodeLimits, decode_body};
 use hoistway_model::{Clock, LiftId, ManualClock, Reading};
-use hoistway_processor::{AcceptedSink, FleetState};
+use hoistway_processor::FleetState;
 use hoistway_query::{QueryEngine, QueryLimits};
 use hoistway_registry::{LiftFilter, LiftInfo, Registry};
 use hoistway_sim::lift::SimLift;
@@ -359,7 +359,7 @@ async fn write(
 
         let t = Instant::now();
         for chunk in readings.chunks(1000) {
-            store.accept(offset, chunk);
+            store.buffer(offset, chunk);
             offset += 1;
         }
         // The server flushes at every checkpoint; here a flush covers at least an hour and

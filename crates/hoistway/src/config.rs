@@ -167,6 +167,8 @@ pub struct ProcessorSettings {
     pub dedup_window_seqs: u64,
     pub dedup_max_gaps: usize,
     pub dedup_max_epochs: usize,
+    /// The checkpoint format written (an older one to roll back to the previous release).
+    pub checkpoint_format: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -211,6 +213,13 @@ pub struct QuerySettings {
     /// Where PostgreSQL clients may send their password (an API token) without TLS:
     /// `never`, `loopback` (the default) or `anywhere`.
     pub postgres_plain_passwords: hoistway_pgwire::PlainPasswords,
+    /// Threads of the analytics runtime (SQL, the readings API, compaction, flush encoding);
+    /// 0: one per core.
+    pub threads: usize,
+    /// Nice value of those threads (Linux): higher runs them after the acks to devices.
+    pub nice: i32,
+    /// Registers `hoistway_test_sleep(ms)` for tests of query isolation. Never in production.
+    pub test_functions: bool,
 }
 
 impl Default for StorageSettings {
@@ -237,6 +246,9 @@ impl Default for QuerySettings {
             memory_mb: 1024,
             postgres_listen: "127.0.0.1:5433".into(),
             postgres_plain_passwords: hoistway_pgwire::PlainPasswords::Loopback,
+            threads: 0,
+            nice: 10,
+            test_functions: false,
         }
     }
 }
@@ -291,6 +303,7 @@ impl Default for ProcessorSettings {
             dedup_window_seqs: w.seqs,
             dedup_max_gaps: w.max_ranges,
             dedup_max_epochs: w.max_epochs,
+            checkpoint_format: hoistway_processor::checkpoint::VERSION,
         }
     }
 }
@@ -317,6 +330,15 @@ impl Config {
             ]))
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let checkpoints =
+            hoistway_processor::checkpoint::VERSION_MIN..=hoistway_processor::checkpoint::VERSION;
+        anyhow::ensure!(
+            checkpoints.contains(&config.processor.checkpoint_format),
+            "processor.checkpoint_format {} is not one this build writes ({} to {})",
+            config.processor.checkpoint_format,
+            checkpoints.start(),
+            checkpoints.end()
+        );
         let writable = hoistway_log::SEGMENT_VERSION_MIN..=hoistway_log::SEGMENT_VERSION;
         anyhow::ensure!(
             writable.contains(&config.log.segment_format),

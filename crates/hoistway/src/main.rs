@@ -3,6 +3,7 @@
 mod access;
 mod admin;
 mod bench;
+mod bench_pg;
 mod bench_storage;
 mod config;
 mod offline;

@@ -46,8 +46,15 @@ pub fn long_version() -> String {
         ),
         (
             "processor checkpoint",
-            hoistway_processor::checkpoint::VERSION.to_string(),
-            hoistway_processor::checkpoint::VERSION.to_string(),
+            format!(
+                "{}-{}",
+                hoistway_processor::checkpoint::VERSION_MIN,
+                hoistway_processor::checkpoint::VERSION
+            ),
+            format!(
+                "{} (processor.checkpoint_format)",
+                hoistway_processor::checkpoint::VERSION
+            ),
         ),
         (
             "dead-letter file",

@@ -10,7 +10,7 @@ use hoistway_dlq::DeadLetterQueue;
 use hoistway_ingest::{DecodeLimits, Sequencer, SequencerConfig};
 use hoistway_log::{FileLog, FileLogConfig, Log};
 use hoistway_model::{Clock, SystemClock};
-use hoistway_processor::{AcceptedSink, Processor, ProcessorConfig};
+use hoistway_processor::{Processor, ProcessorConfig, Sink};
 use hoistway_query::{QueryEngine, QueryLimits};
 use hoistway_registry::Registry;
 use hoistway_server::{ApiLimits, AppParts, AppState};
@@ -50,7 +50,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut log_config = FileLogConfig::new(data.join("log"));
     log_config.segment_bytes = config.log.segment_bytes;
     log_config.write_version = config.log.segment_format;
-    let (file_log, report) = FileLog::open(log_config).context("cannot open the log")?;
+    // Opening reads and checks files: off the async runtime, like all startup I/O.
+    let (file_log, report) = tokio::task::spawn_blocking(move || FileLog::open(log_config))
+        .await?
+        .context("cannot open the log")?;
     tracing::info!(
         start = report.start,
         end = report.end,
@@ -61,13 +64,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let log: Arc<dyn Log> = Arc::new(file_log);
 
-    let registry = Arc::new(
-        Registry::open(data.join("registry.sqlite3")).context("cannot open the lift registry")?,
-    );
-    let dlq = Arc::new(
-        DeadLetterQueue::open(data.join("dlq")).context("cannot open the dead-letter queue")?,
-    );
-    let auth = Arc::new(open_authority(&config, clock.clone())?);
+    let (registry, dlq, auth) = {
+        let (data, config, clock) = (data.clone(), config.clone(), clock.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let registry = Registry::open(data.join("registry.sqlite3"))
+                .context("cannot open the lift registry")?;
+            let dlq = DeadLetterQueue::open(data.join("dlq"))
+                .context("cannot open the dead-letter queue")?;
+            Ok((registry, dlq, open_authority(&config, clock)?))
+        })
+        .await??
+    };
+    let (registry, dlq, auth) = (Arc::new(registry), Arc::new(dlq), Arc::new(auth));
     // TLS before anything listens: a server told to use it does not start without it.
     let tls = match config.tls.files()? {
         None => None,
@@ -83,12 +91,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
 
+    // Analytics (SQL, compaction, flush encoding) run here, at a lower priority than the acks.
+    let threads = match config.query.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let analytics = hoistway_query::runtime::AnalyticsRuntime::new(threads, config.query.nice)
+        .context("cannot start the analytics runtime")?;
+    let mut storage = store_config(&config)?;
+    storage.work = Some(analytics.handle().clone());
     let store = Arc::new(
-        Store::open(store_config(&config)?, clock.clone())
+        Store::open(storage, clock.clone())
             .await
             .context("cannot open storage")?,
     );
-    let sinks: Vec<Arc<dyn AcceptedSink>> = if config.storage.enabled {
+    let sinks: Vec<Arc<dyn Sink>> = if config.storage.enabled {
         vec![store.clone()]
     } else {
         Vec::new()
@@ -99,9 +116,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     pconfig.checkpoint_interval =
         Duration::from_secs(config.processor.checkpoint_interval_secs.max(1));
     pconfig.auto_register = config.ingest.auto_register;
+    pconfig.checkpoint_format = config.processor.checkpoint_format;
+    let (feed_tx, feed_rx) = hoistway_ingest::feed(1024);
     let processor = Processor::recover(pconfig, log.clone(), registry.clone(), dlq.clone(), sinks)
         .await
-        .context("cannot recover processor state")?;
+        .context("cannot recover processor state")?
+        .with_feed(feed_rx);
 
     let seq_config = SequencerConfig {
         window: config.window(),
@@ -110,6 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let dedup = processor.state().read().dedup_index();
     let (ingest, sequencer) = Sequencer::new(log.clone(), &seq_config, dedup);
+    let sequencer = sequencer.with_feed(feed_tx);
     let fleet = processor.fleet(
         clock.clone(),
         Duration::from_secs(config.processor.silent_after_secs),
@@ -125,7 +146,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             },
         )
         .context("cannot start the query engine")?
-        .with_audit(auth.clone()),
+        .with_audit(auth.clone())
+        .with_runtime(analytics.clone())
+        .with_test_functions(config.query.test_functions),
     );
     let postgres_listener = match config.query.postgres_listen.trim() {
         "" => None,
@@ -193,7 +216,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             result
         })
     };
-    let maintenance_task = tokio::spawn(maintain_periodically(
+    let maintenance_task = analytics.handle().spawn(maintain_periodically(
         store,
         Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
         shutdown_rx.clone(),
@@ -255,6 +278,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         served?;
         processed?;
+        drop(analytics);
         tracing::info!("hoistway stopped cleanly");
         drop(lock);
         Ok(())

@@ -785,6 +785,86 @@ async fn sql_refuses_writes_and_files_and_enforces_its_limits() {
     }
 }
 
+/// The nice value of each analytics thread of process `pid` (Linux: field 19 of a task's stat).
+fn analytics_thread_nices(pid: u32) -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("hoistway-analyt") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // after the command name in parentheses: state is field 3, nice field 19
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        out.push(fields[16].parse().unwrap());
+    }
+    out
+}
+
+/// Queries execute on their own runtime at a lower priority, never on the one that answers
+/// devices: while SQL blocks every analytics thread for 5 s, acks keep coming (on a shared
+/// runtime they would stop until the queries end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_that_block_their_threads_do_not_stop_the_acks() {
+    let server = TestServer::start(&[
+        ("HOISTWAY_QUERY__TEST_FUNCTIONS", "true"),
+        ("HOISTWAY_QUERY__THREADS", "2"),
+    ]);
+    register(&server, "lift_id,building\nL-1,B1\n").await;
+    let nices = analytics_thread_nices(server.pid().unwrap());
+    assert!(!nices.is_empty(), "no analytics threads found");
+    assert!(nices.iter().all(|n| *n == 10), "{nices:?}");
+
+    // More sleeping queries than analytics threads (and than the server's async workers).
+    let addr = server.addr;
+    let started = std::time::Instant::now();
+    let blockers: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(async move {
+                let body = json!({ "sql": "SELECT hoistway_test_sleep(5000) AS slept" });
+                http(
+                    addr,
+                    "POST",
+                    "/v1/sql",
+                    &[("content-type", "application/json")],
+                    Bytes::from(body.to_string()),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut slowest = std::time::Duration::ZERO;
+    let mut acked = 0;
+    let mut seq = 0;
+    while started.elapsed() < std::time::Duration::from_secs(4) {
+        seq += 1;
+        let t = std::time::Instant::now();
+        let r = server
+            .post_json("/v1/telemetry", &reading("L-1", seq, 1).to_string())
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        slowest = slowest.max(t.elapsed());
+        acked += 1;
+    }
+    let blocked_for = started.elapsed();
+    for b in blockers {
+        let r = b.await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.json()["rows"].to_string().contains("5000"));
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "the queries did block for 5 s"
+    );
+    assert!(
+        acked >= 20 && slowest < std::time::Duration::from_secs(2),
+        "{acked} acks in {blocked_for:?} while queries blocked, the slowest took {slowest:?}"
+    );
+    wait_readings(&server, "L-1", seq).await;
+}
+
 #[tokio::test]
 async fn a_lifts_readings_for_charts_raw_and_rolled_up() {
     let server = TestServer::start(&[]);
