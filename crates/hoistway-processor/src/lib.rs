@@ -233,10 +233,18 @@ impl Processor {
     /// Applies the next records that are durable, from the feed if it holds the next offset,
     /// otherwise from the log; returns how many.
     pub async fn step(&mut self) -> Result<usize> {
+        self.step_from(true).await
+    }
+
+    /// One step; with `log_when_idle` false an empty feed waits for the sequencer instead of
+    /// reading the log: its records are durable a moment before they are fed, and reading them
+    /// back then is the work the feed saves.
+    async fn step_from(&mut self, log_when_idle: bool) -> Result<usize> {
         let from = self.offset();
         let records = match self.take_fed(from) {
-            Some(fed) => fed,
-            None => self
+            Fed::Next(fed) => fed,
+            Fed::Idle if !log_when_idle => return Ok(0),
+            Fed::Idle | Fed::Gap => self
                 .log
                 .read(from, self.config.read_batch_bytes)
                 .await?
@@ -253,7 +261,7 @@ impl Processor {
     }
 
     /// The fed records that continue from `from`, if the feed holds it.
-    fn take_fed(&mut self, from: Offset) -> Option<Vec<Input>> {
+    fn take_fed(&mut self, from: Offset) -> Fed {
         if let Some(feed) = &mut self.feed {
             while let Ok(group) = feed.try_recv() {
                 self.fed.extend(group);
@@ -266,8 +274,11 @@ impl Processor {
             // Far behind the feed (a long gap read from the log): let go of it; the log has it.
             self.fed.clear();
         }
-        if self.fed.front()?.offset != from {
-            return None;
+        match self.fed.front() {
+            None => return Fed::Idle,
+            // A later group came, so the one holding `from` was dropped: the log has it.
+            Some(r) if r.offset != from => return Fed::Gap,
+            Some(_) => {}
         }
         let mut out = Vec::new();
         let mut readings = 0;
@@ -281,7 +292,7 @@ impl Processor {
             next += 1;
             out.push(Input::Decoded(r));
         }
-        Some(out)
+        Fed::Next(out)
     }
 
     async fn apply_records(&mut self, records: Vec<Input>) -> Result<()> {
@@ -376,11 +387,15 @@ impl Processor {
     /// Applies records as they become durable until `shutdown` fires, checkpointing on the
     /// configured interval and once more on the way out.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let mut quiet = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let n = self.step().await?;
+            // Fed: the log is read only where the feed has a gap, or after it stayed quiet
+            // while the log moved on (a group dropped at the end of a burst).
+            let n = self.step_from(self.feed.is_none() || quiet).await?;
+            quiet = false;
             if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
                 && let Err(e) = self.checkpoint().await
             {
@@ -400,7 +415,7 @@ impl Processor {
                             // The sequencer is gone: nothing new will be appended.
                             None => self.feed = None,
                         },
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => quiet = true,
                         _ = shutdown.changed() => {}
                     },
                     None => tokio::select! {
@@ -418,6 +433,16 @@ impl Processor {
     pub fn state_dir(&self) -> &Path {
         &self.config.state_dir
     }
+}
+
+/// What the feed holds for the next offset.
+enum Fed {
+    /// The records that continue from it.
+    Next(Vec<Input>),
+    /// Nothing yet.
+    Idle,
+    /// Later records only: the ones before them must come from the log.
+    Gap,
 }
 
 /// A record to apply: as read from the log, or as fed by the sequencer (already decoded).

@@ -595,6 +595,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     // 2. Steady offered rate: acknowledgement latency.
+    let cpu0 = server.cpu_secs();
     let mut steady = load(
         server.addr,
         Load {
@@ -604,15 +605,54 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
     )
     .await;
+    let steady_cpu = server.cpu_secs() - cpu0;
+    let steady_rss = server.rss_mib();
     println!("## Steady {} readings/s, one per request", args.rate);
     println!(
-        "achieved {:.0} readings/s; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; errors {}\n",
+        "achieved {:.0} readings/s; ack latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; errors {}; server CPU {:.0}% of the machine; resident memory at the end {steady_rss:.0} MiB\n",
         steady.per_sec(),
         steady.percentile_ms(0.5),
         steady.percentile_ms(0.99),
         steady.percentile_ms(0.999),
         steady.percentile_ms(1.0),
-        steady.errors
+        steady.errors,
+        100.0 * steady_cpu
+            / args.seconds
+            / std::thread::available_parallelism().map_or(2, |n| n.get()) as f64,
+    );
+
+    // 2b. The same steady rate while analysts scan every stored reading in a loop and storage
+    // upkeep (compaction) runs: the acks must stay first.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = tokio::spawn(analyst_load(server.addr, stop.clone()));
+    let cpu0 = server.cpu_secs();
+    let mut contended = load(
+        server.addr,
+        Load {
+            rate: Some(args.rate),
+            seq_base: 1_500_000,
+            ..Load::single(&args)
+        },
+    )
+    .await;
+    let cpu = server.cpu_secs() - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    let (queries, maintained) = busy.await?;
+    println!(
+        "## Steady {} readings/s while a full-scan SQL query runs in a loop and compaction runs",
+        args.rate
+    );
+    let (quiet_p99, busy_p99) = (steady.percentile_ms(0.99), contended.percentile_ms(0.99));
+    println!(
+        "achieved {:.0} readings/s; ack latency p50 {:.2} ms, p99 {busy_p99:.2} ms (quiet: {quiet_p99:.2} ms, ratio {:.2}), max {:.2} ms; errors {}; {queries} full scans and {maintained} storage passes ran; server CPU {:.0}% of the machine\n",
+        contended.per_sec(),
+        contended.percentile_ms(0.5),
+        busy_p99 / quiet_p99.max(0.001),
+        contended.percentile_ms(1.0),
+        contended.errors,
+        100.0 * cpu
+            / args.seconds
+            / std::thread::available_parallelism().map_or(2, |n| n.get()) as f64,
     );
 
     // 3. Batches of 1,000: durable and processed, end to end; PostgreSQL's batches and COPY.
@@ -819,6 +859,57 @@ async fn hold_idle_connections(
     );
     drop(conns);
     result
+}
+
+/// Until `stop`: a full scan of the stored readings in a loop, and storage upkeep every 2 s.
+/// Returns (queries run, upkeep passes run).
+async fn analyst_load(addr: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let scans = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut conn = staff_connection(addr);
+            let body = serde_json::json!({
+                "sql": "SELECT lift_id, count(*) AS n, avg(motor_temp_c) AS t, max(trips) AS m FROM readings GROUP BY lift_id ORDER BY n DESC LIMIT 10"
+            })
+            .to_string();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = conn
+                    .send(
+                        Method::POST,
+                        "/v1/sql",
+                        "application/json",
+                        Bytes::from(body.clone()),
+                        Duration::from_secs(60),
+                    )
+                    .await;
+                if matches!(r, Ok(ref r) if r.status == StatusCode::OK) {
+                    n += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            n
+        })
+    };
+    let mut conn = staff_connection(addr);
+    let mut passes = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let r = conn
+            .send(
+                Method::POST,
+                "/v1/storage/maintain",
+                "application/json",
+                Bytes::new(),
+                Duration::from_secs(60),
+            )
+            .await;
+        if matches!(r, Ok(ref r) if r.status == StatusCode::OK) {
+            passes += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    (scans.await.unwrap_or(0), passes)
 }
 
 async fn pg_max_connections(url: &str) -> anyhow::Result<usize> {
