@@ -247,7 +247,7 @@ impl Default for QuerySettings {
             postgres_listen: "127.0.0.1:5433".into(),
             postgres_plain_passwords: hoistway_pgwire::PlainPasswords::Loopback,
             threads: 0,
-            nice: 10,
+            nice: 19,
             test_functions: false,
         }
     }

@@ -814,7 +814,7 @@ async fn queries_that_block_their_threads_do_not_stop_the_acks() {
     register(&server, "lift_id,building\nL-1,B1\n").await;
     let nices = analytics_thread_nices(server.pid().unwrap());
     assert!(!nices.is_empty(), "no analytics threads found");
-    assert!(nices.iter().all(|n| *n == 10), "{nices:?}");
+    assert!(nices.iter().all(|n| *n == 19), "{nices:?}");
 
     // More sleeping queries than analytics threads (and than the server's async workers).
     let addr = server.addr;
