@@ -101,6 +101,18 @@ pub struct DeadLetter {
     pub reading: Reading,
 }
 
+impl DeadLetter {
+    /// A reading from the log record at `offset`, with the reason's standard description.
+    pub fn new(reason: Reason, offset: u64, reading: Reading) -> Self {
+        Self {
+            reason,
+            detail: reason.describe().into(),
+            offset,
+            reading,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DlqFile {
     pub id: String,

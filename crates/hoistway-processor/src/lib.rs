@@ -498,12 +498,7 @@ fn apply_blocking(
                     None if auto_register => registry.insert_if_absent(&reading.lift_id)?,
                     None => {
                         delta.dead_lettered += 1;
-                        dead.push(DeadLetter {
-                            reason: Reason::UnregisteredLift,
-                            detail: Reason::UnregisteredLift.describe().into(),
-                            offset,
-                            reading,
-                        });
+                        dead.push(DeadLetter::new(Reason::UnregisteredLift, offset, reading));
                         continue;
                     }
                 };
@@ -518,12 +513,7 @@ fn apply_blocking(
                     }
                     Applied::OutsideWindow => {
                         delta.dead_lettered += 1;
-                        dead.push(DeadLetter {
-                            reason: Reason::OutsideDedupWindow,
-                            detail: Reason::OutsideDedupWindow.describe().into(),
-                            offset,
-                            reading,
-                        });
+                        dead.push(DeadLetter::new(Reason::OutsideDedupWindow, offset, reading));
                         continue;
                     }
                 };
@@ -561,30 +551,10 @@ mod tests {
     use super::*;
     use hoistway_ingest::record::{encode_reading, encode_record};
     use hoistway_log::{FileLog, FileLogConfig};
-    use hoistway_model::{Direction, DoorState, LiftId, Reading};
+    use hoistway_model::{LiftId, Reading};
     use hoistway_registry::LiftInfo;
 
-    fn reading(seq: u64, trips: u32) -> Reading {
-        Reading {
-            lift_id: LiftId::new("L1").unwrap(),
-            epoch: 0,
-            seq,
-            ts_us: 1_700_000_000_000_000 + seq as i64 * 10_000_000,
-            received_us: 1_700_000_000_000_000 + seq as i64 * 10_000_000,
-            floor: seq as i16,
-            direction: Direction::Up,
-            door: DoorState::Closed,
-            load_kg: None,
-            speed_mps: None,
-            motor_temp_c: None,
-            vibration_mm_s: None,
-            trips,
-            door_cycles: 0,
-            faults: vec![],
-            events: vec![],
-            extra: Default::default(),
-        }
-    }
+    use crate::state::tests::reading;
 
     fn record(readings: &[Reading]) -> bytes::Bytes {
         let encoded: Vec<_> = readings.iter().map(encode_reading).collect();

@@ -148,10 +148,10 @@ impl FleetState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn reading(seq: u64, trips: u32) -> Reading {
+    pub(crate) fn reading(seq: u64, trips: u32) -> Reading {
         Reading {
             lift_id: LiftId::new("L1").unwrap(),
             epoch: 0,

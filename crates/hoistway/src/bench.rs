@@ -280,13 +280,7 @@ async fn load(addr: SocketAddr, spec: Load) -> LoadResult {
             latencies
         }));
     }
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let mut latencies_us = Vec::new();
-    for t in tasks {
-        latencies_us.extend(t.await.unwrap_or_default());
-    }
+    let (elapsed, latencies_us) = run_for(seconds, &stop, started, tasks).await;
     let requests = requests.load(Ordering::Relaxed);
     LoadResult {
         readings: requests * batch as u64,
@@ -294,6 +288,24 @@ async fn load(addr: SocketAddr, spec: Load) -> LoadResult {
         elapsed,
         latencies_us,
     }
+}
+
+/// Lets the load's client `tasks` run for `seconds`, stops them, and gathers their latencies;
+/// returns the time from `started` to the stop and the latencies in µs.
+pub(crate) async fn run_for(
+    seconds: f64,
+    stop: &AtomicBool,
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Vec<u32>>>,
+) -> (Duration, Vec<u32>) {
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await.unwrap_or_default());
+    }
+    (elapsed, latencies_us)
 }
 
 /// The admin token of each benchmarked server, by address.

@@ -154,13 +154,7 @@ pub async fn load(
             latencies
         }));
     }
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let mut latencies_us = Vec::new();
-    for t in tasks {
-        latencies_us.extend(t.await.unwrap_or_default());
-    }
+    let (elapsed, latencies_us) = crate::bench::run_for(seconds, &stop, started, tasks).await;
     Ok(PgResult {
         readings: readings.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
