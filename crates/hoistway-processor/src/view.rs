@@ -126,6 +126,23 @@ impl Fleet {
         &self.registry
     }
 
+    /// Every registered lift with the server time of its last reading (`None`: never
+    /// reported): what absence rules need, by the same clock the lift status uses.
+    pub fn presence(&self) -> Vec<(Arc<LiftInfo>, Option<i64>)> {
+        let lifts = self.registry.list(&LiftFilter::default());
+        let fleet = self.state.read();
+        lifts
+            .into_iter()
+            .map(|info| {
+                let last = fleet
+                    .lifts
+                    .get(info.lift_id.as_str())
+                    .map(|s| s.last_received_us);
+                (info, last)
+            })
+            .collect()
+    }
+
     fn status(&self, state: Option<&LiftState>, now_us: i64) -> LiftStatus {
         match state {
             None => LiftStatus::NeverReported,

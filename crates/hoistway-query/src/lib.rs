@@ -108,8 +108,7 @@ impl From<DataFusionError> for Error {
 }
 
 /// The tables a query can read, named in the error for an unknown table or a file or URL.
-const TABLES: &str =
-    "readings, rollups_hourly, rollups_daily, rollup_partials, lifts, lift_state, audit";
+const TABLES: &str = "readings, rollups_hourly, rollups_daily, rollup_partials, lifts, lift_state, alerts, alert_events, audit";
 
 /// DataFusion's "table 'x' not found" also answers `FROM '/some/file'` and `read_csv(..)`; say
 /// what can be read instead.
@@ -161,6 +160,7 @@ pub struct QueryEngine {
     limits: QueryLimits,
     runtime: Arc<RuntimeEnv>,
     audit: Option<Arc<hoistway_auth::Authority>>,
+    alerts: Option<Arc<dyn hoistway_alerts::AlertStore>>,
     /// Where queries execute (see [`runtime`]); the caller's runtime when `None`.
     exec: Option<runtime::AnalyticsRuntime>,
     /// Registers `hoistway_test_sleep(ms)`, which blocks its thread (tests of the isolation).
@@ -416,6 +416,150 @@ fn audit_rows(
     rows_to_batch(audit_schema(), &rows)
 }
 
+fn alerts_schema() -> SchemaRef {
+    let ts = hoistway_store::schema::timestamp_type;
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("rule_name", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("lift_id", DataType::Utf8, false),
+        Field::new("customer", DataType::Utf8, false),
+        Field::new("building", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("summary", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, true),
+        Field::new("fired_at", ts(), false),
+        Field::new("last_fired_at", ts(), false),
+        Field::new("refires", DataType::Int64, false),
+        Field::new("acknowledged_by", DataType::Utf8, true),
+        Field::new("acknowledged_at", ts(), true),
+        Field::new("resolved_by", DataType::Utf8, true),
+        Field::new("resolved_at", ts(), true),
+        Field::new("resolve_note", DataType::Utf8, true),
+    ]))
+}
+
+fn alert_events_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Int64, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("at", hoistway_store::schema::timestamp_type(), false),
+        Field::new("by", DataType::Utf8, false),
+        Field::new("note", DataType::Utf8, false),
+    ]))
+}
+
+/// Every alert `caller` may see (a customer's people: that customer's), newest first.
+fn visible_alerts(
+    store: &dyn hoistway_alerts::AlertStore,
+    caller: &Caller,
+) -> datafusion::error::Result<Vec<hoistway_alerts::Alert>> {
+    let mut all = Vec::new();
+    let mut query = hoistway_alerts::AlertQuery {
+        customer: caller.customer.clone(),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    loop {
+        let page = store
+            .list(&query)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let Some(last) = page.last() else { break };
+        query.before = Some(last.id);
+        all.extend(page);
+    }
+    Ok(all)
+}
+
+fn alert_rows(
+    store: Option<&dyn hoistway_alerts::AlertStore>,
+    caller: &Caller,
+) -> datafusion::error::Result<RecordBatch> {
+    let Some(store) = store else {
+        return Ok(RecordBatch::new_empty(alerts_schema()));
+    };
+    #[derive(serde::Serialize)]
+    struct Row {
+        id: i64,
+        rule: String,
+        rule_name: String,
+        severity: &'static str,
+        state: &'static str,
+        lift_id: String,
+        customer: String,
+        building: String,
+        model: String,
+        summary: String,
+        value: Option<f64>,
+        fired_at: i64,
+        last_fired_at: i64,
+        refires: u32,
+        acknowledged_by: Option<String>,
+        acknowledged_at: Option<i64>,
+        resolved_by: Option<String>,
+        resolved_at: Option<i64>,
+        resolve_note: Option<String>,
+    }
+    let rows: Vec<Row> = visible_alerts(store, caller)?
+        .into_iter()
+        .map(|a| Row {
+            id: a.id,
+            severity: a.severity.as_str(),
+            state: a.state.as_str(),
+            value: a.value,
+            fired_at: a.fired_us,
+            last_fired_at: a.last_fired_us,
+            refires: a.refires,
+            acknowledged_by: a.acknowledged.as_ref().map(|s| s.by.clone()),
+            acknowledged_at: a.acknowledged.as_ref().map(|s| s.at_us),
+            resolved_by: a.resolved.as_ref().map(|s| s.by.clone()),
+            resolved_at: a.resolved.as_ref().map(|s| s.at_us),
+            resolve_note: a.resolved.map(|s| s.note),
+            rule: a.rule,
+            rule_name: a.rule_name,
+            lift_id: a.lift_id,
+            customer: a.customer,
+            building: a.building,
+            model: a.model,
+            summary: a.summary,
+        })
+        .collect();
+    rows_to_batch(alerts_schema(), &rows)
+}
+
+fn alert_event_rows(
+    store: Option<&dyn hoistway_alerts::AlertStore>,
+    caller: &Caller,
+) -> datafusion::error::Result<RecordBatch> {
+    let Some(store) = store else {
+        return Ok(RecordBatch::new_empty(alert_events_schema()));
+    };
+    #[derive(serde::Serialize)]
+    struct Row {
+        alert_id: i64,
+        kind: &'static str,
+        at: i64,
+        by: String,
+        note: String,
+    }
+    let mut rows = Vec::new();
+    for alert in visible_alerts(store, caller)?.iter().rev() {
+        let events = store
+            .events(alert.id)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        rows.extend(events.into_iter().map(|e| Row {
+            alert_id: e.alert_id,
+            kind: e.kind.as_str(),
+            at: e.at_us,
+            by: e.by,
+            note: e.note,
+        }));
+    }
+    rows_to_batch(alert_events_schema(), &rows)
+}
+
 fn rows_to_batch<T: serde::Serialize>(
     schema: SchemaRef,
     rows: &[T],
@@ -444,6 +588,7 @@ impl QueryEngine {
             limits,
             runtime,
             audit: None,
+            alerts: None,
             exec: None,
             test_functions: false,
             base: tokio::sync::OnceCell::new(),
@@ -454,6 +599,12 @@ impl QueryEngine {
     /// Serves the `audit` table from this authority's log.
     pub fn with_audit(mut self, auth: Arc<hoistway_auth::Authority>) -> Self {
         self.audit = Some(auth);
+        self
+    }
+
+    /// Serves the `alerts` and `alert_events` tables from this store.
+    pub fn with_alerts(mut self, store: Arc<dyn hoistway_alerts::AlertStore>) -> Self {
+        self.alerts = Some(store);
         self
     }
 
@@ -601,6 +752,20 @@ impl QueryEngine {
                     rows_to_batch(lift_state_schema(), &views)
                 },
             )),
+        )?;
+        let alerts = self.alerts.clone();
+        ctx.register_table(
+            "alerts",
+            Arc::new(LazyTable::new(alerts_schema(), move |_, caller| {
+                alert_rows(alerts.as_deref(), caller)
+            })),
+        )?;
+        let alerts = self.alerts.clone();
+        ctx.register_table(
+            "alert_events",
+            Arc::new(LazyTable::new(alert_events_schema(), move |_, caller| {
+                alert_event_rows(alerts.as_deref(), caller)
+            })),
         )?;
         let audit = self.audit.clone();
         ctx.register_table(

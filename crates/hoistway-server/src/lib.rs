@@ -6,6 +6,7 @@
 //!
 //! This crate names no backend: it is handed an [`AppState`] built by the binary.
 
+mod alerts;
 mod analytics;
 pub mod auth;
 pub mod listen;
@@ -64,6 +65,8 @@ pub struct AppParts {
     pub log: Arc<dyn Log>,
     pub store: Arc<hoistway_store::Store>,
     pub query: Arc<hoistway_query::QueryEngine>,
+    /// `None` when alerting is off.
+    pub alerts: Option<Arc<hoistway_alerts::Alerts>>,
     pub progress: watch::Receiver<Progress>,
     pub clock: Arc<dyn Clock>,
     pub limits: ApiLimits,

@@ -252,6 +252,55 @@ pub fn routes() -> (Router<AppState>, Rules) {
         FLEET_OPERATOR,
         post(dlq_replay),
     )
+    .add(g.clone(), "/v1/alerts", VIEWER, get(crate::alerts::list))
+    .add(
+        g.clone(),
+        "/v1/alerts/{id}",
+        VIEWER,
+        get(crate::alerts::show),
+    )
+    .add(
+        p.clone(),
+        "/v1/alerts/{id}/acknowledge",
+        OPERATOR,
+        post(crate::alerts::acknowledge),
+    )
+    .add(
+        p.clone(),
+        "/v1/alerts/{id}/resolve",
+        OPERATOR,
+        post(crate::alerts::resolve),
+    )
+    .add(
+        g.clone(),
+        "/v1/alert-rules",
+        FLEET_VIEWER,
+        get(crate::alerts::rules),
+    )
+    .add(
+        put_.clone(),
+        "/v1/alert-rules/{id}",
+        FLEET_ADMIN,
+        put(crate::alerts::put_rule),
+    )
+    .add(
+        d.clone(),
+        "/v1/alert-rules/{id}",
+        FLEET_ADMIN,
+        delete(crate::alerts::delete_rule),
+    )
+    .add(
+        g.clone(),
+        "/v1/notifications",
+        FLEET_OPERATOR,
+        get(crate::alerts::notifications),
+    )
+    .add(
+        p.clone(),
+        "/v1/notifications/{id}/replay",
+        FLEET_OPERATOR,
+        post(crate::alerts::replay),
+    )
     .add(g.clone(), "/healthz", Public, get(healthz))
     .add(g.clone(), "/readyz", Public, get(readyz))
     .add(g, "/metrics", FLEET_VIEWER, get(metrics_text));

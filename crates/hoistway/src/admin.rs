@@ -138,7 +138,7 @@ pub async fn call(
     }
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub fn query(pairs: &[(&str, Option<String>)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
@@ -150,7 +150,7 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
-fn encode(v: &str) -> String {
+pub fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -26,6 +26,52 @@ pub struct Config {
     pub query: QuerySettings,
     pub auth: AuthSettings,
     pub tls: TlsSettings,
+    pub alerts: AlertSettings,
+}
+
+/// Alerting: rules over accepted readings, and where notifications go (docs/alerts.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    pub enabled: bool,
+    /// A TOML file of `[[rule]]` tables, added to (or replacing by id) the stored rules at start.
+    pub rules_file: String,
+    /// No lift is declared offline before this long after start (default: `silent_after_secs`).
+    pub grace_secs: u64,
+    /// More than this share of reporting lifts silent at once: one "ingest outage" alert.
+    pub outage_fraction: f64,
+    pub outage_min_lifts: usize,
+    /// How long a reading waits for the ones before it, for rules that follow each lift's order.
+    pub reorder_wait_secs: u64,
+    /// How often absence is checked.
+    pub tick_secs: u64,
+    /// Resolved alerts and their history are kept this many days.
+    pub history_days: u64,
+    /// Delivered and dead notifications are kept this many days.
+    pub outbox_days: u64,
+    /// Delays before each retry of a failed notification; after the last, it is dead.
+    pub retry_schedule_secs: Vec<f64>,
+    pub channels: Vec<hoistway_alerts::notify::ChannelConfig>,
+    pub routes: Vec<hoistway_alerts::Route>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rules_file: String::new(),
+            grace_secs: 60,
+            outage_fraction: 0.2,
+            outage_min_lifts: 10,
+            reorder_wait_secs: 30,
+            tick_secs: 5,
+            history_days: 1827,
+            outbox_days: 30,
+            retry_schedule_secs: hoistway_alerts::notify::DEFAULT_SCHEDULE_SECS.to_vec(),
+            channels: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
 }
 
 /// TLS for the HTTP listener and the PostgreSQL wire endpoint, from PEM files; both empty:
@@ -267,6 +313,7 @@ impl Default for Config {
             query: QuerySettings::default(),
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
+            alerts: AlertSettings::default(),
         }
     }
 }
@@ -354,6 +401,28 @@ impl Config {
         anyhow::ensure!(
             config.auth.poll_interval_secs >= 1,
             "auth.poll_interval_secs must be at least 1"
+        );
+        let mut names = std::collections::HashSet::new();
+        for channel in &config.alerts.channels {
+            anyhow::ensure!(
+                names.insert(channel.name()),
+                "alerts.channels: {:?} is defined twice",
+                channel.name()
+            );
+            channel
+                .build()
+                .map_err(|e| anyhow::anyhow!("alerts.channels: {e}"))?;
+        }
+        for route in &config.alerts.routes {
+            anyhow::ensure!(
+                names.contains(route.channel.as_str()),
+                "alerts.routes: no channel is named {:?}",
+                route.channel
+            );
+        }
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&config.alerts.outage_fraction),
+            "alerts.outage_fraction must be between 0 and 1"
         );
         anyhow::ensure!(
             config.version == CONFIG_VERSION,

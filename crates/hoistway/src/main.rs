@@ -2,6 +2,7 @@
 
 mod access;
 mod admin;
+mod alerts;
 mod bench;
 mod bench_pg;
 mod bench_storage;
@@ -61,6 +62,8 @@ enum Command {
     Lifts(admin::LiftsArgs),
     /// Inspect and replay the dead-letter queue of a running server.
     Dlq(admin::DlqArgs),
+    /// Alerts, alert rules and notifications of a running server.
+    Alerts(alerts::AlertsArgs),
     /// Run a read-only SQL query on a running server (tables: readings, rollups_hourly,
     /// rollups_daily, lifts, lift_state).
     Sql(sql::SqlArgs),
@@ -182,6 +185,7 @@ fn main() -> anyhow::Result<()> {
             Command::Devices(args) => access::devices(args).await,
             Command::Lifts(args) => admin::lifts(args).await,
             Command::Dlq(args) => admin::dlq(args).await,
+            Command::Alerts(args) => alerts::alerts(args).await,
             Command::Sql(args) => sql::sql(args).await,
             Command::BenchStorage(args) => bench_storage::run(args).await,
             Command::Storage(args) => sql::storage(args).await,

@@ -105,10 +105,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .context("cannot open storage")?,
     );
-    let sinks: Vec<Arc<dyn Sink>> = if config.storage.enabled {
+    let mut sinks: Vec<Arc<dyn Sink>> = if config.storage.enabled {
         vec![store.clone()]
     } else {
         Vec::new()
+    };
+    let alerts = if config.alerts.enabled {
+        let (data, config, clock) = (data.clone(), config.clone(), clock.clone());
+        let alerts =
+            tokio::task::spawn_blocking(move || open_alerts(&data, &config, clock)).await??;
+        sinks.push(alerts.0.clone());
+        Some(alerts)
+    } else {
+        None
     };
 
     let mut pconfig = ProcessorConfig::new(data.join("state"));
@@ -135,21 +144,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         clock.clone(),
         Duration::from_secs(config.processor.silent_after_secs),
     );
-    let query = Arc::new(
-        QueryEngine::new(
-            store.clone(),
-            fleet.clone(),
-            QueryLimits {
-                max_rows: config.query.max_rows.max(1),
-                timeout: Duration::from_secs(config.query.timeout_secs.max(1)),
-                memory_bytes: config.query.memory_mb.max(16) << 20,
-            },
-        )
-        .context("cannot start the query engine")?
-        .with_audit(auth.clone())
-        .with_runtime(analytics.clone())
-        .with_test_functions(config.query.test_functions),
-    );
+    let fleet_for_alerts = fleet.clone();
+    let mut query = QueryEngine::new(
+        store.clone(),
+        fleet.clone(),
+        QueryLimits {
+            max_rows: config.query.max_rows.max(1),
+            timeout: Duration::from_secs(config.query.timeout_secs.max(1)),
+            memory_bytes: config.query.memory_mb.max(16) << 20,
+        },
+    )
+    .context("cannot start the query engine")?
+    .with_audit(auth.clone())
+    .with_runtime(analytics.clone())
+    .with_test_functions(config.query.test_functions);
+    if let Some((alerts, _)) = &alerts {
+        query = query.with_alerts(alerts.store().clone());
+    }
+    let query = Arc::new(query);
     let postgres_listener = match config.query.postgres_listen.trim() {
         "" => None,
         listen => Some(
@@ -179,6 +191,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         log: log.clone(),
         store: store.clone(),
         query,
+        alerts: alerts.as_ref().map(|(a, _)| a.clone()),
         progress: processor.progress(),
         clock,
         limits: ApiLimits {
@@ -221,6 +234,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
         shutdown_rx.clone(),
     ));
+    let alert_tasks = alerts.map(|(alerts, dispatcher)| {
+        let fleet = fleet_for_alerts.clone();
+        let presence: hoistway_alerts::Presence = Arc::new(move || fleet.presence());
+        (
+            tokio::spawn(alerts.run(presence, shutdown_rx.clone())),
+            tokio::spawn(dispatcher.run(shutdown_rx.clone())),
+        )
+    });
     let postgres_task = postgres_listener
         .map(|listener| {
             let pg_addr = listener.local_addr()?;
@@ -270,6 +291,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         sequencer_task.await?;
         let processed = processor_task.await?;
         maintenance_task.await?;
+        if let Some((writer, dispatcher)) = alert_tasks {
+            writer.await?;
+            dispatcher.await?;
+        }
         if let Some(task) = postgres_task {
             task.await?;
         }
@@ -288,6 +313,68 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// Alerting over `<data>/alerts/alerts.sqlite3`, with the configured rules file, channels and
+/// routes, and the dispatcher that drains its outbox. Blocks (opens files).
+fn open_alerts(
+    data: &std::path::Path,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(
+    Arc<hoistway_alerts::Alerts>,
+    hoistway_alerts::notify::Dispatcher,
+)> {
+    let settings = &config.alerts;
+    let file_rules = match settings.rules_file.trim() {
+        "" => Vec::new(),
+        path => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the rules file {path}"))?;
+            hoistway_alerts::rule::parse_rule_file(&text)
+                .map_err(|e| anyhow::anyhow!("rules file {path}: {e}"))?
+        }
+    };
+    let store: Arc<dyn hoistway_alerts::AlertStore> = Arc::new(
+        hoistway_alerts::SqliteAlertStore::open(&data.join("alerts").join("alerts.sqlite3"))
+            .context("cannot open the alert store")?,
+    );
+    let alerts_config = hoistway_alerts::AlertsConfig {
+        engine: hoistway_alerts::EngineConfig {
+            silent_after_secs: config.processor.silent_after_secs,
+            grace_secs: settings.grace_secs,
+            outage_fraction: settings.outage_fraction,
+            outage_min_lifts: settings.outage_min_lifts,
+            reorder_wait_secs: settings.reorder_wait_secs,
+            ..Default::default()
+        },
+        routes: settings.routes.clone(),
+        retry_schedule: settings
+            .retry_schedule_secs
+            .iter()
+            .map(|s| Duration::from_secs_f64(s.max(0.0)))
+            .collect(),
+        tick: Duration::from_secs(settings.tick_secs.max(1)),
+        history: Duration::from_secs(settings.history_days.max(1) * 86_400),
+        outbox_history: Duration::from_secs(settings.outbox_days.max(1) * 86_400),
+    };
+    let schedule = alerts_config.retry_schedule.clone();
+    let alerts = Arc::new(
+        hoistway_alerts::Alerts::open(store.clone(), alerts_config, file_rules, clock.clone())
+            .context("cannot open alerting")?,
+    );
+    let mut channels = std::collections::HashMap::new();
+    for channel in &settings.channels {
+        channels.insert(channel.name().to_string(), channel.build()?);
+    }
+    let dispatcher = hoistway_alerts::notify::Dispatcher::new(
+        store,
+        channels,
+        schedule,
+        clock,
+        alerts.dispatcher_wake(),
+    );
+    Ok((alerts, dispatcher))
 }
 
 /// The storage tiers named by the configuration.

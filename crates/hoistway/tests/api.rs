@@ -1,5 +1,6 @@
 //! The HTTP API at its boundary: a real server process, requests in, responses and files out.
 
+mod alerts;
 mod common;
 mod security;
 

@@ -57,7 +57,12 @@ async fn staff(server: &TestServer, name: &str, role: &str) -> String {
 }
 
 /// [`staff`] for one of `customer`'s people (the fleet admin creates the account).
-async fn staff_of(server: &TestServer, name: &str, role: &str, customer: Option<&str>) -> String {
+pub(crate) async fn staff_of(
+    server: &TestServer,
+    name: &str,
+    role: &str,
+    customer: Option<&str>,
+) -> String {
     let password = "correct horse battery staple";
     let r = server
         .post_json(

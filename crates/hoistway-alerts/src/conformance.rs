@@ -1,0 +1,274 @@
+//! The behaviour every [`AlertStore`] must show, run against each implementation (the
+//! embedded SQLite one here; a PostgreSQL one passes the same function).
+
+use crate::Error;
+use crate::lifecycle::{self, Change, ChangeKind, Route};
+use crate::rule::{Condition, Rule, Scope, Severity, default_rules};
+use crate::store::{AlertQuery, AlertState, AlertStore, DeliveryState, EventKind};
+
+fn change(kind: ChangeKind, key: &str, lift: &str, customer: &str, at_us: i64) -> Change {
+    Change {
+        key: key.into(),
+        kind,
+        rule: "motor-hot".into(),
+        rule_name: "Motor hot".into(),
+        severity: Severity::Major,
+        hold_secs: 60,
+        lift_id: lift.into(),
+        customer: customer.into(),
+        building: format!("{customer}-b1"),
+        model: "m1".into(),
+        at_us,
+        summary: "motor_temp_c 95 above 90".into(),
+        value: Some(95.0),
+    }
+}
+
+fn apply(store: &dyn AlertStore, c: &Change, routes: &[Route]) -> Option<EventKind> {
+    let mut out = None;
+    store
+        .transact(&mut |tx| {
+            out = lifecycle::apply(tx, c, routes, false)?.map(|(_, e)| e);
+            Ok(())
+        })
+        .expect("transaction");
+    out
+}
+
+/// Panics with a message at the first difference from the contract.
+pub fn check(store: &dyn AlertStore) {
+    let routes = vec![Route {
+        channel: "hook".into(),
+        min_severity: Severity::Warning,
+        customers: vec![],
+        buildings: vec![],
+        rules: vec![],
+        events: vec![
+            EventKind::Fired,
+            EventKind::Acknowledged,
+            EventKind::Resolved,
+        ],
+    }];
+    let s = 1_000_000;
+
+    // Firing, re-firing while open, replaying a key.
+    let fire = change(ChangeKind::Fire, "k1", "L1", "acme", 10 * s);
+    assert_eq!(apply(store, &fire, &routes), Some(EventKind::Fired));
+    assert_eq!(
+        apply(store, &fire, &routes),
+        None,
+        "a replayed key is a no-op"
+    );
+    let again = change(ChangeKind::Fire, "k2", "L1", "acme", 20 * s);
+    assert_eq!(apply(store, &again, &routes), Some(EventKind::Refired));
+    let open = store.list(&AlertQuery::default()).unwrap();
+    assert_eq!(open.len(), 1, "one open alert per lift and rule");
+    assert_eq!(open[0].refires, 1);
+    assert_eq!(open[0].state, AlertState::Firing);
+    let id = open[0].id;
+    assert_eq!(store.alert(id).unwrap().unwrap(), open[0]);
+
+    // The outbox holds one notification for the fire (a re-fire does not notify).
+    let due = store.due(10 * s, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].alert_id, id);
+    assert_eq!(due[0].event, EventKind::Fired);
+    assert_eq!(store.next_due().unwrap(), Some(10 * s));
+
+    // Acknowledge, then resolve by the condition clearing.
+    let mut acked = None;
+    store
+        .transact(&mut |tx| {
+            acked = Some(lifecycle::act(
+                tx,
+                id,
+                false,
+                "olga",
+                "on it",
+                30 * s,
+                &routes,
+            )?);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(acked.unwrap().state, AlertState::Acknowledged);
+    let again = store
+        .transact(&mut |tx| lifecycle::act(tx, id, false, "olga", "", 31 * s, &routes).map(|_| ()));
+    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+    let clear = change(ChangeKind::Clear, "k3", "L1", "acme", 40 * s);
+    assert_eq!(apply(store, &clear, &routes), Some(EventKind::Resolved));
+    let a = store.alert(id).unwrap().unwrap();
+    assert_eq!(a.state, AlertState::Resolved);
+    assert_eq!(a.resolved.as_ref().unwrap().by, lifecycle::SYSTEM);
+    assert_eq!(
+        apply(
+            store,
+            &change(ChangeKind::Clear, "k4", "L1", "acme", 41 * s),
+            &routes
+        ),
+        None,
+        "a clear with nothing open does nothing"
+    );
+
+    // Within the hold time a fire reopens the alert; after it, a new alert.
+    assert_eq!(
+        apply(
+            store,
+            &change(ChangeKind::Fire, "k5", "L1", "acme", 50 * s),
+            &routes
+        ),
+        Some(EventKind::Reopened)
+    );
+    assert_eq!(
+        apply(
+            store,
+            &change(ChangeKind::Clear, "k6", "L1", "acme", 60 * s),
+            &routes
+        ),
+        Some(EventKind::Resolved)
+    );
+    assert_eq!(
+        apply(
+            store,
+            &change(ChangeKind::Fire, "k7", "L1", "acme", 200 * s),
+            &routes
+        ),
+        Some(EventKind::Fired)
+    );
+    let kinds: Vec<EventKind> = store.events(id).unwrap().iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Fired,
+            EventKind::Refired,
+            EventKind::Acknowledged,
+            EventKind::Resolved,
+            EventKind::Reopened,
+            EventKind::Resolved
+        ]
+    );
+
+    // Filters and pages.
+    apply(
+        store,
+        &change(ChangeKind::Fire, "k8", "L2", "globex", 210 * s),
+        &routes,
+    );
+    let q = |f: &dyn Fn(&mut AlertQuery)| {
+        let mut q = AlertQuery::default();
+        f(&mut q);
+        store.list(&q).unwrap()
+    };
+    assert_eq!(q(&|_| {}).len(), 3);
+    assert_eq!(q(&|q| q.state = Some("open".into())).len(), 2);
+    assert_eq!(q(&|q| q.state = Some("resolved".into())).len(), 1);
+    assert_eq!(q(&|q| q.customer = Some("globex".into())).len(), 1);
+    assert_eq!(q(&|q| q.building = Some("acme-b1".into())).len(), 2);
+    assert_eq!(q(&|q| q.lift = Some("L2".into()))[0].customer, "globex");
+    assert_eq!(q(&|q| q.severity = Some(Severity::Critical)).len(), 0);
+    let first = q(&|q| q.limit = Some(2));
+    assert_eq!(first.len(), 2);
+    assert!(first[0].id > first[1].id, "newest first");
+    let rest = q(&|q| q.before = Some(first[1].id));
+    assert_eq!(rest.len(), 1);
+    assert_eq!(store.open_counts().unwrap(), vec![(Severity::Major, 2)]);
+    assert_eq!(store.open_of_rule("motor-hot").unwrap().len(), 2);
+
+    // A failing transaction leaves nothing behind.
+    let before = store.list(&AlertQuery::default()).unwrap().len();
+    let failed = store.transact(&mut |tx| {
+        lifecycle::apply(
+            tx,
+            &change(ChangeKind::Fire, "k9", "L3", "acme", 0),
+            &routes,
+            false,
+        )?;
+        Err(Error::Storage("injected".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(store.list(&AlertQuery::default()).unwrap().len(), before);
+
+    // Delivery state.
+    let mut n = store.due(i64::MAX, 100).unwrap().remove(0);
+    n.state = DeliveryState::Dead;
+    n.attempts = 3;
+    n.last_error = Some("503".into());
+    store.update_notification(&n).unwrap();
+    assert_eq!(store.notification(&n.id).unwrap().unwrap(), n);
+    assert_eq!(
+        store.notifications(Some(DeliveryState::Dead), 10).unwrap(),
+        vec![n.clone()]
+    );
+    assert!(
+        store
+            .due(i64::MAX, 100)
+            .unwrap()
+            .iter()
+            .all(|d| d.id != n.id)
+    );
+    assert!(store.notifications(None, 100).unwrap().len() >= 3);
+
+    // Rules.
+    for rule in default_rules() {
+        assert!(store.put_rule(&rule).unwrap());
+    }
+    let mut edited = default_rules()[0].clone();
+    edited.scope = Scope {
+        customer: Some("acme".into()),
+        ..Scope::default()
+    };
+    assert!(
+        !store.put_rule(&edited).unwrap(),
+        "a replaced rule is not new"
+    );
+    let rules: Vec<Rule> = store.rules().unwrap();
+    assert_eq!(rules.len(), default_rules().len());
+    assert!(rules.contains(&edited));
+    assert!(store.delete_rule("lift-offline").unwrap());
+    assert!(!store.delete_rule("lift-offline").unwrap());
+    assert!(
+        !store
+            .rules()
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r.when, Condition::Absence { .. }))
+    );
+
+    // Retention: resolved alerts and finished notifications go; open ones and pending stay.
+    let open_before = store
+        .list(&AlertQuery {
+            state: Some("open".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let pending_before = store.due(i64::MAX, 100).unwrap();
+    let (alerts, notifications) = store.prune(i64::MAX, i64::MAX).unwrap();
+    assert_eq!(alerts, 1, "the one resolved alert");
+    assert!(notifications >= 1, "the dead notification");
+    assert_eq!(store.list(&AlertQuery::default()).unwrap(), open_before);
+    assert_eq!(store.due(i64::MAX, 100).unwrap(), pending_before);
+    assert!(store.events(id).unwrap().is_empty());
+    assert!(store.notification(&n.id).unwrap().is_none());
+
+    // Channels and metadata.
+    store
+        .set_channel_disabled("hook", Some("410 Gone"))
+        .unwrap();
+    assert_eq!(
+        store.disabled_channels().unwrap(),
+        vec![("hook".to_string(), "410 Gone".to_string())]
+    );
+    store.set_channel_disabled("hook", None).unwrap();
+    assert!(store.disabled_channels().unwrap().is_empty());
+    assert_eq!(store.meta("snapshot").unwrap(), None);
+    store
+        .transact(&mut |tx| tx.put_meta("snapshot", b"one"))
+        .unwrap();
+    store
+        .transact(&mut |tx| tx.put_meta("snapshot", b"two"))
+        .unwrap();
+    assert_eq!(
+        store.meta("snapshot").unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+}

@@ -1,0 +1,956 @@
+//! The rule engine: accepted readings (and the passing of time) in, [`Change`]s out.
+//!
+//! It is deterministic: the same readings give the same changes with the same keys, whatever
+//! order they arrive in, as long as each lift's readings arrive within the reorder wait.
+//! - Counter crossings need no state: a reading that counted raised the lifetime counter from
+//!   `after - delta` to `after`, and each threshold passed in between fires once, keyed by the
+//!   threshold. The processor applies each reading exactly once, so each crossing is seen once
+//!   per run, and the key makes a replay after a crash a no-op.
+//! - Events fire (and clear) per reading, keyed by the reading's `(epoch, seq)`.
+//! - Thresholds and faults follow each lift's `(epoch, seq)` order: a reading that is not the
+//!   next one waits (at most `reorder_wait`) for those before it, so a shuffled backlog is
+//!   evaluated in the order the lift produced it. Durations are in device time.
+//! - Absence is evaluated on [`Engine::tick`] by the injected clock, after a grace period
+//!   from start, with a fleet-wide guard.
+//!
+//! The engine holds no I/O; `crate::Alerts` feeds it and stores what it returns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use hoistway_model::{EventKind, Reading};
+use hoistway_processor::SinkItem;
+use hoistway_registry::LiftInfo;
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::{Change, ChangeKind};
+use crate::rule::{Condition, INGEST_OUTAGE, Rule, Severity};
+
+const US: i64 = 1_000_000;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The server's definition of silent (`processor.silent_after_secs`).
+    pub silent_after_secs: u64,
+    /// No lift is declared offline before this long after start.
+    pub grace_secs: u64,
+    /// More than this share of reporting lifts going silent at once raises one ingest
+    /// outage alert instead of one alert per lift …
+    pub outage_fraction: f64,
+    /// … provided they are at least this many.
+    pub outage_min_lifts: usize,
+    /// How long a reading waits for the readings before it (ordered rules).
+    pub reorder_wait_secs: u64,
+    /// Readings held per lift before the oldest is evaluated anyway.
+    pub max_held_per_lift: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            silent_after_secs: 60,
+            grace_secs: 60,
+            outage_fraction: 0.2,
+            outage_min_lifts: 10,
+            reorder_wait_secs: 30,
+            max_held_per_lift: 64,
+        }
+    }
+}
+
+/// The state of one ordered rule on one lift.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Level {
+    /// Consecutive readings beyond the limit, and the device time of the first.
+    count: u32,
+    since_ts: Option<i64>,
+    firing: bool,
+    /// Device time since which readings are back past the clearing level.
+    clear_since_ts: Option<i64>,
+}
+
+struct Held {
+    reading: Reading,
+    lift: Arc<LiftInfo>,
+    arrived_us: i64,
+}
+
+#[derive(Default)]
+struct LiftEval {
+    last: Option<(u64, u64)>,
+    held: BTreeMap<(u64, u64), Held>,
+    levels: HashMap<String, Level>,
+}
+
+/// What survives a restart (written at every checkpoint with the offset it reflects).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`] when written; a newer one is refused.
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// The log offset the snapshot reflects: records below it were evaluated.
+    pub offset: u64,
+    pub lifts: Vec<LiftSnapshot>,
+    pub offline: Vec<(String, String)>,
+    pub maintenance: Vec<String>,
+    pub outage: bool,
+}
+
+/// One lift in a snapshot: its id, its place in its order, and the state of each ordered rule.
+pub type LiftSnapshot = (String, Option<(u64, u64)>, Vec<(String, Level)>);
+
+/// The engine snapshot format this build writes and the newest it reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+fn first_version() -> u32 {
+    1
+}
+
+/// A change with whether it should notify (a lift in maintenance records, but stays quiet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluated {
+    pub change: Change,
+    pub quiet: bool,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    rules: Vec<Arc<Rule>>,
+    started_us: i64,
+    lifts: HashMap<String, LiftEval>,
+    with_held: BTreeSet<String>,
+    /// (rule, lift) with an open absence alert.
+    offline: HashSet<(String, String)>,
+    maintenance: HashSet<String>,
+    outage: bool,
+    /// After a restore, a lift whose place in its order was not saved resumes from the first
+    /// reading seen (rather than holding it for the reorder wait).
+    resume_unknown: bool,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, rules: Vec<Rule>, started_us: i64) -> Self {
+        Self {
+            config,
+            rules: rules
+                .into_iter()
+                .filter(|r| r.enabled)
+                .map(Arc::new)
+                .collect(),
+            started_us,
+            lifts: HashMap::new(),
+            with_held: BTreeSet::new(),
+            offline: HashSet::new(),
+            maintenance: HashSet::new(),
+            outage: false,
+            resume_unknown: false,
+        }
+    }
+
+    /// Replaces the rules. The state of a rule whose definition changed starts over; an alert
+    /// it has open stays open (a fire of the same condition counts as a re-fire).
+    pub fn set_rules(&mut self, rules: Vec<Rule>) {
+        let old: HashMap<String, Arc<Rule>> = self
+            .rules
+            .iter()
+            .map(|r| (r.id.clone(), r.clone()))
+            .collect();
+        self.rules = rules
+            .into_iter()
+            .filter(|r| r.enabled)
+            .map(Arc::new)
+            .collect();
+        let unchanged: HashSet<&str> = self
+            .rules
+            .iter()
+            .filter(|r| old.get(&r.id).is_some_and(|o| **o == ***r))
+            .map(|r| r.id.as_str())
+            .collect();
+        for eval in self.lifts.values_mut() {
+            eval.levels
+                .retain(|rule, _| unchanged.contains(rule.as_str()));
+        }
+    }
+
+    /// Marks lifts offline whose absence alert is open (from the store, at start).
+    pub fn set_offline(&mut self, rule_and_lift: impl IntoIterator<Item = (String, String)>) {
+        self.offline.extend(rule_and_lift);
+    }
+
+    pub fn snapshot(&self, offset: u64) -> Snapshot {
+        let mut lifts: Vec<_> = self
+            .lifts
+            .iter()
+            .filter(|(_, e)| e.levels.values().any(|l| *l != Level::default()))
+            .map(|(id, e)| {
+                let levels = e
+                    .levels
+                    .iter()
+                    .filter(|(_, l)| **l != Level::default())
+                    .map(|(r, l)| (r.clone(), l.clone()))
+                    .collect();
+                (id.clone(), e.last, levels)
+            })
+            .collect();
+        lifts.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut offline: Vec<_> = self.offline.iter().cloned().collect();
+        offline.sort();
+        let mut maintenance: Vec<_> = self.maintenance.iter().cloned().collect();
+        maintenance.sort();
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            offset,
+            lifts,
+            offline,
+            maintenance,
+            outage: self.outage,
+        }
+    }
+
+    pub fn restore(&mut self, snapshot: Snapshot) {
+        for (lift, last, levels) in snapshot.lifts {
+            let eval = self.lifts.entry(lift).or_default();
+            eval.last = last;
+            eval.levels = levels.into_iter().collect();
+        }
+        self.offline.extend(snapshot.offline);
+        self.maintenance.extend(snapshot.maintenance);
+        self.outage = snapshot.outage;
+        self.resume_unknown = true;
+    }
+
+    /// Evaluates one accepted reading. `now_us` is the server clock (for the reorder wait).
+    pub fn evaluate(&mut self, item: &SinkItem, now_us: i64, out: &mut Vec<Evaluated>) {
+        if !item.counted {
+            return;
+        }
+        let r = &item.reading;
+        let lift_id = r.lift_id.as_str();
+        if r.events.contains(&EventKind::MaintenanceOn) {
+            self.maintenance.insert(lift_id.to_string());
+        }
+        let quiet = self.maintenance.contains(lift_id);
+        if r.events.contains(&EventKind::MaintenanceOff) {
+            self.maintenance.remove(lift_id);
+        }
+        let mut ordered = false;
+        for rule in &self.rules {
+            if !rule.scope.matches(&item.lift) {
+                continue;
+            }
+            let change = |kind, key: String, summary: String, value| Evaluated {
+                change: change(rule, &item.lift, kind, key, r.received_us, summary, value),
+                quiet,
+            };
+            match &rule.when {
+                Condition::CounterCrossing { counter, at, every } => {
+                    let (after, delta) = counter.read(&item.counters, r);
+                    let index = |v: u64| match v.checked_sub(*at) {
+                        None => 0,
+                        Some(over) => 1 + every.map_or(0, |e| over / e),
+                    };
+                    let (k_before, k_after) = (index(after.saturating_sub(delta)), index(after));
+                    if k_after > k_before {
+                        let passed = at + (k_after - 1) * every.unwrap_or(0);
+                        out.push(change(
+                            ChangeKind::Fire,
+                            format!("{}/{lift_id}/cross/{k_after}", rule.id),
+                            format!("{} passed {passed} ({after})", counter.as_str()),
+                            Some(after as f64),
+                        ));
+                    }
+                }
+                Condition::Event { events, clear_on } => {
+                    if let Some(e) = r.events.iter().find(|e| events.contains(e)) {
+                        out.push(change(
+                            ChangeKind::Fire,
+                            format!("{}/{lift_id}/{}.{}/fire", rule.id, r.epoch, r.seq),
+                            format!("{} reported", e.as_str()),
+                            None,
+                        ));
+                    }
+                    if let Some(e) = r.events.iter().find(|e| clear_on.contains(e)) {
+                        out.push(change(
+                            ChangeKind::Clear,
+                            format!("{}/{lift_id}/{}.{}/clear", rule.id, r.epoch, r.seq),
+                            format!("{} reported", e.as_str()),
+                            None,
+                        ));
+                    }
+                }
+                Condition::Absence { .. } => {
+                    if self.offline.remove(&(rule.id.clone(), lift_id.to_string())) {
+                        out.push(change(
+                            ChangeKind::Clear,
+                            format!("{}/{lift_id}/back/{}", rule.id, r.received_us),
+                            "reporting again".into(),
+                            None,
+                        ));
+                    }
+                }
+                Condition::Threshold { .. } | Condition::Fault { .. } => ordered = true,
+            }
+        }
+        if ordered {
+            self.order(item, now_us, quiet, out);
+        }
+    }
+
+    /// Routes a reading through its lift's reorder buffer to the ordered rules.
+    fn order(&mut self, item: &SinkItem, now_us: i64, quiet: bool, out: &mut Vec<Evaluated>) {
+        let r = &item.reading;
+        let key = (r.epoch, r.seq);
+        let eval = self
+            .lifts
+            .entry(r.lift_id.as_str().to_string())
+            .or_default();
+        if eval.last.is_some_and(|last| key <= last) {
+            // Its place in the order has passed (the wait ran out): too late for ordered rules.
+            metrics::counter!("hoistway_alerts_late_readings_total").increment(1);
+            return;
+        }
+        if eval.held.is_empty()
+            && (is_next(eval.last, key) || (self.resume_unknown && eval.last.is_none()))
+        {
+            eval.last = Some(key);
+            evaluate_ordered(&self.rules, eval, r, &item.lift, quiet, out);
+            return;
+        }
+        eval.held.insert(
+            key,
+            Held {
+                reading: r.clone(),
+                lift: item.lift.clone(),
+                arrived_us: now_us,
+            },
+        );
+        let limit = self.config.max_held_per_lift;
+        release(&self.rules, &self.maintenance, eval, limit, false, out);
+        if eval.held.is_empty() {
+            self.with_held.remove(r.lift_id.as_str());
+        } else {
+            self.with_held.insert(r.lift_id.as_str().to_string());
+        }
+    }
+
+    /// Time passes: held readings whose wait ran out are evaluated; silent lifts go offline.
+    /// `presence` lists every registered lift with the server time of its last reading.
+    pub fn tick(
+        &mut self,
+        now_us: i64,
+        presence: impl IntoIterator<Item = (Arc<LiftInfo>, Option<i64>)>,
+        out: &mut Vec<Evaluated>,
+    ) {
+        let wait = self.config.reorder_wait_secs as i64 * US;
+        let due: Vec<String> = self
+            .with_held
+            .iter()
+            .filter(|id| {
+                self.lifts[id.as_str()]
+                    .held
+                    .values()
+                    .any(|h| now_us - h.arrived_us >= wait)
+            })
+            .cloned()
+            .collect();
+        for id in due {
+            let eval = self.lifts.get_mut(&id).expect("held lift");
+            release(&self.rules, &self.maintenance, eval, 0, true, out);
+            self.with_held.remove(&id);
+        }
+        if now_us - self.started_us < self.config.grace_secs as i64 * US {
+            return;
+        }
+        self.absence(now_us, presence, out);
+    }
+
+    fn absence(
+        &mut self,
+        now_us: i64,
+        presence: impl IntoIterator<Item = (Arc<LiftInfo>, Option<i64>)>,
+        out: &mut Vec<Evaluated>,
+    ) {
+        let rules: Vec<(Arc<Rule>, i64)> = self
+            .rules
+            .iter()
+            .filter_map(|r| match r.when {
+                Condition::Absence { after_secs } => Some((
+                    r.clone(),
+                    after_secs.unwrap_or(self.config.silent_after_secs) as i64 * US,
+                )),
+                _ => None,
+            })
+            .collect();
+        if rules.is_empty() {
+            return;
+        }
+        let mut reporting = 0usize;
+        let mut newly = Vec::new();
+        for (lift, last) in presence {
+            let Some(last) = last else { continue };
+            reporting += 1;
+            for (rule, after) in &rules {
+                if now_us - last > *after
+                    && rule.scope.matches(&lift)
+                    && !self
+                        .offline
+                        .contains(&(rule.id.clone(), lift.lift_id.as_str().to_string()))
+                {
+                    newly.push((rule.clone(), lift.clone(), last));
+                }
+            }
+        }
+        let limit = ((reporting as f64 * self.config.outage_fraction).ceil() as usize)
+            .max(self.config.outage_min_lifts);
+        let fleet = LiftInfo::new(hoistway_model::LiftId::new("fleet").expect("a valid id"));
+        let outage_rule = Rule {
+            id: INGEST_OUTAGE.into(),
+            name: "Ingest outage: many lifts silent at once".into(),
+            description: String::new(),
+            severity: Severity::Critical,
+            scope: Default::default(),
+            enabled: true,
+            hold_secs: 0,
+            when: Condition::Absence { after_secs: None },
+        };
+        if newly.len() >= limit {
+            if !self.outage {
+                self.outage = true;
+                let mut c = change(
+                    &outage_rule,
+                    &fleet,
+                    ChangeKind::Fire,
+                    format!("{INGEST_OUTAGE}/{now_us}/fire"),
+                    now_us,
+                    format!("{} of {reporting} reporting lifts went silent", newly.len()),
+                    Some(newly.len() as f64),
+                );
+                c.lift_id.clear();
+                out.push(Evaluated {
+                    change: c,
+                    quiet: false,
+                });
+            }
+            return;
+        }
+        if self.outage {
+            self.outage = false;
+            let mut c = change(
+                &outage_rule,
+                &fleet,
+                ChangeKind::Clear,
+                format!("{INGEST_OUTAGE}/{now_us}/clear"),
+                now_us,
+                format!("{} lifts newly silent", newly.len()),
+                Some(newly.len() as f64),
+            );
+            c.lift_id.clear();
+            out.push(Evaluated {
+                change: c,
+                quiet: false,
+            });
+        }
+        for (rule, lift, last) in newly {
+            let id = lift.lift_id.as_str().to_string();
+            self.offline.insert((rule.id.clone(), id.clone()));
+            out.push(Evaluated {
+                change: change(
+                    &rule,
+                    &lift,
+                    ChangeKind::Fire,
+                    format!("{}/{id}/silent/{last}", rule.id),
+                    now_us,
+                    format!(
+                        "no reading since {}",
+                        hoistway_model::time::format_micros(last)
+                    ),
+                    None,
+                ),
+                quiet: self.maintenance.contains(&id),
+            });
+        }
+    }
+}
+
+fn change(
+    rule: &Rule,
+    lift: &LiftInfo,
+    kind: ChangeKind,
+    key: String,
+    at_us: i64,
+    summary: String,
+    value: Option<f64>,
+) -> Change {
+    Change {
+        key,
+        kind,
+        rule: rule.id.clone(),
+        rule_name: rule.name.clone(),
+        severity: rule.severity,
+        hold_secs: rule.hold_secs,
+        lift_id: lift.lift_id.as_str().to_string(),
+        customer: lift.customer.clone(),
+        building: lift.building.clone(),
+        model: lift.model.clone(),
+        at_us,
+        summary,
+        value,
+    }
+}
+
+/// Whether `key` directly follows `last` in a lift's order. A new epoch starts at seq 0 or 1.
+fn is_next(last: Option<(u64, u64)>, (epoch, seq): (u64, u64)) -> bool {
+    match last {
+        None => seq <= 1,
+        Some((le, ls)) => (epoch == le && seq == ls + 1) || (epoch > le && seq <= 1),
+    }
+}
+
+/// Evaluates held readings that are next in order; with `all`, every held reading (the wait
+/// ran out); otherwise also the oldest while more than `limit` are held.
+fn release(
+    rules: &[Arc<Rule>],
+    maintenance: &HashSet<String>,
+    eval: &mut LiftEval,
+    limit: usize,
+    all: bool,
+    out: &mut Vec<Evaluated>,
+) {
+    while let Some((&key, _)) = eval.held.first_key_value() {
+        if !(all || is_next(eval.last, key) || (limit > 0 && eval.held.len() > limit)) {
+            break;
+        }
+        let held = eval.held.remove(&key).expect("first key");
+        eval.last = Some(key);
+        let quiet = maintenance.contains(held.reading.lift_id.as_str());
+        evaluate_ordered(rules, eval, &held.reading, &held.lift, quiet, out);
+    }
+}
+
+fn evaluate_ordered(
+    rules: &[Arc<Rule>],
+    eval: &mut LiftEval,
+    r: &Reading,
+    lift: &Arc<LiftInfo>,
+    quiet: bool,
+    out: &mut Vec<Evaluated>,
+) {
+    for rule in rules {
+        if !rule.when.is_ordered() || !rule.scope.matches(lift) {
+            continue;
+        }
+        let (breach, recovered, value, for_readings, for_secs, clear_after, what) = match &rule.when
+        {
+            Condition::Threshold {
+                metric,
+                above,
+                below,
+                for_readings,
+                for_secs,
+                clear_at,
+                clear_after_secs,
+            } => {
+                let Some(v) = metric.value(r) else { continue };
+                let (breach, recovered, what) = match (above, below) {
+                    (Some(a), _) => (
+                        v > *a,
+                        clear_at.map_or(v <= *a, |c| v < c),
+                        format!("{} {v} above {a}", String::from(metric.clone())),
+                    ),
+                    (None, Some(b)) => (
+                        v < *b,
+                        clear_at.map_or(v >= *b, |c| v > c),
+                        format!("{} {v} below {b}", String::from(metric.clone())),
+                    ),
+                    (None, None) => continue,
+                };
+                (
+                    breach,
+                    recovered,
+                    Some(v),
+                    *for_readings,
+                    *for_secs,
+                    *clear_after_secs,
+                    what,
+                )
+            }
+            Condition::Fault { codes } => {
+                let active: Vec<&String> = r.faults.iter().filter(|f| codes.contains(f)).collect();
+                let what = match active.first() {
+                    Some(code) => format!("fault {code} active"),
+                    None => "faults cleared".into(),
+                };
+                (!active.is_empty(), active.is_empty(), None, 1, 0, 0, what)
+            }
+            _ => continue,
+        };
+        let level = eval.levels.entry(rule.id.clone()).or_default();
+        let ts = r.ts_us;
+        let key = |tag: &str| {
+            format!(
+                "{}/{}/{}.{}/{tag}",
+                rule.id,
+                r.lift_id.as_str(),
+                r.epoch,
+                r.seq
+            )
+        };
+        if !level.firing {
+            if breach {
+                level.count += 1;
+                let since = *level.since_ts.get_or_insert(ts);
+                if level.count >= for_readings && ts - since >= for_secs as i64 * US {
+                    level.firing = true;
+                    level.clear_since_ts = None;
+                    let summary = if for_readings > 1 {
+                        format!("{what} for {} readings", level.count)
+                    } else {
+                        what
+                    };
+                    out.push(Evaluated {
+                        change: change(
+                            rule,
+                            lift,
+                            ChangeKind::Fire,
+                            key("fire"),
+                            r.received_us,
+                            summary,
+                            value,
+                        ),
+                        quiet,
+                    });
+                }
+            } else {
+                level.count = 0;
+                level.since_ts = None;
+            }
+        } else if recovered {
+            let since = *level.clear_since_ts.get_or_insert(ts);
+            if ts - since >= clear_after as i64 * US {
+                *level = Level::default();
+                out.push(Evaluated {
+                    change: change(
+                        rule,
+                        lift,
+                        ChangeKind::Clear,
+                        key("clear"),
+                        r.received_us,
+                        what,
+                        value,
+                    ),
+                    quiet,
+                });
+            }
+        } else {
+            level.clear_since_ts = None;
+        }
+        if *level == Level::default() {
+            eval.levels.remove(&rule.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hoistway_model::{Direction, DoorState, EventKind, LiftId, Reading};
+    use hoistway_processor::{Counters, SinkItem};
+    use hoistway_registry::LiftInfo;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::rule::{Counter, Metric, Scope};
+
+    const T0: i64 = 1_700_000_000_000_000;
+
+    fn lift(id: &str, customer: &str) -> Arc<LiftInfo> {
+        let mut info = LiftInfo::new(LiftId::new(id).unwrap());
+        info.customer = customer.into();
+        info.building = format!("{customer}-b1");
+        Arc::new(info)
+    }
+
+    fn reading(id: &str, seq: u64, temp: f32) -> Reading {
+        Reading {
+            lift_id: LiftId::new(id).unwrap(),
+            epoch: 1,
+            seq,
+            ts_us: T0 + seq as i64 * 10 * US,
+            received_us: T0 + seq as i64 * 10 * US,
+            floor: 0,
+            direction: Direction::Idle,
+            door: DoorState::Closed,
+            load_kg: None,
+            speed_mps: None,
+            motor_temp_c: Some(temp),
+            vibration_mm_s: None,
+            trips: 0,
+            door_cycles: 0,
+            faults: vec![],
+            events: vec![],
+            extra: Default::default(),
+        }
+    }
+
+    fn item(r: Reading, lift: &Arc<LiftInfo>) -> SinkItem {
+        SinkItem {
+            reading: r,
+            counted: true,
+            counters: Counters::default(),
+            lift: lift.clone(),
+        }
+    }
+
+    fn rule(id: &str, when: Condition) -> Rule {
+        Rule {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            severity: Severity::Major,
+            scope: Scope::default(),
+            enabled: true,
+            hold_secs: 0,
+            when,
+        }
+    }
+
+    fn hot() -> Rule {
+        rule(
+            "hot",
+            Condition::Threshold {
+                metric: Metric::MotorTempC,
+                above: Some(90.0),
+                below: None,
+                for_readings: 3,
+                for_secs: 0,
+                clear_at: Some(85.0),
+                clear_after_secs: 60,
+            },
+        )
+    }
+
+    fn keys(out: &[Evaluated]) -> Vec<(String, ChangeKind)> {
+        out.iter()
+            .map(|e| (e.change.key.clone(), e.change.kind))
+            .collect()
+    }
+
+    #[test]
+    fn a_threshold_fires_after_three_readings_and_clears_after_a_minute_below_the_lower_level() {
+        let l1 = lift("L1", "acme");
+        let mut engine = Engine::new(EngineConfig::default(), vec![hot()], T0);
+        let temps = [
+            95.0, 95.0, 80.0, 91.0, 92.0, 93.0, 94.0, 88.0, 84.0, 84.0, 84.0, 84.0, 84.0, 84.0,
+            84.0,
+        ];
+        let mut out = Vec::new();
+        for (i, t) in temps.iter().enumerate() {
+            engine.evaluate(&item(reading("L1", i as u64 + 1, *t), &l1), T0, &mut out);
+        }
+        // Fires on the third consecutive reading above 90 (seq 6); 88 is not below 85, so the
+        // minute below 85 starts at seq 9 (device time) and ends at seq 15.
+        assert_eq!(
+            keys(&out),
+            vec![
+                ("hot/L1/1.6/fire".to_string(), ChangeKind::Fire),
+                ("hot/L1/1.15/clear".to_string(), ChangeKind::Clear)
+            ]
+        );
+        assert_eq!(
+            out[0].change.summary,
+            "motor_temp_c 93 above 90 for 3 readings"
+        );
+    }
+
+    fn run_in_order(temps: &[f32], order: &[usize]) -> Vec<(String, ChangeKind)> {
+        let l1 = lift("L1", "acme");
+        let mut engine = Engine::new(EngineConfig::default(), vec![hot()], T0);
+        let mut out = Vec::new();
+        for &i in order {
+            engine.evaluate(
+                &item(reading("L1", i as u64 + 1, temps[i]), &l1),
+                T0,
+                &mut out,
+            );
+        }
+        // Whatever still waits for a reading that never came is evaluated when the wait ends.
+        engine.tick(T0 + 31 * US, Vec::new(), &mut out);
+        keys(&out)
+    }
+
+    proptest! {
+        #[test]
+        fn shuffled_or_backlogged_readings_give_the_same_alerts(
+            (temps, order) in prop::collection::vec(prop::sample::select(vec![80.0f32, 86.0, 91.0, 99.0]), 1..40)
+                .prop_flat_map(|temps| {
+                    let order: Vec<usize> = (0..temps.len()).collect();
+                    (Just(temps), Just(order).prop_shuffle())
+                })
+        ) {
+            let in_order: Vec<usize> = (0..temps.len()).collect();
+            prop_assert_eq!(run_in_order(&temps, &order), run_in_order(&temps, &in_order));
+        }
+    }
+
+    #[test]
+    fn a_counter_crossing_fires_once_per_threshold_and_never_for_a_resend() {
+        let l1 = lift("L1", "acme");
+        let when = Condition::CounterCrossing {
+            counter: Counter::TripsTotal,
+            at: 1_000_000,
+            every: Some(1_000_000),
+        };
+        let mut engine = Engine::new(EngineConfig::default(), vec![rule("due", when)], T0);
+        let mut out = Vec::new();
+        let step = |engine: &mut Engine, seq, trips, total, counted, out: &mut Vec<Evaluated>| {
+            let mut r = reading("L1", seq, 20.0);
+            r.trips = trips;
+            let mut it = item(r, &l1);
+            it.counted = counted;
+            it.counters.trips_total = total;
+            engine.evaluate(&it, T0, out);
+        };
+        step(&mut engine, 1, 5, 999_998, true, &mut out);
+        step(&mut engine, 2, 5, 1_000_003, true, &mut out);
+        step(&mut engine, 2, 5, 1_000_003, false, &mut out); // a resend: did not count
+        step(&mut engine, 3, 5, 1_000_008, true, &mut out);
+        // A backlog jump across two thresholds fires each once.
+        step(&mut engine, 4, 2_000_000, 3_000_008, true, &mut out);
+        assert_eq!(
+            keys(&out),
+            vec![
+                ("due/L1/cross/1".to_string(), ChangeKind::Fire),
+                ("due/L1/cross/3".to_string(), ChangeKind::Fire)
+            ]
+        );
+        assert_eq!(
+            out[0].change.summary,
+            "trips_total passed 1000000 (1000003)"
+        );
+    }
+
+    #[test]
+    fn absence_waits_for_the_grace_period_and_a_fleet_wide_silence_is_one_alert() {
+        let config = EngineConfig {
+            silent_after_secs: 60,
+            grace_secs: 120,
+            outage_min_lifts: 3,
+            ..EngineConfig::default()
+        };
+        let offline = rule("offline", Condition::Absence { after_secs: None });
+        let lifts: Vec<Arc<LiftInfo>> = (0..10).map(|i| lift(&format!("L{i}"), "acme")).collect();
+        let mut engine = Engine::new(config, vec![offline], T0);
+        // After a restart everyone looks silent: within the grace period nothing fires.
+        let stale =
+            |lifts: &[Arc<LiftInfo>], n: usize, at: i64| -> Vec<(Arc<LiftInfo>, Option<i64>)> {
+                lifts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (l.clone(), Some(if i < n { at - 600 * US } else { at })))
+                    .collect()
+            };
+        let mut out = Vec::new();
+        engine.tick(T0 + 60 * US, stale(&lifts, 10, T0 + 60 * US), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // After it, two lifts silent: one alert each.
+        let now = T0 + 200 * US;
+        engine.tick(now, stale(&lifts, 2, now), &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter()
+                .all(|e| e.change.rule == "offline" && e.change.kind == ChangeKind::Fire)
+        );
+        // Already offline: no second alert.
+        engine.tick(now + 5 * US, stale(&lifts, 2, now + 5 * US), &mut out);
+        assert_eq!(out.len(), 2);
+        // Eight more at once (8 of 10 reporting lifts): one ingest outage alert.
+        let now = now + 10 * US;
+        engine.tick(now, stale(&lifts, 10, now), &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].change.rule, INGEST_OUTAGE);
+        assert_eq!(out[2].change.lift_id, "");
+        // They come back: the outage clears; L0 reports again: its alert clears.
+        let now = now + 10 * US;
+        engine.tick(now, stale(&lifts, 2, now), &mut out);
+        assert_eq!(out[3].change.rule, INGEST_OUTAGE);
+        assert_eq!(out[3].change.kind, ChangeKind::Clear);
+        engine.evaluate(&item(reading("L0", 1, 20.0), &lifts[0]), now, &mut out);
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[4].change.kind, ChangeKind::Clear);
+        assert_eq!(out[4].change.lift_id, "L0");
+    }
+
+    #[test]
+    fn events_fire_and_clear_and_a_lift_in_maintenance_stays_quiet() {
+        let l1 = lift("L1", "acme");
+        let trapped = rule(
+            "trapped",
+            Condition::Event {
+                events: vec![EventKind::Entrapment],
+                clear_on: vec![EventKind::EntrapmentCleared],
+            },
+        );
+        let mut engine = Engine::new(EngineConfig::default(), vec![trapped], T0);
+        let mut out = Vec::new();
+        let with = |seq, events: Vec<EventKind>| {
+            let mut r = reading("L1", seq, 20.0);
+            r.events = events;
+            item(r, &l1)
+        };
+        engine.evaluate(&with(1, vec![EventKind::Entrapment]), T0, &mut out);
+        engine.evaluate(&with(2, vec![EventKind::EntrapmentCleared]), T0, &mut out);
+        engine.evaluate(&with(3, vec![EventKind::MaintenanceOn]), T0, &mut out);
+        engine.evaluate(&with(4, vec![EventKind::Entrapment]), T0, &mut out);
+        engine.evaluate(&with(5, vec![EventKind::MaintenanceOff]), T0, &mut out);
+        engine.evaluate(&with(6, vec![EventKind::Entrapment]), T0, &mut out);
+        let seen: Vec<(ChangeKind, bool)> = out.iter().map(|e| (e.change.kind, e.quiet)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (ChangeKind::Fire, false),
+                (ChangeKind::Clear, false),
+                (ChangeKind::Fire, true),
+                (ChangeKind::Fire, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_snapshot_format_is_pinned() {
+        // Version 1 as written; a change to the format is a new version (docs/operations.md).
+        let golden = r#"{"version":1,"offset":7,"lifts":[["L1",[1,2],[["hot",{"count":2,"since_ts":1700000010000000,"firing":false,"clear_since_ts":null}]]]],"offline":[["lift-offline","L9"]],"maintenance":["L3"],"outage":false}"#;
+        let l1 = lift("L1", "acme");
+        let mut engine = Engine::new(EngineConfig::default(), vec![hot()], T0);
+        let mut out = Vec::new();
+        for seq in 1..=2 {
+            engine.evaluate(&item(reading("L1", seq, 95.0), &l1), T0, &mut out);
+        }
+        engine.set_offline([("lift-offline".to_string(), "L9".to_string())]);
+        let mut r = reading("L3", 1, 20.0);
+        r.events = vec![EventKind::MaintenanceOn];
+        engine.evaluate(&item(r, &lift("L3", "acme")), T0, &mut out);
+        assert_eq!(serde_json::to_string(&engine.snapshot(7)).unwrap(), golden);
+        let read: Snapshot = serde_json::from_str(golden).unwrap();
+        assert_eq!(read.version, SNAPSHOT_VERSION);
+    }
+
+    #[test]
+    fn a_snapshot_carries_threshold_state_across_a_restart() {
+        let l1 = lift("L1", "acme");
+        let mut engine = Engine::new(EngineConfig::default(), vec![hot()], T0);
+        let mut out = Vec::new();
+        for seq in 1..=2 {
+            engine.evaluate(&item(reading("L1", seq, 95.0), &l1), T0, &mut out);
+        }
+        let snapshot = engine.snapshot(7);
+        let json = serde_json::to_vec(&snapshot).unwrap();
+        let mut restarted = Engine::new(EngineConfig::default(), vec![hot()], T0);
+        restarted.restore(serde_json::from_slice(&json).unwrap());
+        restarted.evaluate(&item(reading("L1", 3, 95.0), &l1), T0, &mut out);
+        assert_eq!(
+            keys(&out),
+            vec![("hot/L1/1.3/fire".to_string(), ChangeKind::Fire)]
+        );
+    }
+}

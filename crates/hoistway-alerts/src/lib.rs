@@ -1,0 +1,421 @@
+//! Alerting: rules evaluated over the stream of accepted readings, the alert lifecycle, and
+//! notifications that are neither lost nor doubled.
+//!
+//! In: the processor's [`SinkBatch`]es ([`Alerts`] is a [`Sink`]), the passing of time (the
+//! injected clock), people's actions (acknowledge, resolve, rule edits). Out: alerts and their
+//! history in an [`AlertStore`], and notifications in the same store's outbox, which a
+//! [`notify::Dispatcher`] delivers.
+//!
+//! The path of a critical event: `accept` evaluates the record's readings (`engine`) and
+//! wakes the writer, which records the changes and their notifications in one transaction
+//! (`lifecycle`), then wakes the dispatcher. Nothing waits for the processor's checkpoint,
+//! and nothing on the ingest path waits for a receiver. Each change carries a key derived from
+//! the readings that made it, so the records replayed after a crash change nothing twice.
+//!
+//! Not here: reading storage, and the HTTP API (the server crate calls the methods of
+//! [`Alerts`]).
+
+pub mod conformance;
+pub mod engine;
+pub mod lifecycle;
+pub mod notify;
+pub mod rule;
+pub mod sqlite;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hoistway_log::Offset;
+use hoistway_model::Clock;
+use hoistway_processor::{Sink, SinkBatch, SinkError};
+use hoistway_registry::LiftInfo;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+
+pub use engine::{Engine, EngineConfig};
+pub use lifecycle::Route;
+pub use rule::{Rule, RuleProblem, Severity};
+pub use sqlite::SqliteAlertStore;
+pub use store::{
+    Alert, AlertEvent, AlertQuery, AlertState, AlertStore, DeliveryState, Notification,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("alert storage failed: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the rule is not valid")]
+    InvalidRule(Vec<RuleProblem>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every registered lift with the server time of its last reading (`None`: never reported).
+pub type Presence = Arc<dyn Fn() -> Vec<(Arc<LiftInfo>, Option<i64>)> + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub engine: EngineConfig,
+    pub routes: Vec<Route>,
+    /// Delays before each retry of a failed delivery.
+    pub retry_schedule: Vec<Duration>,
+    /// How often time-based rules (absence, the reorder wait) are evaluated.
+    pub tick: Duration,
+    /// Resolved alerts (and their history) are kept this long.
+    pub history: Duration,
+    /// Delivered and dead notifications are kept this long.
+    pub outbox_history: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            routes: Vec::new(),
+            retry_schedule: notify::DEFAULT_SCHEDULE_SECS
+                .iter()
+                .map(|s| Duration::from_secs_f64(*s))
+                .collect(),
+            tick: Duration::from_secs(5),
+            history: Duration::from_secs(1827 * 86_400),
+            outbox_history: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+const SNAPSHOT: &str = "engine_snapshot";
+const SEEDED: &str = "default_rules_seeded";
+
+/// The alerting service.
+pub struct Alerts {
+    store: Arc<dyn AlertStore>,
+    engine: Mutex<Engine>,
+    pending: Mutex<Vec<engine::Evaluated>>,
+    routes: Vec<Route>,
+    clock: Arc<dyn Clock>,
+    /// Records below this offset were evaluated before the last snapshot (skipped on replay).
+    skip_below: Offset,
+    /// Serialises writes of changes (the writer task and checkpoints).
+    flush_lock: tokio::sync::Mutex<()>,
+    wake_writer: Notify,
+    wake_dispatcher: Arc<Notify>,
+    tick: Duration,
+    history: (Duration, Duration),
+}
+
+impl Alerts {
+    /// Opens alerting over `store`: seeds the default rules into a new store, adds or replaces
+    /// the rules of the rules file, and restores the engine's snapshot. Blocks (store I/O).
+    pub fn open(
+        store: Arc<dyn AlertStore>,
+        config: AlertsConfig,
+        file_rules: Vec<Rule>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        if store.meta(SEEDED)?.is_none() {
+            for rule in rule::default_rules() {
+                store.put_rule(&rule)?;
+            }
+            store.transact(&mut |tx| tx.put_meta(SEEDED, b"1"))?;
+        }
+        for rule in &file_rules {
+            store.put_rule(rule)?;
+        }
+        let rules = store.rules()?;
+        let mut engine = Engine::new(config.engine.clone(), rules.clone(), clock.now_us());
+        let mut skip_below = 0;
+        if let Some(bytes) = store.meta(SNAPSHOT)? {
+            let snapshot: engine::Snapshot = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Storage(format!("unreadable engine snapshot: {e}")))?;
+            if snapshot.version > engine::SNAPSHOT_VERSION {
+                return Err(Error::Storage(format!(
+                    "the engine snapshot has format {}; this build reads up to {}",
+                    snapshot.version,
+                    engine::SNAPSHOT_VERSION
+                )));
+            }
+            skip_below = snapshot.offset;
+            engine.restore(snapshot);
+        }
+        for rule in rules
+            .iter()
+            .filter(|r| matches!(r.when, rule::Condition::Absence { .. }))
+        {
+            engine.set_offline(
+                store
+                    .open_of_rule(&rule.id)?
+                    .into_iter()
+                    .map(|a| (rule.id.clone(), a.lift_id)),
+            );
+        }
+        let alerts = Self {
+            store,
+            engine: Mutex::new(engine),
+            pending: Mutex::new(Vec::new()),
+            routes: config.routes,
+            clock,
+            skip_below,
+            flush_lock: tokio::sync::Mutex::new(()),
+            wake_writer: Notify::new(),
+            wake_dispatcher: Arc::new(Notify::new()),
+            tick: config.tick,
+            history: (config.history, config.outbox_history),
+        };
+        alerts.publish_gauges();
+        Ok(alerts)
+    }
+
+    pub fn store(&self) -> &Arc<dyn AlertStore> {
+        &self.store
+    }
+
+    /// Wakes the dispatcher when the outbox has something new.
+    pub fn dispatcher_wake(&self) -> Arc<Notify> {
+        self.wake_dispatcher.clone()
+    }
+
+    /// Records what the engine found so far and wakes the dispatcher.
+    pub async fn flush(&self) -> Result<()> {
+        let _guard = self.flush_lock.lock().await;
+        let changes = std::mem::take(&mut *self.pending.lock());
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.write(changes, None).await
+    }
+
+    /// Writes `changes` (and a snapshot) in one transaction; on failure puts them back.
+    async fn write(
+        &self,
+        changes: Vec<engine::Evaluated>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let store = self.store.clone();
+        let routes = self.routes.clone();
+        let (changes, result) = tokio::task::spawn_blocking(move || {
+            let mut notified = false;
+            let result = store.transact(&mut |tx| {
+                notified = false;
+                for c in &changes {
+                    if let Some((alert, event)) = lifecycle::apply(tx, &c.change, &routes, c.quiet)? {
+                        metrics::counter!("hoistway_alert_events_total", "event" => event.as_str(), "severity" => alert.severity.as_str()).increment(1);
+                        notified = true;
+                    }
+                }
+                if let Some(bytes) = &snapshot {
+                    tx.put_meta(SNAPSHOT, bytes)?;
+                }
+                Ok(())
+            });
+            (changes, result.map(|()| notified))
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?;
+        match result {
+            Ok(notified) => {
+                if notified {
+                    self.wake_dispatcher.notify_one();
+                    self.publish_gauges();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let mut pending = self.pending.lock();
+                let later = std::mem::replace(&mut *pending, changes);
+                pending.extend(later);
+                Err(e)
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        if let Ok(counts) = self.store.open_counts() {
+            for severity in Severity::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| *s == severity)
+                    .map_or(0, |c| c.1);
+                metrics::gauge!("hoistway_alerts_open", "severity" => severity.as_str())
+                    .set(n as f64);
+            }
+        }
+    }
+
+    /// Records changes as they come and evaluates time-based rules every tick, until
+    /// shutdown (then records what is left).
+    pub async fn run(self: Arc<Self>, presence: Presence, mut shutdown: watch::Receiver<bool>) {
+        let mut next_tick = tokio::time::Instant::now() + self.tick;
+        let mut next_prune = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune = tokio::time::Instant::now() + Duration::from_secs(3600);
+                self.prune().await;
+            }
+            tokio::select! {
+                _ = self.wake_writer.notified() => {}
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick = tokio::time::Instant::now() + self.tick;
+                    let lifts = presence();
+                    let mut out = Vec::new();
+                    self.engine.lock().tick(self.clock.now_us(), lifts, &mut out);
+                    self.pending.lock().extend(out);
+                }
+                _ = shutdown.changed() => {}
+            }
+            if let Err(e) = self.flush().await {
+                tracing::error!(error = %e, "cannot record alert changes; retrying");
+                metrics::counter!("hoistway_alert_write_failures_total").increment(1);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Deletes history older than the retention periods.
+    async fn prune(&self) {
+        let now = self.clock.now_us();
+        let (alerts, outbox) = self.history;
+        let store = self.store.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            store.prune(
+                now - alerts.as_micros() as i64,
+                now - outbox.as_micros() as i64,
+            )
+        })
+        .await;
+        match pruned {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((alerts, notifications))) => {
+                tracing::info!(alerts, notifications, "alert history pruned");
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot prune alert history"),
+            Err(e) => tracing::error!(error = %e, "cannot prune alert history"),
+        }
+    }
+
+    /// Evaluates time-based rules now (tests drive the clock and call this).
+    pub async fn tick_now(&self, presence: Vec<(Arc<LiftInfo>, Option<i64>)>) -> Result<()> {
+        let mut out = Vec::new();
+        self.engine
+            .lock()
+            .tick(self.clock.now_us(), presence, &mut out);
+        self.pending.lock().extend(out);
+        self.flush().await
+    }
+
+    // --- what people do -------------------------------------------------------------------
+
+    /// Acknowledges (`resolve == false`) or resolves alert `id` as `by`.
+    pub fn act(&self, id: i64, resolve: bool, by: &str, note: &str) -> Result<Alert> {
+        let now = self.clock.now_us();
+        let mut out = None;
+        self.store.transact(&mut |tx| {
+            out = Some(lifecycle::act(
+                tx,
+                id,
+                resolve,
+                by,
+                note,
+                now,
+                &self.routes,
+            )?);
+            Ok(())
+        })?;
+        self.wake_dispatcher.notify_one();
+        self.publish_gauges();
+        Ok(out.expect("set by the transaction"))
+    }
+
+    /// Adds or replaces a rule (validated); the engine uses it from the next reading on.
+    pub fn put_rule(&self, rule: &Rule) -> Result<bool> {
+        let problems = rule.validate();
+        if !problems.is_empty() {
+            return Err(Error::InvalidRule(problems));
+        }
+        let created = self.store.put_rule(rule)?;
+        self.reload_rules()?;
+        Ok(created)
+    }
+
+    pub fn delete_rule(&self, id: &str) -> Result<bool> {
+        let deleted = self.store.delete_rule(id)?;
+        self.reload_rules()?;
+        Ok(deleted)
+    }
+
+    fn reload_rules(&self) -> Result<()> {
+        let rules = self.store.rules()?;
+        self.engine.lock().set_rules(rules);
+        Ok(())
+    }
+
+    /// Sends a notification again (dead or delivered), with the same id; re-enables its
+    /// channel if a 410 had disabled it.
+    pub fn replay(&self, id: &str) -> Result<Notification> {
+        let mut n = self
+            .store
+            .notification(id)?
+            .ok_or_else(|| Error::NotFound(format!("notification {id:?} does not exist")))?;
+        if n.state == DeliveryState::Pending {
+            return Err(Error::Conflict(format!(
+                "notification {id:?} is still pending"
+            )));
+        }
+        self.store.set_channel_disabled(&n.channel, None)?;
+        n.state = DeliveryState::Pending;
+        n.attempts = 0;
+        n.next_us = self.clock.now_us();
+        n.last_error = None;
+        n.delivered_us = None;
+        self.store.update_notification(&n)?;
+        self.wake_dispatcher.notify_one();
+        Ok(n)
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Alerts {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn accept(&self, batch: &SinkBatch) {
+        if batch.offset < self.skip_below {
+            return;
+        }
+        let now = self.clock.now_us();
+        let mut out = Vec::new();
+        {
+            let mut engine = self.engine.lock();
+            for item in &batch.items {
+                engine.evaluate(item, now, &mut out);
+            }
+        }
+        if !out.is_empty() {
+            self.pending.lock().extend(out);
+            self.wake_writer.notify_one();
+        }
+    }
+
+    async fn commit(&self, through: Offset) -> Result<(), SinkError> {
+        let _guard = self.flush_lock.lock().await;
+        let (changes, snapshot) = {
+            let engine = self.engine.lock();
+            let changes = std::mem::take(&mut *self.pending.lock());
+            (changes, engine.snapshot(through))
+        };
+        let bytes = serde_json::to_vec(&snapshot).expect("snapshot serialises");
+        self.write(changes, Some(bytes))
+            .await
+            .map_err(|e| SinkError::new("alerts", through, e))
+    }
+}

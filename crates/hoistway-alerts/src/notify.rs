@@ -1,0 +1,367 @@
+//! Notification channels and the dispatcher that drains the outbox into them.
+//!
+//! The dispatcher reads due notifications from the store, delivers them with bounded
+//! concurrency and writes each outcome back: delivered; retried later on a schedule with
+//! jitter; dead after the last attempt or when the endpoint answers 410 Gone (which also
+//! disables the channel). Delivery is at least once: a crash between a delivery and its write
+//! back sends it again, with the same id, so receivers drop the repeat. Nothing here runs on
+//! the ingest path; a slow receiver slows only its own deliveries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use hoistway_model::Clock;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::store::{AlertStore, DeliveryState, Notification};
+use crate::{Error, Result};
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth another attempt later (timeouts, 5xx, refused connections).
+    #[error("{0}")]
+    Retry(String),
+    /// The receiver asked to stop (HTTP 410 Gone): no more attempts, channel disabled.
+    #[error("{0}")]
+    Gone(String),
+}
+
+/// Where notifications go.
+#[async_trait::async_trait]
+pub trait Channel: Send + Sync + 'static {
+    /// Delivers one notification; `Ok` once the receiver acknowledged it.
+    async fn deliver(&self, n: &Notification) -> std::result::Result<(), DeliveryError>;
+}
+
+/// A channel as configured (`[[alerts.channels]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelConfig {
+    /// An HTTP POST signed by the Standard Webhooks convention.
+    Webhook {
+        name: String,
+        url: String,
+        /// `whsec_` followed by the base64 of the key (at least 24 bytes).
+        secret: String,
+        #[serde(default = "ten")]
+        timeout_secs: u64,
+    },
+    /// A line in Hoistway's own log (development).
+    Log { name: String },
+}
+
+fn ten() -> u64 {
+    10
+}
+
+impl ChannelConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            ChannelConfig::Webhook { name, .. } | ChannelConfig::Log { name } => name,
+        }
+    }
+
+    /// Builds the channel; the error names what is wrong.
+    pub fn build(&self) -> Result<Arc<dyn Channel>> {
+        Ok(match self {
+            ChannelConfig::Webhook {
+                name,
+                url,
+                secret,
+                timeout_secs,
+            } => Arc::new(
+                Webhook::new(url, secret, Duration::from_secs((*timeout_secs).max(1)))
+                    .map_err(|e| Error::Invalid(format!("channel {name:?}: {e}")))?,
+            ),
+            ChannelConfig::Log { name } => Arc::new(LogChannel { name: name.clone() }),
+        })
+    }
+}
+
+/// Writes each notification to the log.
+pub struct LogChannel {
+    name: String,
+}
+
+#[async_trait::async_trait]
+impl Channel for LogChannel {
+    async fn deliver(&self, n: &Notification) -> std::result::Result<(), DeliveryError> {
+        tracing::info!(
+            channel = %self.name,
+            id = %n.id,
+            alert = n.alert_id,
+            event = n.event.as_str(),
+            payload = %n.payload,
+            "alert notification"
+        );
+        Ok(())
+    }
+}
+
+/// Standard Webhooks 1.0: `webhook-id`, `webhook-timestamp` (Unix seconds) and
+/// `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
+pub struct Webhook {
+    url: reqwest::Url,
+    key: Vec<u8>,
+    client: reqwest::Client,
+}
+
+impl Webhook {
+    pub fn new(url: &str, secret: &str, timeout: Duration) -> std::result::Result<Self, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("url {url:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("url {url} is not http or https"));
+        }
+        let key = secret
+            .strip_prefix("whsec_")
+            .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+            .filter(|k| k.len() >= 24)
+            .ok_or("secret must be whsec_ followed by the base64 of at least 24 bytes")?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { url, key, client })
+    }
+
+    /// The `webhook-signature` value of a message.
+    pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let sig = mac.finalize().into_bytes();
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(sig)
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for Webhook {
+    async fn deliver(&self, n: &Notification) -> std::result::Result<(), DeliveryError> {
+        let body = serde_json::to_vec(&n.payload).expect("payload serialises");
+        let timestamp = hoistway_model::time::now_us() / 1_000_000;
+        let response = self
+            .client
+            .post(self.url.clone())
+            .header("content-type", "application/json")
+            .header("webhook-id", &n.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                Self::sign(&self.key, &n.id, timestamp, &body),
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| DeliveryError::Retry(format!("POST {}: {e}", self.url)))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else if status == reqwest::StatusCode::GONE {
+            Err(DeliveryError::Gone(format!(
+                "{} answered 410 Gone",
+                self.url
+            )))
+        } else {
+            Err(DeliveryError::Retry(format!(
+                "{} answered {status}",
+                self.url
+            )))
+        }
+    }
+}
+
+/// Standard Webhooks' suggested schedule: the delays before the second, third, … attempt.
+pub const DEFAULT_SCHEDULE_SECS: [f64; 7] = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0];
+
+/// Drains the outbox.
+pub struct Dispatcher {
+    store: Arc<dyn AlertStore>,
+    channels: HashMap<String, Arc<dyn Channel>>,
+    schedule: Vec<Duration>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+}
+
+/// Deliveries in flight at once.
+const CONCURRENCY: usize = 32;
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn AlertStore>,
+        channels: HashMap<String, Arc<dyn Channel>>,
+        schedule: Vec<Duration>,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            channels,
+            schedule,
+            clock,
+            wake,
+        }
+    }
+
+    /// Delivers what is due until shutdown.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let wait = match this.clone().pass().await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    let store = this.store.clone();
+                    let next = tokio::task::spawn_blocking(move || store.next_due())
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .flatten();
+                    let now = this.clock.now_us();
+                    next.map_or(Duration::from_secs(1), |at| {
+                        Duration::from_micros((at - now).clamp(1_000, 1_000_000) as u64)
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "notification outbox unreadable; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = this.wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One pass over what is due; `true` if it found some (look again at once).
+    pub async fn pass(self: Arc<Self>) -> Result<bool> {
+        let now = self.clock.now_us();
+        let store = self.store.clone();
+        let due = tokio::task::spawn_blocking(move || {
+            let disabled = store.disabled_channels()?;
+            Ok::<_, Error>((store.due(now, CONCURRENCY * 4)?, disabled))
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))??;
+        let (due, disabled) = due;
+        if due.is_empty() {
+            return Ok(false);
+        }
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in due {
+            let this = self.clone();
+            let permit = semaphore.clone().acquire_owned().await.expect("open");
+            let off = disabled
+                .iter()
+                .find(|(c, _)| *c == n.channel)
+                .map(|(_, why)| why.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                this.attempt(n, off).await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::error!(error = %e, "cannot record a delivery");
+            }
+        }
+        Ok(true)
+    }
+
+    async fn attempt(&self, mut n: Notification, disabled: Option<String>) -> Result<()> {
+        let outcome = match (disabled, self.channels.get(&n.channel)) {
+            (Some(why), _) => Err(DeliveryError::Gone(format!("channel disabled: {why}"))),
+            (None, None) => Err(DeliveryError::Gone(format!(
+                "no channel named {:?} is configured",
+                n.channel
+            ))),
+            (None, Some(channel)) => {
+                n.attempts += 1;
+                channel.deliver(&n).await
+            }
+        };
+        let now = self.clock.now_us();
+        let labels = [("channel", n.channel.clone())];
+        match outcome {
+            Ok(()) => {
+                n.state = DeliveryState::Delivered;
+                n.delivered_us = Some(now);
+                n.last_error = None;
+                metrics::counter!("hoistway_notifications_delivered_total", &labels).increment(1);
+                metrics::histogram!("hoistway_notification_delay_seconds", &labels)
+                    .record((now - n.created_us).max(0) as f64 / 1e6);
+            }
+            Err(DeliveryError::Gone(why)) => {
+                n.state = DeliveryState::Dead;
+                n.last_error = Some(why.clone());
+                metrics::counter!("hoistway_notifications_dead_total", &labels).increment(1);
+                if self.channels.contains_key(&n.channel) {
+                    let store = self.store.clone();
+                    let channel = n.channel.clone();
+                    tokio::task::spawn_blocking(move || {
+                        store.set_channel_disabled(&channel, Some(&why))
+                    })
+                    .await
+                    .map_err(|e| Error::Storage(e.to_string()))??;
+                }
+                tracing::warn!(id = %n.id, channel = %n.channel, error = ?n.last_error, "notification dead");
+            }
+            Err(DeliveryError::Retry(why)) => {
+                metrics::counter!("hoistway_notification_failures_total", &labels).increment(1);
+                n.last_error = Some(why);
+                match self.schedule.get(n.attempts as usize - 1) {
+                    Some(delay) => {
+                        let jitter = rand::random_range(0.9..1.1);
+                        n.next_us = now + (delay.as_micros() as f64 * jitter) as i64;
+                    }
+                    None => {
+                        n.state = DeliveryState::Dead;
+                        metrics::counter!("hoistway_notifications_dead_total", &labels)
+                            .increment(1);
+                        tracing::warn!(id = %n.id, channel = %n.channel, error = ?n.last_error, "notification dead after its last attempt");
+                    }
+                }
+            }
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.update_notification(&n))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signatures_follow_the_standard_webhooks_example() {
+        // The example of the Standard Webhooks specification.
+        let key = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .unwrap();
+        let sig = super::Webhook::sign(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+}

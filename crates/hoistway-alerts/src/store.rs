@@ -1,0 +1,245 @@
+//! The seam to where alert state lives: rules, alerts, their events, the notification outbox,
+//! and the engine's snapshot.
+//!
+//! [`AlertStore::transact`] runs a closure over an [`AlertTx`] in one transaction: everything
+//! it wrote becomes durable together when it returns `Ok`, or nothing does. The lifecycle
+//! (`crate::lifecycle`) is written against `AlertTx`, so the policy (one open alert per lift
+//! and rule, flapping, which notifications a change makes) is the same for every backend.
+//! Calls block: async callers use `spawn_blocking`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::rule::{Rule, Severity};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "firing" => Some(Self::Firing),
+            "acknowledged" => Some(Self::Acknowledged),
+            "resolved" => Some(Self::Resolved),
+            _ => None,
+        }
+    }
+
+    pub fn is_open(self) -> bool {
+        self != AlertState::Resolved
+    }
+}
+
+/// Who did something to an alert, when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub by: String,
+    pub at_us: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+/// One alert: a rule's condition on one lift (or the fleet, `lift_id` empty), from firing to
+/// resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Assigned by the store on insert.
+    pub id: i64,
+    pub rule: String,
+    pub rule_name: String,
+    pub severity: Severity,
+    pub lift_id: String,
+    pub customer: String,
+    pub building: String,
+    pub model: String,
+    pub state: AlertState,
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub fired_us: i64,
+    pub last_fired_us: i64,
+    /// Fires of the same condition while open (or within the rule's hold time after it
+    /// resolved), counted instead of new alerts.
+    pub refires: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Stamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Stamp>,
+}
+
+/// What happened to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Fired,
+    Refired,
+    Reopened,
+    Acknowledged,
+    Resolved,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Fired => "fired",
+            EventKind::Refired => "refired",
+            EventKind::Reopened => "reopened",
+            EventKind::Acknowledged => "acknowledged",
+            EventKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// One line of an alert's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub alert_id: i64,
+    /// The idempotence key of the change that made it (`None` for a person's action): a
+    /// change replayed after a crash finds its key and is not applied twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub kind: EventKind,
+    pub at_us: i64,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    /// Gave up (last attempt failed, or the endpoint said 410 Gone); replay sends it again.
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "delivered" => Some(Self::Delivered),
+            "dead" => Some(Self::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// One message to one channel, in the outbox. `id` is stable across retries and replays
+/// (the webhook-id, the JetStream message id): receivers drop repeats by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: String,
+    pub channel: String,
+    pub alert_id: i64,
+    pub event: EventKind,
+    /// The JSON document sent.
+    pub payload: serde_json::Value,
+    pub created_us: i64,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    /// When the next attempt is due (pending).
+    pub next_us: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_us: Option<i64>,
+}
+
+/// A filter over alerts. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlertQuery {
+    /// `open` (firing or acknowledged) is spelled `open`; otherwise one state.
+    pub state: Option<String>,
+    pub severity: Option<Severity>,
+    pub customer: Option<String>,
+    pub building: Option<String>,
+    pub lift: Option<String>,
+    pub rule: Option<String>,
+    /// Alerts with an id below this one (the previous page's `next_before`).
+    pub before: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// One transaction of an [`AlertStore`].
+pub trait AlertTx {
+    /// Whether an event with this idempotence key was recorded.
+    fn event_exists(&mut self, key: &str) -> Result<bool>;
+    /// The newest alert of `rule` on `lift_id` (open or not).
+    fn latest(&mut self, rule: &str, lift_id: &str) -> Result<Option<Alert>>;
+    fn alert(&mut self, id: i64) -> Result<Option<Alert>>;
+    /// Inserts `alert` (its `id` ignored) and returns the id given.
+    fn insert_alert(&mut self, alert: &Alert) -> Result<i64>;
+    fn update_alert(&mut self, alert: &Alert) -> Result<()>;
+    fn insert_event(&mut self, event: &AlertEvent) -> Result<()>;
+    /// Adds a notification to the outbox; one with the same id already there is kept.
+    fn enqueue(&mut self, notification: &Notification) -> Result<()>;
+    /// Sets a value of the store's key-value metadata (engine snapshot, seeded flag).
+    fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<()>;
+}
+
+/// Where alert state lives.
+pub trait AlertStore: Send + Sync + 'static {
+    /// Runs `f` in one transaction: all it wrote is durable when this returns `Ok`.
+    fn transact(&self, f: &mut dyn FnMut(&mut dyn AlertTx) -> Result<()>) -> Result<()>;
+
+    fn alert(&self, id: i64) -> Result<Option<Alert>>;
+    /// Newest first.
+    fn list(&self, query: &AlertQuery) -> Result<Vec<Alert>>;
+    /// The events of an alert, oldest first.
+    fn events(&self, alert_id: i64) -> Result<Vec<AlertEvent>>;
+    /// Open alerts by severity.
+    fn open_counts(&self) -> Result<Vec<(Severity, u64)>>;
+    /// Open alerts of one rule (the engine's start: which lifts are offline).
+    fn open_of_rule(&self, rule: &str) -> Result<Vec<Alert>>;
+
+    fn rules(&self) -> Result<Vec<Rule>>;
+    /// Adds or replaces a rule; `true` when it is new.
+    fn put_rule(&self, rule: &Rule) -> Result<bool>;
+    fn delete_rule(&self, id: &str) -> Result<bool>;
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Pending notifications due at `now_us`, oldest first.
+    fn due(&self, now_us: i64, limit: usize) -> Result<Vec<Notification>>;
+    /// The earliest `next_us` of a pending notification.
+    fn next_due(&self) -> Result<Option<i64>>;
+    /// Writes a notification's delivery state back.
+    fn update_notification(&self, notification: &Notification) -> Result<()>;
+    fn notification(&self, id: &str) -> Result<Option<Notification>>;
+    /// Newest first, optionally of one state.
+    fn notifications(
+        &self,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> Result<Vec<Notification>>;
+    /// Deletes alerts resolved before `alerts_before_us` (with their events) and delivered or
+    /// dead notifications created before `outbox_before_us`; returns how many of each.
+    fn prune(&self, alerts_before_us: i64, outbox_before_us: i64) -> Result<(u64, u64)>;
+    /// Channels disabled by a 410 Gone, with the reason.
+    fn disabled_channels(&self) -> Result<Vec<(String, String)>>;
+    /// Disables (`Some(reason)`) or enables a channel.
+    fn set_channel_disabled(&self, channel: &str, reason: Option<&str>) -> Result<()>;
+}

@@ -1,0 +1,289 @@
+//! The alert endpoints: alerts (list, one with its history, acknowledge, resolve), rules and
+//! the notification outbox. A customer's people see and act on their customer's alerts only;
+//! another's is a 404, as if it did not exist.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hoistway_alerts::{Alert, AlertQuery, DeliveryState, Error as AlertError, Rule};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::Staff;
+use crate::problem::{ApiResult, FieldProblem, Problem};
+use crate::routes::{json_body, read_limited};
+
+const BODY_LIMIT: usize = 1 << 20;
+
+fn problem(e: AlertError) -> Problem {
+    match e {
+        AlertError::NotFound(m) => Problem::not_found(m),
+        AlertError::Conflict(m) => Problem::conflict(m),
+        AlertError::Invalid(m) => Problem::invalid(m, vec![]),
+        AlertError::InvalidRule(problems) => Problem::invalid(
+            "the rule is not valid",
+            problems
+                .into_iter()
+                .map(|p| FieldProblem {
+                    index: None,
+                    lift_id: None,
+                    seq: None,
+                    field: p.field,
+                    message: p.message,
+                })
+                .collect(),
+        ),
+        e @ AlertError::Storage(_) => Problem::internal(&e),
+    }
+}
+
+async fn run<T: Send + 'static>(
+    app: &AppState,
+    f: impl FnOnce(&hoistway_alerts::Alerts) -> Result<T, AlertError> + Send + 'static,
+) -> ApiResult<T> {
+    let Some(alerts) = app.alerts.clone() else {
+        return Err(Problem::not_found(
+            "alerting is off on this server (alerts.enabled = false)",
+        ));
+    };
+    tokio::task::spawn_blocking(move || f(&alerts))
+        .await
+        .map_err(|e| Problem::internal(&e))?
+        .map_err(problem)
+}
+
+fn alert_id(raw: &str) -> ApiResult<i64> {
+    raw.parse()
+        .map_err(|_| Problem::not_found(format!("alert {raw:?} does not exist (ids are numbers)")))
+}
+
+/// The alert `id` if `staff` may see it (another customer's: the same 404 as a missing one).
+async fn visible(app: &AppState, staff: &Staff, id: i64) -> ApiResult<Alert> {
+    let alert = run(app, move |a| a.store().alert(id)).await?;
+    alert
+        .filter(|a| staff.customer().is_none_or(|c| a.customer == c))
+        .ok_or_else(|| Problem::not_found(format!("alert {id} does not exist")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    state: Option<String>,
+    severity: Option<String>,
+    customer: Option<String>,
+    building: Option<String>,
+    lift: Option<String>,
+    rule: Option<String>,
+    before: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/alerts`: newest first, filtered; `next_before` pages.
+pub async fn list(
+    State(app): State<AppState>,
+    staff: Staff,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if let Some(s) = p.state.as_deref()
+        && s != "open"
+        && hoistway_alerts::AlertState::parse(s).is_none()
+    {
+        return Err(Problem::bad_request(format!(
+            "state {s:?} is not one of open, firing, acknowledged, resolved"
+        )));
+    }
+    let severity = p
+        .severity
+        .as_deref()
+        .map(|s| {
+            hoistway_alerts::Severity::parse(s).ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "severity {s:?} is not one of info, warning, major, critical"
+                ))
+            })
+        })
+        .transpose()?;
+    let mut q = AlertQuery {
+        state: p.state,
+        severity,
+        customer: p.customer,
+        building: p.building,
+        lift: p.lift,
+        rule: p.rule,
+        before: p.before,
+        limit: Some(p.limit.unwrap_or(100).clamp(1, 1000)),
+    };
+    if let Some(mine) = staff.customer() {
+        if q.customer.as_deref().is_some_and(|c| c != mine) {
+            return Err(Problem::forbidden(format!(
+                "you see only the alerts of customer {mine:?}"
+            )));
+        }
+        q.customer = Some(mine.to_string());
+    }
+    let limit = q.limit.unwrap_or(100);
+    let items = run(&app, move |a| a.store().list(&q)).await?;
+    let next_before = (items.len() == limit)
+        .then(|| items.last().map(|a| a.id))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_before": next_before })).into_response())
+}
+
+/// `GET /v1/alerts/{id}`: the alert and its history.
+pub async fn show(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = alert_id(&id)?;
+    let alert = visible(&app, &staff, id).await?;
+    let events = run(&app, move |a| a.store().events(id)).await?;
+    Ok(Json(json!({ "alert": alert, "events": events })).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActBody {
+    #[serde(default)]
+    note: String,
+}
+
+async fn act(
+    app: AppState,
+    staff: Staff,
+    id: i64,
+    body: Body,
+    resolve: bool,
+) -> ApiResult<Response> {
+    let bytes = read_limited(body, BODY_LIMIT).await?;
+    let body: ActBody = if bytes.is_empty() {
+        ActBody::default()
+    } else {
+        json_body(&bytes)?
+    };
+    if body.note.len() > 2000 {
+        return Err(Problem::bad_request("note is longer than 2000 bytes"));
+    }
+    if resolve && body.note.trim().is_empty() {
+        return Err(Problem::bad_request(
+            "say why in `note` when resolving an alert by hand",
+        ));
+    }
+    visible(&app, &staff, id).await?;
+    let by = staff.username().to_string();
+    let alert = run(&app, move |a| a.act(id, resolve, &by, &body.note)).await?;
+    Ok(Json(alert).into_response())
+}
+
+/// `POST /v1/alerts/{id}/acknowledge` with `{"note": "..."}` (optional).
+pub async fn acknowledge(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    act(app, staff, alert_id(&id)?, body, false).await
+}
+
+/// `POST /v1/alerts/{id}/resolve` with `{"note": "why"}`.
+pub async fn resolve(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    act(app, staff, alert_id(&id)?, body, true).await
+}
+
+/// `GET /v1/alert-rules`.
+pub async fn rules(State(app): State<AppState>) -> ApiResult<Response> {
+    let rules = run(&app, |a| a.store().rules()).await?;
+    Ok(Json(json!({ "items": rules })).into_response())
+}
+
+/// `PUT /v1/alert-rules/{id}`: adds or replaces a rule (201 when new).
+pub async fn put_rule(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = read_limited(body, BODY_LIMIT).await?;
+    let rule: Rule = json_body(&bytes)?;
+    if rule.id != id {
+        return Err(Problem::bad_request(format!(
+            "the body's id {:?} is not the path's {id:?}",
+            rule.id
+        )));
+    }
+    let stored = rule.clone();
+    let created = run(&app, move |a| a.put_rule(&stored)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(rule)).into_response())
+}
+
+/// `DELETE /v1/alert-rules/{id}`: open alerts of the rule stay until resolved.
+pub async fn delete_rule(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let rule = id.clone();
+    if run(&app, move |a| a.delete_rule(&rule)).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Problem::not_found(format!("rule {id:?} does not exist")))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationParams {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/notifications?state=dead`: the outbox, newest first.
+pub async fn notifications(
+    State(app): State<AppState>,
+    query: Result<Query<NotificationParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(p) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let state = p
+        .state
+        .as_deref()
+        .map(|s| {
+            DeliveryState::parse(s).ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "state {s:?} is not one of pending, delivered, dead"
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let (items, disabled) = run(&app, move |a| {
+        Ok((
+            a.store().notifications(state, limit)?,
+            a.store().disabled_channels()?,
+        ))
+    })
+    .await?;
+    let disabled: Vec<_> = disabled
+        .into_iter()
+        .map(|(channel, reason)| json!({ "channel": channel, "reason": reason }))
+        .collect();
+    Ok(Json(json!({ "items": items, "disabled_channels": disabled })).into_response())
+}
+
+/// `POST /v1/notifications/{id}/replay`: sends it again with the same id.
+pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let n = run(&app, move |a| a.replay(&id)).await?;
+    Ok((StatusCode::ACCEPTED, Json(n)).into_response())
+}
