@@ -654,53 +654,13 @@ fn evaluate_ordered(
 mod tests {
     use std::sync::Arc;
 
-    use hoistway_model::{Direction, DoorState, EventKind, LiftId, Reading};
-    use hoistway_processor::{Counters, SinkItem};
+    use hoistway_model::EventKind;
     use hoistway_registry::LiftInfo;
     use proptest::prelude::*;
 
     use super::*;
     use crate::rule::{Counter, Metric, Scope};
-
-    const T0: i64 = 1_700_000_000_000_000;
-
-    fn lift(id: &str, customer: &str) -> Arc<LiftInfo> {
-        let mut info = LiftInfo::new(LiftId::new(id).unwrap());
-        info.customer = customer.into();
-        info.building = format!("{customer}-b1");
-        Arc::new(info)
-    }
-
-    fn reading(id: &str, seq: u64, temp: f32) -> Reading {
-        Reading {
-            lift_id: LiftId::new(id).unwrap(),
-            epoch: 1,
-            seq,
-            ts_us: T0 + seq as i64 * 10 * US,
-            received_us: T0 + seq as i64 * 10 * US,
-            floor: 0,
-            direction: Direction::Idle,
-            door: DoorState::Closed,
-            load_kg: None,
-            speed_mps: None,
-            motor_temp_c: Some(temp),
-            vibration_mm_s: None,
-            trips: 0,
-            door_cycles: 0,
-            faults: vec![],
-            events: vec![],
-            extra: Default::default(),
-        }
-    }
-
-    fn item(r: Reading, lift: &Arc<LiftInfo>) -> SinkItem {
-        SinkItem {
-            reading: r,
-            counted: true,
-            counters: Counters::default(),
-            lift: lift.clone(),
-        }
-    }
+    use crate::test_support::{T0, item, lift, reading};
 
     fn rule(id: &str, when: Condition) -> Rule {
         Rule {

@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 pub use engine::{Engine, EngineConfig};
-pub use lifecycle::Route;
+pub use lifecycle::{Escalation, Route};
 pub use rule::{Rule, RuleProblem, Severity};
 pub use sqlite::SqliteAlertStore;
 pub use store::{
@@ -64,6 +64,7 @@ pub type Presence = Arc<dyn Fn() -> Vec<(Arc<LiftInfo>, Option<i64>)> + Send + S
 pub struct AlertsConfig {
     pub engine: EngineConfig,
     pub routes: Vec<Route>,
+    pub escalations: Vec<Escalation>,
     /// Delays before each retry of a failed delivery.
     pub retry_schedule: Vec<Duration>,
     /// How often time-based rules (absence, the reorder wait) are evaluated.
@@ -79,6 +80,7 @@ impl Default for AlertsConfig {
         Self {
             engine: EngineConfig::default(),
             routes: Vec::new(),
+            escalations: Vec::new(),
             retry_schedule: notify::DEFAULT_SCHEDULE_SECS
                 .iter()
                 .map(|s| Duration::from_secs_f64(*s))
@@ -99,6 +101,7 @@ pub struct Alerts {
     engine: Mutex<Engine>,
     pending: Mutex<Vec<engine::Evaluated>>,
     routes: Vec<Route>,
+    escalations: Vec<Escalation>,
     clock: Arc<dyn Clock>,
     /// Records below this offset were evaluated before the last snapshot (skipped on replay).
     skip_below: Offset,
@@ -108,6 +111,15 @@ pub struct Alerts {
     wake_dispatcher: Arc<Notify>,
     tick: Duration,
     history: (Duration, Duration),
+    /// `None` once shut down: subscribers' streams end.
+    updates: Mutex<Option<tokio::sync::broadcast::Sender<Arc<AlertUpdate>>>>,
+}
+
+/// One step of an alert, as the change stream tells it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AlertUpdate {
+    pub event: store::EventKind,
+    pub alert: Alert,
 }
 
 impl Alerts {
@@ -160,6 +172,7 @@ impl Alerts {
             engine: Mutex::new(engine),
             pending: Mutex::new(Vec::new()),
             routes: config.routes,
+            escalations: config.escalations,
             clock,
             skip_below,
             flush_lock: tokio::sync::Mutex::new(()),
@@ -167,6 +180,7 @@ impl Alerts {
             wake_dispatcher: Arc::new(Notify::new()),
             tick: config.tick,
             history: (config.history, config.outbox_history),
+            updates: Mutex::new(Some(tokio::sync::broadcast::channel(1024).0)),
         };
         alerts.publish_gauges();
         Ok(alerts)
@@ -200,13 +214,13 @@ impl Alerts {
         let store = self.store.clone();
         let routes = self.routes.clone();
         let (changes, result) = tokio::task::spawn_blocking(move || {
-            let mut notified = false;
+            let mut updates = Vec::new();
             let result = store.transact(&mut |tx| {
-                notified = false;
+                updates.clear();
                 for c in &changes {
-                    if let Some((alert, event)) = lifecycle::apply(tx, &c.change, &routes, c.quiet)? {
-                        metrics::counter!("hoistway_alert_events_total", "event" => event.as_str(), "severity" => alert.severity.as_str()).increment(1);
-                        notified = true;
+                    if let Some((alert, event)) = lifecycle::apply(tx, &c.change, &routes, c.quiet)?
+                    {
+                        updates.push(AlertUpdate { event, alert });
                     }
                 }
                 if let Some(bytes) = &snapshot {
@@ -214,15 +228,18 @@ impl Alerts {
                 }
                 Ok(())
             });
-            (changes, result.map(|()| notified))
+            (changes, result.map(|()| updates))
         })
         .await
         .map_err(|e| Error::Storage(e.to_string()))?;
         match result {
-            Ok(notified) => {
-                if notified {
+            Ok(updates) => {
+                if !updates.is_empty() {
                     self.wake_dispatcher.notify_one();
                     self.publish_gauges();
+                }
+                for update in updates {
+                    self.publish(update);
                 }
                 Ok(())
             }
@@ -232,6 +249,30 @@ impl Alerts {
                 pending.extend(later);
                 Err(e)
             }
+        }
+    }
+
+    /// Counts a step and tells the subscribers of the change stream.
+    fn publish(&self, update: AlertUpdate) {
+        metrics::counter!(
+            "hoistway_alert_events_total",
+            "event" => update.event.as_str(),
+            "severity" => update.alert.severity.as_str()
+        )
+        .increment(1);
+        if let Some(updates) = &*self.updates.lock() {
+            // No subscriber is not an error.
+            let _ = updates.send(Arc::new(update));
+        }
+    }
+
+    /// The stream of alert changes (for the UI's live view). A subscriber that falls more than
+    /// 1,024 changes behind is told it lagged and should read the list again.
+    /// After shutdown the receiver is closed at once.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<AlertUpdate>> {
+        match &*self.updates.lock() {
+            Some(updates) => updates.subscribe(),
+            None => tokio::sync::broadcast::channel(1).1,
         }
     }
 
@@ -266,6 +307,9 @@ impl Alerts {
                     let mut out = Vec::new();
                     self.engine.lock().tick(self.clock.now_us(), lifts, &mut out);
                     self.pending.lock().extend(out);
+                    if let Err(e) = self.escalate().await {
+                        tracing::error!(error = %e, "cannot escalate alerts; retrying");
+                    }
                 }
                 _ = shutdown.changed() => {}
             }
@@ -275,9 +319,51 @@ impl Alerts {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             if *shutdown.borrow() {
+                // Ends the change streams, so that open ones do not hold the shutdown.
+                self.updates.lock().take();
                 return;
             }
         }
+    }
+
+    /// Escalates firing alerts nobody acknowledged in time.
+    pub async fn escalate(&self) -> Result<()> {
+        if self.escalations.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_us();
+        let store = self.store.clone();
+        let escalations = self.escalations.clone();
+        let escalated = tokio::task::spawn_blocking(move || {
+            let firing = store.list(&AlertQuery {
+                state: Some("firing".into()),
+                limit: Some(1000),
+                ..Default::default()
+            })?;
+            let mut escalated = Vec::new();
+            store.transact(&mut |tx| {
+                escalated.clear();
+                for alert in &firing {
+                    if lifecycle::escalate(tx, alert.id, &escalations, now)? {
+                        escalated.push(alert.clone());
+                    }
+                }
+                Ok(())
+            })?;
+            Ok::<_, Error>(escalated)
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))??;
+        if !escalated.is_empty() {
+            self.wake_dispatcher.notify_one();
+        }
+        for alert in escalated {
+            self.publish(AlertUpdate {
+                event: store::EventKind::Escalated,
+                alert,
+            });
+        }
+        Ok(())
     }
 
     /// Deletes history older than the retention periods.
@@ -330,9 +416,19 @@ impl Alerts {
             )?);
             Ok(())
         })?;
+        let alert = out.expect("set by the transaction");
         self.wake_dispatcher.notify_one();
         self.publish_gauges();
-        Ok(out.expect("set by the transaction"))
+        let event = if resolve {
+            store::EventKind::Resolved
+        } else {
+            store::EventKind::Acknowledged
+        };
+        self.publish(AlertUpdate {
+            event,
+            alert: alert.clone(),
+        });
+        Ok(alert)
     }
 
     /// Adds or replaces a rule (validated); the engine uses it from the next reading on.
@@ -417,5 +513,175 @@ impl Sink for Alerts {
         self.write(changes, Some(bytes))
             .await
             .map_err(|e| SinkError::new("alerts", through, e))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+
+    use hoistway_model::{Direction, DoorState, LiftId, Reading};
+    use hoistway_processor::{Counters, SinkItem};
+    use hoistway_registry::LiftInfo;
+
+    const US: i64 = 1_000_000;
+
+    pub const T0: i64 = 1_700_000_000_000_000;
+
+    pub fn lift(id: &str, customer: &str) -> Arc<LiftInfo> {
+        let mut info = LiftInfo::new(LiftId::new(id).unwrap());
+        info.customer = customer.into();
+        info.building = format!("{customer}-b1");
+        Arc::new(info)
+    }
+
+    pub fn reading(id: &str, seq: u64, temp: f32) -> Reading {
+        Reading {
+            lift_id: LiftId::new(id).unwrap(),
+            epoch: 1,
+            seq,
+            ts_us: T0 + seq as i64 * 10 * US,
+            received_us: T0 + seq as i64 * 10 * US,
+            floor: 0,
+            direction: Direction::Idle,
+            door: DoorState::Closed,
+            load_kg: None,
+            speed_mps: None,
+            motor_temp_c: Some(temp),
+            vibration_mm_s: None,
+            trips: 0,
+            door_cycles: 0,
+            faults: vec![],
+            events: vec![],
+            extra: Default::default(),
+        }
+    }
+
+    pub fn item(r: Reading, lift: &Arc<LiftInfo>) -> SinkItem {
+        SinkItem {
+            reading: r,
+            counted: true,
+            counters: Counters::default(),
+            lift: lift.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hoistway_model::{EventKind, ManualClock};
+    use hoistway_processor::{Sink, SinkBatch};
+
+    use super::*;
+    use crate::test_support::{T0, item, lift, reading};
+
+    #[tokio::test]
+    async fn an_unacknowledged_critical_alert_escalates_once_and_subscribers_see_each_step() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(SqliteAlertStore::in_memory().unwrap());
+        let config = AlertsConfig {
+            escalations: vec![Escalation {
+                channel: "oncall".into(),
+                min_severity: Severity::Critical,
+                after_secs: 600,
+            }],
+            ..AlertsConfig::default()
+        };
+        let alerts = Alerts::open(store.clone(), config, vec![], clock.clone()).unwrap();
+        let mut updates = alerts.subscribe();
+        let trapped = |id: &str| {
+            let mut r = reading(id, 1, 20.0);
+            r.events = vec![EventKind::Entrapment];
+            item(r, &lift(id, "acme"))
+        };
+        alerts.accept(&SinkBatch {
+            offset: 0,
+            items: vec![trapped("L1"), trapped("L2")],
+        });
+        alerts.flush().await.unwrap();
+        let open = store.list(&AlertQuery::default()).unwrap();
+        assert_eq!(open.len(), 2);
+        let l2 = open.iter().find(|a| a.lift_id == "L2").unwrap().id;
+        alerts.act(l2, false, "olga", "").unwrap();
+
+        let escalated = |store: &SqliteAlertStore| {
+            store
+                .notifications(None, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|n| n.channel == "oncall")
+                .collect::<Vec<_>>()
+        };
+        clock.advance_secs(605); // the reading was received at T0 + 10 s
+        alerts.escalate().await.unwrap();
+        assert!(escalated(&store).is_empty(), "not yet due");
+        clock.advance_secs(6);
+        alerts.escalate().await.unwrap();
+        alerts.escalate().await.unwrap();
+        let sent = escalated(&store);
+        assert_eq!(
+            sent.len(),
+            1,
+            "once, and not for the acknowledged alert: {sent:?}"
+        );
+        assert_eq!(sent[0].event, store::EventKind::Escalated);
+        assert_eq!(sent[0].payload["data"]["lift_id"], "L1");
+
+        let mut seen = Vec::new();
+        while let Ok(u) = updates.try_recv() {
+            seen.push((u.event, u.alert.lift_id.clone()));
+        }
+        use store::EventKind as E;
+        assert_eq!(
+            seen,
+            vec![
+                (E::Fired, "L1".to_string()),
+                (E::Fired, "L2".to_string()),
+                (E::Acknowledged, "L2".to_string()),
+                (E::Escalated, "L1".to_string()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn records_before_the_snapshot_are_skipped_after_a_restart() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store: Arc<dyn AlertStore> = Arc::new(SqliteAlertStore::in_memory().unwrap());
+        let alerts = Alerts::open(
+            store.clone(),
+            AlertsConfig::default(),
+            vec![],
+            clock.clone(),
+        )
+        .unwrap();
+        let hot = |seq| item(reading("L1", seq, 95.0), &lift("L1", "acme"));
+        for seq in 1..=2 {
+            alerts.accept(&SinkBatch {
+                offset: seq,
+                items: vec![hot(seq)],
+            });
+        }
+        alerts.commit(3).await.unwrap();
+        // A restart: records 1 and 2 are replayed (the processor's checkpoint was older); the
+        // motor-hot rule counts them once, so the third reading fires it, not the first replay.
+        let again = Alerts::open(store.clone(), AlertsConfig::default(), vec![], clock).unwrap();
+        for seq in 1..=2 {
+            again.accept(&SinkBatch {
+                offset: seq,
+                items: vec![hot(seq)],
+            });
+        }
+        again.flush().await.unwrap();
+        assert!(store.list(&AlertQuery::default()).unwrap().is_empty());
+        again.accept(&SinkBatch {
+            offset: 3,
+            items: vec![hot(3)],
+        });
+        again.flush().await.unwrap();
+        let fired = store.list(&AlertQuery::default()).unwrap();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].rule, "motor-hot");
     }
 }

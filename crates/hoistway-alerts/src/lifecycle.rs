@@ -86,6 +86,73 @@ impl Route {
     }
 }
 
+/// A firing alert of at least `min_severity` that nobody acknowledged within `after_secs` is
+/// sent to `channel` (once per escalation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    pub channel: String,
+    #[serde(default = "critical")]
+    pub min_severity: Severity,
+    pub after_secs: u64,
+}
+
+fn critical() -> Severity {
+    Severity::Critical
+}
+
+/// Escalates `alert` (if still firing) by each escalation that is due and not yet done.
+/// Returns whether anything was escalated.
+pub fn escalate(
+    tx: &mut dyn AlertTx,
+    alert_id: i64,
+    escalations: &[Escalation],
+    now_us: i64,
+) -> Result<bool> {
+    let Some(alert) = tx.alert(alert_id)? else {
+        return Ok(false);
+    };
+    if alert.state != AlertState::Firing {
+        return Ok(false);
+    }
+    let mut any = false;
+    for (i, e) in escalations.iter().enumerate() {
+        if alert.severity < e.min_severity
+            || now_us - alert.fired_us < e.after_secs as i64 * 1_000_000
+        {
+            continue;
+        }
+        let key = format!("escalate/{alert_id}/{i}");
+        if tx.event_exists(&key)? {
+            continue;
+        }
+        tx.insert_event(&AlertEvent {
+            alert_id,
+            key: Some(key.clone()),
+            kind: EventKind::Escalated,
+            at_us: now_us,
+            by: SYSTEM.into(),
+            note: format!(
+                "not acknowledged within {} s; sent to {}",
+                e.after_secs, e.channel
+            ),
+        })?;
+        let route = Route {
+            channel: e.channel.clone(),
+            min_severity: e.min_severity,
+            customers: vec![],
+            buildings: vec![],
+            rules: vec![],
+            events: vec![EventKind::Escalated],
+        };
+        for n in notifications(&[route], &alert, EventKind::Escalated, &key, now_us) {
+            tx.enqueue(&n)?;
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
 /// The notification a step makes on each route it matches.
 pub fn notifications(
     routes: &[Route],

@@ -89,6 +89,8 @@ pub enum EventKind {
     Reopened,
     Acknowledged,
     Resolved,
+    /// Firing and not acknowledged in time: sent to the next route.
+    Escalated,
 }
 
 impl EventKind {
@@ -99,6 +101,7 @@ impl EventKind {
             EventKind::Reopened => "reopened",
             EventKind::Acknowledged => "acknowledged",
             EventKind::Resolved => "resolved",
+            EventKind::Escalated => "escalated",
         }
     }
 }

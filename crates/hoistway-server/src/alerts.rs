@@ -200,6 +200,45 @@ pub async fn resolve(
     act(app, staff, alert_id(&id)?, body, true).await
 }
 
+/// `GET /v1/alerts/stream`: server-sent events, one per alert step (`alert.fired`,
+/// `alert.acknowledged`, …, the alert as data), only the caller's customer's; `lagged` when the
+/// client fell behind and should read the list again.
+pub async fn stream(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(alerts) = app.alerts.clone() else {
+        return Err(Problem::not_found(
+            "alerting is off on this server (alerts.enabled = false)",
+        ));
+    };
+    let customer = staff.customer().map(str::to_string);
+    let events = futures::stream::unfold(alerts.subscribe(), move |mut rx| {
+        let customer = customer.clone();
+        async move {
+            loop {
+                let event = match rx.recv().await {
+                    Ok(u) if customer.as_deref().is_some_and(|c| u.alert.customer != c) => {
+                        continue;
+                    }
+                    Ok(u) => Event::default()
+                        .event(format!("alert.{}", u.event.as_str()))
+                        .id(u.alert.id.to_string())
+                        .json_data(&u.alert)
+                        .unwrap_or_else(|_| Event::default().comment("unencodable")),
+                    Err(RecvError::Lagged(n)) => {
+                        Event::default().event("lagged").data(n.to_string())
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok::<_, std::convert::Infallible>(event), rx));
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 /// `GET /v1/alert-rules`.
 pub async fn rules(State(app): State<AppState>) -> ApiResult<Response> {
     let rules = run(&app, |a| a.store().rules()).await?;

@@ -260,6 +260,12 @@ pub fn routes() -> (Router<AppState>, Rules) {
         get(crate::alerts::show),
     )
     .add(
+        g.clone(),
+        "/v1/alerts/stream",
+        VIEWER,
+        get(crate::alerts::stream),
+    )
+    .add(
         p.clone(),
         "/v1/alerts/{id}/acknowledge",
         OPERATOR,

@@ -53,6 +53,8 @@ pub struct AlertSettings {
     pub retry_schedule_secs: Vec<f64>,
     pub channels: Vec<hoistway_alerts::notify::ChannelConfig>,
     pub routes: Vec<hoistway_alerts::Route>,
+    /// Firing alerts nobody acknowledged in time go to a further channel.
+    pub escalations: Vec<hoistway_alerts::Escalation>,
 }
 
 impl Default for AlertSettings {
@@ -70,6 +72,7 @@ impl Default for AlertSettings {
             retry_schedule_secs: hoistway_alerts::notify::DEFAULT_SCHEDULE_SECS.to_vec(),
             channels: Vec::new(),
             routes: Vec::new(),
+            escalations: Vec::new(),
         }
     }
 }
@@ -418,6 +421,13 @@ impl Config {
                 names.contains(route.channel.as_str()),
                 "alerts.routes: no channel is named {:?}",
                 route.channel
+            );
+        }
+        for escalation in &config.alerts.escalations {
+            anyhow::ensure!(
+                names.contains(escalation.channel.as_str()),
+                "alerts.escalations: no channel is named {:?}",
+                escalation.channel
             );
         }
         anyhow::ensure!(

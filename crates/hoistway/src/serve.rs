@@ -349,6 +349,7 @@ fn open_alerts(
             ..Default::default()
         },
         routes: settings.routes.clone(),
+        escalations: settings.escalations.clone(),
         retry_schedule: settings
             .retry_schedule_secs
             .iter()

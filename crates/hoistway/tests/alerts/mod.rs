@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, http, reading, register};
+use crate::common::{Events, TestServer, http, reading, register};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -295,6 +295,11 @@ async fn alerts_reach_a_verified_webhook_through_retries_dead_letters_replay_and
     )
     .await;
 
+    // The live stream of alert changes: each customer's people see their own.
+    let globex = crate::security::staff_of(&server, "gina", "operator", Some("globex")).await;
+    let all_events = Events::open(server.addr, "/v1/alerts/stream", &server.token).await;
+    let globex_events = Events::open(server.addr, "/v1/alerts/stream", &globex).await;
+
     // Kill -9 while notifications are pending (the receiver fails): after a restart with the
     // receiver working, each arrives; none is missing, none has two ids.
     receiver.mode("fail");
@@ -314,6 +319,18 @@ async fn alerts_reach_a_verified_webhook_through_retries_dead_letters_replay_and
         || async { receiver.lines("attempts.jsonl").len() >= tried + 3 },
     )
     .await;
+    until("the stream events", Duration::from_secs(10), || async {
+        all_events.text().matches("event: alert.fired").count() == 3
+            && globex_events.text().matches("event: alert.fired").count() == 2
+    })
+    .await;
+    assert!(
+        !globex_events.text().contains("acme"),
+        "{}",
+        globex_events.text()
+    );
+    assert!(all_events.text().contains("emergency_stop reported"));
+    drop((all_events, globex_events));
     server.kill9();
     receiver.mode("ok");
     server.spawn();
@@ -351,8 +368,7 @@ async fn alerts_reach_a_verified_webhook_through_retries_dead_letters_replay_and
     );
     assert_eq!(by_event.len(), 6, "{by_event:?}");
 
-    // Tenancy: globex's viewer sees only globex's alerts, and cannot act on acme's.
-    let globex = crate::security::staff_of(&server, "gina", "operator", Some("globex")).await;
+    // Tenancy: globex's operator sees only globex's alerts, and cannot act on acme's.
     let as_globex = |method: &'static str, path: String| {
         let token = globex.clone();
         let addr = server.addr;

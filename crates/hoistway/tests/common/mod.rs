@@ -297,7 +297,15 @@ pub async fn http(
         .unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    // A stream of server-sent events does not end: its head is the answer ([`events`] reads it).
+    let body = if headers
+        .get("content-type")
+        .is_some_and(|c| c.as_bytes().starts_with(b"text/event-stream"))
+    {
+        Bytes::new()
+    } else {
+        resp.into_body().collect().await.unwrap().to_bytes()
+    };
     Reply {
         status,
         headers,
@@ -393,4 +401,51 @@ pub fn fault_shim() -> PathBuf {
         out
     })
     .clone()
+}
+
+/// Reads the server-sent events of `GET path` into a shared string until dropped.
+pub struct Events {
+    pub text: std::sync::Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Events {
+    pub async fn open(addr: SocketAddr, path: &str, token: &str) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(path)
+            .header("host", addr.to_string())
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        let task = tokio::spawn(async move {
+            let mut body = resp.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(data));
+                }
+            }
+        });
+        Self { text, task }
+    }
+
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
