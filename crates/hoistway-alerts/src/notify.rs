@@ -53,6 +53,72 @@ pub enum ChannelConfig {
     },
     /// A line in Hoistway's own log (development).
     Log { name: String },
+    /// Mail over SMTP: STARTTLS when the server offers it (`tls = "opportunistic"`), always
+    /// (`"required"`), or never (`"none"`, loopback relays only).
+    Email {
+        name: String,
+        host: String,
+        #[serde(default = "smtp_port")]
+        port: u16,
+        #[serde(default)]
+        tls: SmtpTls,
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        password: String,
+        from: String,
+        to: Vec<String>,
+        #[serde(default = "ten")]
+        timeout_secs: u64,
+    },
+    /// Publication to NATS JetStream on `<subject>.<step>` (e.g. `hoistway.alerts.fired`) with
+    /// the notification id as `Nats-Msg-Id`, delivered when the stream acknowledges it. The
+    /// stream `stream` (covering `<subject>.>`) is created if it does not exist.
+    Nats {
+        name: String,
+        url: String,
+        subject: String,
+        stream: String,
+        #[serde(default = "ten")]
+        timeout_secs: u64,
+    },
+    /// Publication to an MQTT broker on `<topic>/<step>` at QoS 1, delivered on the PUBACK.
+    Mqtt {
+        name: String,
+        host: String,
+        #[serde(default = "mqtt_port")]
+        port: u16,
+        topic: String,
+        #[serde(default = "client_id")]
+        client_id: String,
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        password: String,
+        #[serde(default = "ten")]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    #[default]
+    Opportunistic,
+    Required,
+    None,
+}
+
+fn smtp_port() -> u16 {
+    587
+}
+
+fn mqtt_port() -> u16 {
+    1883
+}
+
+fn client_id() -> String {
+    "hoistway-alerts".into()
 }
 
 fn ten() -> u64 {
@@ -62,7 +128,11 @@ fn ten() -> u64 {
 impl ChannelConfig {
     pub fn name(&self) -> &str {
         match self {
-            ChannelConfig::Webhook { name, .. } | ChannelConfig::Log { name } => name,
+            ChannelConfig::Webhook { name, .. }
+            | ChannelConfig::Log { name }
+            | ChannelConfig::Email { name, .. }
+            | ChannelConfig::Nats { name, .. }
+            | ChannelConfig::Mqtt { name, .. } => name,
         }
     }
 
@@ -79,6 +149,75 @@ impl ChannelConfig {
                     .map_err(|e| Error::Invalid(format!("channel {name:?}: {e}")))?,
             ),
             ChannelConfig::Log { name } => Arc::new(LogChannel { name: name.clone() }),
+            ChannelConfig::Email {
+                name,
+                host,
+                port,
+                tls,
+                username,
+                password,
+                from,
+                to,
+                timeout_secs,
+            } => Arc::new(
+                Email::new(
+                    host,
+                    *port,
+                    *tls,
+                    (!username.is_empty()).then(|| (username.clone(), password.clone())),
+                    from,
+                    to,
+                    Duration::from_secs((*timeout_secs).max(1)),
+                )
+                .map_err(|e| Error::Invalid(format!("channel {name:?}: {e}")))?,
+            ),
+            ChannelConfig::Nats {
+                name,
+                url,
+                subject,
+                stream,
+                timeout_secs,
+            } => {
+                if subject.is_empty() || stream.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "channel {name:?}: give a subject and a stream"
+                    )));
+                }
+                Arc::new(Nats {
+                    url: url.clone(),
+                    subject: subject.clone(),
+                    stream: stream.clone(),
+                    timeout: Duration::from_secs((*timeout_secs).max(1)),
+                    context: tokio::sync::Mutex::new(None),
+                })
+            }
+            ChannelConfig::Mqtt {
+                name,
+                host,
+                port,
+                topic,
+                client_id,
+                username,
+                password,
+                timeout_secs,
+            } => {
+                if topic.is_empty() || topic.contains(['#', '+']) {
+                    return Err(Error::Invalid(format!(
+                        "channel {name:?}: give a topic without wildcards"
+                    )));
+                }
+                let mut options = rumqttc::MqttOptions::new(client_id, host, *port);
+                options.set_keep_alive(Duration::from_secs(30));
+                if !username.is_empty() {
+                    options.set_credentials(username, password);
+                }
+                Arc::new(Mqtt {
+                    options,
+                    topic: topic.clone(),
+                    timeout: Duration::from_secs((*timeout_secs).max(1)),
+                    connection: tokio::sync::Mutex::new(None),
+                })
+            }
         })
     }
 }
@@ -179,6 +318,221 @@ impl Channel for Webhook {
                 self.url
             )))
         }
+    }
+}
+
+/// The subject line and text of a notification (mail).
+fn describe(n: &Notification) -> (String, String) {
+    let data = &n.payload["data"];
+    let text = |k: &str| data[k].as_str().unwrap_or_default().to_string();
+    let lift = match text("lift_id") {
+        l if l.is_empty() => "the fleet".to_string(),
+        l => format!("lift {l}"),
+    };
+    let subject = format!(
+        "[Hoistway] {} {}: {} on {lift}",
+        text("severity"),
+        n.event.as_str(),
+        text("rule_name")
+    );
+    let body = format!(
+        "{subject}\n\n{}\n\ncustomer: {}\nbuilding: {}\nalert: {}\nnotification: {}\n\n{}\n",
+        text("summary"),
+        text("customer"),
+        text("building"),
+        data["id"],
+        n.id,
+        serde_json::to_string_pretty(&n.payload).unwrap_or_default()
+    );
+    (subject, body)
+}
+
+/// Mail over SMTP (lettre). The `Message-ID` is the notification id, so a repeat is visible.
+pub struct Email {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+    to: Vec<lettre::message::Mailbox>,
+}
+
+impl Email {
+    pub fn new(
+        host: &str,
+        port: u16,
+        tls: SmtpTls,
+        credentials: Option<(String, String)>,
+        from: &str,
+        to: &[String],
+        timeout: Duration,
+    ) -> std::result::Result<Self, String> {
+        use lettre::transport::smtp::client::{Tls, TlsParameters};
+        let parameters = || TlsParameters::new(host.to_string()).map_err(|e| e.to_string());
+        let tls = match tls {
+            SmtpTls::Opportunistic => Tls::Opportunistic(parameters()?),
+            SmtpTls::Required => Tls::Required(parameters()?),
+            SmtpTls::None => Tls::None,
+        };
+        let mut builder =
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
+                .port(port)
+                .tls(tls)
+                .timeout(Some(timeout));
+        if let Some((user, password)) = credentials {
+            builder = builder.credentials(
+                lettre::transport::smtp::authentication::Credentials::new(user, password),
+            );
+        }
+        let from = from
+            .parse()
+            .map_err(|e| format!("from {from:?} is not an address: {e}"))?;
+        let to = to
+            .iter()
+            .map(|t| {
+                t.parse()
+                    .map_err(|e| format!("to {t:?} is not an address: {e}"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if to.is_empty() {
+            return Err("give at least one address in `to`".into());
+        }
+        Ok(Self {
+            transport: builder.build(),
+            from,
+            to,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for Email {
+    async fn deliver(&self, n: &Notification) -> std::result::Result<(), DeliveryError> {
+        use lettre::AsyncTransport;
+        let (subject, body) = describe(n);
+        let mut message = lettre::Message::builder()
+            .message_id(Some(format!("<{}@hoistway>", n.id)))
+            .from(self.from.clone())
+            .subject(subject)
+            .header(lettre::message::header::ContentType::TEXT_PLAIN);
+        for to in &self.to {
+            message = message.to(to.clone());
+        }
+        let message = message
+            .body(body)
+            .map_err(|e| DeliveryError::Retry(format!("cannot build the mail: {e}")))?;
+        self.transport
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| DeliveryError::Retry(format!("SMTP: {e}")))
+    }
+}
+
+/// NATS JetStream publication, acknowledged by the stream.
+pub struct Nats {
+    url: String,
+    subject: String,
+    stream: String,
+    timeout: Duration,
+    context: tokio::sync::Mutex<Option<async_nats::jetstream::Context>>,
+}
+
+impl Nats {
+    async fn context(&self) -> std::result::Result<async_nats::jetstream::Context, String> {
+        let mut slot = self.context.lock().await;
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(self.timeout)
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.url))?;
+        let mut context = async_nats::jetstream::new(client);
+        context.set_timeout(self.timeout);
+        context
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: self.stream.clone(),
+                subjects: vec![format!("{}.>", self.subject)],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot find or create the stream {}: {e}", self.stream))?;
+        *slot = Some(context.clone());
+        Ok(context)
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for Nats {
+    async fn deliver(&self, n: &Notification) -> std::result::Result<(), DeliveryError> {
+        let context = self.context().await.map_err(DeliveryError::Retry)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", n.id.as_str());
+        let body = serde_json::to_vec(&n.payload).expect("payload serialises");
+        let subject = format!("{}.{}", self.subject, n.event.as_str());
+        let ack = context
+            .publish_with_headers(subject, headers, body.into())
+            .await
+            .map_err(|e| DeliveryError::Retry(format!("NATS publish: {e}")))?;
+        match ack.await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // The connection may be gone: connect again next time.
+                self.context.lock().await.take();
+                Err(DeliveryError::Retry(format!(
+                    "NATS publish not acknowledged: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// MQTT publication at QoS 1. Deliveries on one channel go one at a time over one connection,
+/// each waiting for its PUBACK.
+pub struct Mqtt {
+    options: rumqttc::MqttOptions,
+    topic: String,
+    timeout: Duration,
+    connection: tokio::sync::Mutex<Option<(rumqttc::AsyncClient, rumqttc::EventLoop)>>,
+}
+
+#[async_trait::async_trait]
+impl Channel for Mqtt {
+    async fn deliver(&self, n: &Notification) -> std::result::Result<(), DeliveryError> {
+        use rumqttc::{Event, Outgoing, Packet, QoS};
+        let mut slot = self.connection.lock().await;
+        let (client, events) =
+            slot.get_or_insert_with(|| rumqttc::AsyncClient::new(self.options.clone(), 16));
+        let body = serde_json::to_vec(&n.payload).expect("payload serialises");
+        let topic = format!("{}/{}", self.topic, n.event.as_str());
+        let client = client.clone();
+        let acked = async {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await
+                .map_err(|e| format!("MQTT publish: {e}"))?;
+            let mut ours = None;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) if ours.is_none() => {
+                        ours = Some(pkid)
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) if Some(ack.pkid) == ours => {
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("MQTT connection: {e}")),
+                }
+            }
+        };
+        let outcome = match tokio::time::timeout(self.timeout, acked).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("no PUBACK within {:?}", self.timeout)),
+        };
+        if outcome.is_err() {
+            // Start over with a fresh connection next time.
+            *slot = None;
+        }
+        outcome.map_err(DeliveryError::Retry)
     }
 }
 

@@ -444,6 +444,7 @@ fn alerts_schema() -> SchemaRef {
 fn alert_events_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("alert_id", DataType::Int64, false),
+        Field::new("lift_id", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
         Field::new("at", hoistway_store::schema::timestamp_type(), false),
         Field::new("by", DataType::Utf8, false),
@@ -539,6 +540,7 @@ fn alert_event_rows(
     #[derive(serde::Serialize)]
     struct Row {
         alert_id: i64,
+        lift_id: String,
         kind: &'static str,
         at: i64,
         by: String,
@@ -551,6 +553,7 @@ fn alert_event_rows(
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         rows.extend(events.into_iter().map(|e| Row {
             alert_id: e.alert_id,
+            lift_id: alert.lift_id.clone(),
             kind: e.kind.as_str(),
             at: e.at_us,
             by: e.by,

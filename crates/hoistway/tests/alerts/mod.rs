@@ -555,3 +555,217 @@ async fn the_million_trip_alert_fires_once_per_crossing_lift_across_kill_9_and_r
         assert_eq!(shown["events"].as_array().unwrap().len(), 1, "{shown}");
     }
 }
+
+/// The SMTP sink of `smtp_sink.py`, stopped when dropped.
+struct SmtpSink {
+    child: std::process::Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl SmtpSink {
+    fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/alerts/smtp_sink.py");
+        let mut child = std::process::Command::new(crate::test_python())
+            .arg(script)
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line.trim().parse().expect("the SMTP sink prints its port");
+        Self {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+
+    fn mails(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mail to a real SMTP server, JetStream publication and MQTT QoS 1, each read back by an
+/// ordinary subscriber of that system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_events_reach_mail_nats_and_mqtt_subscribers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = SmtpSink::start(&tmp.path().join("mail"));
+    let unique = format!("t{}", rand::random::<u32>());
+    let subject = format!("hoistway.{unique}.alerts");
+    let stream = format!("HOISTWAY_{unique}");
+    let topic = format!("hoistway/{unique}/alerts");
+
+    // Subscribers first: NATS (a core subscription sees what JetStream stores) and MQTT.
+    let nats = async_nats::connect("127.0.0.1:4222")
+        .await
+        .expect("NATS on 127.0.0.1:4222");
+    let mut nats_sub = nats.subscribe(format!("{subject}.>")).await.unwrap();
+    let mut options = rumqttc::MqttOptions::new(format!("sub-{unique}"), "127.0.0.1", 1883);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (mqtt, mut mqtt_events) = rumqttc::AsyncClient::new(options, 16);
+    mqtt.subscribe(format!("{topic}/#"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), mqtt_events.poll())
+            .await
+            .expect("MQTT broker on 127.0.0.1:1883")
+            .expect("MQTT connection");
+        if matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no SUBACK");
+    }
+    let mqtt_got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = mqtt_got.clone();
+    let mqtt_task = tokio::spawn(async move {
+        while let Ok(event) = mqtt_events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                sink.lock().unwrap().push(json!({
+                    "topic": p.topic,
+                    "payload": serde_json::from_slice::<Value>(&p.payload).unwrap(),
+                }));
+            }
+        }
+    });
+
+    let config = tmp.path().join("alerts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[alerts.channels]]
+kind = "email"
+name = "mail"
+host = "127.0.0.1"
+port = {port}
+from = "Hoistway <alerts@hoistway.test>"
+to = ["support@hoistway.test"]
+
+[[alerts.channels]]
+kind = "nats"
+name = "nats"
+url = "nats://127.0.0.1:4222"
+subject = "{subject}"
+stream = "{stream}"
+
+[[alerts.channels]]
+kind = "mqtt"
+name = "mqtt"
+host = "127.0.0.1"
+topic = "{topic}"
+client_id = "pub-{unique}"
+
+[[alerts.routes]]
+channel = "mail"
+min_severity = "critical"
+
+[[alerts.routes]]
+channel = "nats"
+
+[[alerts.routes]]
+channel = "mqtt"
+"#,
+            port = smtp.port
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start(&[("HOISTWAY_CONFIG", config.to_str().unwrap())]);
+    register(
+        &server,
+        "lift_id,building,site,customer,model,install_date,initial_trips\nL1,B1,S1,acme,m1,,0\n",
+    )
+    .await;
+    post(
+        &server,
+        vec![with_events(reading("L1", 1, 1), &["entrapment"])],
+    )
+    .await;
+
+    until("the mail", Duration::from_secs(20), || async {
+        !smtp.mails().is_empty()
+    })
+    .await;
+    let mail = &smtp.mails()[0];
+    assert!(
+        mail.contains("Subject: [Hoistway] critical fired: Passenger trapped on lift L1"),
+        "{mail}"
+    );
+    assert!(mail.contains("support@hoistway.test"), "{mail}");
+    assert!(mail.contains("Message-ID: <msg_"), "{mail}");
+
+    let message = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::StreamExt::next(&mut nats_sub),
+    )
+    .await
+    .expect("a NATS message")
+    .unwrap();
+    assert_eq!(message.subject.as_str(), format!("{subject}.fired"));
+    let payload: Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(payload["data"]["rule"], "entrapment");
+    let msg_id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .map(|v| v.to_string())
+        .expect("a Nats-Msg-Id header");
+    assert!(msg_id.starts_with("msg_"), "{msg_id}");
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut stored = js.get_stream(&stream).await.unwrap();
+    assert_eq!(
+        stored.info().await.unwrap().state.messages,
+        1,
+        "stored once in JetStream"
+    );
+
+    until("the MQTT message", Duration::from_secs(20), || async {
+        !mqtt_got.lock().unwrap().is_empty()
+    })
+    .await;
+    let got = mqtt_got.lock().unwrap()[0].clone();
+    assert_eq!(got["topic"], format!("{topic}/fired"));
+    assert_eq!(got["payload"]["data"]["lift_id"], "L1");
+
+    let (_, outbox) = call(
+        &server,
+        "GET",
+        "/v1/notifications?state=delivered",
+        Value::Null,
+    )
+    .await;
+    let channels: HashSet<&str> = outbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, HashSet::from(["mail", "nats", "mqtt"]));
+    mqtt_task.abort();
+    js.delete_stream(&stream).await.unwrap();
+}
