@@ -113,8 +113,26 @@ pub struct Evaluated {
     pub quiet: bool,
 }
 
+/// A rate rule's count on one lift in the current hour.
+#[derive(Debug, Clone, Default)]
+struct RateCount {
+    hour_us: i64,
+    count: u64,
+    firing: bool,
+}
+
+/// The baselines of a rate rule for one hour of the week: per lift.
+struct Baselines {
+    hour_us: i64,
+    per_lift: HashMap<String, f64>,
+}
+
+pub const HOUR_US: i64 = 3_600 * US;
+
 pub struct Engine {
     config: EngineConfig,
+    rates: HashMap<(String, String), RateCount>,
+    baselines: HashMap<String, Baselines>,
     rules: Vec<Arc<Rule>>,
     started_us: i64,
     lifts: HashMap<String, LiftEval>,
@@ -132,6 +150,8 @@ impl Engine {
     pub fn new(config: EngineConfig, rules: Vec<Rule>, started_us: i64) -> Self {
         Self {
             config,
+            rates: HashMap::new(),
+            baselines: HashMap::new(),
             rules: rules
                 .into_iter()
                 .filter(|r| r.enabled)
@@ -170,6 +190,28 @@ impl Engine {
             eval.levels
                 .retain(|rule, _| unchanged.contains(rule.as_str()));
         }
+    }
+
+    /// The rate rules: id, counter and how many weeks their baseline spans.
+    pub fn rate_rules(&self) -> Vec<(String, crate::rule::Counter, u32)> {
+        self.rules
+            .iter()
+            .filter_map(|r| match r.when {
+                Condition::Rate { counter, weeks, .. } => Some((r.id.clone(), counter, weeks)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The hour (start, µs) the baselines of rate rule `rule` were set for.
+    pub fn baseline_hour(&self, rule: &str) -> Option<i64> {
+        self.baselines.get(rule).map(|b| b.hour_us)
+    }
+
+    /// Sets the baselines of rate rule `rule` for the hour starting at `hour_us`.
+    pub fn set_baselines(&mut self, rule: &str, hour_us: i64, per_lift: HashMap<String, f64>) {
+        self.baselines
+            .insert(rule.to_string(), Baselines { hour_us, per_lift });
     }
 
     /// Marks lifts offline whose absence alert is open (from the store, at start).
@@ -275,6 +317,59 @@ impl Engine {
                             format!("{}/{lift_id}/{}.{}/clear", rule.id, r.epoch, r.seq),
                             format!("{} reported", e.as_str()),
                             None,
+                        ));
+                    }
+                }
+                Condition::Rate {
+                    counter,
+                    factor,
+                    min_count,
+                    ..
+                } => {
+                    let (_, delta) = counter.read(&item.counters, r);
+                    let hour = r.ts_us.div_euclid(HOUR_US) * HOUR_US;
+                    let count = self
+                        .rates
+                        .entry((rule.id.clone(), lift_id.to_string()))
+                        .or_default();
+                    if hour < count.hour_us {
+                        continue; // a late reading of an hour already judged
+                    }
+                    if hour > count.hour_us {
+                        if count.firing {
+                            out.push(change(
+                                ChangeKind::Clear,
+                                format!("{}/{lift_id}/rate/{}/clear", rule.id, count.hour_us),
+                                format!("{} back to usual", counter.as_str()),
+                                None,
+                            ));
+                        }
+                        *count = RateCount {
+                            hour_us: hour,
+                            ..RateCount::default()
+                        };
+                    }
+                    count.count += delta;
+                    let baseline = self
+                        .baselines
+                        .get(&rule.id)
+                        .filter(|b| b.hour_us == hour)
+                        .and_then(|b| b.per_lift.get(lift_id));
+                    if let Some(&baseline) = baseline
+                        && !count.firing
+                        && count.count >= *min_count
+                        && count.count as f64 > factor * baseline
+                    {
+                        count.firing = true;
+                        out.push(change(
+                            ChangeKind::Fire,
+                            format!("{}/{lift_id}/rate/{hour}", rule.id),
+                            format!(
+                                "{} rose by {} this hour; usual for this hour of the week: {baseline}",
+                                counter.as_str(),
+                                count.count
+                            ),
+                            Some(count.count as f64),
                         ));
                     }
                 }
@@ -874,6 +969,48 @@ mod tests {
                 (ChangeKind::Fire, false)
             ]
         );
+    }
+
+    #[test]
+    fn a_rate_rule_judges_each_lift_against_its_own_baseline() {
+        let busy = lift("BUSY", "acme");
+        let quiet = lift("QUIET", "acme");
+        let when = Condition::Rate {
+            counter: crate::rule::Counter::DoorCyclesTotal,
+            factor: 3.0,
+            min_count: 50,
+            weeks: 4,
+        };
+        let mut engine = Engine::new(EngineConfig::default(), vec![rule("doors", when)], T0);
+        let hour = (T0 + 10 * US).div_euclid(HOUR_US) * HOUR_US;
+        // The busy lift usually does 100 cycles in this hour of the week, the quiet one 10.
+        engine.set_baselines(
+            "doors",
+            hour,
+            HashMap::from([("BUSY".to_string(), 100.0), ("QUIET".to_string(), 10.0)]),
+        );
+        let mut out = Vec::new();
+        // Both do 80 cycles this hour (8 readings of 10), inside the same hour.
+        for seq in 1..=8 {
+            for l in [&busy, &quiet] {
+                let mut r = reading(l.lift_id.as_str(), seq, 20.0);
+                r.ts_us = hour + seq as i64 * US;
+                r.door_cycles = 10;
+                engine.evaluate(&item(r, l), T0, &mut out);
+            }
+        }
+        // 80 > 3 × 10 for the quiet lift (after 50, the minimum); 80 < 3 × 100 for the busy one.
+        assert_eq!(
+            keys(&out),
+            vec![(format!("doors/QUIET/rate/{hour}"), ChangeKind::Fire)]
+        );
+        // The next hour: the quiet lift is back to usual (no baseline set: not judged).
+        let mut r = reading("QUIET", 9, 20.0);
+        r.ts_us = hour + HOUR_US + US;
+        r.door_cycles = 1;
+        engine.evaluate(&item(r, &quiet), T0, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].change.kind, ChangeKind::Clear);
     }
 
     #[test]

@@ -57,6 +57,26 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The baselines of a rate rule: the median rise of `counter` per lift in the hour starting at
+/// `hour_us` over the previous `weeks` weeks (the binary answers from the stored rollups).
+pub type BaselineSource = Arc<
+    dyn Fn(
+            rule::Counter,
+            i64,
+            u32,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = std::result::Result<
+                            std::collections::HashMap<String, f64>,
+                            String,
+                        >,
+                    > + Send,
+            >,
+        > + Send
+        + Sync,
+>;
+
 /// Every registered lift with the server time of its last reading (`None`: never reported).
 pub type Presence = Arc<dyn Fn() -> Vec<(Arc<LiftInfo>, Option<i64>)> + Send + Sync>;
 
@@ -69,6 +89,8 @@ pub struct AlertsConfig {
     pub retry_schedule: Vec<Duration>,
     /// How often time-based rules (absence, the reorder wait) are evaluated.
     pub tick: Duration,
+    /// Rate rules' baselines are read again at each new hour and after this long.
+    pub baseline_refresh: Duration,
     /// Resolved alerts (and their history) are kept this long.
     pub history: Duration,
     /// Delivered and dead notifications are kept this long.
@@ -86,6 +108,7 @@ impl Default for AlertsConfig {
                 .map(|s| Duration::from_secs_f64(*s))
                 .collect(),
             tick: Duration::from_secs(5),
+            baseline_refresh: Duration::from_secs(900),
             history: Duration::from_secs(1827 * 86_400),
             outbox_history: Duration::from_secs(30 * 86_400),
         }
@@ -111,6 +134,10 @@ pub struct Alerts {
     wake_dispatcher: Arc<Notify>,
     tick: Duration,
     history: (Duration, Duration),
+    baselines: Mutex<Option<BaselineSource>>,
+    baseline_refresh: Duration,
+    /// When each rate rule's baselines were last asked for (clock µs).
+    baselines_asked: Mutex<std::collections::HashMap<String, i64>>,
     /// `None` once shut down: subscribers' streams end.
     updates: Mutex<Option<tokio::sync::broadcast::Sender<Arc<AlertUpdate>>>>,
 }
@@ -181,6 +208,9 @@ impl Alerts {
             tick: config.tick,
             history: (config.history, config.outbox_history),
             updates: Mutex::new(Some(tokio::sync::broadcast::channel(1024).0)),
+            baselines: Mutex::new(None),
+            baseline_refresh: config.baseline_refresh,
+            baselines_asked: Mutex::new(Default::default()),
         };
         alerts.publish_gauges();
         Ok(alerts)
@@ -307,6 +337,7 @@ impl Alerts {
                     let mut out = Vec::new();
                     self.engine.lock().tick(self.clock.now_us(), lifts, &mut out);
                     self.pending.lock().extend(out);
+                    self.refresh_baselines();
                     if let Err(e) = self.escalate().await {
                         tracing::error!(error = %e, "cannot escalate alerts; retrying");
                     }
@@ -323,6 +354,54 @@ impl Alerts {
                 self.updates.lock().take();
                 return;
             }
+        }
+    }
+
+    /// Where rate rules get their baselines.
+    pub fn set_baseline_source(&self, source: BaselineSource) {
+        *self.baselines.lock() = Some(source);
+    }
+
+    /// Starts a refresh of each rate rule's baselines whose hour has passed; the rule judges
+    /// no lift of the new hour until its refresh is in.
+    fn refresh_baselines(self: &Arc<Self>) {
+        let Some(source) = self.baselines.lock().clone() else {
+            return;
+        };
+        let now = self.clock.now_us();
+        let hour = now.div_euclid(engine::HOUR_US) * engine::HOUR_US;
+        let refresh = self.baseline_refresh.as_micros() as i64;
+        let due: Vec<_> = {
+            let mut engine = self.engine.lock();
+            let mut asked = self.baselines_asked.lock();
+            let due: Vec<_> = engine
+                .rate_rules()
+                .into_iter()
+                .filter(|(rule, _, _)| {
+                    engine.baseline_hour(rule) != Some(hour)
+                        || asked.get(rule).is_none_or(|at| now - at >= refresh)
+                })
+                .collect();
+            for (rule, _, _) in &due {
+                if engine.baseline_hour(rule) != Some(hour) {
+                    engine.set_baselines(rule, hour, Default::default());
+                }
+                asked.insert(rule.clone(), now);
+            }
+            due
+        };
+        for (rule, counter, weeks) in due {
+            let this = self.clone();
+            let source = source.clone();
+            tokio::spawn(async move {
+                match source(counter, hour, weeks).await {
+                    Ok(per_lift) => {
+                        tracing::debug!(rule, lifts = per_lift.len(), "rate baselines");
+                        this.engine.lock().set_baselines(&rule, hour, per_lift);
+                    }
+                    Err(e) => tracing::warn!(rule, error = %e, "no rate baselines this hour"),
+                }
+            });
         }
     }
 

@@ -248,6 +248,15 @@ pub fn apply(
                 acknowledged: None,
                 resolved: None,
             };
+            if change.severity == Severity::Info {
+                // Informational ("lift started"): a notification and a record, nothing to act on.
+                a.state = AlertState::Resolved;
+                a.resolved = Some(Stamp {
+                    by: SYSTEM.into(),
+                    at_us: change.at_us,
+                    note: "informational".into(),
+                });
+            }
             a.id = tx.insert_alert(&a)?;
             (a, EventKind::Fired, true)
         }

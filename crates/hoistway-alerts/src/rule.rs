@@ -75,6 +75,15 @@ pub enum Counter {
 }
 
 impl Counter {
+    /// The column of `rollups_hourly` that holds the counter's rise in an hour.
+    pub fn rollup_column(self) -> Option<&'static str> {
+        match self {
+            Counter::TripsTotal => Some("trips"),
+            Counter::DoorCyclesTotal => Some("door_cycles"),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Counter::TripsTotal => "trips_total",
@@ -190,6 +199,20 @@ pub enum Condition {
     /// Any of the fault `codes` active fires (in the lift's order); a later reading with none
     /// of them clears.
     Fault { codes: Vec<String> },
+    /// A lifetime counter rising faster than the lift's own baseline: within one hour (device
+    /// time) it rose by more than `factor` × the baseline and by at least `min_count`. The
+    /// baseline is the median of the counter's rise in the same hour of the week over the
+    /// previous `weeks` weeks (from the stored hourly rollups); a lift without one is not judged.
+    /// Clears at the end of an hour that stayed under.
+    Rate {
+        counter: Counter,
+        #[serde(default = "three")]
+        factor: f64,
+        #[serde(default = "fifty")]
+        min_count: u64,
+        #[serde(default = "four")]
+        weeks: u32,
+    },
     /// A registered lift that sent nothing for `after_secs` (default: the server's
     /// `processor.silent_after_secs`, the same "silent" the lift status uses); clears when it
     /// reports again.
@@ -201,6 +224,18 @@ pub enum Condition {
 
 fn one() -> u32 {
     1
+}
+
+fn three() -> f64 {
+    3.0
+}
+
+fn fifty() -> u64 {
+    50
+}
+
+fn four() -> u32 {
+    4
 }
 
 fn yes() -> bool {
@@ -215,6 +250,7 @@ impl Condition {
             Condition::Event { .. } => "event",
             Condition::Fault { .. } => "fault",
             Condition::Absence { .. } => "absence",
+            Condition::Rate { .. } => "rate",
         }
     }
 
@@ -327,6 +363,25 @@ impl Rule {
             Condition::Fault { codes } => {
                 if codes.is_empty() || codes.iter().any(|c| c.trim().is_empty()) {
                     bad("when.codes", "name at least one fault code".into());
+                }
+            }
+            Condition::Rate {
+                counter,
+                factor,
+                weeks,
+                ..
+            } => {
+                if !factor.is_finite() || *factor <= 1.0 {
+                    bad("when.factor", "must be a number above 1".into());
+                }
+                if *weeks == 0 || *weeks > 12 {
+                    bad("when.weeks", "must be 1 to 12".into());
+                }
+                if !matches!(counter, Counter::TripsTotal | Counter::DoorCyclesTotal) {
+                    bad(
+                        "when.counter",
+                        "rates are kept for trips_total and door_cycles_total".into(),
+                    );
                 }
             }
             Condition::Absence { after_secs } => {
@@ -449,6 +504,17 @@ pub fn default_rules() -> Vec<Rule> {
                 },
             )
         },
+        rule(
+            "door-cycles-unusual",
+            "Door cycles far above this lift's usual for the hour",
+            Severity::Warning,
+            Condition::Rate {
+                counter: Counter::DoorCyclesTotal,
+                factor: 3.0,
+                min_count: 50,
+                weeks: 4,
+            },
+        ),
         rule(
             "lift-offline",
             "Lift offline",

@@ -12,6 +12,39 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::rule::{Rule, Severity};
 
+/// Timestamps as RFC 3339 with microseconds (the API's form), kept as µs since the epoch.
+pub(crate) mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(us: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hoistway_model::time::format_micros(*us))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let text = String::deserialize(d)?;
+        chrono::DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.timestamp_micros())
+            .map_err(|e| D::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}")))
+    }
+
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(us: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+            match us {
+                Some(us) => super::serialize(us, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrap(#[serde(with = "super")] i64);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
@@ -47,6 +80,7 @@ impl AlertState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
     pub by: String,
+    #[serde(rename = "at", with = "rfc3339")]
     pub at_us: i64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
@@ -69,7 +103,9 @@ pub struct Alert {
     pub summary: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    #[serde(rename = "fired_at", with = "rfc3339")]
     pub fired_us: i64,
+    #[serde(rename = "last_fired_at", with = "rfc3339")]
     pub last_fired_us: i64,
     /// Fires of the same condition while open (or within the rule's hold time after it
     /// resolved), counted instead of new alerts.
@@ -115,6 +151,7 @@ pub struct AlertEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub kind: EventKind,
+    #[serde(rename = "at", with = "rfc3339")]
     pub at_us: i64,
     pub by: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -159,14 +196,21 @@ pub struct Notification {
     pub event: EventKind,
     /// The JSON document sent.
     pub payload: serde_json::Value,
+    #[serde(rename = "created_at", with = "rfc3339")]
     pub created_us: i64,
     pub state: DeliveryState,
     pub attempts: u32,
     /// When the next attempt is due (pending).
+    #[serde(rename = "next_at", with = "rfc3339")]
     pub next_us: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "delivered_at",
+        with = "rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delivered_us: Option<i64>,
 }
 

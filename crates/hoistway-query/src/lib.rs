@@ -826,6 +826,57 @@ impl QueryEngine {
         })
     }
 
+    /// The baselines of a rate rule: per lift, the median of `column` of `rollups_hourly`
+    /// (`trips` or `door_cycles`) in the same hour of the week as `hour_us` over the `weeks`
+    /// weeks before it. Every lift is read (no row limit); hours a lift did not report are not
+    /// counted.
+    pub async fn hourly_baselines(
+        &self,
+        column: &str,
+        hour_us: i64,
+        weeks: u32,
+    ) -> Result<HashMap<String, f64>> {
+        if !matches!(column, "trips" | "door_cycles") {
+            return Err(Error::Invalid(format!("no hourly baseline of {column:?}")));
+        }
+        let week_us = 7 * 24 * 3_600 * 1_000_000;
+        let hours: Vec<String> = (1..=weeks as i64)
+            .map(|w| {
+                format!(
+                    "TIMESTAMP '{}'",
+                    hoistway_model::time::format_micros(hour_us - w * week_us)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT lift_id, median(CAST({column} AS DOUBLE)) AS baseline FROM rollups_hourly \
+             WHERE hour IN ({}) GROUP BY lift_id",
+            hours.join(", ")
+        );
+        let (_, mut stream) = self.stream(&sql, &Caller::fleet_admin()).await?;
+        let mut out = HashMap::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(Error::from)?;
+            let ids = arrow::compute::cast(batch.column(0), &DataType::Utf8)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let ids = ids
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .ok_or_else(|| Error::Internal("lift_id is not text".into()))?;
+            let values = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<arrow::array::Float64Array>()
+                .ok_or_else(|| Error::Internal("the baseline is not a double".into()))?;
+            for i in 0..batch.num_rows() {
+                if !arrow::array::Array::is_null(values, i) {
+                    out.insert(ids.value(i).to_string(), values.value(i));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs a query with the row and time limits.
     pub async fn sql(&self, sql: &str, caller: &Caller) -> Result<QueryResult> {
         let df = self.plan(sql, caller).await?;

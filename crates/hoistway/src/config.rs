@@ -45,6 +45,8 @@ pub struct AlertSettings {
     pub reorder_wait_secs: u64,
     /// How often absence is checked.
     pub tick_secs: u64,
+    /// Rate rules' baselines (from the hourly rollups) are read at each new hour and this often.
+    pub baseline_refresh_secs: u64,
     /// Resolved alerts and their history are kept this many days.
     pub history_days: u64,
     /// Delivered and dead notifications are kept this many days.
@@ -67,6 +69,7 @@ impl Default for AlertSettings {
             outage_min_lifts: 10,
             reorder_wait_secs: 30,
             tick_secs: 5,
+            baseline_refresh_secs: 900,
             history_days: 1827,
             outbox_days: 30,
             retry_schedule_secs: hoistway_alerts::notify::DEFAULT_SCHEDULE_SECS.to_vec(),

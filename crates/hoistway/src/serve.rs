@@ -162,6 +162,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         query = query.with_alerts(alerts.store().clone());
     }
     let query = Arc::new(query);
+    if let Some((alerts, _)) = &alerts {
+        // Rate rules compare each lift with its own past hours, from the stored rollups.
+        let query = query.clone();
+        alerts.set_baseline_source(Arc::new(move |counter, hour_us, weeks| {
+            let query = query.clone();
+            Box::pin(async move {
+                let column = counter
+                    .rollup_column()
+                    .ok_or_else(|| format!("no hourly rollup of {}", counter.as_str()))?;
+                query
+                    .hourly_baselines(column, hour_us, weeks)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    }
     let postgres_listener = match config.query.postgres_listen.trim() {
         "" => None,
         listen => Some(
@@ -356,6 +372,7 @@ fn open_alerts(
             .map(|s| Duration::from_secs_f64(s.max(0.0)))
             .collect(),
         tick: Duration::from_secs(settings.tick_secs.max(1)),
+        baseline_refresh: Duration::from_secs(settings.baseline_refresh_secs.max(1)),
         history: Duration::from_secs(settings.history_days.max(1) * 86_400),
         outbox_history: Duration::from_secs(settings.outbox_days.max(1) * 86_400),
     };

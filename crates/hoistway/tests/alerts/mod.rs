@@ -769,3 +769,71 @@ channel = "mqtt"
     mqtt_task.abort();
     js.delete_stream(&stream).await.unwrap();
 }
+
+/// A rate rule compares each lift with its own past: two lifts doing the same number of door
+/// cycles this hour, one usually busy and one usually quiet at this hour of the week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_rule_judges_each_lift_by_its_own_past_weeks() {
+    // Stay inside one hour for the whole test.
+    let hour = 3_600_000_000i64;
+    let now = || chrono::Utc::now().timestamp_micros();
+    if hour - now().rem_euclid(hour) < 60_000_000 {
+        tokio::time::sleep(Duration::from_micros(
+            (hour - now().rem_euclid(hour)) as u64 + 1_000_000,
+        ))
+        .await;
+    }
+    let start = now().div_euclid(hour) * hour;
+    let server = TestServer::start(&[
+        ("HOISTWAY_ALERTS__TICK_SECS", "1"),
+        ("HOISTWAY_ALERTS__BASELINE_REFRESH_SECS", "1"),
+    ]);
+    register(
+        &server,
+        "lift_id,building,site,customer,model,install_date,initial_trips\n\
+         BUSY,B1,S1,acme,m1,,0\nQUIET,B1,S1,acme,m1,,0\n",
+    )
+    .await;
+    let at = |lift: &str, seq: u64, ts_us: i64, doors: u64| {
+        let mut r = reading(lift, seq, 1);
+        r["ts"] = json!(hoistway_model::time::format_micros(ts_us));
+        r["door_cycles"] = json!(doors);
+        r
+    };
+    // The same hour of the week, one to four weeks ago: BUSY 100 cycles, QUIET 10.
+    let week = 7 * 24 * hour;
+    let mut history = Vec::new();
+    for w in 1..=4i64 {
+        let t = start - w * week + 60_000_000;
+        history.push(at("BUSY", w as u64, t, 100));
+        history.push(at("QUIET", w as u64, t, 10));
+    }
+    post(&server, history).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // a baseline refresh reads them
+    // This hour both do 80 cycles.
+    let mut now_readings = Vec::new();
+    for seq in 5..=12u64 {
+        now_readings.push(at("BUSY", seq, now(), 10));
+        now_readings.push(at("QUIET", seq, now(), 10));
+    }
+    post(&server, now_readings).await;
+    until("the rate alert", Duration::from_secs(20), || async {
+        !alerts(&server, "rule=door-cycles-unusual").await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fired = alerts(&server, "rule=door-cycles-unusual").await;
+    let lifts: Vec<&str> = fired
+        .iter()
+        .map(|a| a["lift_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(lifts, ["QUIET"], "{fired:?}");
+    assert!(
+        fired[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("usual for this hour of the week: 10"),
+        "{}",
+        fired[0]
+    );
+}
