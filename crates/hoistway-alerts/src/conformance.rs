@@ -250,6 +250,28 @@ pub fn check(store: &dyn AlertStore) {
     assert!(store.events(id).unwrap().is_empty());
     assert!(store.notification(&n.id).unwrap().is_none());
 
+    // Silences.
+    let silence = crate::store::Silence {
+        id: 0,
+        rule: Some("entrapment".into()),
+        scope: Scope {
+            building: Some("B1".into()),
+            ..Scope::default()
+        },
+        starts_us: 10 * s,
+        ends_us: 20 * s,
+        by: "olga".into(),
+        reason: "lift under repair".into(),
+    };
+    let sid = store.add_silence(&silence).unwrap();
+    let listed = store.silences().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, sid);
+    assert_eq!(listed[0].reason, silence.reason);
+    assert!(store.delete_silence(sid).unwrap());
+    assert!(!store.delete_silence(sid).unwrap());
+    assert!(store.silences().unwrap().is_empty());
+
     // Channels and metadata.
     store
         .set_channel_disabled("hook", Some("410 Gone"))

@@ -38,7 +38,7 @@ pub use lifecycle::{Escalation, Route};
 pub use rule::{Rule, RuleProblem, Severity};
 pub use sqlite::SqliteAlertStore;
 pub use store::{
-    Alert, AlertEvent, AlertQuery, AlertState, AlertStore, DeliveryState, Notification,
+    Alert, AlertEvent, AlertQuery, AlertState, AlertStore, DeliveryState, Notification, Silence,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +135,8 @@ pub struct Alerts {
     tick: Duration,
     history: (Duration, Duration),
     baselines: Mutex<Option<BaselineSource>>,
+    /// The store's silences, read again when they change.
+    silences: Arc<parking_lot::RwLock<Vec<Silence>>>,
     baseline_refresh: Duration,
     /// When each rate rule's baselines were last asked for (clock µs).
     baselines_asked: Mutex<std::collections::HashMap<String, i64>>,
@@ -194,6 +196,7 @@ impl Alerts {
                     .map(|a| (rule.id.clone(), a.lift_id)),
             );
         }
+        let store_silences = store.silences()?;
         let alerts = Self {
             store,
             engine: Mutex::new(engine),
@@ -209,6 +212,7 @@ impl Alerts {
             history: (config.history, config.outbox_history),
             updates: Mutex::new(Some(tokio::sync::broadcast::channel(1024).0)),
             baselines: Mutex::new(None),
+            silences: Arc::new(parking_lot::RwLock::new(store_silences)),
             baseline_refresh: config.baseline_refresh,
             baselines_asked: Mutex::new(Default::default()),
         };
@@ -243,13 +247,15 @@ impl Alerts {
     ) -> Result<()> {
         let store = self.store.clone();
         let routes = self.routes.clone();
+        let silences = self.silences.clone();
         let (changes, result) = tokio::task::spawn_blocking(move || {
             let mut updates = Vec::new();
+            let silences = silences.read();
             let result = store.transact(&mut |tx| {
                 updates.clear();
                 for c in &changes {
-                    if let Some((alert, event)) = lifecycle::apply(tx, &c.change, &routes, c.quiet)?
-                    {
+                    let quiet = c.quiet || silences.iter().any(|s| s.covers(&c.change));
+                    if let Some((alert, event)) = lifecycle::apply(tx, &c.change, &routes, quiet)? {
                         updates.push(AlertUpdate { event, alert });
                     }
                 }
@@ -355,6 +361,29 @@ impl Alerts {
                 return;
             }
         }
+    }
+
+    /// Adds a silence (by `silence.by`); returns it with its id.
+    pub fn add_silence(&self, mut silence: Silence) -> Result<Silence> {
+        if silence.ends_us <= silence.starts_us {
+            return Err(Error::Invalid("a silence must end after it starts".into()));
+        }
+        if silence.reason.trim().is_empty() {
+            return Err(Error::Invalid("say why in `reason`".into()));
+        }
+        silence.id = self.store.add_silence(&silence)?;
+        *self.silences.write() = self.store.silences()?;
+        Ok(silence)
+    }
+
+    pub fn delete_silence(&self, id: i64) -> Result<bool> {
+        let deleted = self.store.delete_silence(id)?;
+        *self.silences.write() = self.store.silences()?;
+        Ok(deleted)
+    }
+
+    pub fn silences(&self) -> Vec<Silence> {
+        self.silences.read().clone()
     }
 
     /// Where rate rules get their baselines.
@@ -722,6 +751,70 @@ mod tests {
                 (E::Escalated, "L1".to_string()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_silenced_building_records_its_alerts_but_notifies_nobody() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(SqliteAlertStore::in_memory().unwrap());
+        let config = AlertsConfig {
+            routes: vec![Route {
+                channel: "ops".into(),
+                min_severity: Severity::Info,
+                customers: vec![],
+                buildings: vec![],
+                rules: vec![],
+                events: vec![store::EventKind::Fired],
+            }],
+            ..AlertsConfig::default()
+        };
+        let alerts = Alerts::open(store.clone(), config, vec![], clock.clone()).unwrap();
+        let silence = alerts
+            .add_silence(Silence {
+                id: 0,
+                rule: Some("entrapment".into()),
+                scope: rule::Scope {
+                    building: Some("acme-b1".into()),
+                    ..Default::default()
+                },
+                starts_us: T0,
+                ends_us: T0 + 3_600_000_000,
+                by: "olga".into(),
+                reason: "rescue drill".into(),
+            })
+            .unwrap();
+        assert!(silence.id > 0);
+        let trapped = |id: &str, customer: &str| {
+            let mut r = reading(id, 1, 20.0);
+            r.events = vec![EventKind::Entrapment];
+            item(r, &lift(id, customer))
+        };
+        alerts.accept(&SinkBatch {
+            offset: 0,
+            items: vec![trapped("L1", "acme"), trapped("L2", "globex")],
+        });
+        alerts.flush().await.unwrap();
+        assert_eq!(
+            store.list(&AlertQuery::default()).unwrap().len(),
+            2,
+            "both recorded"
+        );
+        let sent: Vec<i64> = store
+            .notifications(None, 10)
+            .unwrap()
+            .iter()
+            .map(|n| n.alert_id)
+            .collect();
+        let l2 = store
+            .list(&AlertQuery {
+                lift: Some("L2".into()),
+                ..Default::default()
+            })
+            .unwrap()[0]
+            .id;
+        assert_eq!(sent, vec![l2], "only the lift outside the silence notifies");
+        assert!(alerts.delete_silence(silence.id).unwrap());
+        assert!(alerts.silences().is_empty());
     }
 
     #[tokio::test]

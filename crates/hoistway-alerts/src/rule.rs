@@ -54,13 +54,28 @@ pub struct Scope {
 
 impl Scope {
     pub fn matches(&self, lift: &LiftInfo) -> bool {
+        self.matches_parts(
+            lift.lift_id.as_str(),
+            &lift.customer,
+            &lift.building,
+            &lift.model,
+        )
+    }
+
+    pub fn matches_parts(
+        &self,
+        lift_id: &str,
+        customer: &str,
+        building: &str,
+        model: &str,
+    ) -> bool {
         fn eq(want: &Option<String>, have: &str) -> bool {
             want.as_deref().is_none_or(|w| w == have)
         }
-        eq(&self.customer, &lift.customer)
-            && eq(&self.building, &lift.building)
-            && eq(&self.model, &lift.model)
-            && eq(&self.lift, lift.lift_id.as_str())
+        eq(&self.customer, customer)
+            && eq(&self.building, building)
+            && eq(&self.model, model)
+            && eq(&self.lift, lift_id)
     }
 }
 

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::rule::{Rule, Severity};
 use crate::store::{
-    Alert, AlertEvent, AlertQuery, AlertStore, AlertTx, DeliveryState, Notification,
+    Alert, AlertEvent, AlertQuery, AlertStore, AlertTx, DeliveryState, Notification, Silence,
 };
 use crate::{Error, Result};
 
@@ -40,6 +40,8 @@ pub const MIGRATIONS: &[&str] = &["
     CREATE INDEX outbox_seq ON outbox (seq);
     CREATE TABLE disabled_channels (channel TEXT PRIMARY KEY, reason TEXT NOT NULL);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE silences (id INTEGER PRIMARY KEY AUTOINCREMENT, ends_us INTEGER NOT NULL,
+                           body TEXT NOT NULL);
 "];
 
 pub struct SqliteAlertStore {
@@ -431,8 +433,49 @@ impl AlertStore for SqliteAlertStore {
                 [outbox_before_us],
             )
             .map_err(storage)?;
+        tx.execute(
+            "DELETE FROM silences WHERE ends_us < ?1",
+            [outbox_before_us],
+        )
+        .map_err(storage)?;
         tx.commit().map_err(storage)?;
         Ok((alerts as u64, notifications as u64))
+    }
+
+    fn silences(&self) -> Result<Vec<Silence>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, body FROM silences ORDER BY id")
+            .map_err(storage)?;
+        let rows: Vec<(i64, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(storage)?;
+        rows.into_iter()
+            .map(|(id, body)| {
+                let mut s: Silence = from_json(&body)?;
+                s.id = id;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    fn add_silence(&self, silence: &Silence) -> Result<i64> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO silences (ends_us, body) VALUES (?1, ?2)",
+            params![silence.ends_us, to_json(silence)],
+        )
+        .map_err(storage)?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn delete_silence(&self, id: i64) -> Result<bool> {
+        let conn = self.conn.lock();
+        let n = conn
+            .execute("DELETE FROM silences WHERE id = ?1", [id])
+            .map_err(storage)?;
+        Ok(n > 0)
     }
 
     fn disabled_channels(&self) -> Result<Vec<(String, String)>> {

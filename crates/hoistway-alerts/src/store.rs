@@ -214,6 +214,41 @@ pub struct Notification {
     pub delivered_us: Option<i64>,
 }
 
+/// A period in which matching alerts are recorded but notify nobody (maintenance work, a known
+/// outage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Silence {
+    /// Assigned by the store.
+    #[serde(default)]
+    pub id: i64,
+    /// Only this rule's alerts (none: every rule's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Which lifts (none given: the whole fleet).
+    #[serde(default)]
+    pub scope: crate::rule::Scope,
+    #[serde(rename = "starts_at", with = "rfc3339")]
+    pub starts_us: i64,
+    #[serde(rename = "ends_at", with = "rfc3339")]
+    pub ends_us: i64,
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl Silence {
+    /// Whether the change goes quiet.
+    pub fn covers(&self, c: &crate::lifecycle::Change) -> bool {
+        (self.starts_us..self.ends_us).contains(&c.at_us)
+            && self.rule.as_deref().is_none_or(|r| r == c.rule)
+            && self
+                .scope
+                .matches_parts(&c.lift_id, &c.customer, &c.building, &c.model)
+    }
+}
+
 /// A filter over alerts. Empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -285,6 +320,11 @@ pub trait AlertStore: Send + Sync + 'static {
     /// Deletes alerts resolved before `alerts_before_us` (with their events) and delivered or
     /// dead notifications created before `outbox_before_us`; returns how many of each.
     fn prune(&self, alerts_before_us: i64, outbox_before_us: i64) -> Result<(u64, u64)>;
+    /// Every silence (past ones too, until pruned), by id.
+    fn silences(&self) -> Result<Vec<Silence>>;
+    /// Adds a silence; returns its id.
+    fn add_silence(&self, silence: &Silence) -> Result<i64>;
+    fn delete_silence(&self, id: i64) -> Result<bool>;
     /// Channels disabled by a 410 Gone, with the reason.
     fn disabled_channels(&self) -> Result<Vec<(String, String)>>;
     /// Disables (`Some(reason)`) or enables a channel.

@@ -326,3 +326,94 @@ pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
     let n = run(&app, move |a| a.replay(&id)).await?;
     Ok((StatusCode::ACCEPTED, Json(n)).into_response())
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SilenceBody {
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    scope: hoistway_alerts::rule::Scope,
+    /// RFC 3339; default: now.
+    #[serde(default)]
+    starts_at: Option<String>,
+    /// RFC 3339, or `duration_secs` from the start.
+    #[serde(default)]
+    ends_at: Option<String>,
+    #[serde(default)]
+    duration_secs: Option<u64>,
+    #[serde(default)]
+    reason: String,
+}
+
+fn parse_time(field: &str, text: &str) -> ApiResult<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| {
+            Problem::invalid(
+                format!("{field} is not an RFC 3339 time"),
+                vec![FieldProblem {
+                    index: None,
+                    lift_id: None,
+                    seq: None,
+                    field: field.into(),
+                    message: e.to_string(),
+                }],
+            )
+        })
+}
+
+/// `GET /v1/silences`.
+pub async fn silences(State(app): State<AppState>) -> ApiResult<Response> {
+    let items = run(&app, |a| Ok(a.silences())).await?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// `POST /v1/silences`: `{"rule", "scope", "starts_at", "ends_at" | "duration_secs", "reason"}`.
+pub async fn add_silence(
+    State(app): State<AppState>,
+    staff: Staff,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = read_limited(body, BODY_LIMIT).await?;
+    let body: SilenceBody = json_body(&bytes)?;
+    let starts_us = match &body.starts_at {
+        Some(t) => parse_time("starts_at", t)?,
+        None => app.clock.now_us(),
+    };
+    let ends_us = match (&body.ends_at, body.duration_secs) {
+        (Some(t), None) => parse_time("ends_at", t)?,
+        (None, Some(secs)) => starts_us.saturating_add(secs.saturating_mul(1_000_000) as i64),
+        _ => {
+            return Err(Problem::bad_request(
+                "give exactly one of ends_at and duration_secs",
+            ));
+        }
+    };
+    let silence = hoistway_alerts::Silence {
+        id: 0,
+        rule: body.rule,
+        scope: body.scope,
+        starts_us,
+        ends_us,
+        by: staff.username().to_string(),
+        reason: body.reason,
+    };
+    let silence = run(&app, move |a| a.add_silence(silence)).await?;
+    Ok((StatusCode::CREATED, Json(silence)).into_response())
+}
+
+/// `DELETE /v1/silences/{id}`.
+pub async fn delete_silence(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let Ok(number) = id.parse::<i64>() else {
+        return Err(Problem::not_found(format!("silence {id:?} does not exist")));
+    };
+    if run(&app, move |a| a.delete_silence(number)).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Problem::not_found(format!("silence {id} does not exist")))
+    }
+}

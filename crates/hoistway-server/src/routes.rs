@@ -297,6 +297,24 @@ pub fn routes() -> (Router<AppState>, Rules) {
     )
     .add(
         g.clone(),
+        "/v1/silences",
+        FLEET_VIEWER,
+        get(crate::alerts::silences),
+    )
+    .add(
+        p.clone(),
+        "/v1/silences",
+        FLEET_OPERATOR,
+        post(crate::alerts::add_silence),
+    )
+    .add(
+        d.clone(),
+        "/v1/silences/{id}",
+        FLEET_OPERATOR,
+        delete(crate::alerts::delete_silence),
+    )
+    .add(
+        g.clone(),
         "/v1/notifications",
         FLEET_OPERATOR,
         get(crate::alerts::notifications),

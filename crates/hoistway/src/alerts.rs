@@ -72,6 +72,48 @@ enum AlertsCommand {
     },
     /// Send a notification again, with the same id.
     Replay { id: String },
+    /// Record but do not notify matching alerts for a while (all given must match).
+    Silence {
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        building: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        lift: Option<String>,
+        /// How long: 90s, 30m, 2h or 1d.
+        #[arg(long = "for")]
+        duration: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The silences.
+    Silences,
+    /// End a silence now.
+    Unsilence { id: i64 },
+}
+
+/// `90s`, `30m`, `2h`, `1d` (a bare number is seconds).
+fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration like 90s, 30m, 2h or 1d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => anyhow::bail!("{text:?} is not a duration like 90s, 30m, 2h or 1d"),
+    };
+    Ok(n * scale)
 }
 
 fn read_rules(file: &PathBuf) -> anyhow::Result<Vec<hoistway_alerts::Rule>> {
@@ -151,6 +193,41 @@ pub async fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
         AlertsCommand::Replay { id } => {
             let path = format!("/v1/notifications/{}/replay", encode(&id));
             call(s, Method::POST, &path, json, vec![]).await
+        }
+        AlertsCommand::Silence {
+            rule,
+            customer,
+            building,
+            model,
+            lift,
+            duration,
+            reason,
+        } => {
+            let body = serde_json::json!({
+                "rule": rule,
+                "scope": { "customer": customer, "building": building, "model": model, "lift": lift },
+                "duration_secs": parse_duration(&duration)?,
+                "reason": reason,
+            });
+            call(
+                s,
+                Method::POST,
+                "/v1/silences",
+                json,
+                serde_json::to_vec(&body)?,
+            )
+            .await
+        }
+        AlertsCommand::Silences => call(s, Method::GET, "/v1/silences", json, vec![]).await,
+        AlertsCommand::Unsilence { id } => {
+            call(
+                s,
+                Method::DELETE,
+                &format!("/v1/silences/{id}"),
+                json,
+                vec![],
+            )
+            .await
         }
     }
 }

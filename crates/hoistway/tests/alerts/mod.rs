@@ -459,6 +459,54 @@ async fn alerts_reach_a_verified_webhook_through_retries_dead_letters_replay_and
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("trips_total passed 1000000"), "{stdout}");
+
+    // A silence (by the CLI): building B1's alerts are recorded but send nothing.
+    let out = crate::common::hoistway_with_env(
+        &[
+            "alerts".as_ref(),
+            "silence".as_ref(),
+            "--server".as_ref(),
+            format!("http://{}", server.addr).as_ref(),
+            "--building".as_ref(),
+            "B1".as_ref(),
+            "--for".as_ref(),
+            "1h".as_ref(),
+            "--reason".as_ref(),
+            "rescue drill".as_ref(),
+        ],
+        &[("HOISTWAY_TOKEN", server.token.as_ref())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, before) = call(&server, "GET", "/v1/notifications?limit=1000", Value::Null).await;
+    post(
+        &server,
+        vec![with_events(reading("L1", 5, 1), &["alarm_button"])],
+    )
+    .await;
+    until(
+        "the silenced alert recorded",
+        Duration::from_secs(10),
+        || async {
+            !alerts(&server, "rule=alarm-button&lift=L1")
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, after) = call(&server, "GET", "/v1/notifications?limit=1000", Value::Null).await;
+    assert_eq!(
+        before["items"].as_array().unwrap().len(),
+        after["items"].as_array().unwrap().len(),
+        "a silenced alert makes no notification"
+    );
+    let (_, silences) = call(&server, "GET", "/v1/silences", Value::Null).await;
+    assert_eq!(silences["items"][0]["reason"], "rescue drill", "{silences}");
+    assert_eq!(silences["items"][0]["by"], "admin");
 }
 
 async fn until_dead(server: &TestServer, n: usize) -> Vec<Value> {
