@@ -131,7 +131,8 @@ pub const HOUR_US: i64 = 3_600 * US;
 
 pub struct Engine {
     config: EngineConfig,
-    rates: HashMap<(String, String), RateCount>,
+    /// Per lift, per rate rule.
+    rates: HashMap<String, HashMap<String, RateCount>>,
     baselines: HashMap<String, Baselines>,
     rules: Vec<Arc<Rule>>,
     started_us: i64,
@@ -139,6 +140,8 @@ pub struct Engine {
     with_held: BTreeSet<String>,
     /// (rule, lift) with an open absence alert.
     offline: HashSet<(String, String)>,
+    /// The lifts in `offline`, so that a reading looks them up without building a key.
+    offline_lifts: HashSet<String>,
     maintenance: HashSet<String>,
     outage: bool,
     /// After a restore, a lift whose place in its order was not saved resumes from the first
@@ -161,6 +164,7 @@ impl Engine {
             lifts: HashMap::new(),
             with_held: BTreeSet::new(),
             offline: HashSet::new(),
+            offline_lifts: HashSet::new(),
             maintenance: HashSet::new(),
             outage: false,
             resume_unknown: false,
@@ -216,7 +220,10 @@ impl Engine {
 
     /// Marks lifts offline whose absence alert is open (from the store, at start).
     pub fn set_offline(&mut self, rule_and_lift: impl IntoIterator<Item = (String, String)>) {
-        self.offline.extend(rule_and_lift);
+        for (rule, lift) in rule_and_lift {
+            self.offline_lifts.insert(lift.clone());
+            self.offline.insert((rule, lift));
+        }
     }
 
     pub fn snapshot(&self, offset: u64) -> Snapshot {
@@ -255,7 +262,7 @@ impl Engine {
             eval.last = last;
             eval.levels = levels.into_iter().collect();
         }
-        self.offline.extend(snapshot.offline);
+        self.set_offline(snapshot.offline);
         self.maintenance.extend(snapshot.maintenance);
         self.outage = snapshot.outage;
         self.resume_unknown = true;
@@ -328,10 +335,14 @@ impl Engine {
                 } => {
                     let (_, delta) = counter.read(&item.counters, r);
                     let hour = r.ts_us.div_euclid(HOUR_US) * HOUR_US;
-                    let count = self
-                        .rates
-                        .entry((rule.id.clone(), lift_id.to_string()))
-                        .or_default();
+                    if !self.rates.contains_key(lift_id) {
+                        self.rates.insert(lift_id.to_string(), HashMap::new());
+                    }
+                    let per_rule = self.rates.get_mut(lift_id).expect("inserted");
+                    if !per_rule.contains_key(&rule.id) {
+                        per_rule.insert(rule.id.clone(), RateCount::default());
+                    }
+                    let count = per_rule.get_mut(&rule.id).expect("inserted");
                     if hour < count.hour_us {
                         continue; // a late reading of an hour already judged
                     }
@@ -374,7 +385,18 @@ impl Engine {
                     }
                 }
                 Condition::Absence { .. } => {
-                    if self.offline.remove(&(rule.id.clone(), lift_id.to_string())) {
+                    if self.offline_lifts.contains(lift_id)
+                        && self.offline.remove(&(rule.id.clone(), lift_id.to_string()))
+                    {
+                        let still = self.rules.iter().any(|other| {
+                            matches!(other.when, Condition::Absence { .. })
+                                && self
+                                    .offline
+                                    .contains(&(other.id.clone(), lift_id.to_string()))
+                        });
+                        if !still {
+                            self.offline_lifts.remove(lift_id);
+                        }
                         out.push(change(
                             ChangeKind::Clear,
                             format!("{}/{lift_id}/back/{}", rule.id, r.received_us),
@@ -395,10 +417,12 @@ impl Engine {
     fn order(&mut self, item: &SinkItem, now_us: i64, quiet: bool, out: &mut Vec<Evaluated>) {
         let r = &item.reading;
         let key = (r.epoch, r.seq);
-        let eval = self
-            .lifts
-            .entry(r.lift_id.as_str().to_string())
-            .or_default();
+        // Looked up by reference: a key is allocated only for a lift seen for the first time.
+        if !self.lifts.contains_key(r.lift_id.as_str()) {
+            self.lifts
+                .insert(r.lift_id.as_str().to_string(), LiftEval::default());
+        }
+        let eval = self.lifts.get_mut(r.lift_id.as_str()).expect("inserted");
         if eval.last.is_some_and(|last| key <= last) {
             // Its place in the order has passed (the wait ran out): too late for ordered rules.
             metrics::counter!("hoistway_alerts_late_readings_total").increment(1);
@@ -547,6 +571,7 @@ impl Engine {
         }
         for (rule, lift, last) in newly {
             let id = lift.lift_id.as_str().to_string();
+            self.offline_lifts.insert(id.clone());
             self.offline.insert((rule.id.clone(), id.clone()));
             out.push(Evaluated {
                 change: change(
@@ -622,6 +647,24 @@ fn release(
     }
 }
 
+/// What an ordered rule saw, put into words only when it fires or clears.
+enum Describe<'a> {
+    Threshold(&'a crate::rule::Metric, f64, &'static str, f64),
+    Fault(Option<&'a String>),
+}
+
+impl Describe<'_> {
+    fn text(&self) -> String {
+        match self {
+            Describe::Threshold(metric, v, side, limit) => {
+                format!("{} {v} {side} {limit}", String::from((*metric).clone()))
+            }
+            Describe::Fault(Some(code)) => format!("fault {code} active"),
+            Describe::Fault(None) => "faults cleared".into(),
+        }
+    }
+}
+
 fn evaluate_ordered(
     rules: &[Arc<Rule>],
     eval: &mut LiftEval,
@@ -650,12 +693,12 @@ fn evaluate_ordered(
                     (Some(a), _) => (
                         v > *a,
                         clear_at.map_or(v <= *a, |c| v < c),
-                        format!("{} {v} above {a}", String::from(metric.clone())),
+                        Describe::Threshold(metric, v, "above", *a),
                     ),
                     (None, Some(b)) => (
                         v < *b,
                         clear_at.map_or(v >= *b, |c| v > c),
-                        format!("{} {v} below {b}", String::from(metric.clone())),
+                        Describe::Threshold(metric, v, "below", *b),
                     ),
                     (None, None) => continue,
                 };
@@ -670,16 +713,22 @@ fn evaluate_ordered(
                 )
             }
             Condition::Fault { codes } => {
-                let active: Vec<&String> = r.faults.iter().filter(|f| codes.contains(f)).collect();
-                let what = match active.first() {
-                    Some(code) => format!("fault {code} active"),
-                    None => "faults cleared".into(),
-                };
-                (!active.is_empty(), active.is_empty(), None, 1, 0, 0, what)
+                let active = r.faults.iter().find(|f| codes.contains(f));
+                (
+                    active.is_some(),
+                    active.is_none(),
+                    None,
+                    1,
+                    0,
+                    0,
+                    Describe::Fault(active),
+                )
             }
             _ => continue,
         };
-        let level = eval.levels.entry(rule.id.clone()).or_default();
+        // A copy: the map gets a key (an allocation) only when a rule's state becomes non-default.
+        let mut state = eval.levels.get(&rule.id).cloned().unwrap_or_default();
+        let level = &mut state;
         let ts = r.ts_us;
         let key = |tag: &str| {
             format!(
@@ -698,9 +747,9 @@ fn evaluate_ordered(
                     level.firing = true;
                     level.clear_since_ts = None;
                     let summary = if for_readings > 1 {
-                        format!("{what} for {} readings", level.count)
+                        format!("{} for {} readings", what.text(), level.count)
                     } else {
-                        what
+                        what.text()
                     };
                     out.push(Evaluated {
                         change: change(
@@ -730,7 +779,7 @@ fn evaluate_ordered(
                         ChangeKind::Clear,
                         key("clear"),
                         r.received_us,
-                        what,
+                        what.text(),
                         value,
                     ),
                     quiet,
@@ -739,8 +788,12 @@ fn evaluate_ordered(
         } else {
             level.clear_since_ts = None;
         }
-        if *level == Level::default() {
+        if state == Level::default() {
             eval.levels.remove(&rule.id);
+        } else if let Some(stored) = eval.levels.get_mut(&rule.id) {
+            *stored = state;
+        } else {
+            eval.levels.insert(rule.id.clone(), state);
         }
     }
 }

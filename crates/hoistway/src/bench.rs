@@ -19,38 +19,41 @@ use hyper::{Method, StatusCode};
 pub struct BenchArgs {
     /// Seconds each throughput phase runs.
     #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
+    pub(crate) seconds: f64,
     /// Concurrent keep-alive connections of the load generator (the later phases).
     #[arg(long, default_value_t = 64)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// Connection counts of the one-reading-per-request comparison.
     #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
-    connection_counts: Vec<usize>,
+    pub(crate) connection_counts: Vec<usize>,
     /// Mostly idle keep-alive connections held open in the memory phase (each posts a reading
     /// every 5 s, as a lift does every 10 s).
     #[arg(long, default_value_t = 10_000)]
-    idle_connections: usize,
+    pub(crate) idle_connections: usize,
     /// The PostgreSQL peer (libpq-style settings); empty: skip it.
     #[arg(long, default_value = "host=127.0.0.1 user=postgres dbname=test")]
-    postgres: String,
+    pub(crate) postgres: String,
     /// Lifts whose state the server holds during the memory phase.
     #[arg(long, default_value_t = 200_000)]
-    lifts: usize,
+    pub(crate) lifts: usize,
     /// Offered rate of the latency phase (readings/s, one per request).
     #[arg(long, default_value_t = 20_000)]
-    rate: u64,
+    pub(crate) rate: u64,
     /// Where the benchmark servers keep their data (a temporary dir by default).
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Run only the alerting phase (rules off vs on, critical event to a webhook).
+    #[arg(long)]
+    pub(crate) alerts_only: bool,
 }
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Proc {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Proc, Duration)> {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Proc, Duration)> {
         // A served data dir gets an admin token for the benchmark's own reads (once per dir).
         let token = match args.iter().position(|a| *a == "--data-dir") {
             Some(i) if args[0] == "serve" => {
@@ -124,25 +127,25 @@ impl Proc {
         (ticks(11) + ticks(12)) / 100.0
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn reading_json(lift: usize, seq: u64, ts: &str) -> String {
+pub(crate) fn reading_json(lift: usize, seq: u64, ts: &str) -> String {
     format!(
         r#"{{"lift_id":"BENCH-{lift:06}","seq":{seq},"ts":"{ts}","floor":3,"direction":"up","door":"closed","load_kg":240.0,"speed_mps":1.6,"motor_temp_c":41.5,"vibration_mm_s":0.8,"trips":1,"door_cycles":2,"faults":[],"events":[]}}"#
     )
 }
 
-fn now_ts() -> String {
+pub(crate) fn now_ts() -> String {
     hoistway_model::time::format_micros(hoistway_model::time::now_us())
 }
 
 impl Load {
     /// Closed loop, one reading per request, no tokens.
-    fn single(args: &BenchArgs) -> Self {
+    pub(crate) fn single(args: &BenchArgs) -> Self {
         Self {
             connections: args.connections,
             seconds: args.seconds,
@@ -155,18 +158,18 @@ impl Load {
     }
 }
 
-struct LoadResult {
-    readings: u64,
-    errors: u64,
-    elapsed: Duration,
-    latencies_us: Vec<u32>,
+pub(crate) struct LoadResult {
+    pub(crate) readings: u64,
+    pub(crate) errors: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latencies_us: Vec<u32>,
 }
 
 impl LoadResult {
-    fn per_sec(&self) -> f64 {
+    pub(crate) fn per_sec(&self) -> f64 {
         self.readings as f64 / self.elapsed.as_secs_f64()
     }
-    fn percentile_ms(&mut self, p: f64) -> f64 {
+    pub(crate) fn percentile_ms(&mut self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return 0.0;
         }
@@ -178,21 +181,21 @@ impl LoadResult {
 
 /// One load run.
 #[derive(Clone)]
-struct Load {
-    connections: usize,
-    seconds: f64,
+pub(crate) struct Load {
+    pub(crate) connections: usize,
+    pub(crate) seconds: f64,
     /// Readings per request.
-    batch: usize,
-    lifts: usize,
+    pub(crate) batch: usize,
+    pub(crate) lifts: usize,
     /// Total readings/s: an open loop measured from the scheduled send time (`None`: closed).
-    rate: Option<u64>,
-    seq_base: u64,
+    pub(crate) rate: Option<u64>,
+    pub(crate) seq_base: u64,
     /// Each lift's access token, sent with its readings (one reading per request).
-    tokens: Option<Arc<Vec<String>>>,
+    pub(crate) tokens: Option<Arc<Vec<String>>>,
 }
 
 /// Closed loop: every connection sends as fast as answers come, unless `rate` is set.
-async fn load(addr: SocketAddr, spec: Load) -> LoadResult {
+pub(crate) async fn load(addr: SocketAddr, spec: Load) -> LoadResult {
     let Load {
         connections,
         seconds,
@@ -351,7 +354,7 @@ async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
 }
 
 /// Waits until the processor has applied everything in the log.
-async fn wait_processed(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn wait_processed(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     while metric(addr, "hoistway_processor_lag_records").await? > 0.0 {
         anyhow::ensure!(Instant::now() < deadline, "processor did not catch up");
@@ -376,7 +379,7 @@ fn mint_tokens(dir: &Path, lifts: usize) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-async fn register_lifts(addr: SocketAddr, lifts: usize) -> anyhow::Result<()> {
+pub(crate) async fn register_lifts(addr: SocketAddr, lifts: usize) -> anyhow::Result<()> {
     let mut csv = String::from("lift_id,building\n");
     for i in 0..lifts {
         csv.push_str(&format!("BENCH-{i:06},BB{:05}\n", i / 20));
@@ -387,7 +390,10 @@ async fn register_lifts(addr: SocketAddr, lifts: usize) -> anyhow::Result<()> {
 
 /// Closed-loop batches of 1,000 readings; returns the run and the end-to-end rate (durable
 /// and processed).
-async fn batch_phase(addr: SocketAddr, args: &BenchArgs) -> anyhow::Result<(LoadResult, f64)> {
+pub(crate) async fn batch_phase(
+    addr: SocketAddr,
+    args: &BenchArgs,
+) -> anyhow::Result<(LoadResult, f64)> {
     let t = Instant::now();
     let run = load(
         addr,
@@ -404,7 +410,7 @@ async fn batch_phase(addr: SocketAddr, args: &BenchArgs) -> anyhow::Result<(Load
     Ok((run, e2e))
 }
 
-fn serve_args(dir: &Path) -> Vec<String> {
+pub(crate) fn serve_args(dir: &Path) -> Vec<String> {
     vec![
         "serve".into(),
         "--listen".into(),
@@ -467,6 +473,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => 0,
     };
     println!();
+    if args.alerts_only {
+        return crate::bench_alerts::run(&tmp, &args).await;
+    }
 
     // 1. One reading per request: hoistway vs a bare axum handler vs PostgreSQL, at each
     // connection count.
@@ -765,6 +774,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "\nend to end with storage on / off: {:.2}\n",
         end_to_end[1] / end_to_end[0].max(1.0)
     );
+
+    // 3c. Alert rules off vs on, and how fast a critical event reaches a webhook under load.
+    crate::bench_alerts::run(&tmp, &args).await?;
 
     // 4. Memory with every lift holding state, then with many mostly idle connections.
     let summary = get_json(server.addr, "/v1/fleet/summary").await?;

@@ -4,6 +4,7 @@ mod access;
 mod admin;
 mod alerts;
 mod bench;
+mod bench_alerts;
 mod bench_pg;
 mod bench_storage;
 mod config;
