@@ -818,6 +818,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_edited_rule_starts_over_without_a_second_open_alert() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(SqliteAlertStore::in_memory().unwrap());
+        let alerts = Alerts::open(store.clone(), AlertsConfig::default(), vec![], clock).unwrap();
+        let hot = |seq| item(reading("L1", seq, 95.0), &lift("L1", "acme"));
+        let feed = |alerts: &Alerts, seqs: std::ops::RangeInclusive<u64>| {
+            for seq in seqs {
+                alerts.accept(&SinkBatch {
+                    offset: seq,
+                    items: vec![hot(seq)],
+                });
+            }
+        };
+        feed(&alerts, 1..=3);
+        alerts.flush().await.unwrap();
+        assert_eq!(store.list(&AlertQuery::default()).unwrap().len(), 1);
+        // Two readings are enough now: the rule's state starts over and fires again, which
+        // counts on the open alert.
+        let mut edited = store
+            .rules()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == "motor-hot")
+            .unwrap();
+        if let rule::Condition::Threshold { for_readings, .. } = &mut edited.when {
+            *for_readings = 2;
+        }
+        assert!(!alerts.put_rule(&edited).unwrap(), "replaced, not new");
+        feed(&alerts, 4..=5);
+        alerts.flush().await.unwrap();
+        let all = store.list(&AlertQuery::default()).unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].refires, 1);
+        // A bad rule is refused with its fields named.
+        let mut bad = edited.clone();
+        bad.id = "Bad Id".into();
+        let Err(Error::InvalidRule(problems)) = alerts.put_rule(&bad) else {
+            panic!("accepted a bad rule")
+        };
+        assert_eq!(problems[0].field, "id");
+    }
+
+    #[tokio::test]
     async fn records_before_the_snapshot_are_skipped_after_a_restart() {
         let clock = Arc::new(ManualClock::new(T0));
         let store: Arc<dyn AlertStore> = Arc::new(SqliteAlertStore::in_memory().unwrap());

@@ -17,8 +17,10 @@ pub struct Config {
     pub version: u32,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// Seconds a client has to send a request's line and headers.
+    /// Seconds a client has to send a request's line and headers, from its first byte.
     pub header_read_timeout_secs: u64,
+    /// Seconds a keep-alive connection may stay idle between requests (lifts post every 10 s).
+    pub keep_alive_idle_secs: u64,
     pub ingest: IngestConfig,
     pub log: LogConfig,
     pub processor: ProcessorSettings,
@@ -312,6 +314,7 @@ impl Default for Config {
             data_dir: PathBuf::from("hoistway-data"),
             listen: "127.0.0.1:8080".parse().unwrap(),
             header_read_timeout_secs: 10,
+            keep_alive_idle_secs: 75,
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
             processor: ProcessorSettings::default(),

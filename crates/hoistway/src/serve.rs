@@ -285,6 +285,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     println!("hoistway listening on {scheme}://{addr}");
 
     let header_read_timeout_secs = config.header_read_timeout_secs;
+    let keep_alive_idle_secs = config.keep_alive_idle_secs;
     let mut serve_shutdown = shutdown_rx.clone();
     let task = tokio::spawn(async move {
         let graceful = async move {
@@ -296,6 +297,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             router,
             hoistway_server::listen::ConnLimits {
                 header_read_timeout: Duration::from_secs(header_read_timeout_secs.max(1)),
+                idle_timeout: Duration::from_secs(keep_alive_idle_secs.max(1)),
                 ..Default::default()
             },
             acceptors,

@@ -548,6 +548,40 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
     assert_eq!(server.get("/healthz").await.status, 200);
 }
 
+/// The head deadline runs from a request's first byte, not while a keep-alive connection waits
+/// between requests: a lift posting every 10 s keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_longer_than_the_head_deadline_stays_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&[
+        ("HOISTWAY_HEADER_READ_TIMEOUT_SECS", "1"),
+        ("HOISTWAY_KEEP_ALIVE_IDLE_SECS", "4"),
+    ]);
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    let answer = async |conn: &mut tokio::net::TcpStream| {
+        conn.write_all(request).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(answer(&mut conn).await.starts_with("HTTP/1.1 200"));
+    // Idle for twice the head deadline, then the same connection again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(answer(&mut conn).await.starts_with("HTTP/1.1 200"));
+    // Idle past the idle limit: the server closes it.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), conn.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed after the idle limit: {read:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn factory_provisioned_lifts_exchange_their_code_once() {
     let server = TestServer::start(&[("HOISTWAY_AUTH__DEVICES", "required")]);
