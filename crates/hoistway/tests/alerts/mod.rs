@@ -13,6 +13,30 @@ use crate::common::{Events, TestServer, http, reading, register};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// Starts one of this folder's Python servers, which prints its port on its first line.
+fn python_server(script: &str, args: &[&std::ffi::OsStr]) -> (std::process::Child, u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/alerts")
+        .join(script);
+    let mut child = std::process::Command::new(crate::test_python())
+        .arg(&script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{} printed {line:?}, not its port", script.display()));
+    (child, port)
+}
+
 /// The Python receiver of `webhook_receiver.py`, stopped when dropped.
 struct Receiver {
     child: std::process::Child,
@@ -24,21 +48,8 @@ impl Receiver {
     fn start(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("mode"), "fail").unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/alerts/webhook_receiver.py");
-        let mut child = std::process::Command::new(crate::test_python())
-            .arg(script)
-            .arg(dir)
-            .arg(SECRET)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let port = line.trim().parse().expect("the receiver prints its port");
+        let (child, port) =
+            python_server("webhook_receiver.py", &[dir.as_os_str(), SECRET.as_ref()]);
         Self {
             child,
             dir: dir.to_path_buf(),
@@ -614,20 +625,7 @@ struct SmtpSink {
 impl SmtpSink {
     fn start(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/alerts/smtp_sink.py");
-        let mut child = std::process::Command::new(crate::test_python())
-            .arg(script)
-            .arg(dir)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let port = line.trim().parse().expect("the SMTP sink prints its port");
+        let (child, port) = python_server("smtp_sink.py", &[dir.as_os_str()]);
         Self {
             child,
             dir: dir.to_path_buf(),
