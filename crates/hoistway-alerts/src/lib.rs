@@ -121,8 +121,13 @@ const SEEDED: &str = "default_rules_seeded";
 /// The alerting service.
 pub struct Alerts {
     store: Arc<dyn AlertStore>,
-    engine: Mutex<Engine>,
-    pending: Mutex<Vec<engine::Evaluated>>,
+    engine: Arc<Mutex<Engine>>,
+    pending: Arc<Mutex<Vec<engine::Evaluated>>>,
+    /// Accepted batches go to the evaluation thread, so that rules never slow the processor.
+    to_evaluate: std::sync::mpsc::SyncSender<(Vec<hoistway_processor::SinkItem>, i64)>,
+    /// Batches handed to the evaluation thread, and (from it) how many it has evaluated.
+    sent: std::sync::atomic::AtomicU64,
+    evaluated: watch::Receiver<u64>,
     routes: Vec<Route>,
     escalations: Vec<Escalation>,
     clock: Arc<dyn Clock>,
@@ -130,7 +135,7 @@ pub struct Alerts {
     skip_below: Offset,
     /// Serialises writes of changes (the writer task and checkpoints).
     flush_lock: tokio::sync::Mutex<()>,
-    wake_writer: Notify,
+    wake_writer: Arc<Notify>,
     wake_dispatcher: Arc<Notify>,
     tick: Duration,
     history: (Duration, Duration),
@@ -197,16 +202,23 @@ impl Alerts {
             );
         }
         let store_silences = store.silences()?;
+        let engine = Arc::new(Mutex::new(engine));
+        let pending = Arc::new(Mutex::new(Vec::new()));
+        let wake_writer = Arc::new(Notify::new());
+        let (to_evaluate, evaluated) = spawn_evaluator(&engine, &pending, &wake_writer)?;
         let alerts = Self {
             store,
-            engine: Mutex::new(engine),
-            pending: Mutex::new(Vec::new()),
+            engine,
+            pending,
+            to_evaluate,
+            sent: std::sync::atomic::AtomicU64::new(0),
+            evaluated,
             routes: config.routes,
             escalations: config.escalations,
             clock,
             skip_below,
             flush_lock: tokio::sync::Mutex::new(()),
-            wake_writer: Notify::new(),
+            wake_writer,
             wake_dispatcher: Arc::new(Notify::new()),
             tick: config.tick,
             history: (config.history, config.outbox_history),
@@ -231,12 +243,24 @@ impl Alerts {
 
     /// Records what the engine found so far and wakes the dispatcher.
     pub async fn flush(&self) -> Result<()> {
+        self.evaluated_all().await?;
         let _guard = self.flush_lock.lock().await;
         let changes = std::mem::take(&mut *self.pending.lock());
         if changes.is_empty() {
             return Ok(());
         }
         self.write(changes, None).await
+    }
+
+    /// Waits until the evaluation thread has evaluated every batch accepted so far.
+    async fn evaluated_all(&self) -> Result<()> {
+        let target = self.sent.load(std::sync::atomic::Ordering::Acquire);
+        let mut evaluated = self.evaluated.clone();
+        evaluated
+            .wait_for(|done| *done >= target)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Storage("the alert evaluation thread stopped".into()))
     }
 
     /// Writes `changes` (and a snapshot) in one transaction; on failure puts them back.
@@ -586,6 +610,42 @@ impl Alerts {
     }
 }
 
+type Evaluator = (
+    std::sync::mpsc::SyncSender<(Vec<hoistway_processor::SinkItem>, i64)>,
+    watch::Receiver<u64>,
+);
+
+/// The thread that runs the rules over accepted batches, in the order accepted.
+fn spawn_evaluator(
+    engine: &Arc<Mutex<Engine>>,
+    pending: &Arc<Mutex<Vec<engine::Evaluated>>>,
+    wake_writer: &Arc<Notify>,
+) -> Result<Evaluator> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<hoistway_processor::SinkItem>, i64)>(64);
+    let (done_tx, done_rx) = watch::channel(0u64);
+    let (engine, pending, wake) = (engine.clone(), pending.clone(), wake_writer.clone());
+    std::thread::Builder::new()
+        .name("hoistway-alerts".into())
+        .spawn(move || {
+            let mut out = Vec::new();
+            while let Ok((items, now)) = rx.recv() {
+                {
+                    let mut engine = engine.lock();
+                    for item in &items {
+                        engine.evaluate(item, now, &mut out);
+                    }
+                }
+                if !out.is_empty() {
+                    pending.lock().append(&mut out);
+                    wake.notify_one();
+                }
+                done_tx.send_modify(|done| *done += 1);
+            }
+        })
+        .map_err(|e| Error::Storage(format!("cannot start the alert evaluation thread: {e}")))?;
+    Ok((tx, done_rx))
+}
+
 #[async_trait::async_trait]
 impl Sink for Alerts {
     fn name(&self) -> &'static str {
@@ -596,21 +656,23 @@ impl Sink for Alerts {
         if batch.offset < self.skip_below {
             return;
         }
-        let now = self.clock.now_us();
-        let mut out = Vec::new();
-        {
-            let mut engine = self.engine.lock();
-            for item in &batch.items {
-                engine.evaluate(item, now, &mut out);
-            }
+        // Only readings that counted reach the rules; a resend costs nothing here.
+        let items: Vec<_> = batch.items.iter().filter(|i| i.counted).cloned().collect();
+        if items.is_empty() {
+            return;
         }
-        if !out.is_empty() {
-            self.pending.lock().extend(out);
-            self.wake_writer.notify_one();
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // Bounded: when the rules fall behind, the processor waits rather than memory grows.
+        if self.to_evaluate.send((items, self.clock.now_us())).is_err() {
+            tracing::error!("the alert evaluation thread stopped; alerts are not evaluated");
         }
     }
 
     async fn commit(&self, through: Offset) -> Result<(), SinkError> {
+        // Everything accepted below `through` is evaluated before the snapshot says so.
+        self.evaluated_all()
+            .await
+            .map_err(|e| SinkError::new("alerts", through, e))?;
         let _guard = self.flush_lock.lock().await;
         let (changes, snapshot) = {
             let engine = self.engine.lock();
