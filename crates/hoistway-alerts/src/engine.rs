@@ -525,42 +525,43 @@ impl Engine {
             hold_secs: 0,
             when: Condition::Absence { after_secs: None },
         };
-        if newly.len() >= limit {
-            if !self.outage {
-                self.outage = true;
-                let mut c = change(
-                    &outage_rule,
-                    &fleet,
-                    ChangeKind::Fire,
-                    format!("{INGEST_OUTAGE}/{now_us}/fire"),
-                    now_us,
-                    format!("{} of {reporting} reporting lifts went silent", newly.len()),
-                    Some(newly.len() as f64),
-                );
-                c.lift_id.clear();
-                out.push(Evaluated {
-                    change: c,
-                    quiet: false,
-                });
-            }
-            return;
-        }
-        if self.outage {
-            self.outage = false;
+        let silent = newly.len();
+        // The fleet-wide alert: not of any one lift.
+        let mut outage = |kind, tag: &str, summary: String| {
+            let key = format!("{INGEST_OUTAGE}/{now_us}/{tag}");
             let mut c = change(
                 &outage_rule,
                 &fleet,
-                ChangeKind::Clear,
-                format!("{INGEST_OUTAGE}/{now_us}/clear"),
+                kind,
+                key,
                 now_us,
-                format!("{} lifts newly silent", newly.len()),
-                Some(newly.len() as f64),
+                summary,
+                Some(silent as f64),
             );
             c.lift_id.clear();
             out.push(Evaluated {
                 change: c,
                 quiet: false,
             });
+        };
+        if silent >= limit {
+            if !self.outage {
+                self.outage = true;
+                outage(
+                    ChangeKind::Fire,
+                    "fire",
+                    format!("{silent} of {reporting} reporting lifts went silent"),
+                );
+            }
+            return;
+        }
+        if self.outage {
+            self.outage = false;
+            outage(
+                ChangeKind::Clear,
+                "clear",
+                format!("{silent} lifts newly silent"),
+            );
         }
         for (rule, lift, last) in newly {
             let id = lift.lift_id.as_str().to_string();

@@ -296,7 +296,9 @@ impl Alerts {
             Ok(updates) => {
                 if !updates.is_empty() {
                     self.wake_dispatcher.notify_one();
-                    self.publish_gauges();
+                    let store = self.store.clone();
+                    // A SQLite read: off the async runtime.
+                    let _ = tokio::task::spawn_blocking(move || publish_gauges(&*store)).await;
                 }
                 for update in updates {
                     self.publish(update);
@@ -337,16 +339,7 @@ impl Alerts {
     }
 
     fn publish_gauges(&self) {
-        if let Ok(counts) = self.store.open_counts() {
-            for severity in Severity::ALL {
-                let n = counts
-                    .iter()
-                    .find(|(s, _)| *s == severity)
-                    .map_or(0, |c| c.1);
-                metrics::gauge!("hoistway_alerts_open", "severity" => severity.as_str())
-                    .set(n as f64);
-            }
-        }
+        publish_gauges(&*self.store);
     }
 
     /// Records changes as they come and evaluates time-based rules every tick, until
@@ -363,10 +356,18 @@ impl Alerts {
                 _ = self.wake_writer.notified() => {}
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick = tokio::time::Instant::now() + self.tick;
-                    let lifts = presence();
-                    let mut out = Vec::new();
-                    self.engine.lock().tick(self.clock.now_us(), lifts, &mut out);
-                    self.pending.lock().extend(out);
+                    // 200,000 lifts to look at: off the async runtime.
+                    let (this, presence) = (self.clone(), presence.clone());
+                    let ticked = tokio::task::spawn_blocking(move || {
+                        let lifts = presence();
+                        let mut out = Vec::new();
+                        this.engine.lock().tick(this.clock.now_us(), lifts, &mut out);
+                        this.pending.lock().extend(out);
+                    })
+                    .await;
+                    if let Err(e) = ticked {
+                        tracing::error!(error = %e, "alert tick failed");
+                    }
                     self.refresh_baselines();
                     if let Err(e) = self.escalate().await {
                         tracing::error!(error = %e, "cannot escalate alerts; retrying");
@@ -607,6 +608,19 @@ impl Alerts {
         self.store.update_notification(&n)?;
         self.wake_dispatcher.notify_one();
         Ok(n)
+    }
+}
+
+/// Sets `hoistway_alerts_open{severity}` from the store.
+fn publish_gauges(store: &dyn AlertStore) {
+    if let Ok(counts) = store.open_counts() {
+        for severity in Severity::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == severity)
+                .map_or(0, |c| c.1);
+            metrics::gauge!("hoistway_alerts_open", "severity" => severity.as_str()).set(n as f64);
+        }
     }
 }
 
