@@ -171,7 +171,21 @@ pub fn check(store: &dyn AlertStore) {
     assert!(first[0].id > first[1].id, "newest first");
     let rest = q(&|q| q.before = Some(first[1].id));
     assert_eq!(rest.len(), 1);
-    assert_eq!(store.open_counts().unwrap(), vec![(Severity::Major, 2)]);
+    assert_eq!(store.open_counts(None).unwrap(), vec![(Severity::Major, 2)]);
+    let open_of = |c: &str| -> u64 {
+        store
+            .open_counts(Some(c))
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(
+        open_of("acme") + open_of("globex"),
+        2,
+        "each open alert has one customer"
+    );
+    assert_eq!(open_of("initech"), 0);
     assert_eq!(store.open_of_rule("motor-hot").unwrap().len(), 2);
 
     // A failing transaction leaves nothing behind.

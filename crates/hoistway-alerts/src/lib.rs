@@ -613,7 +613,7 @@ impl Alerts {
 
 /// Sets `hoistway_alerts_open{severity}` from the store.
 fn publish_gauges(store: &dyn AlertStore) {
-    if let Ok(counts) = store.open_counts() {
+    if let Ok(counts) = store.open_counts(None) {
         for severity in Severity::ALL {
             let n = counts
                 .iter()

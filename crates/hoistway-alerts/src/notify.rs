@@ -559,6 +559,18 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
     ) -> Self {
+        // Every channel's series exist from the start, so a dashboard's rates read zero, not
+        // nothing, until the first delivery or failure.
+        for name in channels.keys() {
+            let labels = [("channel", name.clone())];
+            for counter in [
+                "hoistway_notifications_delivered_total",
+                "hoistway_notification_failures_total",
+                "hoistway_notifications_dead_total",
+            ] {
+                metrics::counter!(counter, &labels).increment(0);
+            }
+        }
         Self {
             store,
             channels,

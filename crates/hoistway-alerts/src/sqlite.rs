@@ -293,16 +293,16 @@ impl AlertStore for SqliteAlertStore {
         )
     }
 
-    fn open_counts(&self) -> Result<Vec<(Severity, u64)>> {
+    fn open_counts(&self, customer: Option<&str>) -> Result<Vec<(Severity, u64)>> {
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT severity, COUNT(*) FROM alerts WHERE state IN ('firing', 'acknowledged')
-                 GROUP BY severity",
+                 AND (?1 IS NULL OR customer = ?1) GROUP BY severity",
             )
             .map_err(storage)?;
         let rows: Vec<(String, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([customer], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(|rows| rows.collect())
             .map_err(storage)?;
         Ok(rows

@@ -292,8 +292,8 @@ pub trait AlertStore: Send + Sync + 'static {
     fn list(&self, query: &AlertQuery) -> Result<Vec<Alert>>;
     /// The events of an alert, oldest first.
     fn events(&self, alert_id: i64) -> Result<Vec<AlertEvent>>;
-    /// Open alerts by severity.
-    fn open_counts(&self) -> Result<Vec<(Severity, u64)>>;
+    /// Open alerts by severity: all, or one customer's.
+    fn open_counts(&self, customer: Option<&str>) -> Result<Vec<(Severity, u64)>>;
     /// Open alerts of one rule (the engine's start: which lifts are offline).
     fn open_of_rule(&self, rule: &str) -> Result<Vec<Alert>>;
 

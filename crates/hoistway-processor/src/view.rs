@@ -74,6 +74,9 @@ pub struct FleetSummary {
     pub never_reported: u64,
     pub entrapped: u64,
     pub in_maintenance: u64,
+    /// Readings counted from these lifts since they were first seen: its change over time is
+    /// their readings rate.
+    pub readings_total: u64,
     /// Lifts with state but no registry entry (removed from the registry after reporting).
     pub unregistered_with_state: u64,
 }
@@ -84,6 +87,9 @@ pub struct ListQuery {
     pub site: Option<String>,
     pub customer: Option<String>,
     pub status: Option<LiftStatus>,
+    pub model: Option<String>,
+    /// Lifts whose id or building contains this text, ignoring case.
+    pub q: Option<String>,
     /// Return lifts whose id sorts after this one (the previous page's `next_after`).
     pub after: Option<String>,
     pub limit: Option<usize>,
@@ -106,6 +112,19 @@ pub struct Fleet {
 }
 
 pub const MAX_PAGE: usize = 1000;
+
+/// Whether `hay` contains `needle` (already lower case), without allocating for ASCII ids.
+fn contains_ignoring_case(hay: &str, needle: &str) -> bool {
+    if hay.is_ascii() && needle.is_ascii() {
+        let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
+        needle.is_empty()
+            || hay
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+    } else {
+        hay.to_lowercase().contains(needle)
+    }
+}
 
 impl Fleet {
     pub fn new(
@@ -226,10 +245,24 @@ impl Fleet {
             None => 0,
         };
         let now = self.clock.now_us();
+        let needle = q.q.as_deref().map(str::trim).filter(|n| !n.is_empty());
+        let needle = needle.map(str::to_lowercase);
         let fleet = self.state.read();
         let mut items = Vec::with_capacity(limit);
         let mut next_after = None;
         for info in &infos[start..] {
+            if q.model
+                .as_deref()
+                .is_some_and(|m| !m.is_empty() && m != info.model)
+            {
+                continue;
+            }
+            if let Some(n) = &needle
+                && !contains_ignoring_case(info.lift_id.as_str(), n)
+                && !contains_ignoring_case(&info.building, n)
+            {
+                continue;
+            }
             let state = fleet.lifts.get(info.lift_id.as_str());
             if q.status.is_some_and(|s| s != self.status(state, now)) {
                 continue;
@@ -277,6 +310,7 @@ impl Fleet {
             }
             s.entrapped += state.is_some_and(|s| s.entrapped) as u64;
             s.in_maintenance += state.is_some_and(|s| s.in_maintenance) as u64;
+            s.readings_total += state.map_or(0, |s| s.readings_total);
         }
         let whole_fleet =
             filter.building.is_none() && filter.site.is_none() && filter.customer.is_none();

@@ -200,6 +200,21 @@ pub async fn resolve(
     act(app, staff, alert_id(&id)?, body, true).await
 }
 
+/// `GET /v1/alerts/counts`: open alerts by severity (every severity named, zero included), the
+/// caller's customer's only.
+pub async fn counts(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
+    let customer = staff.customer().map(str::to_string);
+    let counts = run(&app, move |a| a.store().open_counts(customer.as_deref())).await?;
+    let open: serde_json::Map<String, serde_json::Value> = hoistway_alerts::Severity::ALL
+        .iter()
+        .map(|s| {
+            let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+            (s.as_str().to_string(), n.into())
+        })
+        .collect();
+    Ok(Json(json!({ "open": open })).into_response())
+}
+
 /// `GET /v1/alerts/stream`: server-sent events, one per alert step (`alert.fired`,
 /// `alert.acknowledged`, …, the alert as data), only the caller's customer's; `lagged` when the
 /// client fell behind and should read the list again.

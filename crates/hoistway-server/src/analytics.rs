@@ -206,13 +206,15 @@ pub async fn lift_readings(
     if from > to {
         return Err(Problem::bad_request("from is after to"));
     }
+    let bucket_minutes = q.step.as_deref().and_then(minutes_step);
     let (table, time) = match q.step.as_deref() {
         None | Some("raw") => ("readings", "ts"),
         Some("1h") => ("rollups_hourly", "hour"),
         Some("1d") => ("rollups_daily", "day"),
+        Some(_) if bucket_minutes.is_some() => ("readings", "ts"),
         Some(other) => {
             return Err(Problem::bad_request(format!(
-                "unknown step {other:?}; use raw, 1h or 1d"
+                "unknown step {other:?}; use raw, 1m to 59m, 1h or 1d"
             )));
         }
     };
@@ -232,10 +234,49 @@ pub async fn lift_readings(
                 .and(col(time).gt_eq(timestamp(from)))
                 .and(col(time).lt(timestamp(to))),
         )
-        .and_then(|df| df.sort(vec![col(time).sort(true, false)]))
+        .and_then(|df| match bucket_minutes {
+            Some(minutes) => buckets(df, minutes),
+            None => df.sort(vec![col(time).sort(true, false)]),
+        })
         .map_err(|e| query_problem(e.into()))?;
     let result = app.query.collect(df).await.map_err(query_problem)?;
     respond(format, result, started)
+}
+
+/// `Nm` for 1 to 59 minutes.
+fn minutes_step(step: &str) -> Option<i64> {
+    step.strip_suffix('m')
+        .and_then(|m| m.parse::<i64>().ok())
+        .filter(|m| (1..60).contains(m))
+}
+
+/// Raw readings aggregated into buckets of `minutes` (aligned to the epoch), named as the
+/// rollups name theirs: `time`, `readings`, `trips`, `door_cycles`, and `_avg` / `_max` of each
+/// sensor. What a chart of a day or a week reads: about as many points as it has pixels.
+fn buckets(
+    df: datafusion::dataframe::DataFrame,
+    minutes: i64,
+) -> datafusion::error::Result<datafusion::dataframe::DataFrame> {
+    use datafusion::arrow::datatypes::IntervalMonthDayNano;
+    use datafusion::functions::expr_fn::date_bin;
+    use datafusion::functions_aggregate::expr_fn::{avg, count, max, sum};
+    let stride = lit(ScalarValue::IntervalMonthDayNano(Some(
+        IntervalMonthDayNano::new(0, 0, minutes * 60_000_000_000),
+    )));
+    let mut aggregates = vec![
+        count(col("ts")).alias("readings"),
+        sum(col("trips")).alias("trips"),
+        sum(col("door_cycles")).alias("door_cycles"),
+    ];
+    for sensor in ["motor_temp_c", "vibration_mm_s", "load_kg", "speed_mps"] {
+        aggregates.push(avg(col(sensor)).alias(format!("{sensor}_avg")));
+        aggregates.push(max(col(sensor)).alias(format!("{sensor}_max")));
+    }
+    df.aggregate(
+        vec![date_bin(stride, col("ts"), timestamp(0)).alias("time")],
+        aggregates,
+    )?
+    .sort(vec![col("time").sort(true, false)])
 }
 
 /// `GET /v1/storage/status`: rows, bytes and files per tier.

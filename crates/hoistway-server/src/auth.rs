@@ -276,6 +276,7 @@ pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -
 
 /// The staff member behind a request, for handlers that scope what they show: present on every
 /// route that needs a role (the gate put it there).
+#[derive(Clone)]
 pub struct Staff(pub Principal);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Staff {
@@ -693,6 +694,26 @@ pub async fn devices(State(app): State<AppState>) -> ApiResult<Response> {
         Json(json!({ "default_mode": app.auth.config().devices, "items": devices }))
             .into_response(),
     )
+}
+
+/// `GET /v1/devices/{lift_id}`: one lift's credentials: approved (when, by whom), revoked, mode.
+pub async fn device(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let lift = parse_lift_id(&id)?;
+    let device = with_auth(&app, move |auth| auth.device(&lift)).await?;
+    let Some(d) = device else {
+        return Err(Problem::not_found(format!(
+            "lift {id:?} has never asked for credentials"
+        )));
+    };
+    Ok(Json(json!({
+        "lift_id": d.lift_id,
+        "approved_at": d.approved_us.map(micros_rfc3339),
+        "approved_by": d.approved_by,
+        "revoked_at": d.revoked_us.map(micros_rfc3339),
+        "mode": d.mode,
+        "default_mode": app.auth.config().devices,
+    }))
+    .into_response())
 }
 
 pub async fn device_revoke(

@@ -15,6 +15,7 @@ pub mod problem;
 pub mod rate;
 mod routes;
 pub mod tls;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

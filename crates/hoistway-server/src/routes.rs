@@ -155,6 +155,12 @@ pub fn routes() -> (Router<AppState>, Rules) {
         get(auth::device_request),
     )
     .add(
+        g.clone(),
+        "/v1/devices/{lift_id}",
+        FLEET_OPERATOR,
+        get(auth::device),
+    )
+    .add(
         p.clone(),
         "/v1/devices/approve",
         FLEET_OPERATOR,
@@ -220,6 +226,12 @@ pub fn routes() -> (Router<AppState>, Rules) {
     )
     .add(
         g.clone(),
+        "/v1/lifts/{lift_id}/state/stream",
+        VIEWER,
+        get(lift_state_stream),
+    )
+    .add(
+        g.clone(),
         "/v1/lifts/{lift_id}/readings",
         VIEWER,
         get(crate::analytics::lift_readings),
@@ -258,6 +270,12 @@ pub fn routes() -> (Router<AppState>, Rules) {
         "/v1/alerts/{id}",
         VIEWER,
         get(crate::alerts::show),
+    )
+    .add(
+        g.clone(),
+        "/v1/alerts/counts",
+        VIEWER,
+        get(crate::alerts::counts),
     )
     .add(
         g.clone(),
@@ -330,9 +348,7 @@ pub fn routes() -> (Router<AppState>, Rules) {
     .add(g, "/metrics", FLEET_VIEWER, get(metrics_text));
     let router = t
         .router
-        .fallback(|| async {
-            Problem::not_found("no such endpoint; the API is described in docs/api.md")
-        })
+        .fallback(crate::ui::serve)
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -774,6 +790,59 @@ async fn lift_state(
     }
 }
 
+/// How often a lift's state stream looks for a change.
+const STATE_STREAM_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /v1/lifts/{lift_id}/state/stream`: server-sent events, `state` with the lift's view (as
+/// `/state`, without `seq_ranges`) at once and whenever it changes. Ends when the server shuts
+/// down or the caller may no longer see the lift.
+async fn lift_state_stream(
+    State(app): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    parse_lift_id(&id)?;
+    let sees = move |app: &AppState, id: &str| {
+        staff.customer().is_none() || visible_lift(app, &staff, id).is_ok()
+    };
+    if !sees(&app, &id) || app.fleet.lift(&id).is_none() {
+        return Err(Problem::not_found(format!(
+            "lift {id:?} is neither registered nor reporting"
+        )));
+    }
+    let mut tick = tokio::time::interval(STATE_STREAM_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let events = futures::stream::unfold(
+        (app, id, String::new(), tick),
+        move |(app, id, mut last, mut tick)| {
+            let sees = sees.clone();
+            async move {
+                loop {
+                    tick.tick().await;
+                    if !app.is_accepting() || !sees(&app, &id) {
+                        return None;
+                    }
+                    let mut view = app.fleet.lift(&id)?;
+                    view.seq_ranges = None;
+                    let json = serde_json::to_string(&view).ok()?;
+                    if json != last {
+                        last.clone_from(&json);
+                        let event = Event::default().event("state").data(json);
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            (app, id, last, tick),
+                        ));
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 async fn building(
     State(app): State<AppState>,
     staff: Staff,
@@ -934,6 +1003,14 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
+/// A tier or kind as its JSON name (`hot`, `readings`, …), for a metric label.
+fn tier_label(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 async fn metrics_text(State(app): State<AppState>) -> Response {
     let Some(handle) = &app.metrics else {
         return Problem::not_found("metrics are disabled").into_response();
@@ -955,6 +1032,14 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     metrics::gauge!("hoistway_lifts_registered").set(app.registry.len() as f64);
     metrics::gauge!("hoistway_lifts_with_state").set(app.fleet.lifts_with_state() as f64);
     metrics::gauge!("hoistway_uptime_seconds").set(app.started.elapsed().as_secs_f64());
+    let status = app.store.status();
+    metrics::gauge!("hoistway_store_buffered_rows").set(status.buffered_rows as f64);
+    for t in status.tiers {
+        let labels = [("tier", tier_label(&t.tier)), ("kind", tier_label(&t.kind))];
+        metrics::gauge!("hoistway_store_bytes", &labels).set(t.bytes as f64);
+        metrics::gauge!("hoistway_store_rows", &labels).set(t.rows as f64);
+        metrics::gauge!("hoistway_store_files", &labels).set(t.files as f64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

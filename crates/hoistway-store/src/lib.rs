@@ -233,6 +233,14 @@ impl Store {
     /// Loads both manifests, settles a tier move that a crash interrupted, and deletes files
     /// that no manifest lists (left by a crash between writing and committing).
     pub async fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        // The write counters exist from the start, so their rates read zero before a flush.
+        for counter in [
+            "hoistway_store_flushed_rows_total",
+            "hoistway_store_flushed_bytes_total",
+            "hoistway_store_flush_failures_total",
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
         let mut hot = Manifest::load(config.hot.store.as_ref())
             .await?
             .unwrap_or_else(Manifest::new);

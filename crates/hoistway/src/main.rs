@@ -225,10 +225,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let stop = running.shutdown_handle();
     println!("data dir: {}", data_dir.display());
     println!("simulating {} lifts; Ctrl-C stops the demo", args.lifts);
+    println!();
+    println!("  web UI:   http://{addr}/");
     let token = match &admin {
         Some((password, token)) => {
-            println!("admin login: hoistway login --server http://{addr} --username admin");
-            println!("  password: {password} (the first login enrols a TOTP second factor)");
+            println!("  log in as admin, password {password}");
+            println!(
+                "  (the first login enrols a TOTP second factor: have an authenticator app at hand)"
+            );
+            println!("  CLI:      hoistway login --server http://{addr} --username admin");
+            println!();
             token.clone()
         }
         None => {

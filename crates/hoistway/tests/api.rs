@@ -3,6 +3,7 @@
 mod alerts;
 mod common;
 mod security;
+mod ui;
 
 use std::io::Write;
 use std::path::Path;
