@@ -100,7 +100,7 @@ try {
   // Accounts: an operator of the lift maker (needs TOTP), a viewer, a customer's viewer.
   step = "accounts";
   for (const [username, role, customer] of [
-    ["olivia", "operator", null],
+    ["olivia", "admin", null],
     ["victor", "viewer", null],
     ["carla", "viewer", "customer-nobody"],
   ]) {
@@ -243,6 +243,42 @@ try {
   const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download CSV" }).click()]);
   const csv = readFileSync(await download.path(), "utf8").trim().split("\n");
   check(csv[0] === "lift_id,readings_total" && csv.length === 6, `the CSV: ${csv.join(" / ")}`);
+
+  // Rules: a bad id is shown beside the field, then the rule is saved and listed.
+  step = "rules";
+  await page.getByRole("link", { name: "Rules" }).click();
+  await page.getByRole("button", { name: "New rule" }).click();
+  await page.getByLabel(/^Id/).fill("Bad Id!");
+  await page.getByLabel(/^Name/).fill("Motor hot (UI)");
+  await page.getByRole("button", { name: "Save rule" }).click();
+  await page.locator("#err-id").waitFor();
+  check((await page.getByLabel(/^Id/).getAttribute("aria-invalid")) === "true", "the id field is marked invalid");
+  await shot(page, "rules");
+  await axe(page, "rules");
+  await page.getByLabel(/^Id/).fill("motor-hot-ui");
+  await page.getByRole("button", { name: "Save rule" }).click();
+  await page.getByRole("cell", { name: /Motor hot \(UI\)/ }).waitFor();
+  const rules = await api("GET", "/v1/alert-rules");
+  check(rules.json.items.some((r) => r.id === "motor-hot-ui" && r.when.kind === "threshold"), "the server has the new rule");
+
+  // Users, API tokens, the audit log, dead letters and storage.
+  step = "admin pages";
+  await page.getByRole("link", { name: "Users" }).click();
+  await page.getByRole("cell", { name: "carla", exact: true }).waitFor();
+  await axe(page, "users");
+  await page.getByRole("link", { name: "API tokens" }).click();
+  await page.getByLabel("Name").fill("grafana");
+  await page.getByRole("button", { name: "Create token" }).click();
+  check((await page.getByTestId("new-token").textContent()).startsWith("hwt_"), "the new token is shown once");
+  await page.getByRole("cell", { name: "grafana" }).waitFor();
+  await page.getByRole("link", { name: "Audit" }).click();
+  await page.getByLabel("Action").fill("token.create");
+  await page.getByRole("cell", { name: "token.create" }).first().waitFor();
+  await page.getByRole("link", { name: "Dead letters" }).click();
+  await page.getByRole("heading", { name: "Dead letters" }).waitFor();
+  await page.getByRole("link", { name: "Storage" }).click();
+  await page.getByRole("table", { name: "Storage tiers" }).waitFor();
+  await axe(page, "storage");
 
   // Log out, then in again with a TOTP code (a step after the one used to enrol).
   step = "totp login";

@@ -141,6 +141,17 @@ export interface FieldProblem {
   message: string;
 }
 
+export interface Rule {
+  id: string;
+  name: string;
+  description?: string;
+  severity: Severity;
+  scope: { customer?: string; building?: string; model?: string; lift?: string };
+  enabled: boolean;
+  hold_secs: number;
+  when: { kind: string; [param: string]: unknown };
+}
+
 /** An RFC 9457 problem the server answered with. */
 export class ApiError extends Error {
   constructor(
@@ -192,7 +203,12 @@ export async function get<T>(path: string): Promise<T> {
 }
 
 export async function post<T>(path: string, body?: unknown): Promise<T> {
-  const resp = await request("POST", path, body ?? {});
+  return send<T>("POST", path, body ?? {});
+}
+
+/** A change (`POST`, `PUT`, `PATCH`, `DELETE`); `undefined` for 204. */
+export async function send<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const resp = await request(method, path, body);
   return resp.status === 204 ? (undefined as T) : resp.json();
 }
 

@@ -12,6 +12,9 @@ import { Lift } from "./pages/Lift";
 import { Alerts } from "./pages/Alerts";
 import { Activate } from "./pages/Activate";
 import { Sql } from "./pages/Sql";
+import { Rules } from "./pages/Rules";
+import { Audit, Tokens, Users } from "./pages/Admin";
+import { DeadLetters, Storage } from "./pages/Operations";
 
 function NotFound() {
   return (
@@ -42,6 +45,12 @@ function page(loc: Location, me: Me) {
   if (path === "/alerts") return <Alerts me={me} />;
   if (path === "/activate") return fleetStaff(me, "operator") ? <Activate /> : <Refused />;
   if (path === "/sql") return <Sql />;
+  if (path === "/rules") return fleetStaff(me, "viewer") ? <Rules me={me} /> : <Refused />;
+  if (path === "/users") return can(me, "admin") ? <Users me={me} /> : <Refused />;
+  if (path === "/audit") return can(me, "admin") ? <Audit /> : <Refused />;
+  if (path === "/tokens") return <Tokens />;
+  if (path === "/dead-letters") return <DeadLetters me={me} />;
+  if (path === "/storage") return fleetStaff(me, "viewer") ? <Storage me={me} /> : <Refused />;
   if (path === "/enrol") return <Enrol me={me} />;
   return <NotFound />;
 }
@@ -52,6 +61,12 @@ function Nav({ me, path, onLogout }: { me: Me; path: string; onLogout: () => voi
     ["/alerts", "Alerts", true],
     ["/activate", "Activate a lift", fleetStaff(me, "operator")],
     ["/sql", "SQL", true],
+    ["/rules", "Rules", fleetStaff(me, "viewer")],
+    ["/dead-letters", "Dead letters", true],
+    ["/storage", "Storage", fleetStaff(me, "viewer")],
+    ["/users", "Users", can(me, "admin")],
+    ["/audit", "Audit", can(me, "admin")],
+    ["/tokens", "API tokens", true],
   ];
   return (
     <header class="top">
