@@ -894,7 +894,27 @@ async fn a_lifts_readings_for_charts_raw_and_rolled_up() {
     // The default window is the last 24 h: the fixture is older.
     assert_eq!(get("").await.json()["row_count"], 0);
     assert_problem(&get("?from=yesterday").await, 400);
-    assert_problem(&get("?step=5m").await, 400);
+    // Minute buckets of raw readings, for a chart of a day or a week.
+    let r = get("?from=2026-01-10&to=2026-01-11&step=30m").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let rows = r.json()["rows"].as_array().unwrap().clone();
+    let sum = |f: &str| rows.iter().map(|r| r[f].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("readings"), sum("trips")), (6, 1 + 2 + 3 + 4 + 5 + 6));
+    let times: Vec<&str> = rows.iter().map(|r| r["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    assert!(
+        times
+            .iter()
+            .all(|t| t.contains(":00:00") || t.contains(":30:00")),
+        "{times:?}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["motor_temp_c_max"].as_f64() >= r["motor_temp_c_avg"].as_f64())
+    );
+    for bad in ["60m", "0m", "5x"] {
+        assert_problem(&get(&format!("?step={bad}")).await, 400);
+    }
     assert_problem(&get("?from=2026-01-11&to=2026-01-10").await, 400);
     assert_problem(&server.get("/v1/lifts/bad%20id/readings").await, 422);
 }
