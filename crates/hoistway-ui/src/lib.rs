@@ -32,6 +32,24 @@ pub fn asset(path: &str) -> Option<Asset> {
     })
 }
 
+/// Every built file (not the gzip copies), by path: what a first visit may download.
+pub fn assets() -> Vec<(String, Asset)> {
+    fn walk(dir: &'static Dir<'static>, out: &mut Vec<(String, Asset)>) {
+        for file in dir.files() {
+            let path = file.path().to_string_lossy().into_owned();
+            if let Some(a) = asset(&path) {
+                out.push((path, a));
+            }
+        }
+        for sub in dir.dirs() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&DIST, &mut out);
+    out
+}
+
 /// The page every app path (`/lifts/L-1`, `/alerts`, `/activate`, …) answers with.
 pub fn index() -> Asset {
     asset("index.html").expect("the UI build always has index.html")

@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Run only the alerting phase (rules off vs on, critical event to a webhook).
     #[arg(long)]
     pub(crate) alerts_only: bool,
+    /// Run only the web UI phase (its requests at fleet size, its download size, first render).
+    #[arg(long)]
+    pub(crate) ui_only: bool,
 }
 
 pub(crate) struct Proc {
@@ -316,11 +319,11 @@ static TOKENS: std::sync::LazyLock<
     parking_lot::Mutex<std::collections::HashMap<SocketAddr, String>>,
 > = std::sync::LazyLock::new(Default::default);
 
-fn staff_connection(addr: SocketAddr) -> Connection {
+pub(crate) fn staff_connection(addr: SocketAddr) -> Connection {
     Connection::new(addr).with_bearer(TOKENS.lock().get(&addr).cloned())
 }
 
-async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     let mut conn = staff_connection(addr);
     let r = conn
         .send(
@@ -475,6 +478,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!();
     if args.alerts_only {
         return crate::bench_alerts::run(&tmp, &args).await;
+    }
+    if args.ui_only {
+        return crate::bench_ui::run(&tmp, &args).await;
     }
 
     // 1. One reading per request: hoistway vs a bare axum handler vs PostgreSQL, at each

@@ -7,6 +7,7 @@ mod bench;
 mod bench_alerts;
 mod bench_pg;
 mod bench_storage;
+mod bench_ui;
 mod config;
 mod offline;
 mod serve;
