@@ -134,6 +134,20 @@ try {
   await page.getByTestId("rate").filter({ hasText: /^\d/ }).waitFor();
   await shot(page, "fleet");
   await axe(page, "fleet");
+  // Dark, on a phone, by keyboard.
+  await page.emulateMedia({ colorScheme: "dark" });
+  await axe(page, "fleet (dark)");
+  await shot(page, "fleet-dark");
+  await page.emulateMedia({ colorScheme: "light" });
+  await page.setViewportSize({ width: 390, height: 844 });
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  check(width <= 390, `the fleet page fits a phone's width (${width} px)`);
+  await shot(page, "fleet-phone");
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.reload();
+  await page.getByRole("link", { name: "SIM-000001" }).waitFor();
+  await page.keyboard.press("Tab");
+  check((await page.evaluate(() => document.activeElement?.textContent)) === "Skip to content", "the first Tab reaches the skip link");
   await page.getByLabel("Search").fill("SIM-000002");
   await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 1);
   check((await page.locator("tbody tr").first().textContent()).includes("SIM-000002"), "search finds the lift");
