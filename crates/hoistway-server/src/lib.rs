@@ -138,6 +138,9 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             std::time::Duration::from_secs(60),
         ))
+        // Gzip for clients that ask (the UI's chart data and lists shrink ~10×); never for
+        // server-sent events, tiny answers, or the UI's files (already gzipped).
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(tower::limit::ConcurrencyLimitLayer::new(8192))
         .with_state(state)
 }
