@@ -232,47 +232,56 @@ impl Fleet {
         Some(view)
     }
 
-    /// Registered lifts matching the query, sorted by id, one page at a time.
+    /// Registered lifts matching the query, sorted by id, one page at a time. The registry is
+    /// walked in id order from `after` in chunks, and stops once the page is full, so an early
+    /// page costs what the page costs. (The registry and the state are never locked together.)
     pub fn list(&self, q: &ListQuery) -> Page {
         let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-        let infos = self.registry.list(&LiftFilter {
+        let filter = LiftFilter {
             building: q.building.clone(),
             site: q.site.clone(),
             customer: q.customer.clone(),
-        });
-        let start = match &q.after {
-            Some(after) => infos.partition_point(|i| i.lift_id.as_str() <= after.as_str()),
-            None => 0,
         };
         let now = self.clock.now_us();
         let needle = q.q.as_deref().map(str::trim).filter(|n| !n.is_empty());
         let needle = needle.map(str::to_lowercase);
-        let fleet = self.state.read();
-        let mut items = Vec::with_capacity(limit);
-        let mut next_after = None;
-        for info in &infos[start..] {
-            if q.model
-                .as_deref()
-                .is_some_and(|m| !m.is_empty() && m != info.model)
+        let model = q.model.as_deref().filter(|m| !m.is_empty());
+        let keep = |info: &LiftInfo| {
+            model.is_none_or(|m| m == info.model)
+                && needle.as_deref().is_none_or(|n| {
+                    contains_ignoring_case(info.lift_id.as_str(), n)
+                        || contains_ignoring_case(&info.building, n)
+                })
+        };
+        // One more than the page tells whether another page follows. A status filter is
+        // decided on the state, so candidates come in larger chunks.
+        let chunk = if q.status.is_some() { 4096 } else { limit + 1 };
+        let mut items: Vec<LiftView> = Vec::with_capacity(limit + 1);
+        let mut cursor = q.after.clone();
+        loop {
+            let (infos, more) = self.registry.page(&filter, cursor.as_deref(), chunk, keep);
             {
-                continue;
+                let fleet = self.state.read();
+                for info in &infos {
+                    let state = fleet.lifts.get(info.lift_id.as_str());
+                    if q.status.is_some_and(|s| s != self.status(state, now)) {
+                        continue;
+                    }
+                    items.push(self.view(Some(info), info.lift_id.as_str(), state, now));
+                    if items.len() > limit {
+                        break;
+                    }
+                }
             }
-            if let Some(n) = &needle
-                && !contains_ignoring_case(info.lift_id.as_str(), n)
-                && !contains_ignoring_case(&info.building, n)
-            {
-                continue;
-            }
-            let state = fleet.lifts.get(info.lift_id.as_str());
-            if q.status.is_some_and(|s| s != self.status(state, now)) {
-                continue;
-            }
-            if items.len() == limit {
-                next_after = items.last().map(|v: &LiftView| v.lift_id.clone());
+            cursor = infos.last().map(|i| i.lift_id.to_string());
+            if items.len() > limit || !more {
                 break;
             }
-            items.push(self.view(Some(info), info.lift_id.as_str(), state, now));
         }
+        let next_after = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items[limit - 1].lift_id.clone()
+        });
         Page { items, next_after }
     }
 

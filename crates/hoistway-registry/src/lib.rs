@@ -147,6 +147,8 @@ pub struct Registry {
 #[derive(Default)]
 struct Catalog {
     by_id: HashMap<LiftId, Arc<LiftInfo>>,
+    /// Every id in order: a page of the list starts where the last ended, without sorting all.
+    ordered: BTreeSet<LiftId>,
     by_building: HashMap<String, BTreeSet<LiftId>>,
     /// Periods oldest first; the last is open while the lift is registered.
     history: HashMap<LiftId, Vec<Assignment>>,
@@ -158,6 +160,7 @@ impl Catalog {
         if let Some(old) = self.by_id.insert(info.lift_id.clone(), info.clone()) {
             self.unindex(&old);
         }
+        self.ordered.insert(info.lift_id.clone());
         self.by_building
             .entry(info.building.clone())
             .or_default()
@@ -167,6 +170,7 @@ impl Catalog {
     fn remove(&mut self, lift_id: &str) {
         if let Some(old) = self.by_id.remove(lift_id) {
             self.unindex(&old);
+            self.ordered.remove(lift_id);
         }
     }
 
@@ -387,6 +391,42 @@ impl Registry {
             .collect();
         out.sort_by(|a, b| a.lift_id.cmp(&b.lift_id));
         out
+    }
+
+    /// One page of the lifts matching `filter` and `keep`, by id, after `after`: at most
+    /// `limit`, and whether more follow. Walks the ids in order and stops at the page's end, so
+    /// an early page of 200,000 lifts costs what the page costs.
+    pub fn page(
+        &self,
+        filter: &LiftFilter,
+        after: Option<&str>,
+        limit: usize,
+        mut keep: impl FnMut(&LiftInfo) -> bool,
+    ) -> (Vec<Arc<LiftInfo>>, bool) {
+        use std::ops::Bound;
+        let lifts = self.lifts.read();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let ids: Box<dyn Iterator<Item = &LiftId>> = match &filter.building {
+            Some(b) => match lifts.by_building.get(b) {
+                Some(ids) => Box::new(ids.range::<str, _>((start, Bound::Unbounded))),
+                None => Box::new(std::iter::empty()),
+            },
+            None => Box::new(lifts.ordered.range::<str, _>((start, Bound::Unbounded))),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for id in ids {
+            let Some(info) = lifts.by_id.get(id) else {
+                continue;
+            };
+            if !filter.matches(info) || !keep(info) {
+                continue;
+            }
+            if out.len() == limit {
+                return (out, true);
+            }
+            out.push(info.clone());
+        }
+        (out, false)
     }
 
     /// Lifts matching `filter` and, if given, with one of `lift_ids`; sorted by id.
@@ -724,6 +764,51 @@ mod tests {
             message.contains("registry.sqlite3")
                 && message.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_page_starts_after_the_cursor_keeps_what_the_filters_keep_and_says_if_more_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("registry.sqlite3")).unwrap();
+        for i in (0..20).rev() {
+            let mut info = LiftInfo::new(LiftId::new(&format!("L{i:02}")).unwrap());
+            info.building = format!("B{}", i % 2);
+            reg.upsert(info).unwrap();
+        }
+        reg.remove("L03").unwrap();
+        let ids = |v: &[Arc<LiftInfo>]| v.iter().map(|i| i.lift_id.to_string()).collect::<Vec<_>>();
+        let all = LiftFilter::default();
+        let (page, more) = reg.page(&all, None, 3, |_| true);
+        assert_eq!(
+            (ids(&page), more),
+            (vec!["L00".into(), "L01".into(), "L02".into()], true)
+        );
+        let (page, more) = reg.page(&all, Some("L02"), 2, |_| true);
+        assert_eq!(
+            (ids(&page), more),
+            (vec!["L04".into(), "L05".into()], true),
+            "L03 is gone"
+        );
+        let odd = LiftFilter {
+            building: Some("B1".into()),
+            ..Default::default()
+        };
+        let (page, more) = reg.page(&odd, Some("L13"), 10, |_| true);
+        assert_eq!(
+            (ids(&page), more),
+            (vec!["L15".into(), "L17".into(), "L19".into()], false)
+        );
+        let (page, more) = reg.page(&all, None, 10, |i| i.lift_id.as_str().ends_with('7'));
+        assert_eq!(
+            (ids(&page), more),
+            (vec!["L07".into(), "L17".into()], false)
+        );
+        let (page, more) = reg.page(&all, Some("L19"), 10, |_| true);
+        assert!(page.is_empty() && !more);
+        assert_eq!(
+            reg.page(&all, None, 1000, |_| true).0.len(),
+            reg.list(&all).len()
         );
     }
 
