@@ -770,7 +770,7 @@ mod tests {
     #[test]
     fn a_page_starts_after_the_cursor_keeps_what_the_filters_keep_and_says_if_more_follow() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(&dir.path().join("registry.sqlite3")).unwrap();
+        let reg = Registry::open(dir.path().join("registry.sqlite3")).unwrap();
         for i in (0..20).rev() {
             let mut info = LiftInfo::new(LiftId::new(&format!("L{i:02}")).unwrap());
             info.building = format!("B{}", i % 2);
