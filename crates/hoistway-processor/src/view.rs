@@ -303,7 +303,7 @@ impl Fleet {
     /// Counts over the lifts `filter` selects (all: the default filter).
     pub fn summary(&self, filter: &LiftFilter) -> FleetSummary {
         let now = self.clock.now_us();
-        let infos = self.registry.list(filter);
+        let infos = self.registry.all(filter);
         let fleet = self.state.read();
         let mut s = FleetSummary {
             lifts: infos.len() as u64,

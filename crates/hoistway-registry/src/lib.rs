@@ -393,6 +393,29 @@ impl Registry {
         out
     }
 
+    /// The lifts matching `filter`, in no particular order: for whole-fleet passes (counts,
+    /// presence) that need no order and should not pay for sorting 200,000 ids.
+    pub fn all(&self, filter: &LiftFilter) -> Vec<Arc<LiftInfo>> {
+        let lifts = self.lifts.read();
+        match &filter.building {
+            Some(b) => lifts
+                .by_building
+                .get(b)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| lifts.by_id.get(id))
+                .filter(|l| filter.matches(l))
+                .cloned()
+                .collect(),
+            None => lifts
+                .by_id
+                .values()
+                .filter(|l| filter.matches(l))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// One page of the lifts matching `filter` and `keep`, by id, after `after`: at most
     /// `limit`, and whether more follow. Walks the ids in order and stops at the page's end, so
     /// an early page of 200,000 lifts costs what the page costs.
@@ -810,6 +833,9 @@ mod tests {
             reg.page(&all, None, 1000, |_| true).0.len(),
             reg.list(&all).len()
         );
+        let mut unordered = ids(&reg.all(&odd));
+        unordered.sort();
+        assert_eq!(unordered, ids(&reg.list(&odd)));
     }
 
     #[test]
