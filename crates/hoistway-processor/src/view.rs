@@ -209,8 +209,17 @@ impl Fleet {
         }
     }
 
+    /// One lift, registered or with state, without its dedup ranges: what a live view polls.
+    pub fn state_of(&self, lift_id: &str) -> Option<LiftView> {
+        self.one(lift_id, false)
+    }
+
     /// One lift, registered or with state; with its dedup ranges.
     pub fn lift(&self, lift_id: &str) -> Option<LiftView> {
+        self.one(lift_id, true)
+    }
+
+    fn one(&self, lift_id: &str, with_ranges: bool) -> Option<LiftView> {
         let info = self.registry.get(lift_id);
         let fleet = self.state.read();
         let state = fleet.lifts.get(lift_id);
@@ -218,17 +227,19 @@ impl Fleet {
             return None;
         }
         let mut view = self.view(info.as_deref(), lift_id, state, self.clock.now_us());
-        view.seq_ranges = state.map(|s| {
-            s.dedup
-                .epochs()
-                .iter()
-                .map(|(epoch, set)| SeqRanges {
-                    epoch: *epoch,
-                    horizon: set.horizon(),
-                    ranges: set.ranges().to_vec(),
-                })
-                .collect()
-        });
+        if with_ranges {
+            view.seq_ranges = state.map(|s| {
+                s.dedup
+                    .epochs()
+                    .iter()
+                    .map(|(epoch, set)| SeqRanges {
+                        epoch: *epoch,
+                        horizon: set.horizon(),
+                        ranges: set.ranges().to_vec(),
+                    })
+                    .collect()
+            });
+        }
         Some(view)
     }
 

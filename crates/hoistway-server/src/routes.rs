@@ -806,7 +806,7 @@ async fn lift_state_stream(
     let sees = move |app: &AppState, id: &str| {
         staff.customer().is_none() || visible_lift(app, &staff, id).is_ok()
     };
-    if !sees(&app, &id) || app.fleet.lift(&id).is_none() {
+    if !sees(&app, &id) || app.fleet.state_of(&id).is_none() {
         return Err(Problem::not_found(format!(
             "lift {id:?} is neither registered nor reporting"
         )));
@@ -823,8 +823,7 @@ async fn lift_state_stream(
                     if !app.is_accepting() || !sees(&app, &id) {
                         return None;
                     }
-                    let mut view = app.fleet.lift(&id)?;
-                    view.seq_ranges = None;
+                    let view = app.fleet.state_of(&id)?;
                     let json = serde_json::to_string(&view).ok()?;
                     if json != last {
                         last.clone_from(&json);
@@ -1003,14 +1002,6 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// A tier or kind as its JSON name (`hot`, `readings`, …), for a metric label.
-fn tier_label(value: &impl Serialize) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 async fn metrics_text(State(app): State<AppState>) -> Response {
     let Some(handle) = &app.metrics else {
         return Problem::not_found("metrics are disabled").into_response();
@@ -1035,7 +1026,7 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     let status = app.store.status();
     metrics::gauge!("hoistway_store_buffered_rows").set(status.buffered_rows as f64);
     for t in status.tiers {
-        let labels = [("tier", tier_label(&t.tier)), ("kind", tier_label(&t.kind))];
+        let labels = [("tier", t.tier.as_str()), ("kind", t.kind.dir())];
         metrics::gauge!("hoistway_store_bytes", &labels).set(t.bytes as f64);
         metrics::gauge!("hoistway_store_rows", &labels).set(t.rows as f64);
         metrics::gauge!("hoistway_store_files", &labels).set(t.files as f64);
