@@ -18,6 +18,8 @@ const INPUTS: &[&str] = &[
     "package-lock.json",
     "tsconfig.json",
     "vite.config.ts",
+    // The API document the UI's types are generated from (`npm run types`).
+    "openapi.json",
 ];
 
 fn main() {
@@ -71,7 +73,7 @@ fn build(ui: &Path, out: &Path) {
             .current_dir(ui)
             .args(["run", "build", "--", "--emptyOutDir", "--outDir"])
             .arg(out),
-        "npm run build (tsc type check, then vite build)",
+        "npm run build (API types from openapi.json, tsc type check, then vite build)",
     );
 }
 

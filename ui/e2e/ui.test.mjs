@@ -299,6 +299,20 @@ try {
   await page.getByRole("table", { name: "Storage tiers" }).waitFor();
   await axe(page, "storage");
 
+  // The API reference, read from the server's OpenAPI document.
+  step = "api reference";
+  await page.getByRole("link", { name: "API", exact: true }).click();
+  await page.getByRole("heading", { name: /Hoistway API/ }).waitFor();
+  await page.getByLabel("Find").fill("telemetry");
+  await page.getByLabel("Find").press("Enter");
+  await page.locator("summary", { hasText: "/v1/telemetry" }).click();
+  await page.getByRole("link", { name: "TelemetryReading" }).first().waitFor();
+  check((await page.locator("summary", { hasText: "/v1/sql" }).count()) === 0, "the search keeps only matching operations");
+  await page.getByRole("link", { name: "TelemetryResponse" }).first().click();
+  await page.locator("#schema-TelemetryResponse").getByText("duplicates").waitFor();
+  await axe(page, "api reference");
+  await shot(page, "api");
+
   // Log out, then in again with a TOTP code (a step after the one used to enrol).
   step = "totp login";
   await page.getByRole("button", { name: "Log out" }).click();

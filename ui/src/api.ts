@@ -1,156 +1,34 @@
 // The HTTP API (docs/api.md), as the UI uses it. The browser is signed in by the session cookie
 // that login sets; every change carries the CSRF token from the readable cookie.
 
-export type Role = "viewer" | "operator" | "admin";
-export type LiftStatus = "reporting" | "faulted" | "silent" | "never_reported";
-export type Severity = "info" | "warning" | "major" | "critical";
-export type AlertState = "firing" | "acknowledged" | "resolved";
+import type { components } from "../generated/api-schema";
 
-export interface Me {
-  username: string;
-  role: Role;
-  customer: string | null;
-  totp_enrolled: boolean;
-  second_factor: boolean;
-  recovery_codes_left: number;
-}
+/**
+ * The API's types, generated (`npm run types`, openapi-typescript) from the server's OpenAPI
+ * document committed as `ui/openapi.json`: a change to a server type that the UI does not follow
+ * fails `tsc`.
+ */
+export type Schemas = components["schemas"];
 
-export interface LoginAnswer {
-  username: string;
-  role: Role;
-  customer: string | null;
-  second_factor: boolean;
-  enrolment_required: boolean;
-}
-
-export interface LiftView {
-  lift_id: string;
-  building: string;
-  site: string;
-  customer: string;
-  model: string;
-  status: LiftStatus;
-  epoch: number | null;
-  last_seq: number | null;
-  last_ts: string | null;
-  last_received_at: string | null;
-  floor: number | null;
-  direction: "up" | "down" | "idle" | null;
-  door: string | null;
-  load_kg: number | null;
-  speed_mps: number | null;
-  motor_temp_c: number | null;
-  vibration_mm_s: number | null;
-  faults: string[];
-  entrapped: boolean;
-  in_maintenance: boolean;
-  readings_total: number;
-  trips_total: number;
-  door_cycles_total: number;
-  events_total: number;
-}
-
-export interface LiftPage {
-  items: LiftView[];
-  next_after: string | null;
-}
-
-export interface FleetSummary {
-  lifts: number;
-  reporting: number;
-  faulted: number;
-  silent: number;
-  never_reported: number;
-  entrapped: number;
-  in_maintenance: number;
-  readings_total: number;
-}
-
-export interface LiftInfo {
-  lift_id: string;
-  building: string;
-  site: string;
-  customer: string;
-  model: string;
-  install_date: string | null;
-  initial_trips: number;
-}
-
-export interface Stamp {
-  by: string;
-  at: string;
-  note?: string;
-}
-
-export interface Alert {
-  id: number;
-  rule: string;
-  rule_name: string;
-  severity: Severity;
-  state: AlertState;
-  lift_id: string;
-  customer: string;
-  building: string;
-  model: string;
-  summary: string;
-  value?: number;
-  fired_at: string;
-  last_fired_at: string;
-  refires: number;
-  acknowledged?: Stamp;
-  resolved?: Stamp;
-}
-
-export interface AlertEvent {
-  alert_id: number;
-  kind: "fired" | "refired" | "reopened" | "acknowledged" | "resolved" | "escalated";
-  at: string;
-  by: string;
-  note?: string;
-}
-
-export interface AlertPage {
-  items: Alert[];
-  next_before: string | null;
-}
-
-export interface QueryAnswer {
-  columns: { name: string; type: string }[];
-  rows: Record<string, unknown>[];
-  row_count: number;
-  truncated: boolean;
-  elapsed_ms: number;
-}
-
-export interface DeviceRequest {
-  lift_id: string;
-  user_code: string;
-  requested_at: string;
-  expires_at: string;
-  registered: boolean;
-}
-
-export interface TotpEnrolment {
-  secret: string;
-  otpauth_uri: string;
-  qr_svg: string;
-}
-
-export interface FieldProblem {
-  field: string;
-  message: string;
-}
-
-export interface Rule {
-  id: string;
-  name: string;
-  description?: string;
-  severity: Severity;
-  scope: { customer?: string; building?: string; model?: string; lift?: string };
-  enabled: boolean;
-  hold_secs: number;
-  when: { kind: string; [param: string]: unknown };
-}
+export type Role = Schemas["Role"];
+export type LiftStatus = Schemas["LiftStatus"];
+export type Severity = Schemas["Severity"];
+export type AlertState = Schemas["AlertState"];
+export type Me = Schemas["Me"];
+export type LoginAnswer = Schemas["LoginAnswer"];
+export type LiftView = Schemas["LiftView"];
+export type LiftPage = Schemas["LiftPage"];
+export type FleetSummary = Schemas["FleetSummary"];
+export type LiftInfo = Schemas["LiftInfo"];
+export type Stamp = Schemas["Stamp"];
+export type Alert = Schemas["Alert"];
+export type AlertEvent = Schemas["AlertEvent"];
+export type AlertPage = Schemas["AlertPage"];
+export type QueryAnswer = Schemas["QueryAnswer"];
+export type DeviceRequest = Schemas["DeviceRequest"];
+export type TotpEnrolment = Schemas["TotpEnrolment"];
+export type FieldProblem = Schemas["FieldProblem"];
+export type Rule = Schemas["Rule"];
 
 /** An RFC 9457 problem the server answered with. */
 export class ApiError extends Error {

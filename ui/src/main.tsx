@@ -15,6 +15,7 @@ import { Sql } from "./pages/Sql";
 import { Rules } from "./pages/Rules";
 import { Audit, Tokens, Users } from "./pages/Admin";
 import { DeadLetters, Storage } from "./pages/Operations";
+import { ApiDocs } from "./pages/ApiDocs";
 
 function NotFound() {
   return (
@@ -52,6 +53,7 @@ function page(loc: Location, me: Me) {
   if (path === "/dead-letters") return <DeadLetters me={me} />;
   if (path === "/storage") return fleetStaff(me, "viewer") ? <Storage me={me} /> : <Refused />;
   if (path === "/enrol") return <Enrol me={me} />;
+  if (path === "/api") return <ApiDocs />;
   return <NotFound />;
 }
 
@@ -67,6 +69,7 @@ function Nav({ me, path, onLogout }: { me: Me; path: string; onLogout: () => voi
     ["/users", "Users", can(me, "admin")],
     ["/audit", "Audit", can(me, "admin")],
     ["/tokens", "API tokens", true],
+    ["/api", "API", true],
   ];
   return (
     <header class="top">

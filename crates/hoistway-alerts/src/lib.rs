@@ -150,7 +150,7 @@ pub struct Alerts {
 }
 
 /// One step of an alert, as the change stream tells it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AlertUpdate {
     pub event: store::EventKind,
     pub alert: Alert,

@@ -7,7 +7,19 @@ use hoistway_registry::LiftInfo;
 use serde::{Deserialize, Serialize};
 
 /// How urgent an alert is. Ordered: `info < warning < major < critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -39,7 +51,7 @@ impl Severity {
 }
 
 /// Which lifts a rule watches. Every field given must match; none given: the whole fleet.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,7 +92,7 @@ impl Scope {
 }
 
 /// A lifetime counter of a lift (the processor's exact counts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Counter {
     TripsTotal,
@@ -175,8 +187,25 @@ impl From<Metric> for String {
     }
 }
 
+/// In the API document a metric is its name.
+impl utoipa::PartialSchema for Metric {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(
+                "^(motor_temp_c|vibration_mm_s|load_kg|speed_mps|extra\\..+)$",
+            ))
+            .description(Some(
+                "motor_temp_c, vibration_mm_s, load_kg, speed_mps or extra.<name>",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Metric {}
+
 /// What makes a rule fire, and what clears it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Condition {
     /// A lifetime counter reaches `at`, then (with `every`) `at + every`, `at + 2 × every`, …
@@ -276,7 +305,7 @@ impl Condition {
 }
 
 /// One alert rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Lower-case letters, digits, `-` and `_`; at most 64.
@@ -297,7 +326,7 @@ pub struct Rule {
 }
 
 /// A field of a rule and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RuleProblem {
     pub field: String,
     pub message: String,

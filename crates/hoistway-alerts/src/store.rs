@@ -45,7 +45,7 @@ pub(crate) mod rfc3339 {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
     Firing,
@@ -77,10 +77,11 @@ impl AlertState {
 }
 
 /// Who did something to an alert, when, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stamp {
     pub by: String,
     #[serde(rename = "at", with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at_us: i64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
@@ -88,7 +89,7 @@ pub struct Stamp {
 
 /// One alert: a rule's condition on one lift (or the fleet, `lift_id` empty), from firing to
 /// resolution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     /// Assigned by the store on insert.
     pub id: i64,
@@ -104,8 +105,10 @@ pub struct Alert {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
     #[serde(rename = "fired_at", with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub fired_us: i64,
     #[serde(rename = "last_fired_at", with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub last_fired_us: i64,
     /// Fires of the same condition while open (or within the rule's hold time after it
     /// resolved), counted instead of new alerts.
@@ -117,8 +120,9 @@ pub struct Alert {
 }
 
 /// What happened to an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = AlertEventKind)]
 pub enum EventKind {
     Fired,
     Refired,
@@ -143,7 +147,7 @@ impl EventKind {
 }
 
 /// One line of an alert's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertEvent {
     pub alert_id: i64,
     /// The idempotence key of the change that made it (`None` for a person's action): a
@@ -152,13 +156,14 @@ pub struct AlertEvent {
     pub key: Option<String>,
     pub kind: EventKind,
     #[serde(rename = "at", with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at_us: i64,
     pub by: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     Pending,
@@ -188,7 +193,7 @@ impl DeliveryState {
 
 /// One message to one channel, in the outbox. `id` is stable across retries and replays
 /// (the webhook-id, the JetStream message id): receivers drop repeats by it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notification {
     pub id: String,
     pub channel: String,
@@ -197,11 +202,13 @@ pub struct Notification {
     /// The JSON document sent.
     pub payload: serde_json::Value,
     #[serde(rename = "created_at", with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_us: i64,
     pub state: DeliveryState,
     pub attempts: u32,
     /// When the next attempt is due (pending).
     #[serde(rename = "next_at", with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub next_us: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -211,12 +218,13 @@ pub struct Notification {
         with = "rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub delivered_us: Option<i64>,
 }
 
 /// A period in which matching alerts are recorded but notify nobody (maintenance work, a known
 /// outage).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Silence {
     /// Assigned by the store.
@@ -229,8 +237,10 @@ pub struct Silence {
     #[serde(default)]
     pub scope: crate::rule::Scope,
     #[serde(rename = "starts_at", with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub starts_us: i64,
     #[serde(rename = "ends_at", with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub ends_us: i64,
     #[serde(default)]
     pub by: String,

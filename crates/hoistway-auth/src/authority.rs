@@ -38,7 +38,7 @@ pub const RECOVERY_CODES: usize = 10;
 const CACHE_MAX: usize = 1 << 20;
 
 /// Whether a lift must present a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceMode {
     /// Every reading needs the lift's access token (the default).
@@ -96,7 +96,7 @@ impl Default for AuthorityConfig {
 }
 
 /// The answer to a device authorization request (RFC 8628 §3.2).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceAuthorization {
     pub device_code: String,
     pub user_code: String,
@@ -107,7 +107,7 @@ pub struct DeviceAuthorization {
 }
 
 /// Tokens issued to a lift (RFC 6749 §5.1).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenPair {
     pub access_token: String,
     pub token_type: String,
@@ -116,7 +116,7 @@ pub struct TokenPair {
 }
 
 /// A new staff bearer token: the secret (shown once) and its record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IssuedToken {
     pub token: String,
     #[serde(flatten)]
@@ -124,7 +124,7 @@ pub struct IssuedToken {
 }
 
 /// What TOTP enrolment hands the user.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TotpEnrolment {
     pub secret: String,
     pub otpauth_uri: String,

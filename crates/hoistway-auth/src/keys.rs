@@ -46,7 +46,7 @@ pub struct KeyRing {
 }
 
 /// A key as listed (no secret).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub kid: String,
     pub created_us: i64,

@@ -20,8 +20,11 @@ pub mod sqlite;
 pub mod store;
 pub mod totp;
 
-pub use authority::{Authority, AuthorityConfig, DeviceMode, TokenPair};
-pub use keys::KeyRing;
+pub use authority::{
+    Authority, AuthorityConfig, DeviceAuthorization, DeviceMode, IssuedToken, TokenPair,
+    TotpEnrolment,
+};
+pub use keys::{KeyInfo, KeyRing};
 pub use roles::{Access, Principal, Role};
 pub use sqlite::SqliteAuthStore;
 pub use store::{

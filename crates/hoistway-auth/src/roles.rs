@@ -6,7 +6,19 @@ use hoistway_model::LiftId;
 use serde::{Deserialize, Serialize};
 
 /// A staff member's role. Each includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads lifts, buildings, state, readings, rollups, dead letters; runs SQL.

@@ -38,7 +38,7 @@ impl User {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     /// A login session (browser cookie or `hoistway login`).
@@ -65,7 +65,7 @@ impl TokenKind {
 }
 
 /// An opaque bearer token of a staff member; only its hash is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Token {
     /// Public id (shown in lists, used to revoke).
     pub id: String,
@@ -128,7 +128,7 @@ pub struct RefreshToken {
 }
 
 /// What Hoistway knows of a lift's credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Device {
     pub lift_id: LiftId,
     pub approved_us: Option<i64>,
@@ -143,7 +143,7 @@ pub struct Device {
 }
 
 /// One security-relevant action: who did what to what, and how it went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Assigned by the store, increasing.
     pub id: i64,

@@ -62,7 +62,19 @@ fn unversioned() -> u32 {
 }
 
 /// Why a reading was not applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// The lift is not in the registry (and auto-registration is off).
@@ -92,7 +104,7 @@ impl Reason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub reason: Reason,
     pub detail: String,
@@ -113,7 +125,7 @@ impl DeadLetter {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DlqFile {
     pub id: String,
     pub first_offset: u64,

@@ -71,7 +71,7 @@ pub enum BodyError {
 }
 
 /// Why one item of a body was rejected.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Rejection {
     /// Position in the array or NDJSON stream (0-based; NDJSON counts non-empty lines).
     pub index: usize,
@@ -228,14 +228,21 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 
 /// A reading as lifts send it. Unknown fields are ignored so newer firmware keeps working
 /// against an older server; model-specific metrics belong in `extra`.
-#[derive(Deserialize)]
-struct WireReading<'a> {
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = TelemetryReading)]
+pub struct WireReading<'a> {
+    /// The lift's id: 1–64 of `A-Z a-z 0-9 . _ -`.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     lift_id: Cow<'a, str>,
+    /// Raised by the controller when its sequence restarts (after a reset that lost `seq`).
     #[serde(default)]
     epoch: u64,
+    /// Increases by one per reading within an epoch: a resent reading is counted once.
     seq: u64,
+    /// The device's clock, RFC 3339 with an offset.
     #[serde(borrow)]
+    #[schema(value_type = String, format = DateTime)]
     ts: Cow<'a, str>,
     floor: i64,
     direction: Direction,
@@ -248,14 +255,18 @@ struct WireReading<'a> {
     motor_temp_c: Option<f64>,
     #[serde(default)]
     vibration_mm_s: Option<f64>,
+    /// Trips since the previous reading.
     #[serde(default)]
     trips: u64,
+    /// Door open-close cycles since the previous reading.
     #[serde(default)]
     door_cycles: u64,
     #[serde(default, borrow)]
+    #[schema(value_type = Vec<String>)]
     faults: Vec<Cow<'a, str>>,
     #[serde(default)]
     events: Vec<EventKind>,
+    /// Model-specific numeric metrics.
     #[serde(default)]
     extra: BTreeMap<String, f64>,
 }

@@ -14,7 +14,10 @@ pub mod decode;
 pub mod record;
 mod sequencer;
 
-pub use decode::{BodyError, BodyFormat, DecodeLimits, Decoded, Rejection, decode_body};
+pub use decode::{
+    BodyError, BodyFormat, DecodeLimits, Decoded, Rejection, WireReading as TelemetryReading,
+    decode_body,
+};
 pub use record::{LogBatch, RecordError};
 pub use sequencer::{
     DurableRecord, Feed, Ingest, IngestError, IngestOutcome, Sequencer, SequencerConfig, feed,

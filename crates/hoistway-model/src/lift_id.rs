@@ -88,6 +88,19 @@ impl<'de> Deserialize<'de> for LiftId {
     }
 }
 
+/// In the API document a lift id is a string of the contract's characters.
+impl utoipa::PartialSchema for LiftId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[A-Za-z0-9._-]{1,64}$"))
+            .examples([serde_json::json!("L-000042")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for LiftId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

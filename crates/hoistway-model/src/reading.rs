@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::LiftId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Up,
@@ -14,7 +14,7 @@ pub enum Direction {
     Idle,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DoorState {
     Open,
@@ -25,7 +25,19 @@ pub enum DoorState {
 }
 
 /// Discrete events a controller reports alongside a reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     AlarmButton,
@@ -77,7 +89,7 @@ pub struct ReadingKey {
 }
 
 /// A validated reading. Timestamps are microseconds since the Unix epoch (UTC).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reading {
     pub lift_id: LiftId,
     pub epoch: u64,

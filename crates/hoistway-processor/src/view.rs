@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{FleetState, LiftState};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LiftStatus {
     /// Registered, no reading ever applied.
@@ -25,7 +25,7 @@ pub enum LiftStatus {
 }
 
 /// One lift as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LiftView {
     pub lift_id: String,
     pub building: String,
@@ -58,14 +58,14 @@ pub struct LiftView {
     pub seq_ranges: Option<Vec<SeqRanges>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SeqRanges {
     pub epoch: u64,
     pub horizon: u64,
     pub ranges: Vec<(u64, u64)>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FleetSummary {
     pub lifts: u64,
     pub reporting: u64,
@@ -81,7 +81,8 @@ pub struct FleetSummary {
     pub unregistered_with_state: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub building: Option<String>,
     pub site: Option<String>,
@@ -95,7 +96,8 @@ pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = LiftPage)]
 pub struct Page {
     pub items: Vec<LiftView>,
     /// Pass as `after` to get the next page; absent on the last page.

@@ -37,7 +37,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One registered lift. `building`, `site` and `customer` are free-form ids.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LiftInfo {
     pub lift_id: LiftId,
     #[serde(default)]
@@ -56,7 +56,7 @@ pub struct LiftInfo {
 }
 
 /// Fields a change may set; absent ones keep their value.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LiftPatch {
     pub building: Option<String>,
@@ -67,7 +67,7 @@ pub struct LiftPatch {
     pub initial_trips: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     pub created: u64,
     pub updated: u64,

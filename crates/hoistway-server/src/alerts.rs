@@ -9,8 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hoistway_alerts::{Alert, AlertQuery, DeliveryState, Error as AlertError, Rule};
-use serde::Deserialize;
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::auth::Staff;
@@ -69,20 +70,72 @@ async fn visible(app: &AppState, staff: &Staff, id: i64) -> ApiResult<Alert> {
         .ok_or_else(|| Problem::not_found(format!("alert {id} does not exist")))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// `open` (firing or acknowledged), `firing`, `acknowledged` or `resolved`.
     state: Option<String>,
+    /// `info`, `warning`, `major` or `critical`.
     severity: Option<String>,
     customer: Option<String>,
     building: Option<String>,
     lift: Option<String>,
     rule: Option<String>,
+    /// Alerts with a smaller id than this (the previous page's `next_before`).
     before: Option<i64>,
+    /// 1–500; default 100.
     limit: Option<usize>,
 }
 
+/// A page of alerts, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+struct AlertPage {
+    items: Vec<Alert>,
+    /// Pass as `before` for the next page; absent on the last.
+    next_before: Option<i64>,
+}
+
+/// An alert and its history.
+#[derive(Serialize, utoipa::ToSchema)]
+struct AlertDetail {
+    alert: Alert,
+    events: Vec<hoistway_alerts::AlertEvent>,
+}
+
+/// Open alerts by severity.
+#[derive(Serialize, utoipa::ToSchema)]
+struct OpenCounts {
+    /// Every severity, zero included.
+    open: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Rules {
+    items: Vec<Rule>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Notifications {
+    items: Vec<hoistway_alerts::Notification>,
+    /// Channels turned off because their receiver said it is gone (HTTP 410).
+    disabled_channels: Vec<DisabledChannel>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct DisabledChannel {
+    channel: String,
+    reason: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Silences {
+    items: Vec<hoistway_alerts::Silence>,
+}
+
 /// `GET /v1/alerts`: newest first, filtered; `next_before` pages.
+#[utoipa::path(get, path = "/v1/alerts", summary = "List alerts", params(ListParams),
+    responses((status = 200, description = "Alerts, newest first (a customer's user sees its own)", body = AlertPage)))]
 pub async fn list(
     State(app): State<AppState>,
     staff: Staff,
@@ -131,10 +184,12 @@ pub async fn list(
     let next_before = (items.len() == limit)
         .then(|| items.last().map(|a| a.id))
         .flatten();
-    Ok(Json(json!({ "items": items, "next_before": next_before })).into_response())
+    Ok(Json(AlertPage { items, next_before }).into_response())
 }
 
 /// `GET /v1/alerts/{id}`: the alert and its history.
+#[utoipa::path(get, path = "/v1/alerts/{id}", summary = "Get an alert and its history", params(("id" = i64, Path, description = "The alert's id")),
+    responses((status = 200, description = "The alert and its history", body = AlertDetail)))]
 pub async fn show(
     State(app): State<AppState>,
     staff: Staff,
@@ -143,12 +198,14 @@ pub async fn show(
     let id = alert_id(&id)?;
     let alert = visible(&app, &staff, id).await?;
     let events = run(&app, move |a| a.store().events(id)).await?;
-    Ok(Json(json!({ "alert": alert, "events": events })).into_response())
+    Ok(Json(AlertDetail { alert, events }).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A note on an acknowledgement or resolution.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ActBody {
+    /// Up to 2,000 bytes; required when resolving by hand.
     #[serde(default)]
     note: String,
 }
@@ -181,6 +238,9 @@ async fn act(
 }
 
 /// `POST /v1/alerts/{id}/acknowledge` with `{"note": "..."}` (optional).
+#[utoipa::path(post, path = "/v1/alerts/{id}/acknowledge", summary = "Acknowledge an alert", params(("id" = i64, Path, description = "The alert's id")),
+    request_body(content = ActBody, description = "Optional"),
+    responses((status = 200, description = "The acknowledged alert", body = Alert)))]
 pub async fn acknowledge(
     State(app): State<AppState>,
     staff: Staff,
@@ -191,6 +251,8 @@ pub async fn acknowledge(
 }
 
 /// `POST /v1/alerts/{id}/resolve` with `{"note": "why"}`.
+#[utoipa::path(post, path = "/v1/alerts/{id}/resolve", summary = "Resolve an alert by hand", params(("id" = i64, Path, description = "The alert's id")), request_body = ActBody,
+    responses((status = 200, description = "The resolved alert", body = Alert)))]
 pub async fn resolve(
     State(app): State<AppState>,
     staff: Staff,
@@ -202,22 +264,26 @@ pub async fn resolve(
 
 /// `GET /v1/alerts/counts`: open alerts by severity (every severity named, zero included), the
 /// caller's customer's only.
+#[utoipa::path(get, path = "/v1/alerts/counts", summary = "Count open alerts by severity",
+    responses((status = 200, description = "Open alerts by severity", body = OpenCounts)))]
 pub async fn counts(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
     let customer = staff.customer().map(str::to_string);
     let counts = run(&app, move |a| a.store().open_counts(customer.as_deref())).await?;
-    let open: serde_json::Map<String, serde_json::Value> = hoistway_alerts::Severity::ALL
+    let open = hoistway_alerts::Severity::ALL
         .iter()
         .map(|s| {
             let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
-            (s.as_str().to_string(), n.into())
+            (s.as_str(), n)
         })
         .collect();
-    Ok(Json(json!({ "open": open })).into_response())
+    Ok(Json(OpenCounts { open }).into_response())
 }
 
 /// `GET /v1/alerts/stream`: server-sent events, one per alert step (`alert.fired`,
 /// `alert.acknowledged`, …, the alert as data), only the caller's customer's; `lagged` when the
 /// client fell behind and should read the list again.
+#[utoipa::path(get, path = "/v1/alerts/stream", summary = "Follow alert changes (server-sent events)",
+    responses((status = 200, description = "Server-sent events named `alert.fired`, `alert.acknowledged`, …, data an `AlertUpdate`; `lagged` when the client fell behind", content_type = "text/event-stream", body = String)))]
 pub async fn stream(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
@@ -255,12 +321,20 @@ pub async fn stream(State(app): State<AppState>, staff: Staff) -> ApiResult<Resp
 }
 
 /// `GET /v1/alert-rules`.
+#[utoipa::path(get, path = "/v1/alert-rules", summary = "List alert rules",
+    responses((status = 200, description = "Every rule", body = Rules)))]
 pub async fn rules(State(app): State<AppState>) -> ApiResult<Response> {
     let rules = run(&app, |a| a.store().rules()).await?;
-    Ok(Json(json!({ "items": rules })).into_response())
+    Ok(Json(Rules { items: rules }).into_response())
 }
 
 /// `PUT /v1/alert-rules/{id}`: adds or replaces a rule (201 when new).
+#[utoipa::path(put, path = "/v1/alert-rules/{id}", summary = "Add or replace an alert rule", params(("id" = String, Path)), request_body = Rule,
+    responses(
+        (status = 201, description = "Added", body = Rule),
+        (status = 200, description = "Replaced; open alerts are re-evaluated, not duplicated", body = Rule),
+        (status = 422, description = "Not a valid rule; `errors` names each field", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn put_rule(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -285,6 +359,8 @@ pub async fn put_rule(
 }
 
 /// `DELETE /v1/alert-rules/{id}`: open alerts of the rule stay until resolved.
+#[utoipa::path(delete, path = "/v1/alert-rules/{id}", summary = "Delete an alert rule", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted")))]
 pub async fn delete_rule(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -297,14 +373,19 @@ pub async fn delete_rule(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationParams {
+    /// `pending`, `delivered` or `dead`.
     state: Option<String>,
+    /// 1–1000; default 100.
     limit: Option<usize>,
 }
 
 /// `GET /v1/notifications?state=dead`: the outbox, newest first.
+#[utoipa::path(get, path = "/v1/notifications", summary = "List notifications", params(NotificationParams),
+    responses((status = 200, description = "The outbox, newest first", body = Notifications)))]
 pub async fn notifications(
     State(app): State<AppState>,
     query: Result<Query<NotificationParams>, QueryRejection>,
@@ -329,22 +410,30 @@ pub async fn notifications(
         ))
     })
     .await?;
-    let disabled: Vec<_> = disabled
+    let disabled_channels = disabled
         .into_iter()
-        .map(|(channel, reason)| json!({ "channel": channel, "reason": reason }))
+        .map(|(channel, reason)| DisabledChannel { channel, reason })
         .collect();
-    Ok(Json(json!({ "items": items, "disabled_channels": disabled })).into_response())
+    Ok(Json(Notifications {
+        items,
+        disabled_channels,
+    })
+    .into_response())
 }
 
 /// `POST /v1/notifications/{id}/replay`: sends it again with the same id.
+#[utoipa::path(post, path = "/v1/notifications/{id}/replay", summary = "Send a notification again", params(("id" = String, Path)),
+    responses((status = 202, description = "Queued again with the same id", body = hoistway_alerts::Notification)))]
 pub async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let n = run(&app, move |a| a.replay(&id)).await?;
     Ok((StatusCode::ACCEPTED, Json(n)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// A new silence: give `ends_at` or `duration_secs`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SilenceBody {
+    /// Only this rule's alerts; absent: every rule.
     #[serde(default)]
     rule: Option<String>,
     #[serde(default)]
@@ -379,12 +468,16 @@ fn parse_time(field: &str, text: &str) -> ApiResult<i64> {
 }
 
 /// `GET /v1/silences`.
+#[utoipa::path(get, path = "/v1/silences", summary = "List silences",
+    responses((status = 200, description = "Current and future silences", body = Silences)))]
 pub async fn silences(State(app): State<AppState>) -> ApiResult<Response> {
     let items = run(&app, |a| Ok(a.silences())).await?;
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(Silences { items }).into_response())
 }
 
 /// `POST /v1/silences`: `{"rule", "scope", "starts_at", "ends_at" | "duration_secs", "reason"}`.
+#[utoipa::path(post, path = "/v1/silences", summary = "Silence alerts for a while", request_body = SilenceBody,
+    responses((status = 201, description = "The silence", body = hoistway_alerts::Silence)))]
 pub async fn add_silence(
     State(app): State<AppState>,
     staff: Staff,
@@ -419,6 +512,8 @@ pub async fn add_silence(
 }
 
 /// `DELETE /v1/silences/{id}`.
+#[utoipa::path(delete, path = "/v1/silences/{id}", summary = "End a silence", params(("id" = i64, Path)),
+    responses((status = 204, description = "Deleted")))]
 pub async fn delete_silence(
     State(app): State<AppState>,
     Path(id): Path<String>,

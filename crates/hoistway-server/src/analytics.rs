@@ -12,7 +12,6 @@ use datafusion::prelude::{col, lit};
 use datafusion::scalar::ScalarValue;
 use hoistway_query::{Error as QueryError, Format, QueryResult};
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::AppState;
@@ -42,18 +41,44 @@ fn query_problem(e: QueryError) -> Problem {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A read-only SQL statement.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SqlRequest {
+    /// One `SELECT` (or `WITH … SELECT`, `EXPLAIN`, `SHOW`, `DESCRIBE`).
     sql: String,
+    /// `json` (default), `csv` or `parquet`.
     #[serde(default)]
     format: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FormatQuery {
+    /// `json` (default), `csv` or `parquet`.
     format: Option<String>,
+}
+
+/// A query's answer as JSON.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct QueryAnswer {
+    columns: Vec<Column>,
+    /// One object per row, keyed by column name.
+    #[schema(value_type = Vec<Object>)]
+    rows: Box<RawValue>,
+    row_count: usize,
+    /// The answer was cut at the row or byte limit (also the `hoistway-truncated` header).
+    truncated: bool,
+    elapsed_ms: u64,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Column {
+    name: String,
+    /// The Arrow type, e.g. `Timestamp(Microsecond, Some("UTC"))`, `Int64`, `Utf8`.
+    #[serde(rename = "type")]
+    kind: String,
 }
 
 fn parse_format(name: Option<&str>) -> ApiResult<Format> {
@@ -66,6 +91,20 @@ fn parse_format(name: Option<&str>) -> ApiResult<Format> {
 }
 
 /// `POST /v1/sql`: a read-only query, as JSON `{"sql": ..., "format": ...}` or as plain text.
+#[utoipa::path(post, path = "/v1/sql", summary = "Run a read-only SQL query", params(FormatQuery),
+    request_body(description = "JSON `{\"sql\", \"format\"}` or the statement as plain text", content(
+        (SqlRequest = "application/json"),
+        (String = "text/plain"),
+    )),
+    responses(
+        (status = 200, description = "The rows (a customer's user sees only its lifts' data); CSV or Parquet when asked", content(
+            (QueryAnswer = "application/json"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.parquet"),
+        )),
+        (status = 403, description = "Not a read-only statement", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A time, row or memory limit was hit", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn sql(
     State(app): State<AppState>,
     staff: crate::auth::Staff,
@@ -110,19 +149,22 @@ fn respond(format: Format, result: QueryResult, started: Instant) -> ApiResult<R
         let rows =
             RawValue::from_string(String::from_utf8(encoded).map_err(|e| Problem::internal(&e))?)
                 .map_err(|e| Problem::internal(&e))?;
-        let columns: Vec<_> = result
+        let columns = result
             .schema
             .fields()
             .iter()
-            .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
+            .map(|f| Column {
+                name: f.name().clone(),
+                kind: f.data_type().to_string(),
+            })
             .collect();
-        Json(json!({
-            "columns": columns,
-            "rows": rows,
-            "row_count": result.rows(),
-            "truncated": result.truncated,
-            "elapsed_ms": started.elapsed().as_millis() as u64,
-        }))
+        Json(QueryAnswer {
+            columns,
+            rows,
+            row_count: result.rows(),
+            truncated: result.truncated,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
         .into_response()
     } else {
         (
@@ -141,12 +183,17 @@ fn respond(format: Format, result: QueryResult, started: Instant) -> ApiResult<R
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadingsQuery {
+    /// RFC 3339 time or a date; default: 24 h before `to`.
     from: Option<String>,
+    /// RFC 3339 time or a date (exclusive); default: now.
     to: Option<String>,
+    /// Absent: raw readings. `1m`…`59m`: buckets of that many minutes; `1h`, `1d`: the rollups.
     step: Option<String>,
+    /// `json` (default), `csv` or `parquet`.
     format: Option<String>,
 }
 
@@ -177,6 +224,12 @@ fn timestamp(us: i64) -> datafusion::prelude::Expr {
 
 /// `GET /v1/lifts/{id}/readings?from=&to=&step=`: raw readings (default: the last 24 h), or
 /// hourly / daily rollups with `step=1h|1d`.
+#[utoipa::path(get, path = "/v1/lifts/{lift_id}/readings", summary = "Get a lift's readings or buckets for a time range", params(("lift_id" = String, Path), ReadingsQuery),
+    responses((status = 200, description = "The readings or buckets, in the SQL answer's shape", content(
+        (QueryAnswer = "application/json"),
+        (String = "text/csv"),
+        (Vec<u8> = "application/vnd.apache.parquet"),
+    ))))]
 pub async fn lift_readings(
     State(app): State<AppState>,
     staff: crate::auth::Staff,
@@ -280,11 +333,15 @@ fn buckets(
 }
 
 /// `GET /v1/storage/status`: rows, bytes and files per tier.
+#[utoipa::path(get, path = "/v1/storage/status", summary = "Get storage status per tier",
+    responses((status = 200, description = "Rows, bytes and files per tier", body = hoistway_store::StoreStatus)))]
 pub async fn storage_status(State(app): State<AppState>) -> ApiResult<Response> {
     Ok(Json(app.store.status()).into_response())
 }
 
 /// `POST /v1/storage/maintain`: run compaction, tier moves and retention now.
+#[utoipa::path(post, path = "/v1/storage/maintain", summary = "Run storage upkeep now",
+    responses((status = 200, description = "What compaction, tier moves and retention did", body = hoistway_store::MaintenanceReport)))]
 pub async fn storage_maintain(State(app): State<AppState>) -> ApiResult<Response> {
     let report = app
         .store

@@ -16,8 +16,7 @@ use axum::response::{IntoResponse, Response};
 use hoistway_auth::{Access, DeviceMode, Error as AuthError, Principal, Role};
 use hoistway_model::LiftId;
 use hoistway_registry::LiftInfo;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::problem::{ApiResult, FieldProblem, Problem};
@@ -54,7 +53,7 @@ pub async fn record(
 }
 
 /// The access rule of every route, by method and path pattern.
-pub type Rules = HashMap<(Method, &'static str), Access>;
+pub type Rules = HashMap<Method, HashMap<String, Access>>;
 
 /// What the gate needs: the app and the rule table.
 #[derive(Clone)]
@@ -220,7 +219,7 @@ pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -
     } else {
         req.method().clone()
     };
-    let Some(access) = gate.rules.get(&(method, path)).copied() else {
+    let Some(access) = gate.rules.get(&method).and_then(|r| r.get(path)).copied() else {
         // A route without a rule is a bug; refuse rather than serve it open.
         return Problem::internal(&format!("route {path} has no access rule")).into_response();
     };
@@ -435,6 +434,11 @@ fn field<'a>(fields: &'a HashMap<String, String>, name: &str) -> ApiResult<&'a s
 }
 
 /// RFC 8628 §3.1.
+#[utoipa::path(post, path = "/oauth/device_authorization", summary = "Start the device flow (RFC 8628)", request_body(description = "Form fields (RFC 6749) or the same as a JSON object", content(
+        (HashMap<String, String> = "application/x-www-form-urlencoded"),
+        (HashMap<String, String> = "application/json"),
+    )),
+    responses((status = 200, description = "RFC 8628 §3.2: show `user_code` to an operator, poll `/oauth/token` with `device_code`", body = hoistway_auth::DeviceAuthorization)))]
 pub async fn device_authorization(
     State(app): State<AppState>,
     axum::Extension(addr): axum::Extension<ClientAddr>,
@@ -451,6 +455,14 @@ pub async fn device_authorization(
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// RFC 8628 §3.4 (device code) and RFC 6749 §6 (refresh token).
+#[utoipa::path(post, path = "/oauth/token", summary = "Get or refresh a lift's tokens", request_body(description = "Form fields (RFC 6749) or the same as a JSON object", content(
+        (HashMap<String, String> = "application/x-www-form-urlencoded"),
+        (HashMap<String, String> = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "Tokens for the lift (RFC 6749 §5.1)", body = hoistway_auth::TokenPair),
+        (status = 400, description = "RFC 6749 §5.2 / RFC 8628 §3.5 `error`: `authorization_pending`, `slow_down`, `access_denied`, `expired_token`, `invalid_grant`, …", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn token(
     State(app): State<AppState>,
     axum::Extension(addr): axum::Extension<ClientAddr>,
@@ -507,6 +519,8 @@ fn no_store(mut resp: Response) -> Response {
 
 // ---- devices ----------------------------------------------------------------------------------
 
+#[utoipa::path(get, path = "/v1/devices/requests/{user_code}", summary = "Look up a device request by its user code", params(("user_code" = String, Path, description = "The code the lift shows")),
+    responses((status = 200, description = "The pending request", body = DeviceRequest)))]
 pub async fn device_request(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -516,17 +530,17 @@ pub async fn device_request(
     app.rate.code_entry(&by)?;
     let grant = with_auth(&app, move |auth| auth.pending_grant(&code)).await?;
     let registered = app.registry.get(grant.lift_id.as_str()).is_some();
-    Ok(Json(json!({
-        "lift_id": grant.lift_id,
-        "user_code": hoistway_auth::secret::display_user_code(&grant.user_code),
-        "requested_at": micros_rfc3339(grant.created_us),
-        "expires_at": micros_rfc3339(grant.expires_us),
-        "registered": registered,
-    }))
+    Ok(Json(DeviceRequest {
+        user_code: hoistway_auth::secret::display_user_code(&grant.user_code),
+        requested_at: micros_rfc3339(grant.created_us),
+        expires_at: micros_rfc3339(grant.expires_us),
+        lift_id: grant.lift_id,
+        registered,
+    })
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Decision {
     user_code: String,
@@ -541,6 +555,8 @@ struct Decision {
 
 /// An operator approves a user code: the lift is registered (or moved) into the building and
 /// may collect its tokens.
+#[utoipa::path(post, path = "/v1/devices/approve", summary = "Approve a device request", request_body = Decision,
+    responses((status = 200, description = "Approved: the lift collects its tokens at its next poll", body = Decided)))]
 pub async fn device_approve(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -599,9 +615,15 @@ pub async fn device_approve(
         "",
     )
     .await;
-    Ok(Json(json!({ "lift_id": grant.lift_id, "approved": true })).into_response())
+    Ok(Json(Decided {
+        lift_id: grant.lift_id,
+        approved: true,
+    })
+    .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/devices/deny", summary = "Deny a device request", request_body = Decision,
+    responses((status = 200, description = "Denied", body = Decided)))]
 pub async fn device_deny(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -623,10 +645,15 @@ pub async fn device_deny(
         "",
     )
     .await;
-    Ok(Json(json!({ "lift_id": grant.lift_id, "approved": false })).into_response())
+    Ok(Json(Decided {
+        lift_id: grant.lift_id,
+        approved: false,
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisionParams {
     #[serde(default)]
@@ -636,6 +663,9 @@ pub struct ProvisionParams {
 /// Factory pre-provisioning: a registry CSV in (as `POST /v1/lifts/import`, every lift with a
 /// building), `lift_id,registration_code` CSV out. The lifts are registered (all or none) and
 /// approved; each code is exchanged once for tokens and is shown only here.
+#[utoipa::path(post, path = "/v1/devices/provision", summary = "Pre-provision lifts with registration codes", params(ProvisionParams),
+    request_body(description = "A registry CSV (as `/v1/lifts/import`), every lift with a building", content((String = "text/csv"))),
+    responses((status = 200, description = "`lift_id,registration_code` CSV; each code is shown only here and exchanged once for tokens", content_type = "text/csv", body = String)))]
 pub async fn device_provision(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -688,15 +718,20 @@ pub async fn device_provision(
     Ok(resp)
 }
 
+#[utoipa::path(get, path = "/v1/devices", summary = "List lifts' credentials",
+    responses((status = 200, description = "Every lift that asked for credentials", body = Devices)))]
 pub async fn devices(State(app): State<AppState>) -> ApiResult<Response> {
     let devices = with_auth(&app, move |auth| auth.devices()).await?;
-    Ok(
-        Json(json!({ "default_mode": app.auth.config().devices, "items": devices }))
-            .into_response(),
-    )
+    Ok(Json(Devices {
+        default_mode: app.auth.config().devices,
+        items: devices,
+    })
+    .into_response())
 }
 
 /// `GET /v1/devices/{lift_id}`: one lift's credentials: approved (when, by whom), revoked, mode.
+#[utoipa::path(get, path = "/v1/devices/{lift_id}", summary = "Get a lift's credentials", params(("lift_id" = String, Path, description = "The lift's id")),
+    responses((status = 200, description = "The lift's credentials", body = DeviceCredentials)))]
 pub async fn device(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let lift = parse_lift_id(&id)?;
     let device = with_auth(&app, move |auth| auth.device(&lift)).await?;
@@ -705,17 +740,19 @@ pub async fn device(State(app): State<AppState>, Path(id): Path<String>) -> ApiR
             "lift {id:?} has never asked for credentials"
         )));
     };
-    Ok(Json(json!({
-        "lift_id": d.lift_id,
-        "approved_at": d.approved_us.map(micros_rfc3339),
-        "approved_by": d.approved_by,
-        "revoked_at": d.revoked_us.map(micros_rfc3339),
-        "mode": d.mode,
-        "default_mode": app.auth.config().devices,
-    }))
+    Ok(Json(DeviceCredentials {
+        lift_id: d.lift_id,
+        approved_at: d.approved_us.map(micros_rfc3339),
+        approved_by: d.approved_by,
+        revoked_at: d.revoked_us.map(micros_rfc3339),
+        mode: d.mode,
+        default_mode: app.auth.config().devices,
+    })
     .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/devices/{lift_id}/revoke", summary = "Revoke a lift's credentials", params(("lift_id" = String, Path, description = "The lift's id")),
+    responses((status = 200, description = "Revoked: its tokens are refused from now on", body = hoistway_auth::Device)))]
 pub async fn device_revoke(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -730,13 +767,15 @@ pub async fn device_revoke(
     Ok(Json(device).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ModeBody {
     /// `required`, `optional`, or null for the fleet default.
     mode: Option<DeviceMode>,
 }
 
+#[utoipa::path(put, path = "/v1/devices/{lift_id}/mode", summary = "Set a lift's authentication mode", params(("lift_id" = String, Path, description = "The lift's id")), request_body = ModeBody,
+    responses((status = 200, description = "The lift's credentials with the new mode", body = hoistway_auth::Device)))]
 pub async fn device_mode(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -761,7 +800,7 @@ pub async fn device_mode(
 
 // ---- staff ------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     username: String,
@@ -771,6 +810,11 @@ struct Login {
     code: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/auth/login", summary = "Sign in", request_body = Login,
+    responses(
+        (status = 200, description = "Signed in; also sets the session and CSRF cookies", body = LoginAnswer),
+        (status = 401, description = "Wrong name, password or code; `second-factor-required` when a code is needed", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn login(
     State(app): State<AppState>,
     axum::Extension(addr): axum::Extension<ClientAddr>,
@@ -806,22 +850,24 @@ pub async fn login(
     );
     Ok(with_cookies(
         no_store(
-            Json(json!({
-                "token": issued.token,
-                "csrf_token": csrf,
-                "username": user.username,
-                "role": user.role,
-                "customer": user.customer,
-                "expires_at": issued.record.expires_us.map(micros_rfc3339),
-                "second_factor": issued.record.second_factor,
-                "enrolment_required": enrol,
-            }))
+            Json(LoginAnswer {
+                token: issued.token,
+                csrf_token: csrf,
+                username: user.username,
+                role: user.role,
+                customer: user.customer,
+                expires_at: issued.record.expires_us.map(micros_rfc3339),
+                second_factor: issued.record.second_factor,
+                enrolment_required: enrol,
+            })
             .into_response(),
         ),
         cookies,
     ))
 }
 
+#[utoipa::path(post, path = "/v1/auth/logout", summary = "Sign out",
+    responses((status = 204, description = "The session's token is revoked and the cookies cleared")))]
 pub async fn logout(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -837,6 +883,7 @@ pub async fn logout(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/auth/me", summary = "Who am I", responses((status = 200, description = "The signed-in user", body = Me)))]
 pub async fn me(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -846,17 +893,19 @@ pub async fn me(
     let Principal::User { second_factor, .. } = p else {
         unreachable!("user_of returns users")
     };
-    Ok(Json(json!({
-        "username": user.username,
-        "role": user.role,
-        "customer": user.customer,
-        "totp_enrolled": user.has_second_factor(),
-        "second_factor": second_factor,
-        "recovery_codes_left": user.recovery_codes.len(),
-    }))
+    Ok(Json(Me {
+        totp_enrolled: user.has_second_factor(),
+        recovery_codes_left: user.recovery_codes.len(),
+        username: user.username,
+        role: user.role,
+        customer: user.customer,
+        second_factor,
+    })
     .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/auth/totp", summary = "Start TOTP enrolment",
+    responses((status = 200, description = "A new TOTP secret; confirm it with a code", body = hoistway_auth::TotpEnrolment)))]
 pub async fn totp_enrol(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -869,12 +918,14 @@ pub async fn totp_enrol(
     Ok(no_store(Json(e).into_response()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeBody {
     code: String,
 }
 
+#[utoipa::path(post, path = "/v1/auth/totp/confirm", summary = "Confirm TOTP enrolment", request_body = CodeBody,
+    responses((status = 200, description = "Enrolled; the recovery codes are shown once", body = RecoveryCodes)))]
 pub async fn totp_confirm(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -905,24 +956,25 @@ pub async fn totp_confirm(
     .await;
     let codes = codes?;
     Ok(no_store(
-        Json(json!({
-            "recovery_codes": codes,
-            "note": "each recovery code logs in once in place of a TOTP code; keep them offline",
-        }))
+        Json(RecoveryCodes {
+            recovery_codes: codes,
+            note: "each recovery code logs in once in place of a TOTP code; keep them offline",
+        })
         .into_response(),
     ))
 }
 
+#[utoipa::path(get, path = "/v1/auth/tokens", summary = "List your tokens", responses((status = 200, description = "Your sessions and API tokens", body = Tokens)))]
 pub async fn tokens(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
 ) -> ApiResult<Response> {
     let (username, _) = user_of(principal)?;
     let tokens = with_auth(&app, move |auth| auth.tokens(&username)).await?;
-    Ok(Json(json!({ "items": tokens })).into_response())
+    Ok(Json(Tokens { items: tokens }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     name: String,
@@ -930,6 +982,8 @@ struct NewToken {
     expires_days: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/v1/auth/tokens", summary = "Create an API token", request_body = NewToken,
+    responses((status = 201, description = "The token; its secret is shown only now", body = hoistway_auth::IssuedToken)))]
 pub async fn token_create(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -949,6 +1003,8 @@ pub async fn token_create(
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/auth/tokens/{id}", summary = "Revoke one of your tokens", params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked")))]
 pub async fn token_revoke(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -962,34 +1018,30 @@ pub async fn token_revoke(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/auth/sessions/revoke", summary = "End all your sessions",
+    responses((status = 200, description = "Every session of yours ended (API tokens stay)", body = Revoked)))]
 pub async fn sessions_revoke(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
 ) -> ApiResult<Response> {
     let (username, _) = user_of(principal)?;
     let n = with_auth(&app, move |auth| auth.revoke_sessions(&username)).await?;
-    Ok(Json(json!({ "revoked": n })).into_response())
+    Ok(Json(Revoked { revoked: n }).into_response())
 }
 
 // ---- users (admin) ----------------------------------------------------------------------------
 
-fn user_json(u: &hoistway_auth::User) -> serde_json::Value {
-    json!({
-        "username": u.username,
-        "role": u.role,
-        "customer": u.customer,
-        "totp_enrolled": u.has_second_factor(),
-        "created_at": micros_rfc3339(u.created_us),
-    })
-}
-
+#[utoipa::path(get, path = "/v1/users", summary = "List users", responses((status = 200, description = "The users you manage", body = Users)))]
 pub async fn users(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
     let mut users = with_auth(&app, move |auth| auth.users()).await?;
     users.retain(|u| staff.manages(u));
-    Ok(Json(json!({ "items": users.iter().map(user_json).collect::<Vec<_>>() })).into_response())
+    Ok(Json(Users {
+        items: users.iter().map(UserView::from).collect(),
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     username: String,
@@ -1014,6 +1066,8 @@ fn managed_user(
     Ok(user)
 }
 
+#[utoipa::path(post, path = "/v1/users", summary = "Create a user", request_body = NewUser,
+    responses((status = 201, description = "Created", body = UserView)))]
 pub async fn user_create(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -1036,10 +1090,10 @@ pub async fn user_create(
     .await?;
     let role = user.role.as_str();
     record(&app, &by, "user.create", &user.username, "ok", addr, role).await;
-    Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserPatch {
     #[serde(default)]
@@ -1048,6 +1102,8 @@ struct UserPatch {
     password: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/v1/users/{username}", summary = "Change a user's role or password", params(("username" = String, Path)), request_body = UserPatch,
+    responses((status = 200, description = "Changed", body = UserView)))]
 pub async fn user_update(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -1080,9 +1136,11 @@ pub async fn user_update(
     })
     .await?;
     record(&app, &by, "user.update", &target, "ok", addr, detail.trim()).await;
-    Ok(Json(user_json(&user)).into_response())
+    Ok(Json(UserView::from(&user)).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/users/{username}", summary = "Delete a user", params(("username" = String, Path)),
+    responses((status = 204, description = "Deleted, with its tokens")))]
 pub async fn user_delete(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -1104,6 +1162,8 @@ pub async fn user_delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/users/{username}/totp/reset", summary = "Reset a user's TOTP", params(("username" = String, Path)),
+    responses((status = 204, description = "The user enrols again at the next login")))]
 pub async fn user_totp_reset(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -1122,6 +1182,8 @@ pub async fn user_totp_reset(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/users/{username}/sessions/revoke", summary = "End a user's sessions", params(("username" = String, Path)),
+    responses((status = 200, description = "The user's sessions ended", body = Revoked)))]
 pub async fn user_sessions_revoke(
     State(app): State<AppState>,
     staff: Staff,
@@ -1133,13 +1195,20 @@ pub async fn user_sessions_revoke(
         auth.revoke_sessions(&name)
     })
     .await?;
-    Ok(Json(json!({ "revoked": n })).into_response())
+    Ok(Json(Revoked { revoked: n }).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/auth/keys", summary = "List token signing keys", responses((status = 200, description = "Token signing keys", body = Keys)))]
 pub async fn keys(State(app): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(json!({ "items": app.auth.keys() })).into_response())
+    Ok(Json(Keys {
+        signing: None,
+        items: app.auth.keys(),
+    })
+    .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/auth/keys/rotate", summary = "Rotate the token signing key",
+    responses((status = 200, description = "A new signing key; older ones verify until their tokens expire", body = Keys)))]
 pub async fn keys_rotate(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -1148,10 +1217,15 @@ pub async fn keys_rotate(
     let (by, _) = user_of(principal)?;
     let kid = with_auth(&app, move |auth| auth.rotate_keys()).await?;
     record(&app, &by, "keys.rotate", &kid, "ok", addr, "").await;
-    Ok(Json(json!({ "signing": kid, "items": app.auth.keys() })).into_response())
+    Ok(Json(Keys {
+        signing: Some(kid),
+        items: app.auth.keys(),
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     #[serde(default)]
@@ -1165,6 +1239,8 @@ pub struct AuditParams {
 }
 
 /// The audit log, oldest first; page with `after` = the last id seen.
+#[utoipa::path(get, path = "/v1/audit", summary = "Read the audit log", params(AuditParams),
+    responses((status = 200, description = "The audit log, oldest first (a customer's admin sees its people's actions)", body = AuditPage)))]
 pub async fn audit(
     State(app): State<AppState>,
     staff: Staff,
@@ -1183,17 +1259,170 @@ pub async fn audit(
     let next_after = (events.len() == limit)
         .then(|| events.last().map(|e| e.id))
         .flatten();
-    let items: Vec<_> = events
-        .iter()
-        .map(|e| {
-            json!({
-                "id": e.id, "at": micros_rfc3339(e.at_us), "actor": e.actor, "action": e.action,
-                "target": e.target, "outcome": e.outcome, "address": e.address, "detail": e.detail,
-                "customer": e.customer,
-            })
+    let items = events
+        .into_iter()
+        .map(|e| AuditEntry {
+            id: e.id,
+            at: micros_rfc3339(e.at_us),
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            outcome: e.outcome,
+            address: e.address,
+            detail: e.detail,
+            customer: e.customer,
         })
         .collect();
-    Ok(Json(json!({ "items": items, "next_after": next_after })).into_response())
+    Ok(Json(AuditPage { items, next_after }).into_response())
+}
+
+// ---- answers, as the API document describes them -----------------------------------------------
+
+/// A lift's pending request for credentials, as an operator sees it before deciding.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeviceRequest {
+    lift_id: LiftId,
+    user_code: String,
+    requested_at: String,
+    expires_at: String,
+    /// The lift is in the registry already (approving it needs no building).
+    registered: bool,
+}
+
+/// The decision on a device request.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Decided {
+    lift_id: LiftId,
+    approved: bool,
+}
+
+/// Every lift that asked for credentials.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Devices {
+    /// `auth.devices`: what a lift without its own mode must do.
+    default_mode: DeviceMode,
+    items: Vec<hoistway_auth::Device>,
+}
+
+/// One lift's credentials.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeviceCredentials {
+    lift_id: LiftId,
+    approved_at: Option<String>,
+    approved_by: Option<String>,
+    /// Set while the lift is revoked.
+    revoked_at: Option<String>,
+    /// This lift's own mode; absent: `default_mode`.
+    mode: Option<DeviceMode>,
+    default_mode: DeviceMode,
+}
+
+/// A signed-in session.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct LoginAnswer {
+    /// The bearer token (`hwt_…`); a browser uses the cookie set alongside instead.
+    token: String,
+    /// Send as `X-CSRF-Token` on changes signed by the cookie.
+    csrf_token: String,
+    username: String,
+    role: Role,
+    customer: Option<String>,
+    expires_at: Option<String>,
+    /// The login gave a second factor.
+    second_factor: bool,
+    /// The role needs a second factor and the user has none yet: enrol before anything else.
+    enrolment_required: bool,
+}
+
+/// The signed-in user.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Me {
+    username: String,
+    role: Role,
+    customer: Option<String>,
+    totp_enrolled: bool,
+    /// This session was opened with a second factor.
+    second_factor: bool,
+    recovery_codes_left: usize,
+}
+
+/// Recovery codes, shown once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RecoveryCodes {
+    recovery_codes: Vec<String>,
+    note: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Tokens {
+    items: Vec<hoistway_auth::Token>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Revoked {
+    /// Sessions ended.
+    revoked: u64,
+}
+
+/// A staff account (no secrets).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct UserView {
+    username: String,
+    role: Role,
+    customer: Option<String>,
+    totp_enrolled: bool,
+    created_at: String,
+}
+
+impl From<&hoistway_auth::User> for UserView {
+    fn from(u: &hoistway_auth::User) -> Self {
+        Self {
+            username: u.username.clone(),
+            role: u.role,
+            customer: u.customer.clone(),
+            totp_enrolled: u.has_second_factor(),
+            created_at: micros_rfc3339(u.created_us),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Users {
+    items: Vec<UserView>,
+}
+
+/// The token signing keys (no secrets).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Keys {
+    /// After a rotation: the new signing key's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing: Option<String>,
+    items: Vec<hoistway_auth::KeyInfo>,
+}
+
+/// A page of the audit log, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditPage {
+    items: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; absent on the last.
+    next_after: Option<i64>,
+}
+
+/// One security-relevant action.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditEntry {
+    id: i64,
+    at: String,
+    /// Username, `lift:<id>`, or what a failed login claimed to be.
+    actor: String,
+    /// e.g. `login`, `device.approve`, `token.create`, `user.update`, `dlq.replay`, `sql`.
+    action: String,
+    target: String,
+    /// `ok`, `denied` or `failed`.
+    outcome: String,
+    address: Option<String>,
+    detail: String,
+    customer: Option<String>,
 }
 
 pub fn micros_rfc3339(us: i64) -> String {

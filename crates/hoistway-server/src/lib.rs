@@ -11,6 +11,7 @@ mod analytics;
 pub mod auth;
 pub mod listen;
 mod meter;
+pub mod openapi;
 pub mod problem;
 pub mod rate;
 mod routes;
@@ -108,7 +109,11 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let (routes, rules) = routes::routes();
+    let routes::Routes {
+        router: routes,
+        rules,
+        ..
+    } = routes::routes();
     let gate = auth::Gate {
         app: state.clone(),
         rules: Arc::new(rules),
@@ -164,9 +169,9 @@ async fn track_requests(req: Request, next: Next) -> Response {
 /// the whole API.
 pub fn route_rules() -> Vec<(String, String, hoistway_auth::Access)> {
     let mut rules: Vec<_> = routes::routes()
-        .1
+        .rules
         .into_iter()
-        .map(|((m, p), a)| (m.to_string(), p.to_string(), a))
+        .flat_map(|(m, paths)| paths.into_iter().map(move |(p, a)| (m.to_string(), p, a)))
         .collect();
     rules.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
     rules

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-#[derive(Debug, Clone, Serialize)]
+/// One item or field of a request that was refused, and why.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
@@ -19,14 +20,16 @@ pub struct FieldProblem {
 }
 
 /// The OAuth 2.0 error code and its description.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OAuthMembers {
     pub error: &'static str,
     pub error_description: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem: every error answer, as `application/problem+json`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// A URI naming the kind of problem, e.g. `https://hoistway.dev/problems/not-found`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: &'static str,
@@ -36,6 +39,7 @@ pub struct Problem {
     pub errors: Vec<FieldProblem>,
     /// RFC 6749 §5.2's members, for the `/oauth` endpoints' clients.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub oauth: Option<Box<OAuthMembers>>,
     #[serde(skip)]
     pub retry_after: Option<u64>,

@@ -11,16 +11,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use hoistway_auth::{Access, Principal, Role};
-use hoistway_dlq::DeadLetter;
+use hoistway_dlq::{DeadLetter, DlqFile};
 use hoistway_ingest::{BodyError, BodyFormat, IngestError, Rejection, decode_body};
 use hoistway_model::LiftId;
-use hoistway_processor::ListQuery;
-use hoistway_registry::{LiftFilter, LiftInfo, LiftPatch};
+use hoistway_processor::{FleetSummary, LiftView, ListQuery};
+use hoistway_registry::{ImportReport, LiftFilter, LiftInfo, LiftPatch};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::json;
+use utoipa_axum::router::UtoipaMethodRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::{self, Rules, Staff};
@@ -31,31 +32,65 @@ const ADMIN_BODY_LIMIT: usize = 1 << 20;
 const IMPORT_BODY_LIMIT: usize = 64 << 20;
 use crate::problem::{ApiResult, FieldProblem, Problem};
 
-/// Adds routes together with the access each needs, so no route exists without a rule.
-struct Table {
+/// Adds routes together with the access each needs and their OpenAPI description, so no
+/// route exists without a rule or outside the document.
+pub(crate) struct Table {
     router: Router<AppState>,
     rules: Rules,
+    pub(crate) api: utoipa::openapi::OpenApi,
 }
 
 impl Table {
-    fn add(
-        mut self,
-        method: Method,
-        path: &'static str,
-        access: Access,
-        handler: MethodRouter<AppState>,
-    ) -> Self {
+    /// `route` is `utoipa_axum::routes!(handler)`: the handler with the method and path its
+    /// `#[utoipa::path]` names.
+    fn add(mut self, access: Access, route: UtoipaMethodRouter<AppState>) -> Self {
+        let (schemas, mut paths, handler) = route;
+        let (path, item) = paths.paths.pop_first().expect("routes! names one path");
+        assert!(paths.paths.is_empty(), "one handler per route");
+        let mut item = item;
+        let (method, op) = [
+            (Method::GET, &mut item.get),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+        ]
+        .into_iter()
+        .find_map(|(m, op)| op.as_mut().map(|op| (m, op)))
+        .expect("the handler names one of GET, POST, PUT, PATCH or DELETE");
+        crate::openapi::describe(op, &path, access);
         assert!(
-            self.rules.insert((method, path), access).is_none(),
+            self.rules
+                .entry(method)
+                .or_default()
+                .insert(path.clone(), access)
+                .is_none(),
             "route {path} added twice"
         );
-        self.router = self.router.route(path, handler);
+        self.router = self.router.route(&path, handler);
+        let components = self.api.components.get_or_insert_with(Default::default);
+        for (name, schema) in schemas {
+            components.schemas.entry(name).or_insert(schema);
+        }
+        self.api
+            .paths
+            .paths
+            .entry(path)
+            .or_default()
+            .merge_operations(item);
         self
     }
 }
 
+/// The router, each route's access rule, and the OpenAPI document of them all.
+pub(crate) struct Routes {
+    pub router: Router<AppState>,
+    pub rules: Rules,
+    pub api: utoipa::openapi::OpenApi,
+}
+
 /// Every route, with the access it needs (docs/security.md has the same table in prose).
-pub fn routes() -> (Router<AppState>, Rules) {
+pub(crate) fn routes() -> Routes {
     use Access::{Device, Public, Staff};
     const VIEWER: Access = Access::Role(Role::Viewer);
     const OPERATOR: Access = Access::Role(Role::Operator);
@@ -65,287 +100,77 @@ pub fn routes() -> (Router<AppState>, Rules) {
     const FLEET_VIEWER: Access = Access::Fleet(Role::Viewer);
     const FLEET_OPERATOR: Access = Access::Fleet(Role::Operator);
     const FLEET_ADMIN: Access = Access::Fleet(Role::Admin);
-    let (g, p, put_, pa, d) = (
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-    );
     let t = Table {
         router: Router::new(),
         rules: Rules::new(),
+        api: crate::openapi::frame(),
     }
-    .add(p.clone(), "/v1/telemetry", Device, post(telemetry))
-    .add(
-        p.clone(),
-        "/oauth/device_authorization",
-        Public,
-        post(auth::device_authorization),
-    )
-    .add(p.clone(), "/oauth/token", Public, post(auth::token))
-    .add(p.clone(), "/v1/auth/login", Public, post(auth::login))
-    .add(p.clone(), "/v1/auth/logout", Staff, post(auth::logout))
-    .add(g.clone(), "/v1/auth/me", Staff, get(auth::me))
-    .add(p.clone(), "/v1/auth/totp", Staff, post(auth::totp_enrol))
-    .add(
-        p.clone(),
-        "/v1/auth/totp/confirm",
-        Staff,
-        post(auth::totp_confirm),
-    )
-    .add(g.clone(), "/v1/auth/tokens", Staff, get(auth::tokens))
-    .add(
-        p.clone(),
-        "/v1/auth/tokens",
-        Staff,
-        post(auth::token_create),
-    )
-    .add(
-        d.clone(),
-        "/v1/auth/tokens/{id}",
-        Staff,
-        delete(auth::token_revoke),
-    )
-    .add(
-        p.clone(),
-        "/v1/auth/sessions/revoke",
-        Staff,
-        post(auth::sessions_revoke),
-    )
-    .add(g.clone(), "/v1/auth/keys", FLEET_ADMIN, get(auth::keys))
-    .add(
-        p.clone(),
-        "/v1/auth/keys/rotate",
-        FLEET_ADMIN,
-        post(auth::keys_rotate),
-    )
-    .add(g.clone(), "/v1/audit", ADMIN, get(auth::audit))
-    .add(g.clone(), "/v1/users", ADMIN, get(auth::users))
-    .add(p.clone(), "/v1/users", ADMIN, post(auth::user_create))
-    .add(
-        pa.clone(),
-        "/v1/users/{username}",
-        ADMIN,
-        patch(auth::user_update),
-    )
-    .add(
-        d.clone(),
-        "/v1/users/{username}",
-        ADMIN,
-        delete(auth::user_delete),
-    )
-    .add(
-        p.clone(),
-        "/v1/users/{username}/totp/reset",
-        ADMIN,
-        post(auth::user_totp_reset),
-    )
-    .add(
-        p.clone(),
-        "/v1/users/{username}/sessions/revoke",
-        ADMIN,
-        post(auth::user_sessions_revoke),
-    )
-    .add(g.clone(), "/v1/devices", FLEET_OPERATOR, get(auth::devices))
-    .add(
-        g.clone(),
-        "/v1/devices/requests/{user_code}",
-        FLEET_OPERATOR,
-        get(auth::device_request),
-    )
-    .add(
-        g.clone(),
-        "/v1/devices/{lift_id}",
-        FLEET_OPERATOR,
-        get(auth::device),
-    )
-    .add(
-        p.clone(),
-        "/v1/devices/approve",
-        FLEET_OPERATOR,
-        post(auth::device_approve),
-    )
-    .add(
-        p.clone(),
-        "/v1/devices/deny",
-        FLEET_OPERATOR,
-        post(auth::device_deny),
-    )
-    .add(
-        p.clone(),
-        "/v1/devices/provision",
-        FLEET_OPERATOR,
-        post(auth::device_provision),
-    )
-    .add(
-        p.clone(),
-        "/v1/devices/{lift_id}/revoke",
-        FLEET_OPERATOR,
-        post(auth::device_revoke),
-    )
-    .add(
-        put_.clone(),
-        "/v1/devices/{lift_id}/mode",
-        FLEET_ADMIN,
-        put(auth::device_mode),
-    )
-    .add(g.clone(), "/v1/lifts", VIEWER, get(list_lifts))
-    .add(p.clone(), "/v1/lifts", FLEET_OPERATOR, post(create_lift))
-    .add(
-        p.clone(),
-        "/v1/lifts/import",
-        FLEET_OPERATOR,
-        post(import_lifts),
-    )
-    .add(g.clone(), "/v1/lifts/{lift_id}", VIEWER, get(get_lift))
-    .add(
-        g.clone(),
-        "/v1/lifts/{lift_id}/assignments",
-        VIEWER,
-        get(lift_assignments),
-    )
-    .add(put_.clone(), "/v1/lifts/{lift_id}", OPERATOR, put(put_lift))
-    .add(
-        pa.clone(),
-        "/v1/lifts/{lift_id}",
-        OPERATOR,
-        patch(patch_lift),
-    )
-    .add(
-        d.clone(),
-        "/v1/lifts/{lift_id}",
-        FLEET_OPERATOR,
-        delete(delete_lift),
-    )
-    .add(
-        g.clone(),
-        "/v1/lifts/{lift_id}/state",
-        VIEWER,
-        get(lift_state),
-    )
-    .add(
-        g.clone(),
-        "/v1/lifts/{lift_id}/state/stream",
-        VIEWER,
-        get(lift_state_stream),
-    )
-    .add(
-        g.clone(),
-        "/v1/lifts/{lift_id}/readings",
-        VIEWER,
-        get(crate::analytics::lift_readings),
-    )
-    .add(p.clone(), "/v1/sql", VIEWER, post(crate::analytics::sql))
-    .add(
-        g.clone(),
-        "/v1/storage/status",
-        FLEET_VIEWER,
-        get(crate::analytics::storage_status),
-    )
-    .add(
-        p.clone(),
-        "/v1/storage/maintain",
-        FLEET_ADMIN,
-        post(crate::analytics::storage_maintain),
-    )
-    .add(
-        g.clone(),
-        "/v1/buildings/{building_id}",
-        VIEWER,
-        get(building),
-    )
-    .add(g.clone(), "/v1/fleet/summary", VIEWER, get(fleet_summary))
-    .add(g.clone(), "/v1/dlq", VIEWER, get(dlq_list))
-    .add(g.clone(), "/v1/dlq/{id}", VIEWER, get(dlq_show))
-    .add(
-        p.clone(),
-        "/v1/dlq/{id}/replay",
-        FLEET_OPERATOR,
-        post(dlq_replay),
-    )
-    .add(g.clone(), "/v1/alerts", VIEWER, get(crate::alerts::list))
-    .add(
-        g.clone(),
-        "/v1/alerts/{id}",
-        VIEWER,
-        get(crate::alerts::show),
-    )
-    .add(
-        g.clone(),
-        "/v1/alerts/counts",
-        VIEWER,
-        get(crate::alerts::counts),
-    )
-    .add(
-        g.clone(),
-        "/v1/alerts/stream",
-        VIEWER,
-        get(crate::alerts::stream),
-    )
-    .add(
-        p.clone(),
-        "/v1/alerts/{id}/acknowledge",
-        OPERATOR,
-        post(crate::alerts::acknowledge),
-    )
-    .add(
-        p.clone(),
-        "/v1/alerts/{id}/resolve",
-        OPERATOR,
-        post(crate::alerts::resolve),
-    )
-    .add(
-        g.clone(),
-        "/v1/alert-rules",
-        FLEET_VIEWER,
-        get(crate::alerts::rules),
-    )
-    .add(
-        put_.clone(),
-        "/v1/alert-rules/{id}",
-        FLEET_ADMIN,
-        put(crate::alerts::put_rule),
-    )
-    .add(
-        d.clone(),
-        "/v1/alert-rules/{id}",
-        FLEET_ADMIN,
-        delete(crate::alerts::delete_rule),
-    )
-    .add(
-        g.clone(),
-        "/v1/silences",
-        FLEET_VIEWER,
-        get(crate::alerts::silences),
-    )
-    .add(
-        p.clone(),
-        "/v1/silences",
-        FLEET_OPERATOR,
-        post(crate::alerts::add_silence),
-    )
-    .add(
-        d.clone(),
-        "/v1/silences/{id}",
-        FLEET_OPERATOR,
-        delete(crate::alerts::delete_silence),
-    )
-    .add(
-        g.clone(),
-        "/v1/notifications",
-        FLEET_OPERATOR,
-        get(crate::alerts::notifications),
-    )
-    .add(
-        p.clone(),
-        "/v1/notifications/{id}/replay",
-        FLEET_OPERATOR,
-        post(crate::alerts::replay),
-    )
-    .add(g.clone(), "/healthz", Public, get(healthz))
-    .add(g.clone(), "/readyz", Public, get(readyz))
-    .add(g, "/metrics", FLEET_VIEWER, get(metrics_text));
+    .add(Device, routes!(telemetry))
+    .add(Public, routes!(auth::device_authorization))
+    .add(Public, routes!(auth::token))
+    .add(Public, routes!(auth::login))
+    .add(Staff, routes!(auth::logout))
+    .add(Staff, routes!(auth::me))
+    .add(Staff, routes!(auth::totp_enrol))
+    .add(Staff, routes!(auth::totp_confirm))
+    .add(Staff, routes!(auth::tokens))
+    .add(Staff, routes!(auth::token_create))
+    .add(Staff, routes!(auth::token_revoke))
+    .add(Staff, routes!(auth::sessions_revoke))
+    .add(FLEET_ADMIN, routes!(auth::keys))
+    .add(FLEET_ADMIN, routes!(auth::keys_rotate))
+    .add(ADMIN, routes!(auth::audit))
+    .add(ADMIN, routes!(auth::users))
+    .add(ADMIN, routes!(auth::user_create))
+    .add(ADMIN, routes!(auth::user_update))
+    .add(ADMIN, routes!(auth::user_delete))
+    .add(ADMIN, routes!(auth::user_totp_reset))
+    .add(ADMIN, routes!(auth::user_sessions_revoke))
+    .add(FLEET_OPERATOR, routes!(auth::devices))
+    .add(FLEET_OPERATOR, routes!(auth::device_request))
+    .add(FLEET_OPERATOR, routes!(auth::device))
+    .add(FLEET_OPERATOR, routes!(auth::device_approve))
+    .add(FLEET_OPERATOR, routes!(auth::device_deny))
+    .add(FLEET_OPERATOR, routes!(auth::device_provision))
+    .add(FLEET_OPERATOR, routes!(auth::device_revoke))
+    .add(FLEET_ADMIN, routes!(auth::device_mode))
+    .add(VIEWER, routes!(list_lifts))
+    .add(FLEET_OPERATOR, routes!(create_lift))
+    .add(FLEET_OPERATOR, routes!(import_lifts))
+    .add(VIEWER, routes!(get_lift))
+    .add(VIEWER, routes!(lift_assignments))
+    .add(OPERATOR, routes!(put_lift))
+    .add(OPERATOR, routes!(patch_lift))
+    .add(FLEET_OPERATOR, routes!(delete_lift))
+    .add(VIEWER, routes!(lift_state))
+    .add(VIEWER, routes!(lift_state_stream))
+    .add(VIEWER, routes!(crate::analytics::lift_readings))
+    .add(VIEWER, routes!(crate::analytics::sql))
+    .add(FLEET_VIEWER, routes!(crate::analytics::storage_status))
+    .add(FLEET_ADMIN, routes!(crate::analytics::storage_maintain))
+    .add(VIEWER, routes!(building))
+    .add(VIEWER, routes!(fleet_summary))
+    .add(VIEWER, routes!(dlq_list))
+    .add(VIEWER, routes!(dlq_show))
+    .add(FLEET_OPERATOR, routes!(dlq_replay))
+    .add(VIEWER, routes!(crate::alerts::list))
+    .add(VIEWER, routes!(crate::alerts::show))
+    .add(VIEWER, routes!(crate::alerts::counts))
+    .add(VIEWER, routes!(crate::alerts::stream))
+    .add(OPERATOR, routes!(crate::alerts::acknowledge))
+    .add(OPERATOR, routes!(crate::alerts::resolve))
+    .add(FLEET_VIEWER, routes!(crate::alerts::rules))
+    .add(FLEET_ADMIN, routes!(crate::alerts::put_rule))
+    .add(FLEET_ADMIN, routes!(crate::alerts::delete_rule))
+    .add(FLEET_VIEWER, routes!(crate::alerts::silences))
+    .add(FLEET_OPERATOR, routes!(crate::alerts::add_silence))
+    .add(FLEET_OPERATOR, routes!(crate::alerts::delete_silence))
+    .add(FLEET_OPERATOR, routes!(crate::alerts::notifications))
+    .add(FLEET_OPERATOR, routes!(crate::alerts::replay))
+    .add(Public, routes!(healthz))
+    .add(Public, routes!(readyz))
+    .add(FLEET_VIEWER, routes!(metrics_text))
+    .add(Public, routes!(crate::openapi::serve));
     let router = t
         .router
         .fallback(crate::ui::serve)
@@ -357,7 +182,11 @@ pub fn routes() -> (Router<AppState>, Rules) {
                 "this endpoint does not take that method",
             )
         });
-    (router, t.rules)
+    Routes {
+        router,
+        rules: t.rules,
+        api: t.api,
+    }
 }
 
 fn ingest_problem(e: IngestError, retry_after: u64) -> Problem {
@@ -408,13 +237,75 @@ fn rejection_problem(r: Rejection) -> FieldProblem {
     }
 }
 
-#[derive(Serialize)]
+/// What became of a telemetry batch.
+#[derive(Serialize, utoipa::ToSchema)]
 struct TelemetryResponse {
+    /// Readings now durable in the log.
     accepted: usize,
+    /// Readings seen before (same lift, epoch and seq): acknowledged, counted once.
     duplicates: usize,
+    /// Items refused, by position; the others were accepted.
     rejected: Vec<Rejection>,
 }
 
+/// A lift's assignment history.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Assignments {
+    lift_id: String,
+    items: Vec<Period>,
+}
+
+/// One period in which a lift belonged to a customer and stood in a building.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Period {
+    customer: String,
+    building: String,
+    /// Absent: since the beginning (the first owner owns the lift's whole past).
+    valid_from: Option<String>,
+    /// Absent: still current.
+    valid_to: Option<String>,
+}
+
+/// The lifts of one building.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Building {
+    building_id: String,
+    lifts: Vec<LiftView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct DlqFiles {
+    files: Vec<DlqFile>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeadLetters {
+    items: Vec<DeadLetter>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Replayed {
+    /// Readings put back in the log.
+    replayed: usize,
+    note: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `alive` or `ready`.
+    status: &'static str,
+}
+
+#[utoipa::path(post, path = "/v1/telemetry", summary = "Send readings",
+    request_body(description = "One reading, a JSON array of readings, or NDJSON (one per line); `Content-Encoding: gzip` is accepted", content(
+        (Vec<hoistway_ingest::TelemetryReading> = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 200, description = "Durable: the accepted readings are in the log; resent ones count once", body = TelemetryResponse),
+        (status = 422, description = "Every reading was rejected; `errors` says which field of which item", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Backlogged or storage refused the write; nothing was accepted, send again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn telemetry(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -617,6 +508,8 @@ fn serde_path_to_error_free<T: serde::de::DeserializeOwned>(
     })
 }
 
+#[utoipa::path(get, path = "/v1/lifts", summary = "List lifts with their state", params(ListQuery),
+    responses((status = 200, description = "A page of lifts sorted by id; pass `next_after` as `after` for the next", body = hoistway_processor::Page)))]
 async fn list_lifts(
     State(app): State<AppState>,
     staff: Staff,
@@ -679,12 +572,19 @@ async fn upsert_lift(app: &AppState, info: LiftInfo) -> ApiResult<Response> {
     Ok((status, Json(info)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/lifts", summary = "Register a lift", request_body = LiftInfo, responses(
+    (status = 201, description = "Registered", body = LiftInfo),
+    (status = 200, description = "Replaced an existing entry", body = LiftInfo),
+))]
 async fn create_lift(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
     let body = read_limited(body, ADMIN_BODY_LIMIT).await?;
     let info: LiftInfo = json_body(&body)?;
     upsert_lift(&app, info).await
 }
 
+#[utoipa::path(post, path = "/v1/lifts/import", summary = "Import lifts from CSV",
+    request_body(description = "CSV with a header: lift_id, building, site, customer, model, install_date, initial_trips", content((String = "text/csv"))),
+    responses((status = 200, description = "How many lifts were created and updated", body = ImportReport)))]
 async fn import_lifts(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
     let body = read_limited(body, IMPORT_BODY_LIMIT).await?;
     let reg = app.registry.clone();
@@ -692,6 +592,8 @@ async fn import_lifts(State(app): State<AppState>, body: Body) -> ApiResult<Resp
     Ok(Json(report).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/lifts/{lift_id}", summary = "Get a lift's registry entry", params(("lift_id" = String, Path, description = "The lift's id")),
+    responses((status = 200, description = "The registry entry", body = LiftInfo)))]
 async fn get_lift(
     State(app): State<AppState>,
     staff: Staff,
@@ -702,6 +604,8 @@ async fn get_lift(
 }
 
 /// `GET /v1/lifts/{id}/assignments`: who held the lift when (a customer sees its own periods).
+#[utoipa::path(get, path = "/v1/lifts/{lift_id}/assignments", summary = "Get a lift's customer and building history", params(("lift_id" = String, Path, description = "The lift's id")),
+    responses((status = 200, description = "Who held the lift when", body = Assignments)))]
 async fn lift_assignments(
     State(app): State<AppState>,
     staff: Staff,
@@ -714,20 +618,24 @@ async fn lift_assignments(
     if periods.is_empty() {
         return Err(Problem::not_found(format!("lift {id:?} is not registered")));
     }
-    let items: Vec<_> = periods
-        .iter()
-        .map(|a| {
-            json!({
-                "customer": a.customer,
-                "building": a.building,
-                "valid_from": a.valid_from_us.map(auth::micros_rfc3339),
-                "valid_to": a.valid_to_us.map(auth::micros_rfc3339),
-            })
+    let items = periods
+        .into_iter()
+        .map(|a| Period {
+            customer: a.customer,
+            building: a.building,
+            valid_from: a.valid_from_us.map(auth::micros_rfc3339),
+            valid_to: a.valid_to_us.map(auth::micros_rfc3339),
         })
         .collect();
-    Ok(Json(json!({ "lift_id": id, "items": items })).into_response())
+    Ok(Json(Assignments { lift_id: id, items }).into_response())
 }
 
+#[utoipa::path(put, path = "/v1/lifts/{lift_id}", summary = "Register or replace a lift", params(("lift_id" = String, Path, description = "The lift's id")),
+    request_body(content = LiftInfo, description = "The entry; `lift_id` is taken from the path"),
+    responses(
+        (status = 201, description = "Registered", body = LiftInfo),
+        (status = 200, description = "Replaced", body = LiftInfo),
+    ))]
 async fn put_lift(
     State(app): State<AppState>,
     staff: Staff,
@@ -746,6 +654,8 @@ async fn put_lift(
     upsert_lift(&app, info).await
 }
 
+#[utoipa::path(patch, path = "/v1/lifts/{lift_id}", summary = "Change a lift's registry entry", params(("lift_id" = String, Path, description = "The lift's id")), request_body = LiftPatch,
+    responses((status = 200, description = "The changed entry", body = LiftInfo)))]
 async fn patch_lift(
     State(app): State<AppState>,
     staff: Staff,
@@ -760,6 +670,8 @@ async fn patch_lift(
     Ok(Json(&*info).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/lifts/{lift_id}", summary = "Remove a lift from the registry", params(("lift_id" = String, Path, description = "The lift's id")),
+    responses((status = 204, description = "Removed from the registry; its readings stay")))]
 async fn delete_lift(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let reg = app.registry.clone();
     let missing = id.clone();
@@ -773,6 +685,8 @@ async fn delete_lift(State(app): State<AppState>, Path(id): Path<String>) -> Api
     }
 }
 
+#[utoipa::path(get, path = "/v1/lifts/{lift_id}/state", summary = "Get a lift's latest state and counters", params(("lift_id" = String, Path, description = "The lift's id")),
+    responses((status = 200, description = "Latest state and exact lifetime counters, with the seq ranges counted", body = LiftView)))]
 async fn lift_state(
     State(app): State<AppState>,
     staff: Staff,
@@ -796,6 +710,8 @@ const STATE_STREAM_TICK: std::time::Duration = std::time::Duration::from_secs(1)
 /// `GET /v1/lifts/{lift_id}/state/stream`: server-sent events, `state` with the lift's view (as
 /// `/state`, without `seq_ranges`) at once and whenever it changes. Ends when the server shuts
 /// down or the caller may no longer see the lift.
+#[utoipa::path(get, path = "/v1/lifts/{lift_id}/state/stream", summary = "Follow a lift's state (server-sent events)", params(("lift_id" = String, Path, description = "The lift's id")),
+    responses((status = 200, description = "Server-sent events: `state`, data a `LiftView`", content_type = "text/event-stream", body = String)))]
 async fn lift_state_stream(
     State(app): State<AppState>,
     staff: Staff,
@@ -842,6 +758,8 @@ async fn lift_state_stream(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/buildings/{building_id}", summary = "Get a building's lifts", params(("building_id" = String, Path)),
+    responses((status = 200, description = "Every lift of the building", body = Building)))]
 async fn building(
     State(app): State<AppState>,
     staff: Staff,
@@ -858,11 +776,6 @@ async fn building(
             "no registered lift is in building {id:?}"
         )));
     }
-    #[derive(Serialize)]
-    struct Building {
-        building_id: String,
-        lifts: Vec<hoistway_processor::LiftView>,
-    }
     Ok(Json(Building {
         building_id: id,
         lifts: views,
@@ -870,6 +783,8 @@ async fn building(
     .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/fleet/summary", summary = "Count lifts by status",
+    responses((status = 200, description = "Lifts by status and the readings counted (the caller's customer's only)", body = FleetSummary)))]
 async fn fleet_summary(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
     let filter = LiftFilter {
         customer: staff.customer().map(str::to_string),
@@ -900,6 +815,8 @@ fn own_letters(app: &AppState, customer: &str, letters: &mut Vec<DeadLetter>) {
     });
 }
 
+#[utoipa::path(get, path = "/v1/dlq", summary = "List dead-letter files",
+    responses((status = 200, description = "Dead-letter files waiting for replay", body = DlqFiles)))]
 async fn dlq_list(State(app): State<AppState>, staff: Staff) -> ApiResult<Response> {
     let dlq = app.dlq.clone();
     let mut files = blocking(move || dlq.list().map_err(dlq_problem)).await?;
@@ -926,9 +843,11 @@ async fn dlq_list(State(app): State<AppState>, staff: Staff) -> ApiResult<Respon
         })
         .await?;
     }
-    Ok(Json(json!({ "files": files })).into_response())
+    Ok(Json(DlqFiles { files }).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/dlq/{id}", summary = "Read a dead-letter file", params(("id" = String, Path, description = "A dead-letter file's id")),
+    responses((status = 200, description = "The file's dead letters", body = DeadLetters)))]
 async fn dlq_show(
     State(app): State<AppState>,
     staff: Staff,
@@ -944,9 +863,11 @@ async fn dlq_show(
             return Err(Problem::not_found(format!("no dead-letter file {id:?}")));
         }
     }
-    Ok(Json(json!({ "items": letters })).into_response())
+    Ok(Json(DeadLetters { items: letters }).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/dlq/{id}/replay", summary = "Replay a dead-letter file", params(("id" = String, Path, description = "A dead-letter file's id")),
+    responses((status = 200, description = "The readings are back in the log", body = Replayed)))]
 async fn dlq_replay(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -973,17 +894,22 @@ async fn dlq_replay(
         .unwrap_or_default();
     let detail = format!("{} readings", outcome.accepted);
     auth::record(&app, &who, "dlq.replay", &file, "ok", addr, &detail).await;
-    Ok(Json(json!({
-        "replayed": outcome.accepted,
-        "note": "readings are back in the log; the processor applies them, or dead-letters them again if the cause remains",
-    }))
+    Ok(Json(Replayed {
+        replayed: outcome.accepted,
+        note: "readings are back in the log; the processor applies them, or dead-letters them again if the cause remains",
+    })
     .into_response())
 }
 
+#[utoipa::path(get, path = "/healthz", summary = "Liveness", responses((status = 200, description = "The process is alive", body = Health)))]
 async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "alive" }))
+    Json(Health { status: "alive" })
 }
 
+#[utoipa::path(get, path = "/readyz", summary = "Readiness", responses(
+    (status = 200, description = "Ready to accept readings", body = Health),
+    (status = 503, description = "Not ready; `detail` says why", body = Problem, content_type = "application/problem+json"),
+))]
 async fn readyz(State(app): State<AppState>) -> Response {
     let mut problems = Vec::new();
     if !app.accepting.load(Ordering::Acquire) {
@@ -996,12 +922,13 @@ async fn readyz(State(app): State<AppState>) -> Response {
         problems.push(e.to_string());
     }
     if problems.is_empty() {
-        Json(json!({ "status": "ready" })).into_response()
+        Json(Health { status: "ready" }).into_response()
     } else {
         Problem::unavailable(problems.join("; "), app.limits.retry_after_secs).into_response()
     }
 }
 
+#[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics_text(State(app): State<AppState>) -> Response {
     let Some(handle) = &app.metrics else {
         return Problem::not_found("metrics are disabled").into_response();

@@ -180,14 +180,14 @@ impl Snapshot {
 }
 
 /// Rows, bytes and files per tier and kind, for `hoistway storage status`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct StoreStatus {
     pub log_offset: u64,
     pub buffered_rows: u64,
     pub tiers: Vec<TierStatus>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct TierStatus {
     pub tier: Tier,
     pub kind: Kind,

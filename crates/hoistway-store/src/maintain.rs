@@ -26,7 +26,7 @@ use crate::write::{RollingWriter, properties_of, schema_of};
 use crate::{DAY_US, HOUR_US, Result, Store, by_date, crash_point, date_of, rollup};
 
 /// What one [`Store::maintain`] pass did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct MaintenanceReport {
     pub compactions: u64,
     pub compacted_input_files: u64,

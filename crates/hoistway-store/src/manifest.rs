@@ -19,8 +19,21 @@ use crate::{Error, Result};
 pub const FORMAT: u32 = 1;
 pub const MANIFEST_PATH: &str = "_hoistway/manifest.json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = StorageKind)]
 pub enum Kind {
     /// Raw readings, under `readings/`.
     Readings,
@@ -39,8 +52,9 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = StorageTier)]
 pub enum Tier {
     Hot,
     Archive,

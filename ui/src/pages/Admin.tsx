@@ -1,16 +1,10 @@
 import { useEffect, useState } from "preact/hooks";
-import { Me, Role, enc, get, post, qs, send } from "../api";
+import { Me, Role, Schemas, enc, get, post, qs, send } from "../api";
 import { Failure, TextFilter } from "../components";
 import { Time } from "../format";
 import { setParam, useLocation } from "../router";
 
-interface UserRow {
-  username: string;
-  role: Role;
-  customer: string | null;
-  totp_enrolled: boolean;
-  created_at: string;
-}
+type UserRow = Schemas["UserView"];
 
 /** Accounts the signed-in admin manages (a customer's admin: that customer's). */
 export function Users({ me }: { me: Me }) {
@@ -18,7 +12,7 @@ export function Users({ me }: { me: Me }) {
   const [error, setError] = useState<unknown>(null);
   const [done, setDone] = useState<string | null>(null);
   const [form, setForm] = useState({ username: "", password: "", role: "viewer" as Role, customer: "" });
-  const load = () => get<{ items: UserRow[] }>("/v1/users").then((r) => setUsers(r.items), setError);
+  const load = () => get<Schemas["Users"]>("/v1/users").then((r) => setUsers(r.items), setError);
   useEffect(() => {
     load();
   }, []);
@@ -131,13 +125,7 @@ export function Users({ me }: { me: Me }) {
   );
 }
 
-interface TokenRow {
-  id: string;
-  name: string;
-  kind: string;
-  created_us: number;
-  expires_us: number | null;
-}
+type TokenRow = Schemas["Token"];
 
 const fromMicros = (us: number | null) => (us === null ? null : new Date(us / 1000).toISOString());
 
@@ -148,14 +136,14 @@ export function Tokens() {
   const [days, setDays] = useState("90");
   const [secret, setSecret] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
-  const load = () => get<{ items: TokenRow[] }>("/v1/auth/tokens").then((r) => setTokens(r.items.filter((t) => t.kind === "api")), setError);
+  const load = () => get<Schemas["Tokens"]>("/v1/auth/tokens").then((r) => setTokens(r.items.filter((t) => t.kind === "api")), setError);
   useEffect(() => {
     load();
   }, []);
   const create = (e: Event) => {
     e.preventDefault();
     setError(null);
-    post<{ token: string }>("/v1/auth/tokens", { name: name.trim(), ...(days ? { expires_days: Number(days) } : {}) }).then((t) => {
+    post<Schemas["IssuedToken"]>("/v1/auth/tokens", { name: name.trim(), ...(days ? { expires_days: Number(days) } : {}) }).then((t) => {
       setSecret(t.token);
       setName("");
       load();
@@ -222,16 +210,7 @@ export function Tokens() {
   );
 }
 
-interface AuditRow {
-  id: number;
-  at: string;
-  actor: string;
-  action: string;
-  target: string;
-  outcome: string;
-  address: string | null;
-  detail: string;
-}
+
 
 /** Who did what, oldest first within a page, filtered by actor and action. */
 export function Audit() {
@@ -239,10 +218,10 @@ export function Audit() {
   const actor = params.get("actor") ?? "";
   const action = params.get("action") ?? "";
   const after = params.get("after") ?? "";
-  const [page, setPage] = useState<{ items: AuditRow[]; next_after: number | null } | null>(null);
+  const [page, setPage] = useState<Schemas["AuditPage"] | null>(null);
   const [error, setError] = useState<unknown>(null);
   useEffect(() => {
-    get<{ items: AuditRow[]; next_after: number | null }>(`/v1/audit${qs({ actor, action, after, limit: 100 })}`).then(setPage, setError);
+    get<Schemas["AuditPage"]>(`/v1/audit${qs({ actor, action, after, limit: 100 })}`).then(setPage, setError);
   }, [actor, action, after]);
   return (
     <section>

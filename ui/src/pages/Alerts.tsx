@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { Alert, AlertEvent, AlertPage, Me, can, enc, get, post, qs } from "../api";
+import { Alert, AlertEvent, AlertPage, Me, Schemas, can, enc, get, post, qs } from "../api";
 import { Failure, Link, TextFilter } from "../components";
 import { SeverityBadge, Time } from "../format";
 import { setParam, useLocation } from "../router";
@@ -8,7 +8,7 @@ function Detail({ id, me, onChange }: { id: number; me: Me; onChange: () => void
   const [d, setD] = useState<{ alert: Alert; events: AlertEvent[] } | null>(null);
   const [note, setNote] = useState("");
   const [error, setError] = useState<unknown>(null);
-  const load = () => get<{ alert: Alert; events: AlertEvent[] }>(`/v1/alerts/${id}`).then(setD, setError);
+  const load = () => get<Schemas["AlertDetail"]>(`/v1/alerts/${id}`).then(setD, setError);
   useEffect(() => {
     load();
   }, [id]);
@@ -147,7 +147,7 @@ export function Alerts({ me }: { me: Me }) {
         <button type="button" disabled={!before} onClick={() => setParam({ before: undefined })}>
           Newest
         </button>
-        <button type="button" disabled={!page?.next_before} onClick={() => setParam({ before: page?.next_before ?? undefined })}>
+        <button type="button" disabled={!page?.next_before} onClick={() => setParam({ before: page?.next_before?.toString() })}>
           Older
         </button>
       </nav>

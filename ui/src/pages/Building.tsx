@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { LiftView, enc, get } from "../api";
+import { LiftView, Schemas, enc, get } from "../api";
 import { Failure, Link } from "../components";
 import { StatusBadge, ago, fixed } from "../format";
 
@@ -12,7 +12,7 @@ export function Building({ id }: { id: string }) {
   useEffect(() => {
     let stop = false;
     const load = () =>
-      get<{ lifts: LiftView[] }>(`/v1/buildings/${enc(id)}`).then(
+      get<Schemas["Building"]>(`/v1/buildings/${enc(id)}`).then(
         (b) => !stop && (setLifts(b.lifts), setError(null)),
         (e) => !stop && setError(e),
       );

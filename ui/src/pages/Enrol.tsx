@@ -1,5 +1,5 @@
 import { useState } from "preact/hooks";
-import { Me, TotpEnrolment, post } from "../api";
+import { Me, Schemas, TotpEnrolment, post } from "../api";
 import { Failure } from "../components";
 import { navigate } from "../router";
 
@@ -17,7 +17,7 @@ export function Enrol({ me }: { me: Me }) {
   const confirm = (e: Event) => {
     e.preventDefault();
     setError(null);
-    post<{ recovery_codes: string[] }>("/v1/auth/totp/confirm", { code: code.trim() }).then(
+    post<Schemas["RecoveryCodes"]>("/v1/auth/totp/confirm", { code: code.trim() }).then(
       (r) => setRecovery(r.recovery_codes),
       setError,
     );

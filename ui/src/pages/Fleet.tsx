@@ -1,17 +1,12 @@
 import { useEffect, useRef, useState } from "preact/hooks";
-import { FleetSummary, LiftPage, Me, get, qs } from "../api";
+import { FleetSummary, LiftPage, Me, Schemas, get, qs } from "../api";
 import { Failure, Link, TextFilter } from "../components";
 import { StatusBadge, ago, n } from "../format";
 import { setParam, useLocation } from "../router";
 
 const PAGE = 50;
 
-interface AlertCounts {
-  critical: number;
-  major: number;
-  warning: number;
-  info: number;
-}
+type AlertCounts = Schemas["OpenCounts"]["open"];
 
 /** Counts and the readings rate, polled; the rate is the change of the readings counted. */
 function Summary() {
@@ -26,7 +21,7 @@ function Summary() {
       try {
         const [sum, open] = await Promise.all([
           get<FleetSummary>("/v1/fleet/summary"),
-          get<{ open: AlertCounts }>("/v1/alerts/counts").then((c) => c.open, () => null),
+          get<Schemas["OpenCounts"]>("/v1/alerts/counts").then((c) => c.open, () => null),
         ]);
         if (stop) return;
         const now = performance.now();

@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState } from "preact/hooks";
-import { Alert, AlertPage, LiftInfo, LiftView, Me, QueryAnswer, enc, fleetStaff, get, post, qs } from "../api";
+import { Alert, AlertPage, LiftInfo, LiftView, Me, QueryAnswer, Schemas, enc, fleetStaff, get, post, qs } from "../api";
 import { Chart, Series } from "../Chart";
 import { Failure, Link } from "../components";
 import { SeverityBadge, StatusBadge, Time, ago, fixed, n } from "../format";
@@ -151,13 +151,7 @@ function LiftAlerts({ id }: { id: string }) {
   );
 }
 
-interface Credentials {
-  lift_id: string;
-  approved_at: string | null;
-  approved_by: string | null;
-  revoked_at: string | null;
-  mode: string | null;
-}
+type Credentials = Schemas["DeviceCredentials"];
 
 function LiftCredentials({ id }: { id: string }) {
   const [c, setC] = useState<Credentials | null>(null);
@@ -167,7 +161,7 @@ function LiftCredentials({ id }: { id: string }) {
   }, [id]);
   const revoke = () => {
     if (!confirm(`Revoke the credentials of ${id}? It gets no new tokens until approved again.`)) return;
-    post<Credentials>(`/v1/devices/${enc(id)}/revoke`).then(() => get<Credentials>(`/v1/devices/${enc(id)}`).then(setC), setError);
+    post<Schemas["Device"]>(`/v1/devices/${enc(id)}/revoke`).then(() => get<Credentials>(`/v1/devices/${enc(id)}`).then(setC), setError);
   };
   return (
     <section aria-labelledby="credentials-heading">

@@ -1,23 +1,11 @@
 import { useEffect, useState } from "preact/hooks";
-import { Me, enc, fleetStaff, get, post } from "../api";
+import { Me, Schemas, enc, fleetStaff, get, post } from "../api";
 import { Failure, Link } from "../components";
-import { n } from "../format";
+import { Time, n } from "../format";
 
-interface DlqFile {
-  id: string;
-  first_offset: number;
-  last_offset: number;
-  items: number;
-  bytes: number;
-  reasons: Record<string, number>;
-}
+type DlqFile = Schemas["DlqFile"];
 
-interface DeadLetter {
-  reason: string;
-  detail: string;
-  offset: number;
-  reading: { lift_id: string; seq: number; ts: string; [field: string]: unknown };
-}
+type DeadLetter = Schemas["DeadLetter"];
 
 const bytes = (b: number) => (b >= 1 << 30 ? `${(b / (1 << 30)).toFixed(1)} GiB` : b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(1)} MiB` : b >= 1024 ? `${(b / 1024).toFixed(1)} KiB` : `${b} B`);
 
@@ -28,17 +16,17 @@ export function DeadLetters({ me }: { me: Me }) {
   const [letters, setLetters] = useState<DeadLetter[] | null>(null);
   const [done, setDone] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
-  const load = () => get<{ files: DlqFile[] }>("/v1/dlq").then((r) => setFiles(r.files), setError);
+  const load = () => get<Schemas["DlqFiles"]>("/v1/dlq").then((r) => setFiles(r.files), setError);
   useEffect(() => {
     load();
   }, []);
   useEffect(() => {
     setLetters(null);
-    if (open) get<{ items: DeadLetter[] }>(`/v1/dlq/${enc(open)}`).then((r) => setLetters(r.items), setError);
+    if (open) get<Schemas["DeadLetters"]>(`/v1/dlq/${enc(open)}`).then((r) => setLetters(r.items), setError);
   }, [open]);
   const replay = (id: string) => {
     setError(null);
-    post<{ replayed: number }>(`/v1/dlq/${enc(id)}/replay`).then((r) => {
+    post<Schemas["Replayed"]>(`/v1/dlq/${enc(id)}/replay`).then((r) => {
       setDone(`${n(r.replayed)} readings of ${id} are back in the log.`);
       setOpen(null);
       load();
@@ -119,7 +107,9 @@ export function DeadLetters({ me }: { me: Me }) {
                       <Link href={`/lifts/${enc(l.reading.lift_id)}`}>{l.reading.lift_id}</Link>
                     </td>
                     <td class="num">{l.reading.seq}</td>
-                    <td>{l.reading.ts}</td>
+                    <td>
+                      <Time at={new Date(l.reading.ts_us / 1000).toISOString()} />
+                    </td>
                     <td>{l.reason.replace(/_/g, " ")}</td>
                     <td class="wrap">{l.detail}</td>
                   </tr>
@@ -134,31 +124,20 @@ export function DeadLetters({ me }: { me: Me }) {
   );
 }
 
-interface TierRow {
-  tier: string;
-  kind: string;
-  files: number;
-  rows: number;
-  bytes: number;
-  dates: number;
-  oldest: string | null;
-  newest: string | null;
-}
-
 /** Rows, bytes and files per tier; upkeep on demand (fleet admins). */
 export function Storage({ me }: { me: Me }) {
-  const [status, setStatus] = useState<{ buffered_rows: number; tiers: TierRow[] } | null>(null);
+  const [status, setStatus] = useState<Schemas["StoreStatus"] | null>(null);
   const [report, setReport] = useState<Record<string, number> | null>(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
-  const load = () => get<{ buffered_rows: number; tiers: TierRow[] }>("/v1/storage/status").then(setStatus, setError);
+  const load = () => get<Schemas["StoreStatus"]>("/v1/storage/status").then(setStatus, setError);
   useEffect(() => {
     load();
   }, []);
   const maintain = () => {
     setBusy(true);
     setError(null);
-    post<Record<string, number>>("/v1/storage/maintain")
+    post<Schemas["MaintenanceReport"]>("/v1/storage/maintain")
       .then((r) => (setReport(r), load()), setError)
       .finally(() => setBusy(false));
   };

@@ -1,10 +1,10 @@
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, FieldProblem, Me, Rule, enc, fleetStaff, get, send } from "../api";
+import { ApiError, FieldProblem, Me, Rule, Schemas, enc, fleetStaff, get, send } from "../api";
 import { Failure } from "../components";
 import { SeverityBadge } from "../format";
 
 /** A starting point for each kind of condition (docs/alerts.md has every field). */
-const TEMPLATES: Record<string, Record<string, unknown>> = {
+const TEMPLATES: Record<Kind, Record<string, unknown>> = {
   counter_crossing: { counter: "trips_total", at: 1000000, every: 1000000 },
   threshold: { metric: "motor_temp_c", above: 90, for_readings: 3, clear_at: 85, clear_after_secs: 60 },
   event: { events: ["entrapment"], clear_on: ["entrapment_cleared"] },
@@ -21,8 +21,10 @@ function describe(w: Rule["when"]): string {
 }
 
 function blank(): Rule {
-  return { id: "", name: "", severity: "warning", scope: {}, enabled: true, hold_secs: 0, when: { kind: "threshold", ...TEMPLATES.threshold } };
+  return { id: "", name: "", severity: "warning", scope: {}, enabled: true, hold_secs: 0, when: { kind: "threshold", metric: "motor_temp_c", above: 90, for_readings: 3, clear_at: 85, clear_after_secs: 60 } };
 }
+
+type Kind = Rule["when"]["kind"];
 
 /** Add or edit one rule; the server's validation shows beside each field it names. */
 function Editor({ rule, isNew, onDone }: { rule: Rule; isNew: boolean; onDone: () => void }) {
@@ -55,7 +57,7 @@ function Editor({ rule, isNew, onDone }: { rule: Rule; isNew: boolean; onDone: (
       setProblems([{ field: "when", message: `not JSON: ${(err as Error).message}` }]);
       return;
     }
-    const scope = Object.fromEntries(Object.entries(r.scope).filter(([, v]) => v && String(v).trim()));
+    const scope = Object.fromEntries(Object.entries(r.scope ?? {}).filter(([, v]) => v && String(v).trim()));
     const body = { ...r, scope, when, description: r.description || undefined };
     try {
       await send("PUT", `/v1/alert-rules/${enc(r.id.trim())}`, body);
@@ -101,7 +103,7 @@ function Editor({ rule, isNew, onDone }: { rule: Rule; isNew: boolean; onDone: (
           {(["customer", "building", "model", "lift"] as const).map((f) => (
             <label>
               {f[0].toUpperCase() + f.slice(1)}
-              <input name={`scope.${f}`} value={r.scope[f] ?? ""} onInput={(e) => setR({ ...r, scope: { ...r.scope, [f]: e.currentTarget.value } })} />
+              <input name={`scope.${f}`} value={r.scope?.[f] ?? ""} onInput={(e) => setR({ ...r, scope: { ...r.scope, [f]: e.currentTarget.value } })} />
             </label>
           ))}
         </div>
@@ -113,7 +115,7 @@ function Editor({ rule, isNew, onDone }: { rule: Rule; isNew: boolean; onDone: (
           name="kind"
           value={condKind}
           onChange={(e) => {
-            const k = e.currentTarget.value;
+            const k = e.currentTarget.value as Kind;
             setCondKind(k);
             setCondText(JSON.stringify(TEMPLATES[k], null, 2));
           }}
@@ -149,7 +151,7 @@ export function Rules({ me }: { me: Me }) {
   const [editing, setEditing] = useState<{ rule: Rule; isNew: boolean } | null>(null);
   const [error, setError] = useState<unknown>(null);
   const admin = fleetStaff(me, "admin");
-  const load = () => get<{ items: Rule[] }>("/v1/alert-rules").then((r) => setRules(r.items), setError);
+  const load = () => get<Schemas["Rules"]>("/v1/alert-rules").then((r) => setRules(r.items), setError);
   useEffect(() => {
     load();
   }, []);
@@ -201,7 +203,7 @@ export function Rules({ me }: { me: Me }) {
                   </td>
                   <td class="wrap">{describe(r.when)}</td>
                   <td>
-                    {Object.entries(r.scope)
+                    {Object.entries(r.scope ?? {})
                       .map(([k, v]) => `${k} ${v}`)
                       .join(", ") || "every lift"}
                   </td>
