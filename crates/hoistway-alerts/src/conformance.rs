@@ -48,6 +48,7 @@ pub fn check(store: &dyn AlertStore) {
             EventKind::Acknowledged,
             EventKind::Resolved,
         ],
+        quiet_hours: None,
     }];
     let s = 1_000_000;
 

@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 pub use engine::{Engine, EngineConfig};
-pub use lifecycle::{Escalation, Route};
+pub use lifecycle::{Escalation, QuietHours, Route};
 pub use rule::{Rule, RuleProblem, Severity};
 pub use sqlite::SqliteAlertStore;
 pub use store::{
@@ -841,6 +841,7 @@ mod tests {
                 buildings: vec![],
                 rules: vec![],
                 events: vec![store::EventKind::Fired],
+                quiet_hours: None,
             }],
             ..AlertsConfig::default()
         };

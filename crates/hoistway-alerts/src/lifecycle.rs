@@ -59,6 +59,90 @@ pub struct Route {
     /// Which steps are sent (default: fired, acknowledged and resolved).
     #[serde(default = "default_events")]
     pub events: Vec<EventKind>,
+    /// Hours in which this route holds its notifications back (below `except_from`) until
+    /// the hours end; nothing is dropped.
+    #[serde(default)]
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// A daily period of local time, e.g. 22:00 to 07:00 in Europe/Berlin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    /// Start, `HH:MM` local time.
+    pub from: String,
+    /// End (exclusive), `HH:MM` local time; before `from` means the hours span midnight.
+    pub to: String,
+    /// IANA time zone name (default `UTC`); daylight saving time is followed.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// Alerts of this severity or above are sent at once even in quiet hours.
+    #[serde(default = "critical")]
+    pub except_from: Severity,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+impl QuietHours {
+    fn parts(
+        &self,
+    ) -> std::result::Result<(chrono::NaiveTime, chrono::NaiveTime, chrono_tz::Tz), String> {
+        let time = |name: &str, v: &str| {
+            chrono::NaiveTime::parse_from_str(v, "%H:%M")
+                .map_err(|_| format!("quiet_hours.{name} must be HH:MM (e.g. 22:00), got {v:?}"))
+        };
+        let (from, to) = (time("from", &self.from)?, time("to", &self.to)?);
+        if from == to {
+            return Err("quiet_hours.from and .to are the same time; give a period".into());
+        }
+        let tz = self.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+            format!(
+                "quiet_hours.timezone {:?} is not an IANA time zone (e.g. Europe/Berlin)",
+                self.timezone
+            )
+        })?;
+        Ok((from, to, tz))
+    }
+
+    /// Checks the times and the zone; the error names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.parts().map(|_| ())
+    }
+
+    /// When a notification made at `now_us` may go out: `now_us`, or the end of the quiet period
+    /// that holds it.
+    pub fn release_at(&self, now_us: i64) -> i64 {
+        use chrono::{Duration, TimeZone};
+        let Ok((from, to, tz)) = self.parts() else {
+            return now_us;
+        };
+        let Some(now) = chrono::DateTime::from_timestamp_micros(now_us) else {
+            return now_us;
+        };
+        let local = now.with_timezone(&tz);
+        let (today, t) = (local.date_naive(), local.time());
+        let end_day = if from < to {
+            (from <= t && t < to).then_some(today)
+        } else if t >= from {
+            today.succ_opt()
+        } else if t < to {
+            Some(today)
+        } else {
+            None
+        };
+        let Some(day) = end_day else {
+            return now_us;
+        };
+        // The end in local time; in a daylight saving gap, the first instant after it.
+        let end = day.and_time(to);
+        let at = tz.from_local_datetime(&end).earliest().or_else(|| {
+            tz.from_local_datetime(&(end + Duration::hours(1)))
+                .earliest()
+        });
+        at.map_or(now_us, |a| a.timestamp_micros().max(now_us))
+    }
 }
 
 fn info() -> Severity {
@@ -144,6 +228,7 @@ pub fn escalate(
             buildings: vec![],
             rules: vec![],
             events: vec![EventKind::Escalated],
+            quiet_hours: None,
         };
         for n in notifications(&[route], &alert, EventKind::Escalated, &key, now_us) {
             tx.enqueue(&n)?;
@@ -187,7 +272,10 @@ pub fn notifications(
                 created_us: now_us,
                 state: DeliveryState::Pending,
                 attempts: 0,
-                next_us: now_us,
+                next_us: match &r.quiet_hours {
+                    Some(q) if alert.severity < q.except_from => q.release_at(now_us),
+                    _ => now_us,
+                },
                 last_error: None,
                 delivered_us: None,
             }
@@ -338,4 +426,149 @@ pub fn act(
         tx.enqueue(&n)?;
     }
     Ok(alert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    fn night(zone: &str) -> QuietHours {
+        QuietHours {
+            from: "22:00".into(),
+            to: "07:00".into(),
+            timezone: zone.into(),
+            except_from: Severity::Critical,
+        }
+    }
+
+    #[test]
+    fn quiet_hours_hold_until_their_local_end() {
+        let q = night("Europe/Berlin");
+        // 23:30 in Berlin (winter, UTC+1): held until 07:00 the next morning.
+        let late = at("2026-11-30T22:30:00Z");
+        assert_eq!(q.release_at(late), at("2026-12-01T06:00:00Z"));
+        // 06:59 in Berlin: until 07:00 the same morning.
+        assert_eq!(
+            q.release_at(at("2026-12-01T05:59:00Z")),
+            at("2026-12-01T06:00:00Z")
+        );
+        // Noon, and the end itself: not quiet.
+        let noon = at("2026-12-01T11:00:00Z");
+        assert_eq!(q.release_at(noon), noon);
+        let end = at("2026-12-01T06:00:00Z");
+        assert_eq!(q.release_at(end), end);
+        // In summer the same local hours are an hour earlier in UTC.
+        assert_eq!(
+            q.release_at(at("2026-07-01T21:00:00Z")),
+            at("2026-07-02T05:00:00Z")
+        );
+        // A period within one day, in UTC.
+        let lunch = QuietHours {
+            from: "12:00".into(),
+            to: "13:00".into(),
+            timezone: "UTC".into(),
+            except_from: Severity::Major,
+        };
+        assert_eq!(
+            lunch.release_at(at("2026-12-01T12:10:00Z")),
+            at("2026-12-01T13:00:00Z")
+        );
+        let before = at("2026-12-01T11:59:00Z");
+        assert_eq!(lunch.release_at(before), before);
+    }
+
+    #[test]
+    fn quiet_hours_ending_in_a_daylight_saving_gap_end_at_the_same_instant() {
+        // 2026-03-29 02:00 CET jumps to 03:00 CEST in Berlin: 02:30 never happens on the wall
+        // clock; the period ends at 03:30 CEST, the instant 02:30 CET would have been.
+        let q = QuietHours {
+            from: "01:00".into(),
+            to: "02:30".into(),
+            timezone: "Europe/Berlin".into(),
+            except_from: Severity::Critical,
+        };
+        assert_eq!(
+            q.release_at(at("2026-03-29T00:15:00Z")),
+            at("2026-03-29T01:30:00Z")
+        );
+    }
+
+    #[test]
+    fn quiet_hours_hold_only_alerts_below_their_exception_and_check_their_fields() {
+        let route = Route {
+            channel: "pager".into(),
+            min_severity: Severity::Info,
+            customers: vec![],
+            buildings: vec![],
+            rules: vec![],
+            events: default_events(),
+            quiet_hours: Some(night("UTC")),
+        };
+        let mut alert = Alert {
+            id: 7,
+            rule: "hot-motor".into(),
+            rule_name: "Hot motor".into(),
+            severity: Severity::Warning,
+            lift_id: "L1".into(),
+            customer: "acme".into(),
+            building: "B1".into(),
+            model: "m1".into(),
+            state: AlertState::Firing,
+            summary: "hot".into(),
+            value: None,
+            fired_us: 0,
+            last_fired_us: 0,
+            refires: 0,
+            acknowledged: None,
+            resolved: None,
+        };
+        let now = at("2026-12-01T23:00:00Z");
+        let held = notifications(
+            std::slice::from_ref(&route),
+            &alert,
+            EventKind::Fired,
+            "k",
+            now,
+        );
+        assert_eq!(held[0].next_us, at("2026-12-02T07:00:00Z"));
+        assert_eq!(held[0].created_us, now);
+        alert.severity = Severity::Critical;
+        let sent = notifications(&[route], &alert, EventKind::Fired, "k", now);
+        assert_eq!(sent[0].next_us, now, "critical goes out at once");
+
+        for (bad, field) in [
+            (
+                QuietHours {
+                    from: "25:00".into(),
+                    ..night("UTC")
+                },
+                "quiet_hours.from",
+            ),
+            (
+                QuietHours {
+                    to: "7".into(),
+                    ..night("UTC")
+                },
+                "quiet_hours.to",
+            ),
+            (night("Mars/Olympus"), "quiet_hours.timezone"),
+            (
+                QuietHours {
+                    to: "22:00".into(),
+                    ..night("UTC")
+                },
+                "the same time",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(field), "{e}");
+        }
+        assert!(night("America/New_York").validate().is_ok());
+    }
 }

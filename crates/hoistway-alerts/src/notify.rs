@@ -95,6 +95,12 @@ pub enum ChannelConfig {
         username: String,
         #[serde(default)]
         password: String,
+        /// Connect over TLS (MQTTS, usually port 8883), verifying the broker's certificate.
+        #[serde(default)]
+        tls: bool,
+        /// PEM file of the CA(s) to trust for the broker; empty: the system's roots.
+        #[serde(default)]
+        ca_file: String,
         #[serde(default = "ten")]
         timeout_secs: u64,
     },
@@ -199,6 +205,8 @@ impl ChannelConfig {
                 client_id,
                 username,
                 password,
+                tls,
+                ca_file,
                 timeout_secs,
             } => {
                 if topic.is_empty() || topic.contains(['#', '+']) {
@@ -211,6 +219,17 @@ impl ChannelConfig {
                 if !username.is_empty() {
                     options.set_credentials(username, password);
                 }
+                if *tls {
+                    let config = tls_client_config(ca_file)
+                        .map_err(|e| Error::Invalid(format!("channel {name:?}: {e}")))?;
+                    options.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+                    ));
+                } else if !ca_file.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "channel {name:?}: ca_file is set but tls is not; set tls = true"
+                    )));
+                }
                 Arc::new(Mqtt {
                     options,
                     topic: topic.clone(),
@@ -220,6 +239,46 @@ impl ChannelConfig {
             }
         })
     }
+}
+
+/// A TLS client set-up that trusts the CAs in `ca_file` (PEM), or the system's roots when it is
+/// empty. Errors name what could not be read.
+fn tls_client_config(
+    ca_file: &str,
+) -> std::result::Result<tokio_rustls::rustls::ClientConfig, String> {
+    use tokio_rustls::rustls::{
+        self, RootCertStore, pki_types::CertificateDer, pki_types::pem::PemObject,
+    };
+    let mut roots = RootCertStore::empty();
+    if ca_file.is_empty() {
+        let found = rustls_native_certs::load_native_certs();
+        if found.certs.is_empty() {
+            return Err(format!(
+                "no trusted CA certificates found on this system ({:?}); give ca_file",
+                found.errors
+            ));
+        }
+        roots.add_parsable_certificates(found.certs);
+    } else {
+        let certs = CertificateDer::pem_file_iter(ca_file)
+            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| format!("ca_file {ca_file:?}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("ca_file {ca_file:?} holds no certificate"));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {ca_file:?}: {e}"))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// Writes each notification to the log.

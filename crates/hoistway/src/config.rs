@@ -428,6 +428,11 @@ impl Config {
                 "alerts.routes: no channel is named {:?}",
                 route.channel
             );
+            if let Some(q) = &route.quiet_hours {
+                q.validate().map_err(|e| {
+                    anyhow::anyhow!("alerts.routes (channel {:?}): {e}", route.channel)
+                })?;
+            }
         }
         for escalation in &config.alerts.escalations {
             anyhow::ensure!(

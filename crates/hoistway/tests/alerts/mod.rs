@@ -672,33 +672,7 @@ async fn alert_events_reach_mail_nats_and_mqtt_subscribers() {
     let mut nats_sub = nats.subscribe(format!("{subject}.>")).await.unwrap();
     let mut options = rumqttc::MqttOptions::new(format!("sub-{unique}"), "127.0.0.1", 1883);
     options.set_keep_alive(Duration::from_secs(30));
-    let (mqtt, mut mqtt_events) = rumqttc::AsyncClient::new(options, 16);
-    mqtt.subscribe(format!("{topic}/#"), rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(10), mqtt_events.poll())
-            .await
-            .expect("MQTT broker on 127.0.0.1:1883")
-            .expect("MQTT connection");
-        if matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no SUBACK");
-    }
-    let mqtt_got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let sink = mqtt_got.clone();
-    let mqtt_task = tokio::spawn(async move {
-        while let Ok(event) = mqtt_events.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
-                sink.lock().unwrap().push(json!({
-                    "topic": p.topic,
-                    "payload": serde_json::from_slice::<Value>(&p.payload).unwrap(),
-                }));
-            }
-        }
-    });
+    let (mqtt_got, mqtt_task) = mqtt_subscriber(options, &topic).await;
 
     let config = tmp.path().join("alerts.toml");
     std::fs::write(
@@ -794,9 +768,9 @@ channel = "mqtt"
         !mqtt_got.lock().unwrap().is_empty()
     })
     .await;
-    let got = mqtt_got.lock().unwrap()[0].clone();
-    assert_eq!(got["topic"], format!("{topic}/fired"));
-    assert_eq!(got["payload"]["data"]["lift_id"], "L1");
+    let (got_topic, got) = mqtt_got.lock().unwrap()[0].clone();
+    assert_eq!(got_topic, format!("{topic}/fired"));
+    assert_eq!(got["data"]["lift_id"], "L1");
 
     let (_, outbox) = call(
         &server,
@@ -814,6 +788,289 @@ channel = "mqtt"
     assert_eq!(channels, HashSet::from(["mail", "nats", "mqtt"]));
     mqtt_task.abort();
     js.delete_stream(&stream).await.unwrap();
+}
+
+/// Quiet hours hold a route's notifications below `except_from` until the period ends, queued
+/// and visible; a critical alert goes out at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_hold_all_but_critical_until_they_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A period from an hour ago to an hour from now, in UTC.
+    let now = chrono::Utc::now();
+    let hour = chrono::Duration::hours(1);
+    let hm = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M").to_string();
+    let config = tmp.path().join("alerts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[alerts.channels]]
+kind = "log"
+name = "night"
+
+[[alerts.routes]]
+channel = "night"
+quiet_hours = {{ from = "{from}", to = "{to}", timezone = "UTC" }}
+"#,
+            from = hm(now - hour),
+            to = hm(now + hour),
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start(&[("HOISTWAY_CONFIG", config.to_str().unwrap())]);
+    register(
+        &server,
+        "lift_id,building,site,customer,model,install_date,initial_trips\nL1,B1,S1,acme,m1,,0\n",
+    )
+    .await;
+    post(
+        &server,
+        vec![with_events(
+            reading("L1", 1, 1),
+            &["alarm_button", "entrapment"],
+        )],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let items = loop {
+        let (_, outbox) = call(&server, "GET", "/v1/notifications", Value::Null).await;
+        let items = outbox["items"].as_array().unwrap().clone();
+        let delivered = items.iter().any(|n| n["state"] == "delivered");
+        if items.len() == 2 && delivered {
+            break items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two notifications, one delivered: {outbox}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_rule = |rule: &str| {
+        items
+            .iter()
+            .find(|n| n["payload"]["data"]["rule"] == rule)
+            .unwrap_or_else(|| panic!("a notification for {rule}: {items:?}"))
+            .clone()
+    };
+    assert_eq!(
+        by_rule("entrapment")["state"],
+        "delivered",
+        "critical is not held"
+    );
+    let held = by_rule("alarm-button");
+    assert_eq!(held["state"], "pending", "{held}");
+    assert_eq!(held["attempts"], 0, "{held}");
+    let next = chrono::DateTime::parse_from_rfc3339(held["next_at"].as_str().unwrap()).unwrap();
+    let end = (now + hour).timestamp() / 60 * 60;
+    assert_eq!(next.timestamp(), end, "held until the period ends: {held}");
+}
+
+/// What an MQTT subscriber to `topic/#` received: (topic, JSON body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+/// Subscribes to `topic/#` at QoS 1 and collects what arrives until the task is aborted.
+async fn mqtt_subscriber(
+    options: rumqttc::MqttOptions,
+    topic: &str,
+) -> (Received, tokio::task::JoinHandle<()>) {
+    let (mqtt, mut events) = rumqttc::AsyncClient::new(options, 16);
+    mqtt.subscribe(format!("{topic}/#"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.poll())
+            .await
+            .expect("a SUBACK from the MQTT broker in time")
+            .expect("the subscriber's MQTT connection");
+        if matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) {
+            break;
+        }
+    }
+    let got = Received::default();
+    let sink = got.clone();
+    let task = tokio::spawn(async move {
+        // The client lives as long as the task, so the connection stays open.
+        let _client = mqtt;
+        while let Ok(event) = events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let body = serde_json::from_slice::<Value>(&p.payload).unwrap();
+                sink.lock().unwrap().push((p.topic, body));
+            }
+        }
+    });
+    (got, task)
+}
+
+/// A private Mosquitto with only a TLS listener, its certificate issued by a CA of the test's own.
+struct TlsBroker {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsBroker {
+    fn start(dir: &Path, ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> Self {
+        let (cert_pem, key_pem, ca_pem) = (
+            dir.join("broker.pem"),
+            dir.join("broker.key"),
+            dir.join("broker-ca.pem"),
+        );
+        crate::common::issue_cert(ca, &cert_pem, &key_pem);
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        let port = crate::common::free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\npersistence false\n",
+                ca_pem.display(),
+                cert_pem.display(),
+                key_pem.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// MQTT over TLS: the channel verifies the broker against the configured CA and delivers at
+/// QoS 1; a channel trusting another CA refuses the broker and keeps the notification pending
+/// with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_delivers_only_to_a_broker_it_trusts() {
+    use tokio_rustls::rustls;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = crate::common::test_ca("Hoistway MQTT test CA");
+    let broker = TlsBroker::start(tmp.path(), &ca);
+    let other_ca = tmp.path().join("other-ca.pem");
+    std::fs::write(&other_ca, crate::common::test_ca("Someone else").pem()).unwrap();
+    let unique = format!("t{}", rand::random::<u32>());
+    let topic = format!("hoistway/{unique}/alerts");
+
+    // A subscriber over TLS too.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca.der().to_vec()))
+        .unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut options = rumqttc::MqttOptions::new(format!("sub-{unique}"), "localhost", broker.port);
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+    ));
+    let (got, reader) = mqtt_subscriber(options, &topic).await;
+
+    let config = tmp.path().join("alerts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[alerts.channels]]
+kind = "mqtt"
+name = "mqtts"
+host = "localhost"
+port = {port}
+topic = "{topic}"
+client_id = "pub-{unique}"
+tls = true
+ca_file = "{ca}"
+
+[[alerts.channels]]
+kind = "mqtt"
+name = "mqtts-untrusted"
+host = "localhost"
+port = {port}
+topic = "{topic}"
+client_id = "pub2-{unique}"
+tls = true
+ca_file = "{other}"
+
+[[alerts.routes]]
+channel = "mqtts"
+
+[[alerts.routes]]
+channel = "mqtts-untrusted"
+"#,
+            port = broker.port,
+            ca = tmp.path().join("broker-ca.pem").display(),
+            other = other_ca.display(),
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start(&[("HOISTWAY_CONFIG", config.to_str().unwrap())]);
+    register(
+        &server,
+        "lift_id,building,site,customer,model,install_date,initial_trips\nL1,B1,S1,acme,m1,,0\n",
+    )
+    .await;
+    post(
+        &server,
+        vec![with_events(reading("L1", 1, 1), &["entrapment"])],
+    )
+    .await;
+    until("the message over TLS", Duration::from_secs(20), || async {
+        !got.lock().unwrap().is_empty()
+    })
+    .await;
+    let (t, body) = got.lock().unwrap()[0].clone();
+    assert_eq!(t, format!("{topic}/fired"));
+    assert_eq!(body["data"]["lift_id"], "L1");
+
+    // The channel that does not trust the broker's CA delivered nothing and says why.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let why = loop {
+        let (_, outbox) = call(&server, "GET", "/v1/notifications", Value::Null).await;
+        let untrusted = outbox["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["channel"] == "mqtts-untrusted")
+            .cloned();
+        if let Some(n) = untrusted
+            && n["state"] == "pending"
+            && let Some(e) = n["last_error"].as_str()
+        {
+            break e.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refused handshake on record: {outbox}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(why.to_lowercase().contains("certificate"), "{why}");
+    assert_eq!(
+        got.lock().unwrap().len(),
+        1,
+        "one delivery, by the trusting channel"
+    );
+    reader.abort();
 }
 
 /// A rate rule compares each lift with its own past: two lifts doing the same number of door

@@ -449,3 +449,41 @@ impl Drop for Events {
         self.task.abort();
     }
 }
+
+/// A certificate authority of a test's own.
+pub fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // A subject of its own (OpenSSL takes a leaf with its issuer's name for self-signed).
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// Issues a certificate for `localhost` and 127.0.0.1 signed by `ca` and writes it and its key
+/// (each through a rename, as a certificate renewal tool does); returns its DER.
+pub fn issue_cert(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    cert: &Path,
+    key: &Path,
+) -> Vec<u8> {
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = params.signed_by(&leaf_key, &**ca).unwrap();
+    for (path, text) in [(key, leaf_key.serialize_pem()), (cert, leaf.pem())] {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+    leaf.der().to_vec()
+}

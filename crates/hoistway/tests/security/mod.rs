@@ -1026,29 +1026,6 @@ async fn a_customer_sees_only_its_own_lifts_and_periods_everywhere() {
     assert!(client.query("SELECT 1", &[]).await.is_err());
 }
 
-/// A certificate for `localhost` and 127.0.0.1 signed by `ca`, written where the server reads
-/// it (through a rename, as a certificate renewal tool does); returns its DER.
-fn issue_cert(
-    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Vec<u8> {
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
-    let leaf = params.signed_by(&leaf_key, &**ca).unwrap();
-    for (path, text) in [(key, leaf_key.serialize_pem()), (cert, leaf.pem())] {
-        let tmp = path.with_extension("new");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, path).unwrap();
-    }
-    leaf.der().to_vec()
-}
-
 /// One HTTPS request trusting only `ca`; the status and the certificate the server showed.
 async fn https_get(addr: std::net::SocketAddr, ca: &[u8], path: &str) -> (u16, Vec<u8>) {
     use tokio_rustls::rustls;
@@ -1092,20 +1069,9 @@ async fn tls_on_both_listeners_with_a_certificate_reloaded_on_sighup() {
         dir.path().join("key.pem"),
         dir.path().join("ca.pem"),
     );
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    // A subject of its own (OpenSSL takes a leaf with its issuer's name for self-signed).
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Hoistway test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
+    let ca = common::test_ca("Hoistway test CA");
     std::fs::write(&ca_pem, ca.pem()).unwrap();
-    let first = issue_cert(&ca, &cert, &key);
+    let first = common::issue_cert(&ca, &cert, &key);
     let pg_port = common::free_port();
     let listen = format!("127.0.0.1:{pg_port}");
     let server = TestServer::start(&[
@@ -1163,7 +1129,7 @@ async fn tls_on_both_listeners_with_a_certificate_reloaded_on_sighup() {
     );
 
     // A renewed certificate: SIGHUP, and new connections get it.
-    let second = issue_cert(&ca, &cert, &key);
+    let second = common::issue_cert(&ca, &cert, &key);
     assert_ne!(first, second);
     let pid = server.pid().unwrap().to_string();
     assert!(
