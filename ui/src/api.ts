@@ -1,7 +1,7 @@
 // The HTTP API (docs/api.md), as the UI uses it. The browser is signed in by the session cookie
 // that login sets; every change carries the CSRF token from the readable cookie.
 
-import type { components } from "../generated/api-schema";
+import type { components, paths } from "../generated/api-schema";
 
 /**
  * The API's types, generated (`npm run types`, openapi-typescript) from the server's OpenAPI
@@ -76,18 +76,52 @@ export async function request(method: string, path: string, body?: unknown, acce
   return resp;
 }
 
-export async function get<T>(path: string): Promise<T> {
-  return (await request("GET", path)).json();
-}
+type Method = "get" | "post" | "put" | "patch" | "delete";
 
-export async function post<T>(path: string, body?: unknown): Promise<T> {
-  return send<T>("POST", path, body ?? {});
-}
+/** The API's paths that take `method`. */
+export type PathOf<M extends Method> = {
+  [P in keyof paths]: paths[P][M] extends { responses: unknown } ? P : never;
+}[keyof paths];
 
-/** A change (`POST`, `PUT`, `PATCH`, `DELETE`); `undefined` for 204. */
-export async function send<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const resp = await request(method, path, body);
-  return resp.status === 204 ? (undefined as T) : resp.json();
+type Operation<M extends Method, P extends PathOf<M>> = paths[P][M];
+
+/** The JSON body of the operation's successful (2xx) answers; `undefined` for 204. */
+export type Answer<Op> = Op extends { responses: infer R }
+  ? {
+      [C in keyof R]: C extends 200 | 201 | 202
+        ? R[C] extends { content: { "application/json": infer B } }
+          ? B
+          : never
+        : C extends 204
+          ? undefined
+          : never;
+    }[keyof R]
+  : never;
+
+type Parameters<Op, Where extends "path" | "query"> = Op extends { parameters: { [K in Where]?: infer T } } ? Exclude<T, undefined> : never;
+type JsonBody<Op> = Op extends { requestBody?: { content: { "application/json": infer B } } } ? B : never;
+
+/** What a call may carry: path parameters, query parameters and a JSON body, each as the operation declares. */
+export type CallOptions<Op> = ([Parameters<Op, "path">] extends [never] ? { path?: never } : { path: Parameters<Op, "path"> }) & {
+  query?: Parameters<Op, "query">;
+  body?: JsonBody<Op>;
+};
+
+/**
+ * One API call, typed by the OpenAPI document: `method` and `path` pick the operation, whose
+ * parameters, body and answer the compiler then checks. `path` is the document's template
+ * (`/v1/lifts/{lift_id}`); its parameters come from `options.path`.
+ */
+export async function call<M extends Method, P extends PathOf<M>>(
+  method: M,
+  path: P,
+  ...[options]: [Parameters<Operation<M, P>, "path">] extends [never] ? [CallOptions<Operation<M, P>>?] : [CallOptions<Operation<M, P>>]
+): Promise<Answer<Operation<M, P>>> {
+  const o = (options ?? {}) as { path?: Record<string, string | number>; query?: Record<string, string | number | undefined | null>; body?: unknown };
+  const filled = (path as string).replace(/\{(\w+)\}/g, (_, name: string) => encodeURIComponent(String(o.path?.[name] ?? "")));
+  const body = o.body ?? (method === "post" ? {} : undefined);
+  const resp = await request(method.toUpperCase(), filled + qs(o.query ?? {}), method === "get" ? undefined : body);
+  return (resp.status === 204 ? undefined : await resp.json()) as Answer<Operation<M, P>>;
 }
 
 /** `?a=1&b=2` of the set values. */

@@ -2,7 +2,7 @@ import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import "./style.css";
 import { Link } from "./components";
-import { Me, fleetStaff, can, get, post, whenSignedOut } from "./api";
+import { Me, call, can, fleetStaff, whenSignedOut } from "./api";
 import { Location, match, navigate, useLocation } from "./router";
 import { Login } from "./pages/Login";
 import { Enrol } from "./pages/Enrol";
@@ -103,7 +103,7 @@ function App() {
   const [me, setMe] = useState<Me | null | undefined>(undefined);
 
   const load = () =>
-    get<Me>("/v1/auth/me")
+    call("get", "/v1/auth/me")
       .then((m) => {
         setMe(m);
         if (!m.totp_enrolled && can(m, "operator") && location.pathname !== "/enrol") navigate("/enrol", true);
@@ -127,7 +127,7 @@ function App() {
       </main>
     );
   const logout = () =>
-    post("/v1/auth/logout")
+    call("post", "/v1/auth/logout")
       .catch(() => undefined)
       .finally(() => {
         setMe(null);

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { DeviceRequest, enc, get, post } from "../api";
+import { DeviceRequest, call } from "../api";
 import { Failure, Link } from "../components";
 import { Time } from "../format";
 import { useLocation } from "../router";
@@ -19,7 +19,7 @@ export function Activate() {
     e?.preventDefault();
     setError(null);
     setDone(null);
-    get<DeviceRequest>(`/v1/devices/requests/${enc(code.trim())}`).then(setRequest, (err) => (setRequest(null), setError(err)));
+    call("get", "/v1/devices/requests/{user_code}", { path: { user_code: code.trim() } }).then(setRequest, (err) => (setRequest(null), setError(err)));
   };
   useEffect(() => {
     if (code) lookUp();
@@ -31,7 +31,7 @@ export function Activate() {
     const body = approve
       ? { user_code: request!.user_code, building: building.trim() || undefined, site: site.trim() || undefined, customer: customer.trim() || undefined }
       : { user_code: request!.user_code };
-    post(`/v1/devices/${approve ? "approve" : "deny"}`, body).then(() => {
+    call("post", approve ? "/v1/devices/approve" : "/v1/devices/deny", { body }).then(() => {
       setDone(approve ? `Lift ${request!.lift_id} is approved; it collects its tokens at its next poll.` : `The request of ${request!.lift_id} is refused.`);
       setRequest(null);
       setCode("");

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { Me, Role, Schemas, enc, get, post, qs, send } from "../api";
+import { Me, Role, Schemas, call } from "../api";
 import { Failure, TextFilter } from "../components";
 import { Time } from "../format";
 import { setParam, useLocation } from "../router";
@@ -12,7 +12,7 @@ export function Users({ me }: { me: Me }) {
   const [error, setError] = useState<unknown>(null);
   const [done, setDone] = useState<string | null>(null);
   const [form, setForm] = useState({ username: "", password: "", role: "viewer" as Role, customer: "" });
-  const load = () => get<Schemas["Users"]>("/v1/users").then((r) => setUsers(r.items), setError);
+  const load = () => call("get", "/v1/users").then((r) => setUsers(r.items), setError);
   useEffect(() => {
     load();
   }, []);
@@ -24,7 +24,7 @@ export function Users({ me }: { me: Me }) {
   const create = (e: Event) => {
     e.preventDefault();
     const body = { username: form.username.trim(), password: form.password, role: form.role, ...(form.customer.trim() ? { customer: form.customer.trim() } : {}) };
-    act(post("/v1/users", body), `Account ${body.username} added; operators and admins enrol TOTP at their first login.`);
+    act(call("post", "/v1/users", { body }), `Account ${body.username} added; operators and admins enrol TOTP at their first login.`);
     setForm({ ...form, username: "", password: "" });
   };
   return (
@@ -58,7 +58,7 @@ export function Users({ me }: { me: Me }) {
                       aria-label={`Role of ${u.username}`}
                       value={u.role}
                       disabled={u.username === me.username}
-                      onChange={(e) => act(send("PATCH", `/v1/users/${enc(u.username)}`, { role: e.currentTarget.value }), `${u.username} is now ${e.currentTarget.value}.`)}
+                      onChange={(e) => act(call("patch", "/v1/users/{username}", { path: { username: u.username }, body: { role: e.currentTarget.value as Role } }), `${u.username} is now ${e.currentTarget.value}.`)}
                     >
                       <option value="viewer">viewer</option>
                       <option value="operator">operator</option>
@@ -72,17 +72,17 @@ export function Users({ me }: { me: Me }) {
                   </td>
                   <td>
                     <div class="row">
-                      <button type="button" onClick={() => act(post(`/v1/users/${enc(u.username)}/totp/reset`), `${u.username} enrols TOTP again at the next login.`)}>
+                      <button type="button" onClick={() => act(call("post", "/v1/users/{username}/totp/reset", { path: { username: u.username } }), `${u.username} enrols TOTP again at the next login.`)}>
                         Reset TOTP
                       </button>
-                      <button type="button" onClick={() => act(post(`/v1/users/${enc(u.username)}/sessions/revoke`), `Every session of ${u.username} has ended.`)}>
+                      <button type="button" onClick={() => act(call("post", "/v1/users/{username}/sessions/revoke", { path: { username: u.username } }), `Every session of ${u.username} has ended.`)}>
                         End sessions
                       </button>
                       {u.username !== me.username && (
                         <button
                           type="button"
                           class="danger"
-                          onClick={() => confirm(`Delete ${u.username}?`) && act(send("DELETE", `/v1/users/${enc(u.username)}`), `${u.username} deleted.`)}
+                          onClick={() => confirm(`Delete ${u.username}?`) && act(call("delete", "/v1/users/{username}", { path: { username: u.username } }), `${u.username} deleted.`)}
                         >
                           Delete
                         </button>
@@ -136,14 +136,14 @@ export function Tokens() {
   const [days, setDays] = useState("90");
   const [secret, setSecret] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
-  const load = () => get<Schemas["Tokens"]>("/v1/auth/tokens").then((r) => setTokens(r.items.filter((t) => t.kind === "api")), setError);
+  const load = () => call("get", "/v1/auth/tokens").then((r) => setTokens(r.items.filter((t) => t.kind === "api")), setError);
   useEffect(() => {
     load();
   }, []);
   const create = (e: Event) => {
     e.preventDefault();
     setError(null);
-    post<Schemas["IssuedToken"]>("/v1/auth/tokens", { name: name.trim(), ...(days ? { expires_days: Number(days) } : {}) }).then((t) => {
+    call("post", "/v1/auth/tokens", { body: { name: name.trim(), ...(days ? { expires_days: Number(days) } : {}) } }).then((t) => {
       setSecret(t.token);
       setName("");
       load();
@@ -184,7 +184,7 @@ export function Tokens() {
                   </td>
                   <td>{t.expires_us ? <Time at={fromMicros(t.expires_us)} /> : "never"}</td>
                   <td>
-                    <button type="button" class="danger" onClick={() => send("DELETE", `/v1/auth/tokens/${enc(t.id)}`).then(load, setError)}>
+                    <button type="button" class="danger" onClick={() => call("delete", "/v1/auth/tokens/{id}", { path: { id: t.id } }).then(load, setError)}>
                       Revoke
                     </button>
                   </td>
@@ -221,7 +221,7 @@ export function Audit() {
   const [page, setPage] = useState<Schemas["AuditPage"] | null>(null);
   const [error, setError] = useState<unknown>(null);
   useEffect(() => {
-    get<Schemas["AuditPage"]>(`/v1/audit${qs({ actor, action, after, limit: 100 })}`).then(setPage, setError);
+    call("get", "/v1/audit", { query: { actor: actor || undefined, action: action || undefined, after: after ? Number(after) : undefined, limit: 100 } }).then(setPage, setError);
   }, [actor, action, after]);
   return (
     <section>

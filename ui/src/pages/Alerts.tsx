@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { Alert, AlertEvent, AlertPage, Me, Schemas, can, enc, get, post, qs } from "../api";
+import { Alert, AlertEvent, AlertPage, Me, call, can, enc } from "../api";
 import { Failure, Link, TextFilter } from "../components";
 import { SeverityBadge, Time } from "../format";
 import { setParam, useLocation } from "../router";
@@ -8,14 +8,14 @@ function Detail({ id, me, onChange }: { id: number; me: Me; onChange: () => void
   const [d, setD] = useState<{ alert: Alert; events: AlertEvent[] } | null>(null);
   const [note, setNote] = useState("");
   const [error, setError] = useState<unknown>(null);
-  const load = () => get<Schemas["AlertDetail"]>(`/v1/alerts/${id}`).then(setD, setError);
+  const load = () => call("get", "/v1/alerts/{id}", { path: { id } }).then(setD, setError);
   useEffect(() => {
     load();
   }, [id]);
   const act = (what: "acknowledge" | "resolve") => (e: Event) => {
     e.preventDefault();
     setError(null);
-    post(`/v1/alerts/${id}/${what}`, { note }).then(() => {
+    call("post", what === "acknowledge" ? "/v1/alerts/{id}/acknowledge" : "/v1/alerts/{id}/resolve", { path: { id }, body: { note } }).then(() => {
       setNote("");
       load();
       onChange();
@@ -71,7 +71,7 @@ export function Alerts({ me }: { me: Me }) {
   const [tick, setTick] = useState(0);
 
   useEffect(() => {
-    get<AlertPage>(`/v1/alerts${qs({ state: state === "all" ? "" : state, severity, lift, before, limit: 50 })}`).then(
+    call("get", "/v1/alerts", { query: { state: state === "all" ? undefined : state, severity: severity || undefined, lift: lift || undefined, before: before ? Number(before) : undefined, limit: 50 } }).then(
       (p) => (setPage(p), setError(null)),
       setError,
     );

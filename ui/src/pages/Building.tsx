@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { LiftView, Schemas, enc, get } from "../api";
+import { LiftView, call, enc } from "../api";
 import { Failure, Link } from "../components";
 import { StatusBadge, ago, fixed } from "../format";
 
@@ -12,7 +12,7 @@ export function Building({ id }: { id: string }) {
   useEffect(() => {
     let stop = false;
     const load = () =>
-      get<Schemas["Building"]>(`/v1/buildings/${enc(id)}`).then(
+      call("get", "/v1/buildings/{building_id}", { path: { building_id: id } }).then(
         (b) => !stop && (setLifts(b.lifts), setError(null)),
         (e) => !stop && setError(e),
       );

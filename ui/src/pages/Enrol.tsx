@@ -1,5 +1,5 @@
 import { useState } from "preact/hooks";
-import { Me, Schemas, TotpEnrolment, post } from "../api";
+import { Me, TotpEnrolment, call } from "../api";
 import { Failure } from "../components";
 import { navigate } from "../router";
 
@@ -12,12 +12,12 @@ export function Enrol({ me }: { me: Me }) {
 
   const start = () => {
     setError(null);
-    post<TotpEnrolment>("/v1/auth/totp").then(setEnrolment, setError);
+    call("post", "/v1/auth/totp").then(setEnrolment, setError);
   };
   const confirm = (e: Event) => {
     e.preventDefault();
     setError(null);
-    post<Schemas["RecoveryCodes"]>("/v1/auth/totp/confirm", { code: code.trim() }).then(
+    call("post", "/v1/auth/totp/confirm", { body: { code: code.trim() } }).then(
       (r) => setRecovery(r.recovery_codes),
       setError,
     );

@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState } from "preact/hooks";
-import { FleetSummary, LiftPage, Me, Schemas, get, qs } from "../api";
+import { FleetSummary, LiftPage, LiftStatus, Me, Schemas, call } from "../api";
 import { Failure, Link, TextFilter } from "../components";
 import { StatusBadge, ago, n } from "../format";
 import { setParam, useLocation } from "../router";
@@ -20,8 +20,8 @@ function Summary() {
     const poll = async () => {
       try {
         const [sum, open] = await Promise.all([
-          get<FleetSummary>("/v1/fleet/summary"),
-          get<Schemas["OpenCounts"]>("/v1/alerts/counts").then((c) => c.open, () => null),
+          call("get", "/v1/fleet/summary"),
+          call("get", "/v1/alerts/counts").then((c) => c.open, () => null),
         ]);
         if (stop) return;
         const now = performance.now();
@@ -93,7 +93,17 @@ export function Fleet({ me }: { me: Me }) {
   useEffect(() => {
     let stop = false;
     const load = () =>
-      get<LiftPage>(`/v1/lifts${qs({ ...filters, after, limit: PAGE })}`).then(
+      call("get", "/v1/lifts", {
+        query: {
+          q: filters.q || undefined,
+          customer: filters.customer || undefined,
+          building: filters.building || undefined,
+          model: filters.model || undefined,
+          status: (filters.status || undefined) as LiftStatus | undefined,
+          after: after || undefined,
+          limit: PAGE,
+        },
+      }).then(
         (p) => !stop && (setPage(p), setError(null)),
         (e) => !stop && setError(e),
       );

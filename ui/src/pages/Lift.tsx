@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState } from "preact/hooks";
-import { Alert, AlertPage, LiftInfo, LiftView, Me, QueryAnswer, Schemas, enc, fleetStaff, get, post, qs } from "../api";
+import { Alert, LiftInfo, LiftView, Me, QueryAnswer, Schemas, call, enc, fleetStaff } from "../api";
 import { Chart, Series } from "../Chart";
 import { Failure, Link } from "../components";
 import { SeverityBadge, StatusBadge, Time, ago, fixed, n } from "../format";
@@ -23,7 +23,7 @@ function useLiveState(id: string): [LiftView | null, unknown, boolean] {
   const [live, setLive] = useState(false);
   useEffect(() => {
     setState(null);
-    get<LiftView>(`/v1/lifts/${enc(id)}/state`).then(setState, setError);
+    call("get", "/v1/lifts/{lift_id}/state", { path: { lift_id: id } }).then(setState, setError);
     const es = new EventSource(`/v1/lifts/${enc(id)}/state/stream`);
     es.addEventListener("state", (e) => {
       setState(JSON.parse((e as MessageEvent).data));
@@ -47,7 +47,7 @@ function Charts({ id }: { id: string }) {
     const to = new Date();
     const from = new Date(to.getTime() - r.secs * 1000);
     setWindow([from.getTime() / 1000, to.getTime() / 1000]);
-    get<QueryAnswer>(`/v1/lifts/${enc(id)}/readings${qs({ from: from.toISOString(), to: to.toISOString(), step: r.step })}`).then(setData, setError);
+    call("get", "/v1/lifts/{lift_id}/readings", { path: { lift_id: id }, query: { from: from.toISOString(), to: to.toISOString(), step: r.step || undefined } }).then(setData, setError);
   }, [id, range]);
 
   const charts = useMemo(() => {
@@ -103,7 +103,7 @@ function Timeline({ id }: { id: string }) {
   useEffect(() => {
     const lift = id.replace(/'/g, "''");
     const sql = `SELECT ts, events, faults FROM readings WHERE lift_id = '${lift}' AND ts > now() - INTERVAL '7 days' AND (cardinality(events) > 0 OR cardinality(faults) > 0) ORDER BY ts DESC LIMIT 50`;
-    post<QueryAnswer>("/v1/sql", { sql }).then((a) => setRows(a.rows), setError);
+    call("post", "/v1/sql", { body: { sql } }).then((a) => setRows(a.rows), setError);
   }, [id]);
   return (
     <section aria-labelledby="timeline-heading">
@@ -132,7 +132,7 @@ function Timeline({ id }: { id: string }) {
 function LiftAlerts({ id }: { id: string }) {
   const [alerts, setAlerts] = useState<Alert[] | null>(null);
   useEffect(() => {
-    get<AlertPage>(`/v1/alerts${qs({ lift: id, limit: 20 })}`).then((p) => setAlerts(p.items), () => setAlerts([]));
+    call("get", "/v1/alerts", { query: { lift: id, limit: 20 } }).then((p) => setAlerts(p.items), () => setAlerts([]));
   }, [id]);
   return (
     <section aria-labelledby="lift-alerts-heading">
@@ -157,11 +157,11 @@ function LiftCredentials({ id }: { id: string }) {
   const [c, setC] = useState<Credentials | null>(null);
   const [error, setError] = useState<unknown>(null);
   useEffect(() => {
-    get<Credentials>(`/v1/devices/${enc(id)}`).then(setC, setError);
+    call("get", "/v1/devices/{lift_id}", { path: { lift_id: id } }).then(setC, setError);
   }, [id]);
   const revoke = () => {
     if (!confirm(`Revoke the credentials of ${id}? It gets no new tokens until approved again.`)) return;
-    post<Schemas["Device"]>(`/v1/devices/${enc(id)}/revoke`).then(() => get<Credentials>(`/v1/devices/${enc(id)}`).then(setC), setError);
+    call("post", "/v1/devices/{lift_id}/revoke", { path: { lift_id: id } }).then(() => call("get", "/v1/devices/{lift_id}", { path: { lift_id: id } }).then(setC), setError);
   };
   return (
     <section aria-labelledby="credentials-heading">
@@ -200,7 +200,7 @@ export function Lift({ id, me }: { id: string; me: Me }) {
   const [s, error, live] = useLiveState(id);
   const [info, setInfo] = useState<LiftInfo | null>(null);
   useEffect(() => {
-    get<LiftInfo>(`/v1/lifts/${enc(id)}`).then(setInfo, () => setInfo(null));
+    call("get", "/v1/lifts/{lift_id}", { path: { lift_id: id } }).then(setInfo, () => setInfo(null));
   }, [id]);
   if (error && !s)
     return (

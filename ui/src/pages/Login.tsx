@@ -1,5 +1,5 @@
 import { useState } from "preact/hooks";
-import { ApiError, LoginAnswer, post } from "../api";
+import { ApiError, call } from "../api";
 import { Failure } from "../components";
 
 /** Password, then (for an account with TOTP) the authenticator or a recovery code. */
@@ -16,11 +16,11 @@ export function Login({ onDone }: { onDone: (enrol: boolean) => void }) {
     setBusy(true);
     setError(null);
     try {
-      const a = await post<LoginAnswer>("/v1/auth/login", {
+      const a = await call("post", "/v1/auth/login", { body: {
         username,
         password,
         ...(needCode ? { code: code.replace(/\s+/g, "") } : {}),
-      });
+      } });
       onDone(a.enrolment_required);
     } catch (err) {
       if (err instanceof ApiError && err.type === "second-factor-required" && !needCode) setNeedCode(true);

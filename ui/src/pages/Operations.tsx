@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { Me, Schemas, enc, fleetStaff, get, post } from "../api";
+import { Me, Schemas, call, enc, fleetStaff } from "../api";
 import { Failure, Link } from "../components";
 import { Time, n } from "../format";
 
@@ -16,17 +16,17 @@ export function DeadLetters({ me }: { me: Me }) {
   const [letters, setLetters] = useState<DeadLetter[] | null>(null);
   const [done, setDone] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
-  const load = () => get<Schemas["DlqFiles"]>("/v1/dlq").then((r) => setFiles(r.files), setError);
+  const load = () => call("get", "/v1/dlq").then((r) => setFiles(r.files), setError);
   useEffect(() => {
     load();
   }, []);
   useEffect(() => {
     setLetters(null);
-    if (open) get<Schemas["DeadLetters"]>(`/v1/dlq/${enc(open)}`).then((r) => setLetters(r.items), setError);
+    if (open) call("get", "/v1/dlq/{id}", { path: { id: open } }).then((r) => setLetters(r.items), setError);
   }, [open]);
   const replay = (id: string) => {
     setError(null);
-    post<Schemas["Replayed"]>(`/v1/dlq/${enc(id)}/replay`).then((r) => {
+    call("post", "/v1/dlq/{id}/replay", { path: { id } }).then((r) => {
       setDone(`${n(r.replayed)} readings of ${id} are back in the log.`);
       setOpen(null);
       load();
@@ -130,14 +130,14 @@ export function Storage({ me }: { me: Me }) {
   const [report, setReport] = useState<Record<string, number> | null>(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
-  const load = () => get<Schemas["StoreStatus"]>("/v1/storage/status").then(setStatus, setError);
+  const load = () => call("get", "/v1/storage/status").then(setStatus, setError);
   useEffect(() => {
     load();
   }, []);
   const maintain = () => {
     setBusy(true);
     setError(null);
-    post<Schemas["MaintenanceReport"]>("/v1/storage/maintain")
+    call("post", "/v1/storage/maintain")
       .then((r) => (setReport(r), load()), setError)
       .finally(() => setBusy(false));
   };

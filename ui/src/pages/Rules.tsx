@@ -1,5 +1,5 @@
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, FieldProblem, Me, Rule, Schemas, enc, fleetStaff, get, send } from "../api";
+import { ApiError, FieldProblem, Me, Rule, call, fleetStaff } from "../api";
 import { Failure } from "../components";
 import { SeverityBadge } from "../format";
 
@@ -60,7 +60,7 @@ function Editor({ rule, isNew, onDone }: { rule: Rule; isNew: boolean; onDone: (
     const scope = Object.fromEntries(Object.entries(r.scope ?? {}).filter(([, v]) => v && String(v).trim()));
     const body = { ...r, scope, when, description: r.description || undefined };
     try {
-      await send("PUT", `/v1/alert-rules/${enc(r.id.trim())}`, body);
+      await call("put", "/v1/alert-rules/{id}", { path: { id: r.id.trim() }, body: body as Rule });
       onDone();
     } catch (err) {
       if (err instanceof ApiError && err.errors.length) setProblems(err.errors);
@@ -151,13 +151,13 @@ export function Rules({ me }: { me: Me }) {
   const [editing, setEditing] = useState<{ rule: Rule; isNew: boolean } | null>(null);
   const [error, setError] = useState<unknown>(null);
   const admin = fleetStaff(me, "admin");
-  const load = () => get<Schemas["Rules"]>("/v1/alert-rules").then((r) => setRules(r.items), setError);
+  const load = () => call("get", "/v1/alert-rules").then((r) => setRules(r.items), setError);
   useEffect(() => {
     load();
   }, []);
   const remove = (id: string) => {
     if (!confirm(`Delete rule ${id}? Its open alerts stay until resolved.`)) return;
-    send("DELETE", `/v1/alert-rules/${enc(id)}`).then(load, setError);
+    call("delete", "/v1/alert-rules/{id}", { path: { id } }).then(load, setError);
   };
   return (
     <section>

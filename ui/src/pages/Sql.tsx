@@ -1,5 +1,5 @@
 import { useMemo, useState } from "preact/hooks";
-import { QueryAnswer, post, request } from "../api";
+import { QueryAnswer, call, request } from "../api";
 import { Chart } from "../Chart";
 import { Failure } from "../components";
 
@@ -40,7 +40,7 @@ export function Sql() {
     setBusy(true);
     setError(null);
     try {
-      setAnswer(await post<QueryAnswer>("/v1/sql", { sql }));
+      setAnswer(await call("post", "/v1/sql", { body: { sql } }));
     } catch (err) {
       setError(err);
     } finally {
