@@ -1082,6 +1082,213 @@ impl Drop for S3Server {
     }
 }
 
+/// A loopback HTTP proxy in front of the S3 server that, while `faulty` is set, fails half the
+/// requests on purpose, in turn: a 500; the connection dropped before the request reaches S3;
+/// the request done by S3 but its answer lost (the connection dropped after).
+struct FaultyProxy {
+    port: u16,
+    faulty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    faults: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultyProxy {
+    async fn start(upstream: u16) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let faulty = Arc::new(AtomicBool::new(false));
+        let faults = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (faulty.clone(), faults.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (flag, count, requests) = (flag.clone(), count.clone(), requests.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (flag, count, requests) =
+                            (flag.clone(), count.clone(), requests.clone());
+                        async move {
+                            let n = requests.fetch_add(1, Ordering::Relaxed);
+                            let fault = flag
+                                .load(Ordering::Relaxed)
+                                .then_some(n % 6)
+                                .filter(|k| k % 2 == 0);
+                            if fault.is_some() {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            match fault {
+                                Some(0) => {
+                                    return Ok(hyper::Response::builder()
+                                        .status(500)
+                                        .body(http_body_util::Full::new(Bytes::from_static(
+                                            b"<Error><Code>InternalError</Code></Error>",
+                                        )))
+                                        .unwrap());
+                                }
+                                Some(2) => return Err(std::io::Error::other("dropped before")),
+                                _ => {}
+                            }
+                            let answer = forward(upstream, req).await;
+                            if fault == Some(4) {
+                                return Err(std::io::Error::other("answer lost"));
+                            }
+                            Ok(answer)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            port,
+            faulty,
+            faults,
+            task,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends `req` to the S3 server on `port` as it came (headers, body) and returns its answer.
+async fn forward(
+    port: u16,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(hyper::Request::from_parts(
+            parts,
+            http_body_util::Full::new(body),
+        ))
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    hyper::Response::from_parts(parts, http_body_util::Full::new(body))
+}
+
+/// The archive tier behind a proxy that fails half the requests (500s, dropped connections, lost
+/// answers): the move to it retries and completes, nothing is lost or counted twice, and the hot
+/// tier keeps taking readings meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_to_a_failing_s3_retry_and_lose_or_duplicate_nothing() {
+    use std::sync::atomic::Ordering;
+    let s3 = S3Server::start("hoistway-faults").await;
+    let proxy = FaultyProxy::start(s3.port).await;
+    let endpoint = proxy.endpoint();
+    let mut server = TestServer::start(&[
+        (
+            "HOISTWAY_STORAGE__ARCHIVE_URL",
+            "s3://hoistway-faults/fleet-b",
+        ),
+        ("HOISTWAY_STORAGE__S3__ENDPOINT", &endpoint),
+        ("HOISTWAY_STORAGE__S3__REGION", "us-east-1"),
+        ("HOISTWAY_STORAGE__S3__ACCESS_KEY_ID", "test"),
+        ("HOISTWAY_STORAGE__S3__SECRET_ACCESS_KEY", "test"),
+        ("HOISTWAY_STORAGE__S3__ALLOW_HTTP", "true"),
+    ]);
+    sql_fixture(&server).await;
+    register(
+        &server,
+        "lift_id,building,site,customer,model,install_date,initial_trips\nLIVE-1,B9,S9,C9,M9,,0\n",
+    )
+    .await;
+    let fixture = "SELECT lift_id, count(*) AS n, sum(trips) AS trips, min(ts) AS first, max(ts) AS last \
+                   FROM readings WHERE lift_id <> 'LIVE-1' GROUP BY lift_id ORDER BY lift_id";
+    let sql = |server: &TestServer, q: &str| {
+        let body = json!({ "sql": q }).to_string();
+        let server_addr = server.addr;
+        async move {
+            let r = http(
+                server_addr,
+                "POST",
+                "/v1/sql",
+                &[("content-type", "application/json")],
+                Bytes::from(body),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["rows"].clone()
+        }
+    };
+    let before = sql(&server, fixture).await;
+    tokio::task::block_in_place(|| {
+        assert!(server.terminate());
+        server.spawn();
+    });
+    proxy.faulty.store(true, Ordering::Relaxed);
+    // Readings keep coming while the archive fails.
+    let live = tokio::spawn({
+        let addr = server.addr;
+        async move {
+            for seq in 1..=20u64 {
+                let r = http(
+                    addr,
+                    "POST",
+                    "/v1/telemetry",
+                    &[("content-type", "application/json")],
+                    Bytes::from(reading("LIVE-1", seq, 1).to_string()),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            }
+        }
+    });
+    let r = server.post_json("/v1/storage/maintain", "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["moved_files"],
+        4,
+        "every file moved, through the faults"
+    );
+    live.await.unwrap();
+    let faults = proxy.faults.load(Ordering::Relaxed);
+    assert!(faults >= 3, "the proxy failed only {faults} requests");
+    proxy.faulty.store(false, Ordering::Relaxed);
+    let status = server.get("/v1/storage/status").await.json();
+    let archived = status["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tier"] == "archive" && t["kind"] == "readings")
+        .unwrap()["rows"]
+        .clone();
+    assert_eq!(archived, 14, "each archived reading once: {status}");
+    // The same rows, now read from the archive.
+    assert_eq!(sql(&server, fixture).await, before);
+    let state = server.get("/v1/lifts/LIVE-1/state").await.json();
+    assert_eq!(
+        state["readings_total"], 20,
+        "the hot tier kept taking readings"
+    );
+}
+
 /// The archive tier on a real S3-compatible server: files older than the hot retention move
 /// there, the bucket holds the documented layout, and SQL answers exactly as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
