@@ -952,6 +952,8 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     metrics::gauge!("hoistway_uptime_seconds").set(app.started.elapsed().as_secs_f64());
     let status = app.store.status();
     metrics::gauge!("hoistway_store_buffered_rows").set(status.buffered_rows as f64);
+    metrics::gauge!("hoistway_store_move_backlog_files").set(status.move_backlog.files as f64);
+    metrics::gauge!("hoistway_store_move_backlog_bytes").set(status.move_backlog.bytes as f64);
     for t in status.tiers {
         let labels = [("tier", t.tier.as_str()), ("kind", t.kind.dir())];
         metrics::gauge!("hoistway_store_bytes", &labels).set(t.bytes as f64);

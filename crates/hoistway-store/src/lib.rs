@@ -185,6 +185,19 @@ pub struct StoreStatus {
     pub log_offset: u64,
     pub buffered_rows: u64,
     pub tiers: Vec<TierStatus>,
+    /// Hot files older than the hot retention, waiting to move to the archive: above zero for
+    /// longer than the maintenance interval, the archive is failing (or upkeep is off).
+    pub move_backlog: Backlog,
+}
+
+/// Files, readings and bytes waiting for the next move to the archive.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct Backlog {
+    /// Files of every kind (readings and rollups).
+    pub files: u64,
+    /// Readings in those files.
+    pub readings: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -357,9 +370,19 @@ impl Store {
                 });
             }
         }
+        let cutoff = self.clock.now_us() - self.config.hot_retention_us;
+        let mut move_backlog = Backlog::default();
+        for f in snapshot.hot.files.iter().filter(|f| f.max_ts_us < cutoff) {
+            move_backlog.files += 1;
+            if f.kind == Kind::Readings {
+                move_backlog.readings += f.rows;
+            }
+            move_backlog.bytes += f.bytes;
+        }
         StoreStatus {
             log_offset: snapshot.hot.log_offset,
             buffered_rows,
+            move_backlog,
             tiers,
         }
     }

@@ -1242,6 +1242,12 @@ async fn moves_to_a_failing_s3_retry_and_lose_or_duplicate_nothing() {
         assert!(server.terminate());
         server.spawn();
     });
+    // The fixture is from January: every file is due to move, and status says so.
+    let backlog = server.get("/v1/storage/status").await.json()["move_backlog"].clone();
+    assert_eq!(
+        (backlog["files"].clone(), backlog["readings"].clone()),
+        (json!(4), json!(14))
+    );
     proxy.faulty.store(true, Ordering::Relaxed);
     // Readings keep coming while the archive fails.
     let live = tokio::spawn({
@@ -1280,6 +1286,7 @@ async fn moves_to_a_failing_s3_retry_and_lose_or_duplicate_nothing() {
         .unwrap()["rows"]
         .clone();
     assert_eq!(archived, 14, "each archived reading once: {status}");
+    assert_eq!(status["move_backlog"]["files"], 0, "{status}");
     // The same rows, now read from the archive.
     assert_eq!(sql(&server, fixture).await, before);
     let state = server.get("/v1/lifts/LIVE-1/state").await.json();

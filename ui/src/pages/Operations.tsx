@@ -150,6 +150,11 @@ export function Storage({ me }: { me: Me }) {
           <p>
             {n(status.buffered_rows)} readings buffered in memory (already durable in the log), waiting for the next flush.
           </p>
+          <p data-testid="move-backlog">
+            {status.move_backlog.files === 0
+              ? "Nothing waiting to move to the archive."
+              : `${n(status.move_backlog.files)} files (${n(status.move_backlog.readings)} readings) older than the hot retention are waiting to move to the archive; if this stays, the archive is failing (see the server log).`}
+          </p>
           <div class="table-wrap">
             <table aria-label="Storage tiers">
               <thead>
