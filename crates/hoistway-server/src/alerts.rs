@@ -239,7 +239,7 @@ async fn act(
 
 /// `POST /v1/alerts/{id}/acknowledge` with `{"note": "..."}` (optional).
 #[utoipa::path(post, path = "/v1/alerts/{id}/acknowledge", summary = "Acknowledge an alert", params(("id" = i64, Path, description = "The alert's id")),
-    request_body(content = ActBody, description = "Optional"),
+    request_body(content = Option<ActBody>, description = "Optional: a note"),
     responses((status = 200, description = "The acknowledged alert", body = Alert)))]
 pub async fn acknowledge(
     State(app): State<AppState>,

@@ -17,7 +17,7 @@ use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
 use utoipa::openapi::{
-    ComponentsBuilder, InfoBuilder, LicenseBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, Required,
+    ComponentsBuilder, InfoBuilder, LicenseBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 };
 use utoipa::{PartialSchema, ToSchema};
 
@@ -146,12 +146,6 @@ pub(crate) fn describe(op: &mut Operation, path: &str, access: Access) {
                     .content(PROBLEM_JSON, problem())
                     .into()
             });
-    }
-    // Request bodies the handlers read are required unless they say otherwise.
-    if let Some(RefOr::T(body)) = &mut op.request_body
-        && body.required.is_none()
-    {
-        body.required = Some(Required::True);
     }
 }
 
