@@ -9,16 +9,15 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::Sink;
+use futures::{Sink, SinkExt};
 use hoistway_auth::{Access, Authority, Principal, Role};
 use hoistway_query::Caller;
-use pgwire::api::ClientInfo;
-use pgwire::api::auth::mechanism::{AuthMechanism, AuthState};
-use pgwire::api::auth::{
-    AuthDriver, AuthOutcome, DefaultServerParameterProvider, LoginInfo, StartupHandler,
+use pgwire::api::auth::{DefaultServerParameterProvider, LoginInfo, StartupHandler};
+use pgwire::api::{
+    ClientInfo, PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use serde::{Deserialize, Serialize};
 
@@ -45,19 +44,35 @@ struct Session {
 pub struct Startup {
     authority: Arc<Authority>,
     plain: PlainPasswords,
-    driver: AuthDriver<DefaultServerParameterProvider, Session>,
+    parameters: DefaultServerParameterProvider,
+    keys: RandomPidSecretKeyGenerator,
 }
 
 impl Startup {
     pub fn new(authority: Arc<Authority>, plain: PlainPasswords) -> Self {
         let mut parameters = DefaultServerParameterProvider::default();
-        parameters.server_version = format!("16.0 (Hoistway {})", env!("CARGO_PKG_VERSION"));
+        // What the catalogs' `SHOW` and `current_setting()` answer, reported at startup too.
+        use hoistway_query::catalog::{SERVER_VERSION, settings};
+        let setting = |name: &str| {
+            settings(0)
+                .into_iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+                .unwrap_or_default()
+        };
+        parameters.server_version =
+            format!("{SERVER_VERSION} (Hoistway {})", env!("CARGO_PKG_VERSION"));
+        parameters.time_zone = setting("timezone");
+        parameters.date_style = setting("datestyle");
+        parameters.interval_style = setting("intervalstyle");
+        parameters.search_path = setting("search_path");
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
         Self {
             authority,
             plain,
-            driver: AuthDriver::new(parameters),
+            parameters,
+            keys: RandomPidSecretKeyGenerator::default(),
         }
     }
 }
@@ -91,32 +106,20 @@ fn check(authority: &Authority, user: Option<&str>, token: &str) -> PgWireResult
     Ok(principal)
 }
 
-struct TokenPassword {
-    authority: Arc<Authority>,
-}
-
-#[async_trait]
-impl AuthMechanism<Session> for TokenPassword {
-    async fn begin(
-        &mut self,
-        _client: &(dyn ClientInfo + Send + Sync),
-    ) -> PgWireResult<AuthState<Session>> {
-        Ok(AuthState::InProgress(Authentication::CleartextPassword))
-    }
-
-    async fn next(
-        &mut self,
-        client: &(dyn ClientInfo + Send + Sync),
-        message: PasswordMessageFamily,
-    ) -> PgWireResult<AuthState<Session>> {
-        let password = message.into_password()?.password;
-        let login = LoginInfo::from_client_info(client);
-        let authority = self.authority.clone();
-        let user = login.user().map(str::to_string);
-        let address = login.host().to_string();
-        // Token lookups and the audit record touch the auth store: off the async threads.
-        let token = password.clone();
-        let checked = tokio::task::spawn_blocking(move || {
+/// Checks a password message's token for the user the client named, off the async threads
+/// (token lookups and the audit record touch the auth store).
+async fn verify<C: ClientInfo>(
+    authority: &Arc<Authority>,
+    client: &C,
+    token: String,
+) -> PgWireResult<Session> {
+    let login = LoginInfo::from_client_info(client);
+    let authority = authority.clone();
+    let user = login.user().map(str::to_string);
+    let address = login.host().to_string();
+    let checked = {
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || {
             let checked = check(&authority, user.as_deref(), &token);
             let outcome = if checked.is_ok() { "ok" } else { "failed" };
             let who = user.as_deref().unwrap_or_default();
@@ -124,15 +127,9 @@ impl AuthMechanism<Session> for TokenPassword {
             checked
         })
         .await
-        .map_err(|e| fatal("XX000", e.to_string()))?;
-        Ok(match checked {
-            Ok(_) => AuthState::Ok {
-                final_message: None,
-                identity: Some(Session { token: password }),
-            },
-            Err(e) => AuthState::Failed(e),
-        })
-    }
+        .map_err(|e| fatal("XX000", e.to_string()))?
+    };
+    checked.map(|_| Session { token })
 }
 
 #[async_trait]
@@ -147,7 +144,7 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let outcome = match message {
+        match message {
             PgWireFrontendMessage::Startup(ref startup) => {
                 pgwire::api::auth::protocol_negotiation(client, startup).await?;
                 pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
@@ -165,30 +162,34 @@ impl StartupHandler for Startup {
                             .into(),
                     ));
                 }
-                let mechanism = Box::new(TokenPassword {
-                    authority: self.authority.clone(),
-                });
-                self.driver.begin_authentication(client, mechanism).await?
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::CleartextPassword,
+                    ))
+                    .await?;
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
-                self.driver.advance_authentication(client, message).await?
-            }
-            _ => return Ok(()),
-        };
-        match outcome {
-            AuthOutcome::InProgress => Ok(()),
-            AuthOutcome::Authenticated {
-                identity,
-                final_message,
-            } => {
-                if let Some(session) = identity {
-                    client.session_extensions().insert(session);
+                // A password before the server asked for one is a protocol error.
+                if !matches!(
+                    client.state(),
+                    PgWireConnectionState::AuthenticationInProgress
+                ) {
+                    return Err(fatal(
+                        "08P01", // protocol_violation
+                        "a password message arrived while no authentication was in progress".into(),
+                    ));
                 }
-                self.driver
-                    .complete_authentication(client, final_message)
-                    .await
+                let password = message.into_password()?.password;
+                let session = verify(&self.authority, client, password).await?;
+                client.session_extensions().insert(session);
+                let (pid, secret_key) = self.keys.generate(client);
+                client.set_pid_and_secret_key(pid, secret_key);
+                pgwire::api::auth::finish_authentication(client, &self.parameters).await?;
             }
+            _ => {}
         }
+        Ok(())
     }
 }
 

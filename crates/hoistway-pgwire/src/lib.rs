@@ -12,12 +12,19 @@
 //! Each query runs as that user: the same roles and customer scope as `POST /v1/sql`, and the
 //! token is checked again on every query, so revoking it ends the connection's access.
 //!
-//! Not here: `COPY`, and the `pg_catalog` tables that GUI clients browse. Session commands
-//! (`SET`, `BEGIN`, `COMMIT`, `ROLLBACK`, `DISCARD`, `RESET`) are acknowledged and ignored:
-//! every query is read-only over a fresh snapshot, so there is no session state.
+//! Statements are parsed in PostgreSQL's dialect and rewritten by datafusion-pg-catalog's
+//! compatibility rules (`OPERATOR(pg_catalog.~)`, `'name'::regclass`, `COLLATE`, qualified
+//! function names, the fixed queries some clients send), so the introspection psql, JDBC,
+//! SQLAlchemy and Grafana run reaches the `pg_catalog` and `information_schema` of
+//! [`hoistway_query::catalog`]. `SHOW` answers the fixed settings.
+//!
+//! Not here: `COPY`. Session commands (`SET`, `BEGIN`, `COMMIT`, `ROLLBACK`, `DISCARD`,
+//! `RESET`) are acknowledged and ignored: every query is read-only over a fresh snapshot, so
+//! there is no session state.
 
 pub mod auth;
 pub mod encode;
+pub mod rewrite;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -27,6 +34,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
 use datafusion::prelude::DataFrame;
 use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::Statement as Ast;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, SinkExt};
 use hoistway_query::QueryEngine;
 use pgwire::api::portal::{Format, Portal};
@@ -97,6 +106,7 @@ impl Handlers {
                 parser: Arc::new(Parser {
                     engine: engine.clone(),
                     authority: authority.clone(),
+                    sql: PostgresCompatibilityParser::new(),
                 }),
                 engine,
                 authority: authority.clone(),
@@ -126,14 +136,68 @@ struct Backend {
     parser: Arc<Parser>,
 }
 
-/// A parsed statement: the SQL (planned again at each execution, over a fresh snapshot), what
-/// its parameters and result look like, or the tag of an ignored session command.
+/// A parsed statement: the SQL as sent (for the audit log), what runs (planned again at each
+/// execution, over a fresh snapshot), what its parameters and result look like, or the tag of
+/// an ignored session command.
 #[derive(Debug, Clone)]
 pub struct Statement {
     sql: String,
+    run: Option<Runnable>,
     session_tag: Option<&'static str>,
     parameters: Vec<DataType>,
     schema: Option<SchemaRef>,
+}
+
+/// What a statement runs as: a `SHOW` (answered from the settings) or a rewritten query.
+#[derive(Debug, Clone)]
+enum Runnable {
+    Show(String),
+    Query(Box<Ast>),
+}
+
+/// The statements of `sql`, rewritten for the catalogs; a `SHOW` is kept as text (the rules
+/// are for queries).
+fn split(parser: &PostgresCompatibilityParser, sql: &str) -> PgWireResult<Vec<Runnable>> {
+    if sql.trim_start().to_ascii_uppercase().starts_with("SHOW") {
+        return Ok(vec![Runnable::Show(sql.to_string())]);
+    }
+    let statements = parser.parse(&rewrite::search_path(sql)).map_err(|e| {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "42601".into(), // syntax_error
+            format!("SQL error: {e}"),
+        )))
+    })?;
+    Ok(statements
+        .into_iter()
+        .map(|mut s| {
+            rewrite::catalog_lookups(&mut s);
+            Runnable::Query(Box::new(s))
+        })
+        .collect())
+}
+
+impl Backend {
+    /// Plans one statement as `caller`.
+    async fn plan(
+        &self,
+        run: &Runnable,
+        caller: &hoistway_query::Caller,
+    ) -> PgWireResult<DataFrame> {
+        plan(&self.engine, run, caller).await
+    }
+}
+
+async fn plan(
+    engine: &QueryEngine,
+    run: &Runnable,
+    caller: &hoistway_query::Caller,
+) -> PgWireResult<DataFrame> {
+    match run {
+        Runnable::Show(sql) => engine.plan(sql, caller).await,
+        Runnable::Query(ast) => engine.plan_statement((**ast).clone(), caller).await,
+    }
+    .map_err(query_error)
 }
 
 /// The tag a session command is acknowledged with, or `None` for anything else.
@@ -181,21 +245,28 @@ fn invalid_parameter(message: String) -> PgWireError {
     )))
 }
 
-/// The parameter types a plan infers, in `$1, $2, …` order; untyped ones are text.
+/// The parameter types a plan infers, in `$1, $2, …` order up to the highest it uses; untyped
+/// or unused ones (a rewrite can drop a subquery and its parameters) are text.
 fn parameter_types(df: &DataFrame) -> PgWireResult<Vec<DataType>> {
     let types = df
         .logical_plan()
         .get_parameter_types()
         .map_err(|e| query_error(e.into()))?;
-    let mut numbered: Vec<(usize, DataType)> = types
+    let numbered: Vec<(usize, DataType)> = types
         .into_iter()
         .filter_map(|(name, t)| {
             let n = name.strip_prefix('$')?.parse().ok()?;
             Some((n, t.unwrap_or(DataType::Utf8)))
         })
         .collect();
-    numbered.sort_by_key(|(n, _)| *n);
-    Ok(numbered.into_iter().map(|(_, t)| t).collect())
+    let count = numbered.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let mut types = vec![DataType::Utf8; count];
+    for (n, t) in numbered {
+        if n >= 1 {
+            types[n - 1] = t;
+        }
+    }
+    Ok(types)
 }
 
 impl Backend {
@@ -220,7 +291,7 @@ impl Backend {
                 .send(PgWireBackendMessage::NoticeResponse(notice.into()))
                 .await?;
         }
-        let fields = Arc::new(encode::fields(&result.schema, format));
+        let fields = Arc::new(encode::fields(&result.schema, format)?);
         let rows = encode::rows(&result.batches, fields.clone())?;
         Ok(Response::Query(QueryResponse::new(
             fields,
@@ -233,7 +304,8 @@ impl Backend {
         portal: &Portal<Statement>,
         expected: &[DataType],
     ) -> PgWireResult<Vec<ScalarValue>> {
-        if portal.parameter_len() != expected.len() {
+        // More may be bound than the plan uses (parameters of a rewritten-away subquery).
+        if portal.parameter_len() < expected.len() {
             return Err(invalid_parameter(format!(
                 "the query has {} parameters, {} were bound",
                 expected.len(),
@@ -320,12 +392,22 @@ impl SimpleQueryHandler for Backend {
         }
         let caller = auth::caller(&self.authority, client)?;
         auth::audit(&self.authority, client, query);
-        let df = self
-            .engine
-            .plan(query, &caller)
-            .await
-            .map_err(query_error)?;
-        Ok(vec![self.run(client, df, &Format::UnifiedText).await?])
+        let statements = split(&self.parser.sql, query)?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            if let Runnable::Query(ast) = statement
+                && let Some(tag) = session_command(&ast.to_string())
+            {
+                responses.push(Response::Execution(Tag::new(tag)));
+                continue;
+            }
+            let df = self.plan(statement, &caller).await?;
+            responses.push(self.run(client, df, &Format::UnifiedText).await?);
+        }
+        Ok(responses)
     }
 }
 
@@ -333,6 +415,7 @@ impl SimpleQueryHandler for Backend {
 struct Parser {
     engine: Arc<QueryEngine>,
     authority: Arc<hoistway_auth::Authority>,
+    sql: PostgresCompatibilityParser,
 }
 
 #[async_trait]
@@ -343,7 +426,7 @@ impl QueryParser for Parser {
         &self,
         client: &C,
         sql: &str,
-        _types: &[Option<Type>],
+        types: &[Option<Type>],
     ) -> PgWireResult<Option<Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
@@ -351,15 +434,31 @@ impl QueryParser for Parser {
         if let Some(tag) = session_command(sql) {
             return Ok(Some(Statement {
                 sql: sql.to_string(),
+                run: None,
                 session_tag: Some(tag),
                 parameters: Vec::new(),
                 schema: None,
             }));
         }
         let caller = auth::caller(&self.authority, client)?;
-        let df = self.engine.plan(sql, &caller).await.map_err(query_error)?;
+        let mut statements = split(&self.sql, sql)?;
+        if statements.len() > 1 {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "42601".into(),
+                "cannot insert multiple commands into a prepared statement".into(),
+            ))));
+        }
+        let Some(mut run) = statements.pop() else {
+            return Ok(None);
+        };
+        if let Runnable::Query(ast) = &mut run {
+            rewrite::declared_parameters(ast, types);
+        }
+        let df = plan(&self.engine, &run, &caller).await?;
         Ok(Some(Statement {
             sql: sql.to_string(),
+            run: Some(run),
             session_tag: None,
             parameters: parameter_types(&df)?,
             schema: Some(Arc::new(df.schema().as_arrow().clone())),
@@ -375,10 +474,10 @@ impl QueryParser for Parser {
         stmt: &Statement,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        Ok(match &stmt.schema {
+        match &stmt.schema {
             Some(schema) => encode::fields(schema, column_format.unwrap_or(&Format::UnifiedText)),
-            None => Vec::new(),
-        })
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -407,13 +506,12 @@ impl ExtendedQueryHandler for Backend {
         if let Some(tag) = statement.session_tag {
             return Ok(Response::Execution(Tag::new(tag)));
         }
+        let Some(run) = &statement.run else {
+            return Ok(Response::EmptyQuery);
+        };
         let caller = auth::caller(&self.authority, client)?;
         auth::audit(&self.authority, client, &statement.sql);
-        let df = self
-            .engine
-            .plan(&statement.sql, &caller)
-            .await
-            .map_err(query_error)?;
+        let df = self.plan(run, &caller).await?;
         let expected = parameter_types(&df)?;
         let df = if expected.is_empty() {
             df

@@ -13,6 +13,7 @@
 //! Only queries run: DDL, DML, `SET`, `COPY` and file or URL tables are refused with a
 //! [`Error::Refused`]. Every query has a row limit, a time limit and a memory limit.
 
+pub mod catalog;
 mod output;
 pub mod runtime;
 pub mod tables;
@@ -165,10 +166,31 @@ pub struct QueryEngine {
     exec: Option<runtime::AnalyticsRuntime>,
     /// Registers `hoistway_test_sleep(ms)`, which blocks its thread (tests of the isolation).
     test_functions: bool,
-    /// Tables, views and functions, registered once (see [`QueryEngine::context`]).
-    base: tokio::sync::OnceCell<SessionState>,
-    /// The same per customer, over that customer's views; built on its first query.
-    scoped: std::sync::Mutex<HashMap<String, SessionState>>,
+    /// Tables, views and functions, registered once (see [`QueryEngine::context`]): for the
+    /// lift maker's staff, and its admins (whose catalogs also list `audit`).
+    base: [tokio::sync::OnceCell<SessionState>; 2],
+    /// The same per customer (and admin or not), over that customer's views; built on its
+    /// first query.
+    scoped: std::sync::Mutex<HashMap<(String, bool), SessionState>>,
+}
+
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// A planning error, or the refusal of anything but a query.
+fn refusal(e: DataFusionError) -> Error {
+    let message = e.find_root().to_string();
+    if message.contains("not supported") || message.contains("not allowed") {
+        Error::Refused(format!(
+            "only read-only queries are allowed (SELECT, WITH, VALUES, EXPLAIN, SHOW): {message}"
+        ))
+    } else {
+        Error::from(e)
+    }
 }
 
 /// Customers whose sessions are kept ready; beyond it the cache starts over.
@@ -273,10 +295,12 @@ fn lifts_schema() -> SchemaRef {
         Field::new("customer", DataType::Utf8, false),
         Field::new("model", DataType::Utf8, false),
         Field::new("install_date", DataType::Date32, true),
-        Field::new("initial_trips", DataType::UInt64, false),
+        Field::new("initial_trips", DataType::Int64, false),
     ]))
 }
 
+/// Counters are Int64, as in `readings` (PostgreSQL clients see `bigint`; they never near 2^63).
+/// `epoch` and `last_seq` are the device's, any u64.
 fn lift_state_schema() -> SchemaRef {
     let list = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
     Arc::new(Schema::new(vec![
@@ -304,10 +328,10 @@ fn lift_state_schema() -> SchemaRef {
         Field::new("faults", list, true),
         Field::new("entrapped", DataType::Boolean, false),
         Field::new("in_maintenance", DataType::Boolean, false),
-        Field::new("readings_total", DataType::UInt64, false),
-        Field::new("trips_total", DataType::UInt64, false),
-        Field::new("door_cycles_total", DataType::UInt64, false),
-        Field::new("events_total", DataType::UInt64, false),
+        Field::new("readings_total", DataType::Int64, false),
+        Field::new("trips_total", DataType::Int64, false),
+        Field::new("door_cycles_total", DataType::Int64, false),
+        Field::new("events_total", DataType::Int64, false),
     ]))
 }
 
@@ -594,7 +618,7 @@ impl QueryEngine {
             alerts: None,
             exec: None,
             test_functions: false,
-            base: tokio::sync::OnceCell::new(),
+            base: Default::default(),
             scoped: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -634,12 +658,11 @@ impl QueryEngine {
     /// (a fresh DataFusion session costs milliseconds, more than a small query).
     pub async fn context(&self, caller: &Caller) -> Result<SessionContext> {
         let mut state = match &caller.customer {
-            None => self
-                .base
-                .get_or_try_init(|| self.base_state(None))
+            None => self.base[caller.admin as usize]
+                .get_or_try_init(|| self.base_state(None, caller.admin))
                 .await?
                 .clone(),
-            Some(customer) => self.scoped_state(customer).await?,
+            Some(customer) => self.scoped_state(customer, caller.admin).await?,
         };
         state
             .config_mut()
@@ -648,22 +671,23 @@ impl QueryEngine {
         Ok(SessionContext::new_with_state(state))
     }
 
-    async fn scoped_state(&self, customer: &str) -> Result<SessionState> {
+    async fn scoped_state(&self, customer: &str, admin: bool) -> Result<SessionState> {
+        let key = (customer.to_string(), admin);
         let cached = self
             .scoped
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(customer)
+            .get(&key)
             .cloned();
         if let Some(state) = cached {
             return Ok(state);
         }
-        let state = self.base_state(Some(customer)).await?;
+        let state = self.base_state(Some(customer), admin).await?;
         let mut scoped = self.scoped.lock().unwrap_or_else(|p| p.into_inner());
         if scoped.len() >= SCOPED_SESSIONS {
             scoped.clear();
         }
-        scoped.insert(customer.to_string(), state.clone());
+        scoped.insert(key, state.clone());
         Ok(state)
     }
 
@@ -692,12 +716,17 @@ impl QueryEngine {
             lit(span_us),
         ]))?
         .build()?;
-        Ok(Arc::new(datafusion::datasource::ViewTable::new(plan, None)))
+        Ok(Arc::new(catalog::AsTable(Arc::new(
+            datafusion::datasource::ViewTable::new(plan, None),
+        ))))
     }
 
-    async fn base_state(&self, customer: Option<&str>) -> Result<SessionState> {
+    async fn base_state(&self, customer: Option<&str>, admin: bool) -> Result<SessionState> {
+        // DataFusion's own information_schema names Arrow types; `catalog` installs one with
+        // PostgreSQL's names, and `pg_catalog`.
         let config = SessionConfig::new()
-            .with_information_schema(true)
+            .with_information_schema(false)
+            .with_default_catalog_and_schema(catalog::DATABASE, catalog::SCHEMA)
             .with_batch_size(BATCH_ROWS);
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         ctx.register_udf(bit_count_udf());
@@ -804,26 +833,45 @@ impl QueryEngine {
                 Arc::new(datafusion::datasource::ViewTable::new(plan, Some(sql))),
             )?;
         }
+        let hidden: &'static [&'static str] = if admin { &[] } else { &["audit"] };
+        catalog::install(&ctx, hidden, self.limits.timeout.as_millis())?;
         Ok(ctx.state())
     }
 
-    /// Plans a read-only statement; anything else is refused before it runs.
+    /// Plans a read-only statement; anything else is refused before it runs. `SHOW` answers
+    /// the settings a PostgreSQL client asks for ([`catalog::show_sql`]).
     pub async fn plan(&self, sql: &str, caller: &Caller) -> Result<DataFrame> {
-        let ctx = self.context(caller).await?;
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        ctx.sql_with_options(sql, options).await.map_err(|e| {
-            let message = e.find_root().to_string();
-            if message.contains("not supported") || message.contains("not allowed") {
-                Error::Refused(format!(
-                    "only read-only queries are allowed (SELECT, WITH, VALUES, EXPLAIN, SHOW): {message}"
-                ))
-            } else {
-                Error::from(e)
+        let shown;
+        let sql = match catalog::show_sql(sql, self.limits.timeout.as_millis()) {
+            Some(rewritten) => {
+                shown = rewritten?;
+                shown.as_str()
             }
-        })
+            None => sql,
+        };
+        let ctx = self.context(caller).await?;
+        ctx.sql_with_options(sql, read_only())
+            .await
+            .map_err(refusal)
+    }
+
+    /// Plans a parsed statement (the PostgreSQL endpoint parses with PostgreSQL's dialect and
+    /// rewrites what clients send to their catalogs), with the same refusals as [`Self::plan`].
+    pub async fn plan_statement(
+        &self,
+        statement: datafusion::sql::sqlparser::ast::Statement,
+        caller: &Caller,
+    ) -> Result<DataFrame> {
+        let ctx = self.context(caller).await?;
+        let state = ctx.state();
+        let plan = state
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                statement,
+            )))
+            .await
+            .map_err(refusal)?;
+        read_only().verify_plan(&plan).map_err(refusal)?;
+        Ok(DataFrame::new(state, plan))
     }
 
     /// The baselines of a rate rule: per lift, the median of `column` of `rollups_hourly`

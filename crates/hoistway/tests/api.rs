@@ -3,6 +3,7 @@
 mod alerts;
 mod common;
 mod security;
+mod sql_clients;
 mod ui;
 
 use std::io::Write;
@@ -1406,7 +1407,7 @@ async fn postgres_clients_query_over_the_wire_protocol() {
     );
     assert_eq!(
         rows("SELECT faults, extra FROM readings WHERE lift_id = 'L-B1' AND seq = 2"),
-        "[E7],{cabin_temp_c: 22.0}\n"
+        "{E7},{cabin_temp_c: 22.0}\n"
     );
     for (sql, code) in [
         ("DROP VIEW rollups_daily", "read-only"),

@@ -985,6 +985,23 @@ async fn a_customer_sees_only_its_own_lifts_and_periods_everywhere() {
         err.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
     );
+    // The catalogs clients browse list only what the user may read: no `audit`.
+    for catalog in [
+        "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = 'public' ORDER BY 1",
+        "SELECT table_name FROM information_schema.tables ORDER BY 1",
+        "SELECT DISTINCT table_name FROM information_schema.columns ORDER BY 1",
+        "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+         ON n.oid = c.relnamespace WHERE n.nspname = 'public' ORDER BY 1",
+    ] {
+        let rows = client.query(catalog, &[]).await.unwrap();
+        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert!(!names.is_empty(), "{catalog}");
+        assert!(!names.iter().any(|n| n == "audit"), "{catalog}: {names:?}");
+        assert!(
+            names.iter().any(|n| n == "readings"),
+            "{catalog}: {names:?}"
+        );
+    }
     // Someone else's token, no token, a device: refused.
     for conn in [
         format!(
