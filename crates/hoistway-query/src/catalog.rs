@@ -200,6 +200,11 @@ fn sql_type_name(t: &Type) -> String {
     .to_string()
 }
 
+/// The tables a caller's catalogs leave out: `audit` unless an admin.
+pub fn hidden(admin: bool) -> &'static [&'static str] {
+    if admin { &[] } else { &["audit"] }
+}
+
 /// Installs `pg_catalog`, `information_schema`, `version()` and `current_setting()` into a
 /// session whose tables are all registered, leaving `hidden` tables out of both catalogs.
 pub fn install(

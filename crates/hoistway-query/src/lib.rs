@@ -833,8 +833,11 @@ impl QueryEngine {
                 Arc::new(datafusion::datasource::ViewTable::new(plan, Some(sql))),
             )?;
         }
-        let hidden: &'static [&'static str] = if admin { &[] } else { &["audit"] };
-        catalog::install(&ctx, hidden, self.limits.timeout.as_millis())?;
+        catalog::install(
+            &ctx,
+            catalog::hidden(admin),
+            self.limits.timeout.as_millis(),
+        )?;
         Ok(ctx.state())
     }
 
@@ -853,6 +856,34 @@ impl QueryEngine {
         ctx.sql_with_options(sql, read_only())
             .await
             .map_err(refusal)
+    }
+
+    /// The tables and views `caller` may read, by name: (name, `TABLE` or `VIEW`, schema).
+    pub async fn tables(&self, caller: &Caller) -> Result<Vec<(String, String, SchemaRef)>> {
+        let ctx = self.context(caller).await?;
+        let hidden = catalog::hidden(caller.admin);
+        let Some(schema) = ctx
+            .catalog(catalog::DATABASE)
+            .and_then(|c| c.schema(catalog::SCHEMA))
+        else {
+            return Ok(Vec::new());
+        };
+        let mut names = schema.table_names();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            if hidden.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(table) = schema.table(&name).await? {
+                let kind = match table.table_type() {
+                    datafusion::datasource::TableType::View => "VIEW",
+                    _ => "TABLE",
+                };
+                out.push((name, kind.to_string(), table.schema()));
+            }
+        }
+        Ok(out)
     }
 
     /// Plans a parsed statement (the PostgreSQL endpoint parses with PostgreSQL's dialect and

@@ -89,6 +89,7 @@ impl Proc {
             .env("HOISTWAY_AUTH__DEVICES", "open")
             // Servers run side by side: no PostgreSQL endpoint to fight over.
             .env("HOISTWAY_QUERY__POSTGRES_LISTEN", "")
+            .env("HOISTWAY_QUERY__FLIGHT_LISTEN", "")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

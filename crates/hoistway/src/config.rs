@@ -267,6 +267,13 @@ pub struct QuerySettings {
     /// Where PostgreSQL clients may send their password (an API token) without TLS:
     /// `never`, `loopback` (the default) or `anywhere`.
     pub postgres_plain_passwords: hoistway_pgwire::PlainPasswords,
+    /// Address of the Arrow Flight SQL listener (ADBC, Flight SQL JDBC, Grafana); empty: off.
+    /// Same accounts, TLS and plain-password rule as the PostgreSQL listener.
+    pub flight_listen: String,
+    /// The least role whose Flight SQL results stream whole, past `max_rows` (exports).
+    pub export_role: hoistway_auth::Role,
+    /// Arrow data one exported result may stream, in MiB.
+    pub export_max_mb: u64,
     /// Threads of the analytics runtime (SQL, the readings API, compaction, flush encoding);
     /// 0: one per core.
     pub threads: usize,
@@ -300,6 +307,9 @@ impl Default for QuerySettings {
             memory_mb: 1024,
             postgres_listen: "127.0.0.1:5433".into(),
             postgres_plain_passwords: hoistway_pgwire::PlainPasswords::Loopback,
+            flight_listen: "127.0.0.1:5434".into(),
+            export_role: hoistway_auth::Role::Operator,
+            export_max_mb: 10 * 1024,
             threads: 0,
             nice: 19,
             test_functions: false,

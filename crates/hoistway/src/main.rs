@@ -206,6 +206,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let data_dir = config.data_dir.clone();
     let postgres = config.query.postgres_listen.trim().to_string();
+    let flight = config.query.flight_listen.trim().to_string();
     // A fresh data dir gets an admin (who enrols TOTP at the first login) and an API token
     // that provisions the simulated lifts (factory registration codes).
     let fresh = !data_dir.join("auth/auth.sqlite3").exists();
@@ -258,6 +259,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if let Some((host, port)) = postgres.rsplit_once(':') {
         println!(
             "  psql:     PGPASSWORD=$HOISTWAY_TOKEN psql -h {host} -p {port} -U admin -d hoistway -c 'SELECT * FROM lift_state LIMIT 5'"
+        );
+    }
+    if !flight.is_empty() {
+        println!(
+            "  ADBC:     grpc://{flight} (Arrow Flight SQL; username admin, password $HOISTWAY_TOKEN)"
         );
     }
     let mut sim_args = simulate::SimulateArgs::for_demo(addr, args.lifts, args.speedup);

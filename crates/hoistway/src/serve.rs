@@ -186,6 +186,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .with_context(|| format!("cannot listen for postgres clients on {listen}"))?,
         ),
     };
+    let flight_listener = match config.query.flight_listen.trim() {
+        "" => None,
+        listen => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen for Flight SQL clients on {listen}"))?,
+        ),
+    };
+    let flight_service = flight_listener
+        .is_some()
+        .then(|| {
+            hoistway_flightsql::Service::new(
+                query.clone(),
+                auth.clone(),
+                config.query.postgres_plain_passwords,
+                hoistway_flightsql::Exports {
+                    role: config.query.export_role,
+                    max_bytes: config.query.export_max_mb.saturating_mul(1024 * 1024),
+                },
+            )
+        })
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("cannot set up Flight SQL: {e}"))?;
     let postgres_query = query.clone();
     let postgres_auth = auth.clone();
     let accepting = Arc::new(AtomicBool::new(true));
@@ -272,6 +295,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )))
         })
         .transpose()?;
+    let flight_task = flight_listener
+        .zip(flight_service)
+        .map(|(listener, service)| {
+            let flight_addr = listener.local_addr()?;
+            tracing::info!(addr = %flight_addr, "Arrow Flight SQL listening");
+            anyhow::Ok(tokio::spawn(hoistway_flightsql::serve(
+                listener,
+                service,
+                acceptors.clone(),
+                shutdown_rx.clone(),
+            )))
+        })
+        .transpose()?;
     let router = hoistway_server::router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving");
     let tls_task = tls.map(|(reloader, _)| {
@@ -315,6 +351,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         if let Some(task) = postgres_task {
             task.await?;
+        }
+        // gRPC clients keep connections open; past a few seconds they are cut with the process.
+        if let Some(task) = flight_task
+            && tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!("Flight SQL clients still connected at shutdown");
         }
         if let Some(task) = tls_task {
             task.await?;

@@ -51,6 +51,7 @@ impl TestServer {
             ),
             // Tests run side by side: the wire endpoint only where a test gives it a port.
             ("HOISTWAY_QUERY__POSTGRES_LISTEN".to_string(), String::new()),
+            ("HOISTWAY_QUERY__FLIGHT_LISTEN".to_string(), String::new()),
         ];
         for (k, v) in env {
             all.retain(|(key, _)| key != k);

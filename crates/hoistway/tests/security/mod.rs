@@ -716,7 +716,13 @@ async fn sql_as(server: &TestServer, token: &str, sql: &str) -> Reply {
 async fn a_customer_sees_only_its_own_lifts_and_periods_everywhere() {
     let pg_port = common::free_port();
     let listen = format!("127.0.0.1:{pg_port}");
-    let server = TestServer::start(&[("HOISTWAY_QUERY__POSTGRES_LISTEN", listen.as_str())]);
+    let flight_port = common::free_port();
+    let flight = format!("127.0.0.1:{flight_port}");
+    let server = TestServer::start(&[
+        ("HOISTWAY_QUERY__POSTGRES_LISTEN", listen.as_str()),
+        ("HOISTWAY_QUERY__FLIGHT_LISTEN", flight.as_str()),
+        ("HOISTWAY_QUERY__MAX_ROWS", "500"),
+    ]);
     common::register(
         &server,
         "lift_id,customer,building\nA-1,acme,BA\nA-3,acme,BA\nB-1,bolt,BB\n",
@@ -1002,6 +1008,83 @@ async fn a_customer_sees_only_its_own_lifts_and_periods_everywhere() {
             "{catalog}: {names:?}"
         );
     }
+
+    // Arrow Flight SQL: the same scope; a viewer does not export, so the row cap holds.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{flight}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight_client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    flight_client.handshake("ann", &ann).await.unwrap();
+    async fn flight_rows(
+        client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+        sql: &str,
+    ) -> Result<Vec<String>, arrow_flight::error::FlightError> {
+        let info = client.execute(sql.to_string(), None).await?;
+        let ticket = info.endpoint[0].ticket.clone().unwrap();
+        let batches: Vec<arrow::array::RecordBatch> =
+            futures::TryStreamExt::try_collect(client.do_get(ticket).await?).await?;
+        let mut values = Vec::new();
+        for b in &batches {
+            let column = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let column = column
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            values.extend(column.iter().map(|v| v.unwrap_or_default().to_string()));
+        }
+        Ok(values)
+    }
+    assert_eq!(
+        flight_rows(
+            &mut flight_client,
+            "SELECT DISTINCT lift_id FROM readings ORDER BY 1"
+        )
+        .await
+        .unwrap(),
+        ["A-1", "A-3"]
+    );
+    assert_eq!(
+        flight_rows(
+            &mut flight_client,
+            "SELECT value FROM generate_series(1, 1000)"
+        )
+        .await
+        .unwrap()
+        .len(),
+        500,
+        "a viewer's Flight result stops at query.max_rows"
+    );
+    let err = flight_rows(&mut flight_client, "SELECT * FROM audit")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("audit"), "{err}");
+    let tables = flight_client
+        .get_tables(arrow_flight::sql::CommandGetTables::default())
+        .await
+        .unwrap();
+    let ticket = tables.endpoint[0].ticket.clone().unwrap();
+    let batches: Vec<arrow::array::RecordBatch> =
+        futures::TryStreamExt::try_collect(flight_client.do_get(ticket).await.unwrap())
+            .await
+            .unwrap();
+    let names = arrow::compute::cast(
+        batches[0].column_by_name("table_name").unwrap(),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let names: Vec<&str> = names
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap()
+        .iter()
+        .flatten()
+        .collect();
+    assert!(
+        names.contains(&"readings") && !names.contains(&"audit"),
+        "{names:?}"
+    );
     // Someone else's token, no token, a device: refused.
     for conn in [
         format!(

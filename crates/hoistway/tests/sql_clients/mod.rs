@@ -472,3 +472,64 @@ fn catalog_lookups_and_the_search_path_become_what_datafusion_plans() {
         "SELECT 1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flight_sql_clients_read_results_and_whole_exports_as_arrow() {
+    let flight_port = free_port();
+    let flight = format!("127.0.0.1:{flight_port}");
+    let server = TestServer::start(&[
+        ("HOISTWAY_QUERY__FLIGHT_LISTEN", flight.as_str()),
+        ("HOISTWAY_QUERY__MAX_ROWS", "5"),
+    ]);
+    crate::sql_fixture(&server).await;
+    let python = crate::test_python();
+    let run = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sql_clients/flight.py"
+        ))
+        .args([&flight_port.to_string(), "admin", &server.token])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        out["adbc_rows"],
+        serde_json::json!([
+            {"lift_id": "L-A1", "n": 6},
+            {"lift_id": "L-A2", "n": 4},
+            {"lift_id": "L-B1", "n": 4}
+        ])
+    );
+    // An admin exports: every row, past query.max_rows (5), as Arrow.
+    assert_eq!(
+        out["adbc_export"],
+        serde_json::json!({
+            "rows": 14,
+            "schema": [
+                ["lift_id", "string"],
+                ["ts", "timestamp[us, tz=UTC]"],
+                ["motor_temp_c", "float"],
+                ["vibration_mm_s", "float"]
+            ],
+            "first": "L-A1"
+        })
+    );
+    assert_eq!(out["adbc_tables"], serde_json::json!(TABLES));
+    assert_eq!(
+        out["pyarrow_export"],
+        serde_json::json!({"rows": 14, "schema": ["lift_id", "ts", "motor_temp_c", "vibration_mm_s"]})
+    );
+    assert_eq!(out["wrong_password"], "refused");
+    let refused = out["delete"].as_str().unwrap();
+    assert!(refused.contains("only read-only queries"), "{refused}");
+    // Nothing was deleted.
+    assert_eq!(
+        server.sql_rows("SELECT count(*) FROM readings").await,
+        [["14"]]
+    );
+}
