@@ -614,6 +614,22 @@ impl Visible {
         !(schema == SCHEMA && self.hidden.contains(&table))
     }
 
+    /// A table the caller may read, by catalog, schema and name.
+    async fn table(
+        &self,
+        catalog: &str,
+        schema: &str,
+        name: &str,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        if !self.shown(schema, name) {
+            return Ok(None);
+        }
+        match self.list.catalog(catalog).and_then(|c| c.schema(schema)) {
+            Some(schema) => schema.table(name).await,
+            None => Ok(None),
+        }
+    }
+
     /// Every (schema, table name, provider) a caller may read, in name order.
     async fn tables(&self) -> Result<Vec<(String, String, Arc<dyn TableProvider>)>> {
         let mut out = Vec::new();
@@ -686,17 +702,8 @@ impl CatalogInfo for Visible {
         schema_name: &str,
         table_name: &str,
     ) -> Result<Option<SchemaRef>> {
-        if !self.shown(schema_name, table_name) {
-            return Ok(None);
-        }
-        let Some(schema) = self
-            .list
-            .catalog(catalog_name)
-            .and_then(|c| c.schema(schema_name))
-        else {
-            return Ok(None);
-        };
-        Ok(schema.table(table_name).await?.map(|t| t.schema()))
+        let table = self.table(catalog_name, schema_name, table_name).await?;
+        Ok(table.map(|t| t.schema()))
     }
 
     async fn table_type(
@@ -705,17 +712,8 @@ impl CatalogInfo for Visible {
         schema_name: &str,
         table_name: &str,
     ) -> Result<Option<TableType>> {
-        if !self.shown(schema_name, table_name) {
-            return Ok(None);
-        }
-        let Some(schema) = self
-            .list
-            .catalog(catalog_name)
-            .and_then(|c| c.schema(schema_name))
-        else {
-            return Ok(None);
-        };
-        schema.table_type(table_name).await
+        let table = self.table(catalog_name, schema_name, table_name).await?;
+        Ok(table.map(|t| t.table_type()))
     }
 }
 

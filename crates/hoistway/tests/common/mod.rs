@@ -488,3 +488,25 @@ pub fn issue_cert(
     }
     leaf.der().to_vec()
 }
+
+/// A Debian package's file, installed when missing (as root, like the Python packages).
+pub fn debian_file(path: &str, package: &str) -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(tmp).unwrap();
+    let lock = std::fs::File::create(tmp.join("apt.lock")).unwrap();
+    lock.lock().unwrap();
+    if !Path::new(path).exists() {
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(
+            apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", package]),
+            "this test needs {path} (apt-get install {package}, as root)"
+        );
+    }
+    PathBuf::from(path)
+}

@@ -7,7 +7,7 @@
 //! each is sent as. Nothing is compared with a canned answer.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -105,26 +105,22 @@ fn psql(port: u16, token: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A Debian package's file, installed when missing (as the UI test installs Chromium).
-fn debian_file(path: &str, package: &str) -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(tmp).unwrap();
-    let lock = std::fs::File::create(tmp.join("apt.lock")).unwrap();
-    lock.lock().unwrap();
-    if !Path::new(path).exists() {
-        let apt = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        assert!(
-            apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", package]),
-            "this test needs {path} (apt-get install {package}, as root)"
-        );
-    }
-    PathBuf::from(path)
+/// Runs a client script of this folder as the admin against `port`; what it printed (JSON).
+fn client_script(script: &str, port: u16, token: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sql_clients")
+        .join(script);
+    let run = Command::new(crate::test_python())
+        .arg(path)
+        .args([&port.to_string(), "admin", token])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_slice(&run.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -345,21 +341,7 @@ async fn python_clients_query_reflect_and_read_into_pandas() {
     let (server, port) = server().await;
     let client = connect(port, "admin", &server.token).await;
     let truth = wire_columns(&client).await;
-    let python = crate::test_python();
-    let run = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sql_clients/clients.py"
-        ))
-        .args([&port.to_string(), "admin", &server.token])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let out: Value = serde_json::from_slice(&run.stdout).unwrap();
+    let out = client_script("clients.py", port, &server.token);
 
     // psycopg, text and binary: the same rows, typed by the row description.
     let rows = serde_json::json!([
@@ -482,21 +464,7 @@ async fn flight_sql_clients_read_results_and_whole_exports_as_arrow() {
         ("HOISTWAY_QUERY__MAX_ROWS", "5"),
     ]);
     crate::sql_fixture(&server).await;
-    let python = crate::test_python();
-    let run = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sql_clients/flight.py"
-        ))
-        .args([&flight_port.to_string(), "admin", &server.token])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let out: Value = serde_json::from_slice(&run.stdout).unwrap();
+    let out = client_script("flight.py", flight_port, &server.token);
     assert_eq!(
         out["adbc_rows"],
         serde_json::json!([

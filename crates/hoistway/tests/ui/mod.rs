@@ -12,24 +12,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Debian's Chromium, installed here when missing (as the Python packages are).
 fn chromium() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(tmp).unwrap();
-    let lock = std::fs::File::create(tmp.join("chromium.lock")).unwrap();
-    lock.lock().unwrap();
-    if !Path::new(CHROMIUM).exists() {
-        let apt = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        assert!(
-            apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "chromium"]),
-            "the UI test needs Debian's Chromium at {CHROMIUM} (apt-get install chromium, as root)"
-        );
-    }
-    PathBuf::from(CHROMIUM)
+    debian_file(CHROMIUM, "chromium")
 }
 
 /// `ui/` with its npm packages (the build script installed them, unless the UI came prebuilt).
