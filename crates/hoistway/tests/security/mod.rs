@@ -1174,7 +1174,10 @@ async fn tls_on_both_listeners_with_a_certificate_reloaded_on_sighup() {
     let first = common::issue_cert(&ca, &cert, &key);
     let pg_port = common::free_port();
     let listen = format!("127.0.0.1:{pg_port}");
+    let flight_port = common::free_port();
+    let flight = format!("127.0.0.1:{flight_port}");
     let server = TestServer::start(&[
+        ("HOISTWAY_QUERY__FLIGHT_LISTEN", flight.as_str()),
         ("HOISTWAY_TLS__CERT", cert.to_str().unwrap()),
         ("HOISTWAY_TLS__KEY", key.to_str().unwrap()),
         // Only SIGHUP reloads within this test's time.
@@ -1227,6 +1230,32 @@ async fn tls_on_both_listeners_with_a_certificate_reloaded_on_sighup() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Arrow Flight SQL (pyarrow.flight) over TLS with the same certificate; over plain gRPC the
+    // handshake does not get through.
+    let flight_login = |uri: String| {
+        std::process::Command::new(crate::test_python())
+            .args([
+                "-c",
+                "import sys, pyarrow.flight as f\n\
+                 c = f.FlightClient(sys.argv[1], tls_root_certs=open(sys.argv[2], 'rb').read())\n\
+                 print(c.authenticate_basic_token('admin', sys.argv[3])[0].decode())",
+                &uri,
+                ca_pem.to_str().unwrap(),
+                &server.token,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = flight_login(format!("grpc+tls://localhost:{flight_port}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "authorization");
+    let out = flight_login(format!("grpc://127.0.0.1:{flight_port}"));
+    assert!(!out.status.success(), "plain gRPC to a TLS listener");
 
     // A renewed certificate: SIGHUP, and new connections get it.
     let second = common::issue_cert(&ca, &cert, &key);
