@@ -146,6 +146,11 @@ impl Service {
     /// The signed-in user of a call, checked on every call (a revoked token stops at once).
     async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let (user, token) = self.credentials(request)?;
+        self.check(user, token).await
+    }
+
+    /// The user a token belongs to, if it is `user` (when named) and may read.
+    async fn check(&self, user: Option<String>, token: String) -> Result<Principal, Status> {
         let authority = self.authority.clone();
         tokio::task::spawn_blocking(move || {
             let denied = || {
@@ -255,7 +260,7 @@ impl FlightSqlService for Service {
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<HandshakeStream>, Status> {
         let (user, token) = self.credentials(&request)?;
-        let principal = self.principal(&request).await;
+        let principal = self.check(user.clone(), token.clone()).await;
         let outcome = if principal.is_ok() { "ok" } else { "failed" };
         let authority = self.authority.clone();
         let address = Self::address(&request);

@@ -52,14 +52,8 @@ impl Startup {
     pub fn new(authority: Arc<Authority>, plain: PlainPasswords) -> Self {
         let mut parameters = DefaultServerParameterProvider::default();
         // What the catalogs' `SHOW` and `current_setting()` answer, reported at startup too.
-        use hoistway_query::catalog::{SERVER_VERSION, settings};
-        let setting = |name: &str| {
-            settings(0)
-                .into_iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v)
-                .unwrap_or_default()
-        };
+        use hoistway_query::catalog::SERVER_VERSION;
+        let setting = |name| hoistway_query::catalog::setting(name, 0).unwrap_or_default();
         parameters.server_version =
             format!("{SERVER_VERSION} (Hoistway {})", env!("CARGO_PKG_VERSION"));
         parameters.time_zone = setting("timezone");

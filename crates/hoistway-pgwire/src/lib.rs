@@ -158,7 +158,11 @@ enum Runnable {
 /// The statements of `sql`, rewritten for the catalogs; a `SHOW` is kept as text (the rules
 /// are for queries).
 fn split(parser: &PostgresCompatibilityParser, sql: &str) -> PgWireResult<Vec<Runnable>> {
-    if sql.trim_start().to_ascii_uppercase().starts_with("SHOW") {
+    let start = sql.trim_start();
+    if start
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case("show"))
+    {
         return Ok(vec![Runnable::Show(sql.to_string())]);
     }
     let statements = parser.parse(&rewrite::search_path(sql)).map_err(|e| {
@@ -177,17 +181,7 @@ fn split(parser: &PostgresCompatibilityParser, sql: &str) -> PgWireResult<Vec<Ru
         .collect())
 }
 
-impl Backend {
-    /// Plans one statement as `caller`.
-    async fn plan(
-        &self,
-        run: &Runnable,
-        caller: &hoistway_query::Caller,
-    ) -> PgWireResult<DataFrame> {
-        plan(&self.engine, run, caller).await
-    }
-}
-
+/// Plans one statement as `caller`.
 async fn plan(
     engine: &QueryEngine,
     run: &Runnable,
@@ -404,7 +398,7 @@ impl SimpleQueryHandler for Backend {
                 responses.push(Response::Execution(Tag::new(tag)));
                 continue;
             }
-            let df = self.plan(statement, &caller).await?;
+            let df = plan(&self.engine, statement, &caller).await?;
             responses.push(self.run(client, df, &Format::UnifiedText).await?);
         }
         Ok(responses)
@@ -511,7 +505,7 @@ impl ExtendedQueryHandler for Backend {
         };
         let caller = auth::caller(&self.authority, client)?;
         auth::audit(&self.authority, client, &statement.sql);
-        let df = self.plan(run, &caller).await?;
+        let df = plan(&self.engine, run, &caller).await?;
         let expected = parameter_types(&df)?;
         let df = if expected.is_empty() {
             df

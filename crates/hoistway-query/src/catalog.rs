@@ -731,92 +731,67 @@ fn strings(values: Vec<Option<String>>) -> ArrayRef {
     Arc::new(StringArray::from(values))
 }
 
+/// A batch of text columns, by name.
+fn text_batch(columns: Vec<(&str, Vec<Option<String>>)>) -> Result<RecordBatch> {
+    let schema = Schema::new(
+        columns
+            .iter()
+            .map(|(name, _)| text(name))
+            .collect::<Vec<_>>(),
+    );
+    let arrays = columns.into_iter().map(|(_, v)| strings(v)).collect();
+    Ok(RecordBatch::try_new(Arc::new(schema), arrays)?)
+}
+
 impl InformationSchema {
     async fn batch(&self, name: &str) -> Result<Option<RecordBatch>> {
         let tables = self.0.tables().await?;
         let s = |v: &str| Some(v.to_string());
         let batch = match name {
             "tables" => {
-                let schema = Arc::new(Schema::new(vec![
-                    text("table_catalog"),
-                    text("table_schema"),
-                    text("table_name"),
-                    text("table_type"),
-                    text("is_insertable_into"),
-                    text("is_typed"),
-                ]));
                 let n = tables.len();
-                RecordBatch::try_new(
-                    schema,
-                    vec![
-                        strings(vec![s(DATABASE); n]),
-                        strings(tables.iter().map(|t| s(&t.0)).collect()),
-                        strings(tables.iter().map(|t| s(&t.1)).collect()),
-                        strings(
-                            tables
-                                .iter()
-                                .map(|t| {
-                                    s(match t.2.table_type() {
-                                        TableType::View => "VIEW",
-                                        TableType::Temporary => "LOCAL TEMPORARY",
-                                        TableType::Base => "BASE TABLE",
-                                    })
-                                })
-                                .collect(),
-                        ),
-                        strings(vec![s("NO"); n]),
-                        strings(vec![s("NO"); n]),
-                    ],
-                )?
+                let kind = |t: &Arc<dyn TableProvider>| match t.table_type() {
+                    TableType::View => "VIEW",
+                    TableType::Temporary => "LOCAL TEMPORARY",
+                    TableType::Base => "BASE TABLE",
+                };
+                text_batch(vec![
+                    ("table_catalog", vec![s(DATABASE); n]),
+                    ("table_schema", tables.iter().map(|t| s(&t.0)).collect()),
+                    ("table_name", tables.iter().map(|t| s(&t.1)).collect()),
+                    ("table_type", tables.iter().map(|t| s(kind(&t.2))).collect()),
+                    ("is_insertable_into", vec![s("NO"); n]),
+                    ("is_typed", vec![s("NO"); n]),
+                ])?
             }
             "views" => {
                 let views: Vec<_> = tables
                     .iter()
                     .filter(|t| t.2.table_type() == TableType::View)
                     .collect();
-                let schema = Arc::new(Schema::new(vec![
-                    text("table_catalog"),
-                    text("table_schema"),
-                    text("table_name"),
-                    text("view_definition"),
-                    text("check_option"),
-                    text("is_updatable"),
-                    text("is_insertable_into"),
-                ]));
                 let n = views.len();
-                RecordBatch::try_new(
-                    schema,
-                    vec![
-                        strings(vec![s(DATABASE); n]),
-                        strings(views.iter().map(|t| s(&t.0)).collect()),
-                        strings(views.iter().map(|t| s(&t.1)).collect()),
-                        strings(
-                            views
-                                .iter()
-                                .map(|t| t.2.get_table_definition().map(str::to_string))
-                                .collect(),
-                        ),
-                        strings(vec![s("NONE"); n]),
-                        strings(vec![s("NO"); n]),
-                        strings(vec![s("NO"); n]),
-                    ],
-                )?
+                let definition =
+                    |t: &Arc<dyn TableProvider>| t.get_table_definition().map(str::to_string);
+                text_batch(vec![
+                    ("table_catalog", vec![s(DATABASE); n]),
+                    ("table_schema", views.iter().map(|t| s(&t.0)).collect()),
+                    ("table_name", views.iter().map(|t| s(&t.1)).collect()),
+                    (
+                        "view_definition",
+                        views.iter().map(|t| definition(&t.2)).collect(),
+                    ),
+                    ("check_option", vec![s("NONE"); n]),
+                    ("is_updatable", vec![s("NO"); n]),
+                    ("is_insertable_into", vec![s("NO"); n]),
+                ])?
             }
             "schemata" => {
-                let schema = Arc::new(Schema::new(vec![
-                    text("catalog_name"),
-                    text("schema_name"),
-                    text("schema_owner"),
-                ]));
                 let names = ["information_schema", "pg_catalog", SCHEMA];
-                RecordBatch::try_new(
-                    schema,
-                    vec![
-                        strings(vec![s(DATABASE); names.len()]),
-                        strings(names.iter().map(|n| s(n)).collect()),
-                        strings(vec![s("hoistway"); names.len()]),
-                    ],
-                )?
+                text_batch(vec![
+                    ("catalog_name", vec![s(DATABASE); names.len()]),
+                    ("schema_name", names.iter().map(|n| s(n)).collect()),
+                    ("schema_owner", vec![s("hoistway"); names.len()]),
+                ])?
             }
             "columns" => {
                 let schema = Arc::new(Schema::new(vec![
