@@ -6,11 +6,12 @@
 //! of Hoistway: a handshake with HTTP basic auth (user name, and an API token as the password)
 //! answers with that token as a bearer token, and every call carries `authorization: Bearer`.
 //! Out: a statement's rows as a Flight stream, and the catalog (`hoistway`), schema (`public`)
-//! and tables ADBC's `get_objects` asks for.
+//! and tables ADBC's `get_objects` asks for. Prepared statements take `?` or `$1` parameters,
+//! bound statelessly (the handle carries the statement and its values; see `Prepared`).
 //!
 //! Each call runs as its caller, with the read-only guard, roles and customer scope of `POST
 //! /v1/sql`. A statement's result is an export: users whose role reaches `export_role` stream
-//! every row (no interactive row cap), up to `export_max_bytes` of Arrow data; everyone else
+//! every row (no interactive row cap), up to `query.export_max_mb` of Arrow data; everyone else
 //! gets at most `query.max_rows` rows. Passwords travel in clear inside TLS, so without TLS they
 //! are taken only where [`PlainPasswords`] allows (by default from loopback).
 
@@ -19,20 +20,28 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
 };
 use base64::Engine;
-use futures::{Stream, StreamExt, TryStreamExt};
+use datafusion::dataframe::DataFrame;
+use datafusion::scalar::ScalarValue;
+use futures::{Stream, TryStreamExt};
 use hoistway_auth::{Access, Authority, Principal, Role};
 use hoistway_pgwire::PlainPasswords;
 use hoistway_query::{Caller, QueryEngine};
@@ -45,22 +54,64 @@ mod io;
 
 pub use io::Peer;
 
-/// Who may stream a whole result, and how much.
-#[derive(Debug, Clone, Copy)]
-pub struct Exports {
-    /// The least role that streams past the interactive row cap.
-    pub role: Role,
-    /// Arrow bytes one statement may stream; beyond it the stream ends with an error.
-    pub max_bytes: u64,
-}
-
 /// The Flight SQL service.
 pub struct Service {
     engine: Arc<QueryEngine>,
     authority: Arc<Authority>,
     plain: PlainPasswords,
-    exports: Exports,
     sql_info: SqlInfoData,
+}
+
+/// A prepared statement's handle: the statement and the parameters bound to it. Hoistway keeps
+/// no state per prepared statement: binding parameters answers with a new handle (Flight SQL's
+/// stateless binding), so closing one frees nothing and any server can execute it. The handle
+/// grants nothing: it runs as the caller of each call.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Prepared {
+    #[prost(string, tag = "1")]
+    sql: String,
+    /// One row of parameter values as an Arrow IPC stream; empty while none are bound.
+    #[prost(bytes = "vec", tag = "2")]
+    parameters: Vec<u8>,
+}
+
+impl Prepared {
+    fn from_handle(handle: &[u8]) -> Result<Self, Status> {
+        Prepared::decode(handle)
+            .map_err(|_| Status::invalid_argument("not a prepared statement handle of Hoistway"))
+    }
+
+    /// The bound values, `$1` first.
+    fn values(&self) -> Result<Vec<ScalarValue>, Status> {
+        if self.parameters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bad = |e: &dyn std::fmt::Display| {
+            Status::invalid_argument(format!("the bound parameters cannot be read: {e}"))
+        };
+        let mut reader =
+            arrow::ipc::reader::StreamReader::try_new(self.parameters.as_slice(), None)
+                .map_err(|e| bad(&e))?;
+        let batch = reader
+            .next()
+            .transpose()
+            .map_err(|e| bad(&e))?
+            .ok_or_else(|| bad(&"no row"))?;
+        batch
+            .columns()
+            .iter()
+            .map(|column| ScalarValue::try_from_array(column, 0).map_err(|e| bad(&e)))
+            .collect()
+    }
+}
+
+/// A schema as Flight SQL sends one inside a message (IPC-encapsulated).
+fn ipc_schema(schema: &arrow::datatypes::Schema) -> Result<prost::bytes::Bytes, Status> {
+    let IpcMessage(bytes) =
+        SchemaAsIpc::new(schema, &arrow::ipc::writer::IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    Ok(bytes)
 }
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
@@ -71,7 +122,6 @@ impl Service {
         engine: Arc<QueryEngine>,
         authority: Arc<Authority>,
         plain: PlainPasswords,
-        exports: Exports,
     ) -> Result<Self, Status> {
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "Hoistway");
@@ -87,7 +137,6 @@ impl Service {
             engine,
             authority,
             plain,
-            exports,
             sql_info,
         })
     }
@@ -231,6 +280,60 @@ impl Service {
         Ok(Response::new(info))
     }
 
+    /// A planned statement's rows: every row for a user who may export (up to
+    /// `query.export_max_mb`), at most `query.max_rows` for anyone else.
+    async fn results(
+        &self,
+        principal: &Principal,
+        df: DataFrame,
+    ) -> Result<Response<DoGetStream>, Status> {
+        if principal
+            .allows(Access::Role(self.engine.limits().export_role))
+            .is_err()
+        {
+            let result = self.engine.collect(df).await.map_err(query_status)?;
+            let batches = futures::stream::iter(result.batches.into_iter().map(Ok));
+            return Ok(Self::flight_data(result.schema, batches));
+        }
+        let (schema, stream) = self.engine.export_frame(df).await.map_err(query_status)?;
+        let batches = stream.map_err(|e| FlightError::Tonic(Box::new(query_status(e))));
+        Ok(Self::flight_data(schema, batches))
+    }
+
+    /// Plans a prepared statement (`?` or `$n` parameters) with the values bound to it.
+    async fn plan_prepared(
+        &self,
+        prepared: &Prepared,
+        principal: &Principal,
+    ) -> Result<DataFrame, Status> {
+        let sql = hoistway_pgwire::rewrite::positional_placeholders(&prepared.sql);
+        let df = self
+            .engine
+            .plan(&sql, &Self::caller(principal))
+            .await
+            .map_err(query_status)?;
+        let values = prepared.values()?;
+        if values.is_empty() {
+            return Ok(df);
+        }
+        // Clients bind what their language has (a Python float is a double): each value is
+        // cast to the type the statement gives its parameter (a real, say).
+        let expected = hoistway_query::parameter_types(&df).map_err(query_status)?;
+        let values = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| match expected.get(i) {
+                Some(t) if value.data_type() != *t => value.cast_to(t).map_err(|e| {
+                    Status::invalid_argument(format!("parameter ${} is not a {t}: {e}", i + 1))
+                }),
+                _ => Ok(value),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        df.with_param_values(values).map_err(|e| {
+            Status::invalid_argument(format!("the parameters do not fit the statement: {e}"))
+        })
+    }
+
     /// The tables a caller may read: (name, TABLE or VIEW, schema).
     async fn tables(&self, caller: &Caller) -> Result<Vec<(String, String, SchemaRef)>, Status> {
         self.engine
@@ -309,38 +412,107 @@ impl FlightSqlService for Service {
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("the statement is not UTF-8"))?;
         self.audit(&request, &principal, "sql", &sql);
-        let caller = Self::caller(&principal);
-        if principal.allows(Access::Role(self.exports.role)).is_err() {
-            // Not an exporter: the interactive answer, capped at query.max_rows.
-            let df = self
-                .engine
-                .plan(&sql, &caller)
-                .await
-                .map_err(query_status)?;
-            let result = self.engine.collect(df).await.map_err(query_status)?;
-            let batches = futures::stream::iter(result.batches.into_iter().map(Ok));
-            return Ok(Self::flight_data(result.schema, batches));
-        }
-        let (schema, stream) = self
+        let df = self
             .engine
-            .stream(&sql, &caller)
+            .plan(&sql, &Self::caller(&principal))
             .await
             .map_err(query_status)?;
-        let max = self.exports.max_bytes;
-        let mut sent = 0u64;
-        let capped = stream.map(move |batch| {
-            let batch = batch.map_err(|e| FlightError::ExternalError(Box::new(e)))?;
-            sent += batch.get_array_memory_size() as u64;
-            if sent > max {
-                return Err(FlightError::Tonic(Box::new(Status::resource_exhausted(
-                    format!(
-                        "the result passed query.export_max_bytes ({max} bytes of Arrow data); narrow the query"
-                    ),
-                ))));
+        self.results(&principal, df).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let principal = self.principal(&request).await?;
+        let prepared = Prepared {
+            sql: query.query,
+            parameters: Vec::new(),
+        };
+        let df = self.plan_prepared(&prepared, &principal).await?;
+        let parameters: Vec<arrow::datatypes::Field> = hoistway_query::parameter_types(&df)
+            .map_err(query_status)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| arrow::datatypes::Field::new(format!("${}", i + 1), t, true))
+            .collect();
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: prepared.encode_to_vec().into(),
+            dataset_schema: ipc_schema(df.schema().as_arrow())?,
+            parameter_schema: ipc_schema(&arrow::datatypes::Schema::new(parameters))?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        self.principal(&request).await?;
+        let mut prepared = Prepared::from_handle(&query.prepared_statement_handle)?;
+        let data = request.into_inner().map_err(FlightError::from);
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("unreadable parameters: {e}")))?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        prepared.parameters = match batches.iter().find(|b| b.num_rows() > 0) {
+            None => Vec::new(),
+            Some(_) if rows > 1 => {
+                return Err(Status::invalid_argument(format!(
+                    "bind one row of parameters to a query, not {rows}"
+                )));
             }
-            Ok(batch)
-        });
-        Ok(Self::flight_data(schema, capped))
+            Some(batch) => {
+                let mut writer =
+                    arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema())
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                writer
+                    .write(batch)
+                    .and_then(|()| writer.finish())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                writer
+                    .into_inner()
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+        };
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(prepared.encode_to_vec().into()),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = self.principal(&request).await?;
+        let prepared = Prepared::from_handle(&query.prepared_statement_handle)?;
+        let df = self.plan_prepared(&prepared, &principal).await?;
+        let schema = df.schema().as_arrow().clone();
+        self.info(&schema, query, request.into_inner())
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let principal = self.principal(&request).await?;
+        let prepared = Prepared::from_handle(&query.prepared_statement_handle)?;
+        self.audit(&request, &principal, "sql", &prepared.sql);
+        let df = self.plan_prepared(&prepared, &principal).await?;
+        self.results(&principal, df).await
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Nothing is kept per prepared statement (see `Prepared`).
+        self.principal(&request).await.map(|_| ())
     }
 
     async fn get_flight_info_catalogs(

@@ -239,28 +239,8 @@ fn invalid_parameter(message: String) -> PgWireError {
     )))
 }
 
-/// The parameter types a plan infers, in `$1, $2, …` order up to the highest it uses; untyped
-/// or unused ones (a rewrite can drop a subquery and its parameters) are text.
 fn parameter_types(df: &DataFrame) -> PgWireResult<Vec<DataType>> {
-    let types = df
-        .logical_plan()
-        .get_parameter_types()
-        .map_err(|e| query_error(e.into()))?;
-    let numbered: Vec<(usize, DataType)> = types
-        .into_iter()
-        .filter_map(|(name, t)| {
-            let n = name.strip_prefix('$')?.parse().ok()?;
-            Some((n, t.unwrap_or(DataType::Utf8)))
-        })
-        .collect();
-    let count = numbered.iter().map(|(n, _)| *n).max().unwrap_or(0);
-    let mut types = vec![DataType::Utf8; count];
-    for (n, t) in numbered {
-        if n >= 1 {
-            types[n - 1] = t;
-        }
-    }
-    Ok(types)
+    hoistway_query::parameter_types(df).map_err(query_error)
 }
 
 impl Backend {

@@ -103,6 +103,38 @@ pub fn search_path(sql: &str) -> Cow<'_, str> {
     }
 }
 
+/// `sql` with JDBC-style `?` parameters numbered `$1, $2, …` in order, as DataFusion numbers
+/// parameters (Flight SQL clients write either). Text without `?` parameters is unchanged.
+pub fn positional_placeholders(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    let Some(all) = tokens(sql) else {
+        return Cow::Borrowed(sql);
+    };
+    let mut n = 0;
+    let mut out = String::with_capacity(sql.len() + 8);
+    for token in &all {
+        match token {
+            // PostgreSQL's tokenizer reads a lone `?` as the jsonb operator; Hoistway has none.
+            Token::Question => {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            }
+            Token::Placeholder(p) if p == "?" => {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    if n == 0 {
+        Cow::Borrowed(sql)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
 /// Tokens equal as SQL: keywords and identifiers regardless of case.
 fn same(a: &Token, b: &Token) -> bool {
     match (a, b) {

@@ -36,7 +36,7 @@ use hoistway_processor::Fleet;
 use hoistway_store::scan::tier_url;
 use hoistway_store::{Kind, Store, Tier};
 
-pub use output::{Format, encode};
+pub use output::{Format, StreamEncoder, encode};
 use tables::{LazyTable, StoredTable};
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +129,11 @@ pub struct QueryLimits {
     pub timeout: Duration,
     /// Memory for all queries together; sorts and aggregates spill or fail beyond it.
     pub memory_bytes: usize,
+    /// The least role whose exports (Flight SQL, `POST /v1/sql/export`) stream every row,
+    /// past `max_rows`.
+    pub export_role: hoistway_auth::Role,
+    /// Arrow bytes one export may stream; beyond it the export ends with an error.
+    pub export_max_bytes: u64,
 }
 
 impl Default for QueryLimits {
@@ -137,8 +142,31 @@ impl Default for QueryLimits {
             max_rows: 100_000,
             timeout: Duration::from_secs(30),
             memory_bytes: 1 << 30,
+            export_role: hoistway_auth::Role::Operator,
+            export_max_bytes: 10 << 30,
         }
     }
+}
+
+/// The parameter types a plan infers, in `$1, $2, …` order up to the highest it uses; untyped
+/// or unused ones (a rewrite can drop a subquery and its parameters) are text.
+pub fn parameter_types(df: &DataFrame) -> Result<Vec<DataType>> {
+    let types = df.logical_plan().get_parameter_types()?;
+    let numbered: Vec<(usize, DataType)> = types
+        .into_iter()
+        .filter_map(|(name, t)| {
+            let n = name.strip_prefix('$')?.parse().ok()?;
+            Some((n, t.unwrap_or(DataType::Utf8)))
+        })
+        .collect();
+    let count = numbered.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let mut types = vec![DataType::Utf8; count];
+    for (n, t) in numbered {
+        if n >= 1 {
+            types[n - 1] = t;
+        }
+    }
+    Ok(types)
 }
 
 /// A query's result: the batches and whether the row limit cut it short.
@@ -1013,13 +1041,111 @@ impl QueryEngine {
         }
     }
 
+    /// Streams every row of an export, up to `export_max_bytes` of Arrow data: past it the
+    /// stream ends with [`Error::ResourcesExhausted`]. Whether the caller may export (its role
+    /// reaches `export_role`) is for the caller to check.
+    pub async fn export(
+        &self,
+        sql: &str,
+        caller: &Caller,
+    ) -> Result<(
+        SchemaRef,
+        impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static,
+    )> {
+        self.export_frame(self.plan(sql, caller).await?).await
+    }
+
+    /// [`export`](Self::export) of a planned query (one with its parameters bound, say).
+    pub async fn export_frame(
+        &self,
+        df: DataFrame,
+    ) -> Result<(
+        SchemaRef,
+        impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static,
+    )> {
+        let (schema, stream) = self.stream_frame(df).await?;
+        let max = self.limits.export_max_bytes;
+        let mut sent = 0u64;
+        let mut over = false;
+        let capped = stream.map(move |batch| {
+            if over {
+                return None;
+            }
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => return Some(Err(Error::from(e))),
+            };
+            sent += batch.get_array_memory_size() as u64;
+            if sent > max {
+                over = true;
+                return Some(Err(Error::ResourcesExhausted(format!(
+                    "the export passed query.export_max_mb ({} MiB of Arrow data); narrow the query",
+                    max >> 20
+                ))));
+            }
+            Some(Ok(batch))
+        });
+        Ok((
+            schema,
+            capped
+                .take_while(|b| std::future::ready(b.is_some()))
+                .filter_map(std::future::ready),
+        ))
+    }
+
+    /// An export encoded in `format` (not the JSON array), chunk by chunk. Scanning and
+    /// encoding both run on the analytics runtime; a reader that leaves stops them.
+    pub async fn export_encoded(
+        &self,
+        sql: &str,
+        caller: &Caller,
+        format: Format,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<u8>>> + Send + 'static> {
+        let (schema, batches) = self.export(sql, caller).await?;
+        let mut encoder = StreamEncoder::new(format, &schema)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(2);
+        let encode = async move {
+            let mut batches = std::pin::pin!(batches);
+            while let Some(batch) = batches.next().await {
+                match batch.and_then(|b| encoder.push(&b)) {
+                    Ok(chunk) if chunk.is_empty() => {}
+                    Ok(chunk) => {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(encoder.finish()).await;
+        };
+        let task = runtime::AbortOnDrop(match &self.exec {
+            Some(exec) => exec.handle().spawn(encode),
+            None => tokio::spawn(encode),
+        });
+        Ok(futures::stream::unfold(
+            (rx, task),
+            |(mut rx, task)| async move { rx.recv().await.map(|chunk| (chunk, (rx, task))) },
+        ))
+    }
+
     /// Streams every row, for exports; the caller bounds how long it reads.
     pub async fn stream(
         &self,
         sql: &str,
         caller: &Caller,
     ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
-        let df = self.plan(sql, caller).await?;
+        self.stream_frame(self.plan(sql, caller).await?).await
+    }
+
+    /// [`stream`](Self::stream) of a planned query.
+    pub async fn stream_frame(
+        &self,
+        df: DataFrame,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let Some(exec) = &self.exec else {
             return Ok((schema, df.execute_stream().await?));

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use datafusion::prelude::{col, lit};
 use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
 use hoistway_query::{Error as QueryError, Format, QueryResult};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -85,9 +86,95 @@ fn parse_format(name: Option<&str>) -> ApiResult<Format> {
     match name {
         None => Ok(Format::Json),
         Some(n) => Format::parse(n).ok_or_else(|| {
-            Problem::bad_request(format!("unknown format {n:?}; use json, csv or parquet"))
+            Problem::bad_request(format!("unknown format {n:?}; use {}", Format::NAMES))
         }),
     }
+}
+
+/// An export: a read-only statement whose whole result is streamed.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ExportRequest {
+    /// One `SELECT` (or `WITH … SELECT`).
+    sql: String,
+    /// `parquet` (default), `csv`, `ndjson` or `arrow` (the Arrow IPC stream).
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `POST /v1/sql/export`: every row of a read-only query, streamed as it is read (no row cap),
+/// for users whose role reaches `query.export_role`.
+#[utoipa::path(post, path = "/v1/sql/export", summary = "Export a read-only SQL query's whole result",
+    request_body(content = ExportRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The whole result, streamed (a customer's user gets only its lifts' data). Past `query.export_max_mb` of data, or on a failure while reading, the body ends early without its last chunk (a client sees an incomplete transfer, never a short file that looks whole)", content(
+            (Vec<u8> = "application/vnd.apache.parquet"),
+            (String = "text/csv"),
+            (String = "application/x-ndjson"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+        )),
+        (status = 403, description = "Not a read-only statement, or the role may not export", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn sql_export(
+    State(app): State<AppState>,
+    staff: crate::auth::Staff,
+    axum::Extension(addr): axum::Extension<crate::auth::ClientAddr>,
+    body: Body,
+) -> ApiResult<Response> {
+    let needed = app.query.limits().export_role;
+    if staff.0.allows(hoistway_auth::Access::Role(needed)).is_err() {
+        return Err(Problem::forbidden(format!(
+            "exports need the {needed} role or above; POST /v1/sql answers up to {} rows",
+            app.query.limits().max_rows
+        )));
+    }
+    let bytes = crate::routes::read_limited(body, SQL_BODY_LIMIT).await?;
+    let request = crate::routes::json_body::<ExportRequest>(&bytes)?;
+    if request.sql.trim().is_empty() {
+        return Err(Problem::bad_request("no SQL given"));
+    }
+    let format = match request.format.as_deref() {
+        None => Format::Parquet,
+        Some("json") => {
+            return Err(Problem::bad_request(
+                "an export streams: use ndjson (one object per line) rather than json",
+            ));
+        }
+        Some(n) => parse_format(Some(n))?,
+    };
+    let text: String = request.sql.chars().take(2000).collect();
+    let chunks = app
+        .query
+        .export_encoded(&request.sql, &staff.query_caller(), format)
+        .await;
+    let outcome = if chunks.is_ok() { "ok" } else { "failed" };
+    crate::auth::record(
+        &app,
+        staff.username(),
+        "sql.export",
+        "",
+        outcome,
+        addr,
+        &text,
+    )
+    .await;
+    let chunks = chunks.map_err(query_problem)?;
+    let username = staff.username().to_string();
+    let body = chunks.map(move |chunk| {
+        chunk.map(bytes::Bytes::from).map_err(|e| {
+            // The status is sent already: ending the body early is how the client learns.
+            tracing::warn!(user = %username, error = %e, "an export stopped");
+            std::io::Error::other(e.to_string())
+        })
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        )],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// `POST /v1/sql`: a read-only query, as JSON `{"sql": ..., "format": ...}` or as plain text.

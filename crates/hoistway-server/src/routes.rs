@@ -146,6 +146,7 @@ pub(crate) fn routes() -> Routes {
     .add(VIEWER, routes!(lift_state_stream))
     .add(VIEWER, routes!(crate::analytics::lift_readings))
     .add(VIEWER, routes!(crate::analytics::sql))
+    .add(VIEWER, routes!(crate::analytics::sql_export))
     .add(FLEET_VIEWER, routes!(crate::analytics::storage_status))
     .add(FLEET_ADMIN, routes!(crate::analytics::storage_maintain))
     .add(VIEWER, routes!(building))

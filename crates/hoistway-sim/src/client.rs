@@ -118,15 +118,16 @@ impl Connection {
         req.body(Full::new(body)).expect("valid request")
     }
 
-    /// Sends one request and hands the response body to `on_chunk` as it arrives (for
-    /// downloads that show progress). Returns the status.
+    /// Sends one request and hands the response body to `on_chunk` as it arrives, with the
+    /// response's status (for downloads that show progress). Returns the status; a body that
+    /// ends early is an error.
     pub async fn send_streaming(
         &mut self,
         method: Method,
         path: &str,
         content_type: &str,
         body: Bytes,
-        mut on_chunk: impl FnMut(&[u8]),
+        mut on_chunk: impl FnMut(StatusCode, &[u8]),
     ) -> Result<StatusCode, ClientError> {
         let req = self.request(method, path, content_type, body);
         let sender = self.connect().await?;
@@ -136,7 +137,7 @@ impl Connection {
         let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
             if let Some(data) = frame?.data_ref() {
-                on_chunk(data);
+                on_chunk(status, data);
             }
         }
         Ok(status)

@@ -34,6 +34,14 @@ pub struct BenchStorageArgs {
     /// without writing them again (for iterating on query speed).
     #[arg(long, requires = "data_dir")]
     reuse: bool,
+    /// Also export every stored reading through the SQL clients analysts use: ADBC over Flight
+    /// SQL, psycopg over the PostgreSQL protocol, pyarrow on the same files; and time
+    /// SQLAlchemy's connect and table listing.
+    #[arg(long)]
+    sql_clients: bool,
+    /// The Python of the SQL client phase (pip installs what it lacks).
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
 }
 
 /// 2026-01-01T00:00:00Z
@@ -160,14 +168,16 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
         clock.clone() as Arc<dyn Clock>,
         Duration::from_secs(60),
     );
-    let engine = QueryEngine::new(
+    // The PostgreSQL path of the SQL client phase returns every stored row.
+    let engine = Arc::new(QueryEngine::new(
         store.clone(),
         fleet.clone(),
         QueryLimits {
-            max_rows: 10_000_000,
+            max_rows: (rows as usize).max(10_000_000),
+            timeout: Duration::from_secs(600),
             ..Default::default()
         },
-    )?;
+    )?);
     let day0 = "2026-01-01T00:00:00Z";
     let day1 = "2026-01-02T00:00:00Z";
     let lift = lift_name(args.lifts / 2);
@@ -252,6 +262,24 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
         });
     }
     drop(duck);
+    let sql_clients = if args.sql_clients {
+        let from = hoistway_model::time::format_micros(START_US);
+        let to = hoistway_model::time::format_micros(START_US + args.days as i64 * DAY_US);
+        Some(
+            crate::bench_sql::run(
+                &args.python,
+                &root,
+                engine.clone(),
+                clock.clone() as Arc<dyn Clock>,
+                &paths(Kind::Readings),
+                rows,
+                (&from, &to),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     // The building page's lookup (GET /v1/buildings/{id}): registry index plus latest state.
     let filter = LiftFilter {
@@ -309,6 +337,9 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
         rows as f64 / scan_cpu_ms / 1000.0,
         scan_cpu_ms / scan_ms
     );
+    if let Some(report) = sql_clients {
+        println!("\n{report}");
+    }
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     } else {

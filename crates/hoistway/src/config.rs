@@ -270,7 +270,8 @@ pub struct QuerySettings {
     /// Address of the Arrow Flight SQL listener (ADBC, Flight SQL JDBC, Grafana); empty: off.
     /// Same accounts, TLS and plain-password rule as the PostgreSQL listener.
     pub flight_listen: String,
-    /// The least role whose Flight SQL results stream whole, past `max_rows` (exports).
+    /// The least role whose exports stream whole, past `max_rows`: Flight SQL results and
+    /// `POST /v1/sql/export` (`hoistway sql --output FILE`).
     pub export_role: hoistway_auth::Role,
     /// Arrow data one exported result may stream, in MiB.
     pub export_max_mb: u64,

@@ -6,6 +6,7 @@ mod alerts;
 mod bench;
 mod bench_alerts;
 mod bench_pg;
+mod bench_sql;
 mod bench_storage;
 mod bench_ui;
 mod config;

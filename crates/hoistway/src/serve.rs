@@ -152,6 +152,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_rows: config.query.max_rows.max(1),
             timeout: Duration::from_secs(config.query.timeout_secs.max(1)),
             memory_bytes: config.query.memory_mb.max(16) << 20,
+            export_role: config.query.export_role,
+            export_max_bytes: config.query.export_max_mb.saturating_mul(1024 * 1024),
         },
     )
     .context("cannot start the query engine")?
@@ -201,10 +203,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 query.clone(),
                 auth.clone(),
                 config.query.postgres_plain_passwords,
-                hoistway_flightsql::Exports {
-                    role: config.query.export_role,
-                    max_bytes: config.query.export_max_mb.saturating_mul(1024 * 1024),
-                },
             )
         })
         .transpose()

@@ -1,7 +1,7 @@
 //! `hoistway sql` and `hoistway storage`: clients of a running server's query and storage API.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,19 +12,23 @@ use hyper::Method;
 enum OutputFormat {
     /// Aligned columns, for reading.
     Table,
+    /// A JSON document; with --output, one object per line.
     Json,
     Csv,
     Parquet,
+    /// The Arrow IPC stream format (pyarrow.ipc.open_stream).
+    Arrow,
 }
 
 #[derive(clap::Args)]
 pub struct SqlArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Output format; parquet needs --output.
+    /// Output format; parquet and arrow need --output.
     #[arg(long, value_enum, default_value = "table")]
     format: OutputFormat,
-    /// Write the result to this file (with a progress line) instead of standard output.
+    /// Export the whole result to this file, past the interactive row limit (for roles that
+    /// may export), with a progress line.
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// A read-only query, e.g. "SELECT count(*) FROM readings".
@@ -47,28 +51,28 @@ enum StorageCommand {
     Maintain,
 }
 
+/// The `detail` of a problem answer, or the answer itself.
+fn problem_detail(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| text.to_string())
+}
+
 pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.output {
+        return export(&args, path).await;
+    }
     let wire = match args.format {
         OutputFormat::Table | OutputFormat::Json => "json",
         OutputFormat::Csv => "csv",
-        OutputFormat::Parquet => "parquet",
+        OutputFormat::Parquet | OutputFormat::Arrow => {
+            anyhow::bail!("--format parquet and arrow write a binary file: give --output FILE")
+        }
     };
-    anyhow::ensure!(
-        args.format != OutputFormat::Parquet || args.output.is_some(),
-        "--format parquet writes a binary file: give --output FILE"
-    );
     let mut conn = crate::access::connect(&args.server)?;
     let body = serde_json::to_vec(&serde_json::json!({ "sql": args.sql, "format": wire }))?;
-    let progress = args.output.as_ref().map(|path| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg}: {bytes} ({bytes_per_sec})")
-                .expect("a valid template"),
-        );
-        bar.set_message(format!("writing {}", path.display()));
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    });
     let mut received = Vec::new();
     let status = conn
         .send_streaming(
@@ -76,29 +80,12 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
             "/v1/sql",
             "application/json",
             Bytes::from(body),
-            |chunk| {
-                received.extend_from_slice(chunk);
-                if let Some(bar) = &progress {
-                    bar.inc(chunk.len() as u64);
-                }
-            },
+            |_, chunk| received.extend_from_slice(chunk),
         )
         .await
         .with_context(|| format!("calling {}/v1/sql", args.server))?;
-    if let Some(bar) = &progress {
-        bar.finish();
-    }
     if !status.is_success() {
-        let text = String::from_utf8_lossy(&received);
-        let detail = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| text.to_string());
-        anyhow::bail!("{detail} (HTTP {status})");
-    }
-    if let Some(path) = &args.output {
-        std::fs::write(path, &received).with_context(|| format!("writing {}", path.display()))?;
-        return Ok(());
+        anyhow::bail!("{} (HTTP {status})", problem_detail(&received));
     }
     let mut stdout = std::io::stdout().lock();
     match args.format {
@@ -110,8 +97,90 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
             let value: serde_json::Value = serde_json::from_slice(&received)?;
             writeln!(stdout, "{}", serde_json::to_string_pretty(&value)?)?;
         }
-        OutputFormat::Csv | OutputFormat::Parquet => stdout.write_all(&received)?,
+        OutputFormat::Csv | OutputFormat::Parquet | OutputFormat::Arrow => {
+            stdout.write_all(&received)?
+        }
     }
+    Ok(())
+}
+
+/// `--output FILE`: the whole result through `POST /v1/sql/export`, written as it arrives into
+/// `FILE.partial`, renamed to `FILE` once the server has sent all of it.
+async fn export(args: &SqlArgs, path: &Path) -> anyhow::Result<()> {
+    let wire = match args.format {
+        OutputFormat::Table => {
+            anyhow::bail!("--output writes csv, json, parquet or arrow: choose one with --format")
+        }
+        OutputFormat::Json => "ndjson",
+        OutputFormat::Csv => "csv",
+        OutputFormat::Parquet => "parquet",
+        OutputFormat::Arrow => "arrow",
+    };
+    let mut conn = crate::access::connect(&args.server)?;
+    let body = serde_json::to_vec(&serde_json::json!({ "sql": args.sql, "format": wire }))?;
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let mut file = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?,
+    );
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg}: {bytes} ({bytes_per_sec}, {elapsed})",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_message(format!("exporting to {}", path.display()));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut problem = Vec::new();
+    let mut written = Ok(());
+    let sent = conn
+        .send_streaming(
+            Method::POST,
+            "/v1/sql/export",
+            "application/json",
+            Bytes::from(body),
+            |status, chunk| {
+                if !status.is_success() {
+                    problem.extend_from_slice(chunk);
+                } else if written.is_ok() {
+                    written = file.write_all(chunk);
+                    bar.inc(chunk.len() as u64);
+                }
+            },
+        )
+        .await;
+    bar.finish_and_clear();
+    let finished = match sent {
+        Err(e) => Err(anyhow::anyhow!(
+            "the export stopped before its end ({e}): the server ended it (see its log; \
+             query.export_max_mb caps an export's size) or the connection broke"
+        )),
+        Ok(status) if !status.is_success() => Err(anyhow::anyhow!(
+            "{} (HTTP {status})",
+            problem_detail(&problem)
+        )),
+        Ok(_) => written
+            .and_then(|()| file.flush())
+            .and_then(|()| file.get_ref().sync_all())
+            .with_context(|| format!("writing {}", partial.display())),
+    };
+    if let Err(e) = finished {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    drop(file);
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
+    eprintln!(
+        "wrote {} to {} in {:.1} s",
+        indicatif::HumanBytes(bar.position()),
+        path.display(),
+        bar.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -27,6 +27,20 @@ with flightsql.connect(uri, db_kwargs={"username": user, "password": password}) 
             "schema": [[f.name, str(f.type)] for f in export.schema],
             "first": export.slice(0, 1).to_pylist()[0]["lift_id"],
         }
+        # Parameters: ADBC prepares the statement and binds the values (JDBC's `?` or `$1`).
+        cur.execute(
+            "SELECT count(*) AS n FROM readings WHERE lift_id = ? AND motor_temp_c > ?",
+            parameters=("L-A1", -100.0),
+        )
+        out["adbc_bound"] = cur.fetchall()
+        cur.execute("SELECT lift_id FROM readings WHERE lift_id = $1 LIMIT 1", parameters=("L-B1",))
+        out["adbc_bound_dollar"] = cur.fetchall()
+        cur.execute("SELECT lift_id FROM readings WHERE lift_id = $1 LIMIT 1", parameters=("L-A2",))
+        out["adbc_bound_again"] = cur.fetchall()
+        out["adbc_parameter_schema"] = [
+            [f.name, str(f.type)]
+            for f in cur.adbc_prepare("SELECT ts FROM readings WHERE lift_id = ? AND ts >= ?")
+        ]
         try:
             cur.execute("DELETE FROM readings")
             out["delete"] = "ran"

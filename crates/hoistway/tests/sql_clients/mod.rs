@@ -454,6 +454,17 @@ fn catalog_lookups_and_the_search_path_become_what_datafusion_plans() {
         hoistway_pgwire::rewrite::search_path("SELECT 1"),
         "SELECT 1"
     );
+    // JDBC-style parameters are numbered; a `?` inside a string stays text.
+    assert_eq!(
+        hoistway_pgwire::rewrite::positional_placeholders(
+            "SELECT '?' AS q FROM readings WHERE lift_id = ? AND ts >= ?"
+        ),
+        "SELECT '?' AS q FROM readings WHERE lift_id = $1 AND ts >= $2"
+    );
+    assert_eq!(
+        hoistway_pgwire::rewrite::positional_placeholders("SELECT $1"),
+        "SELECT $1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -489,6 +500,14 @@ async fn flight_sql_clients_read_results_and_whole_exports_as_arrow() {
         })
     );
     assert_eq!(out["adbc_tables"], serde_json::json!(TABLES));
+    // Prepared statements with bound parameters (a Python float cast to the column's real).
+    assert_eq!(out["adbc_bound"], serde_json::json!([[6]]));
+    assert_eq!(out["adbc_bound_dollar"], serde_json::json!([["L-B1"]]));
+    assert_eq!(out["adbc_bound_again"], serde_json::json!([["L-A2"]]));
+    assert_eq!(
+        out["adbc_parameter_schema"],
+        serde_json::json!([["$1", "string"], ["$2", "timestamp[us, tz=UTC]"]])
+    );
     assert_eq!(
         out["pyarrow_export"],
         serde_json::json!({"rows": 14, "schema": ["lift_id", "ts", "motor_temp_c", "vibration_mm_s"]})
@@ -501,4 +520,119 @@ async fn flight_sql_clients_read_results_and_whole_exports_as_arrow() {
         server.sql_rows("SELECT count(*) FROM readings").await,
         [["14"]]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_stream_whole_results_over_http_and_from_the_cli() {
+    let server = TestServer::start(&[
+        ("HOISTWAY_QUERY__MAX_ROWS", "5"),
+        ("HOISTWAY_QUERY__EXPORT_MAX_MB", "1"),
+    ]);
+    crate::sql_fixture(&server).await;
+    const EXPORT: &str =
+        "SELECT lift_id, ts, motor_temp_c, vibration_mm_s FROM readings ORDER BY lift_id, ts";
+    let s = &server;
+    let export = |format: &str| {
+        let body = serde_json::json!({ "sql": EXPORT, "format": format }).to_string();
+        async move { s.post_json("/v1/sql/export", &body).await }
+    };
+    // Every row, past query.max_rows (5), in each streamed format.
+    let r = export("csv").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let csv = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!(csv.lines().count(), 1 + 14, "{csv}");
+    assert!(csv.starts_with("lift_id,ts,motor_temp_c,vibration_mm_s\nL-A1,"));
+    let r = export("ndjson").await;
+    assert_eq!(r.content_type(), "application/x-ndjson");
+    assert_eq!(String::from_utf8_lossy(&r.body).lines().count(), 14);
+    let r = export("arrow").await;
+    assert_eq!(r.content_type(), "application/vnd.apache.arrow.stream");
+    let reader = arrow::ipc::reader::StreamReader::try_new(r.body.as_ref(), None).unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 14);
+    // A streamed answer cannot be one JSON document; writes are refused as everywhere.
+    let r = export("json").await;
+    assert!(
+        crate::assert_problem(&r, 400)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ndjson")
+    );
+    let r = server
+        .post_json("/v1/sql/export", r#"{"sql": "DELETE FROM readings"}"#)
+        .await;
+    crate::assert_problem(&r, 403);
+    // A viewer may not export (query.export_role is operator) and is told what to do instead.
+    let viewer = crate::security::staff_of(&server, "vic", "viewer", None).await;
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/sql/export",
+        &[
+            ("authorization", &format!("Bearer {viewer}")),
+            ("content-type", "application/json"),
+        ],
+        bytes::Bytes::from(format!(r#"{{"sql": "{EXPORT}"}}"#)),
+    )
+    .await;
+    let p = crate::assert_problem(&r, 403);
+    assert!(
+        p["detail"].as_str().unwrap().contains("operator role"),
+        "{p}"
+    );
+
+    // The CLI writes the whole result to a file, as Parquet by default of --output.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{}", server.addr);
+    let cli = |token: &str, format: &str, file: &Path, sql: &str| {
+        hoistway_with_env(
+            &[
+                "sql".as_ref(),
+                "--server".as_ref(),
+                url.as_ref(),
+                "--format".as_ref(),
+                format.as_ref(),
+                "--output".as_ref(),
+                file.as_os_str(),
+                sql.as_ref(),
+            ],
+            &[("HOISTWAY_TOKEN", token.as_ref())],
+        )
+    };
+    let file = dir.path().join("month.parquet");
+    let out = cli(&server.token, "parquet", &file, EXPORT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("wrote"), "{stderr}");
+    let parquet = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&file).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(parquet.metadata().file_metadata().num_rows(), 14);
+    let names: Vec<String> = parquet
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["lift_id", "ts", "motor_temp_c", "vibration_mm_s"]);
+    // Past query.export_max_mb (1 MiB here) the server ends the body early: the CLI says so
+    // and leaves no file that could pass for the whole result.
+    let big = dir.path().join("big.csv");
+    let out = cli(
+        &server.token,
+        "csv",
+        &big,
+        "SELECT value FROM generate_series(1, 2000000)",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("stopped before its end"), "{stderr}");
+    assert!(!big.exists());
+    assert!(!dir.path().join("big.csv.partial").exists());
+    // A viewer's export is refused with the server's reason.
+    let out = cli(&viewer, "csv", &big, EXPORT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("operator role"), "{stderr}");
 }
