@@ -134,7 +134,7 @@ pub struct Alerts {
     /// Records below this offset were evaluated before the last snapshot (skipped on replay).
     skip_below: Offset,
     /// Serialises writes of changes (the writer task and checkpoints).
-    flush_lock: tokio::sync::Mutex<()>,
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
     wake_writer: Arc<Notify>,
     wake_dispatcher: Arc<Notify>,
     tick: Duration,
@@ -217,7 +217,7 @@ impl Alerts {
             escalations: config.escalations,
             clock,
             skip_below,
-            flush_lock: tokio::sync::Mutex::new(()),
+            flush_lock: Arc::new(tokio::sync::Mutex::new(())),
             wake_writer,
             wake_dispatcher: Arc::new(Notify::new()),
             tick: config.tick,
@@ -660,7 +660,6 @@ fn spawn_evaluator(
     Ok((tx, done_rx))
 }
 
-#[async_trait::async_trait]
 impl Sink for Alerts {
     fn name(&self) -> &'static str {
         "alerts"
@@ -682,21 +681,29 @@ impl Sink for Alerts {
         }
     }
 
-    async fn commit(&self, through: Offset) -> Result<(), SinkError> {
-        // Everything accepted below `through` is evaluated before the snapshot says so.
-        self.evaluated_all()
-            .await
-            .map_err(|e| SinkError::new("alerts", through, e))?;
-        let _guard = self.flush_lock.lock().await;
-        let (changes, snapshot) = {
-            let engine = self.engine.lock();
-            let changes = std::mem::take(&mut *self.pending.lock());
-            (changes, engine.snapshot(through))
-        };
-        let bytes = serde_json::to_vec(&snapshot).expect("snapshot serialises");
-        self.write(changes, Some(bytes))
-            .await
-            .map_err(|e| SinkError::new("alerts", through, e))
+    /// Takes the engine's snapshot at `through` and the changes found below it; the finish
+    /// writes both in one transaction (holding off other flushes until then, so changes are
+    /// written in the order they were found).
+    fn prepare(self: Arc<Self>, through: Offset) -> hoistway_processor::Prepare {
+        Box::pin(async move {
+            // Everything accepted below `through` is evaluated before the snapshot says so.
+            self.evaluated_all()
+                .await
+                .map_err(|e| SinkError::new("alerts", through, e))?;
+            let guard = self.flush_lock.clone().lock_owned().await;
+            let (changes, snapshot) = {
+                let engine = self.engine.lock();
+                let changes = std::mem::take(&mut *self.pending.lock());
+                (changes, engine.snapshot(through))
+            };
+            Ok(Box::pin(async move {
+                let _guard = guard;
+                let bytes = serde_json::to_vec(&snapshot).expect("snapshot serialises");
+                self.write(changes, Some(bytes))
+                    .await
+                    .map_err(|e| SinkError::new("alerts", through, e))
+            }) as hoistway_processor::Finish)
+        })
     }
 }
 
@@ -955,7 +962,10 @@ mod tests {
                 items: vec![hot(seq)],
             });
         }
-        alerts.commit(3).await.unwrap();
+        let alerts = Arc::new(alerts);
+        hoistway_processor::sink::commit(alerts.clone(), 3)
+            .await
+            .unwrap();
         // A restart: records 1 and 2 are replayed (the processor's checkpoint was older); the
         // motor-hot rule counts them once, so the third reading fires it, not the first replay.
         let again = Alerts::open(store.clone(), AlertsConfig::default(), vec![], clock).unwrap();

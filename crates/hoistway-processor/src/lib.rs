@@ -34,7 +34,7 @@ use hoistway_registry::Registry;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-pub use sink::{Counters, Sink, SinkBatch, SinkError, SinkItem};
+pub use sink::{Counters, Finish, Prepare, Sink, SinkBatch, SinkError, SinkItem};
 pub use state::{Applied, FleetState, LiftState};
 pub use view::{Fleet, FleetSummary, LiftStatus, LiftView, ListQuery, Page};
 
@@ -129,6 +129,19 @@ pub struct Processor {
     pending_dead_from: Option<Offset>,
     progress: watch::Sender<Progress>,
     last_checkpoint: Instant,
+    /// The checkpoint being written while later records are applied.
+    in_flight: Option<InFlight>,
+}
+
+/// A checkpoint whose second phase (sinks' finishes, dead letters, state, log truncation) runs
+/// on a task of its own.
+struct InFlight {
+    offset: Offset,
+    started: Instant,
+    /// Its dead letters (first offset, letters): pending again if it fails.
+    dead: Option<(Offset, Vec<DeadLetter>)>,
+    /// The bytes of state written.
+    task: tokio::task::JoinHandle<Result<usize>>,
 }
 
 impl Processor {
@@ -184,6 +197,7 @@ impl Processor {
             pending_dead_from: None,
             progress: watch::Sender::new(progress),
             last_checkpoint: Instant::now(),
+            in_flight: None,
         };
         let started = Instant::now();
         let end = processor.log.durable_end();
@@ -327,61 +341,122 @@ impl Processor {
         Ok(())
     }
 
-    /// Writes pending dead letters, then state + offset, then lets the log drop what is covered.
-    /// On failure (a full disk) nothing is lost: the dead letters stay pending, a dead-letter file
-    /// written for this attempt is removed, and the previous checkpoint stays valid.
+    /// A whole checkpoint: writes pending dead letters, then state + offset, then lets the log
+    /// drop what is covered; returns once all of it is done. On failure (a full disk) nothing is
+    /// lost: the dead letters stay pending, a dead-letter file written for this attempt is
+    /// removed, and the previous checkpoint stays valid.
     pub async fn checkpoint(&mut self) -> Result<()> {
+        if let Err(e) = self.end_checkpoint().await {
+            tracing::warn!(error = %e, "the previous checkpoint failed; writing a new one");
+        }
+        self.begin_checkpoint().await?;
+        self.end_checkpoint().await
+    }
+
+    /// The first phase of a checkpoint at the current offset: each sink takes its share (see
+    /// [`Sink::prepare`]) and state is encoded, while nothing is applied; the rest (the sinks'
+    /// finishes, then dead letters, then state, then truncating the log) runs on a task while
+    /// the processor applies what follows. Waits for a checkpoint still in flight first.
+    async fn begin_checkpoint(&mut self) -> Result<()> {
+        self.end_checkpoint().await?;
         let started = Instant::now();
         let offset = self.offset();
+        let mut finishes = Vec::with_capacity(self.sinks.len());
         for sink in &self.sinks {
-            sink.commit(offset).await?;
-        }
-        let dead_file = match self.pending_dead_from {
-            Some(first) => {
-                let dead = self.pending_dead.clone();
-                let dlq = self.dlq.clone();
-                let last = offset.saturating_sub(1);
-                tokio::task::spawn_blocking(move || dlq.write_batch(first, last, &dead))
-                    .await
-                    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                Some((first, last))
+            match sink.clone().prepare(offset).await {
+                Ok(finish) => finishes.push(finish),
+                Err(e) => {
+                    // What the others took is written (a sink ahead of state is replayed
+                    // to, which it tolerates); only state waits for the next checkpoint.
+                    finish_all(finishes).await.ok();
+                    return Err(e.into());
+                }
             }
-            None => None,
-        };
+        }
+        let dead = self
+            .pending_dead_from
+            .take()
+            .map(|first| (first, std::mem::take(&mut self.pending_dead)));
         let state = self.state.clone();
-        let dir = self.config.state_dir.clone();
         let format = self.config.checkpoint_format;
-        let written = tokio::task::spawn_blocking(move || -> Result<usize> {
-            let bytes = checkpoint::encode_version(&state.read(), format)?;
-            checkpoint::write(&dir, &bytes)?;
-            Ok(bytes.len())
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let bytes = match written {
-            Ok(bytes) => bytes,
-            Err(e) => {
+        let bytes =
+            tokio::task::spawn_blocking(move || checkpoint::encode_version(&state.read(), format))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let dlq = self.dlq.clone();
+        let dir = self.config.state_dir.clone();
+        let log = self.log.clone();
+        let letters = dead.clone();
+        let task = tokio::spawn(async move {
+            finish_all(finishes).await?;
+            let dead_file = match letters {
+                Some((first, letters)) => {
+                    let dlq = dlq.clone();
+                    let last = offset.saturating_sub(1);
+                    tokio::task::spawn_blocking(move || dlq.write_batch(first, last, &letters))
+                        .await
+                        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+                    Some((first, last))
+                }
+                None => None,
+            };
+            let len = bytes.len();
+            let written = tokio::task::spawn_blocking(move || checkpoint::write(&dir, &bytes))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            if let Err(e) = written {
                 if let Some((first, last)) = dead_file {
-                    let dlq = self.dlq.clone();
                     let _ =
                         tokio::task::spawn_blocking(move || dlq.remove_batch(first, last)).await;
                 }
                 return Err(e);
             }
-        };
-        self.pending_dead.clear();
-        self.pending_dead_from = None;
-        self.last_checkpoint = Instant::now();
-        self.progress.send_modify(|p| {
-            p.last_checkpoint_offset = offset;
-            p.last_checkpoint_at = Instant::now();
+            log.truncate_before(offset).await?;
+            Ok(len)
         });
-        metrics::gauge!("hoistway_processor_checkpoint_bytes").set(bytes as f64);
-        metrics::histogram!("hoistway_processor_checkpoint_seconds")
-            .record(started.elapsed().as_secs_f64());
-        tracing::debug!(offset, bytes, "checkpoint written");
-        self.log.truncate_before(offset).await?;
+        self.in_flight = Some(InFlight {
+            offset,
+            started,
+            dead,
+            task,
+        });
+        self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    /// Waits for the checkpoint in flight, if any, and records its outcome; if it failed, its
+    /// dead letters are pending again, ahead of the newer ones.
+    async fn end_checkpoint(&mut self) -> Result<()> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let result = flight
+            .task
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))
+            .and_then(|r| r);
+        match result {
+            Ok(bytes) => {
+                let offset = flight.offset;
+                self.progress.send_modify(|p| {
+                    p.last_checkpoint_offset = offset;
+                    p.last_checkpoint_at = Instant::now();
+                });
+                metrics::gauge!("hoistway_processor_checkpoint_bytes").set(bytes as f64);
+                metrics::histogram!("hoistway_processor_checkpoint_seconds")
+                    .record(flight.started.elapsed().as_secs_f64());
+                tracing::debug!(offset, bytes, "checkpoint written");
+                Ok(())
+            }
+            Err(e) => {
+                if let Some((first, mut letters)) = flight.dead {
+                    letters.append(&mut self.pending_dead);
+                    self.pending_dead = letters;
+                    self.pending_dead_from = Some(first);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Applies records as they become durable until `shutdown` fires, checkpointing on the
@@ -396,9 +471,20 @@ impl Processor {
             // while the log moved on (a group dropped at the end of a burst).
             let n = self.step_from(self.feed.is_none() || quiet).await?;
             quiet = false;
-            if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
-                && let Err(e) = self.checkpoint().await
-            {
+            let ended = self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.task.is_finished());
+            let due = self.in_flight.is_none()
+                && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
+            let outcome = if ended {
+                self.end_checkpoint().await
+            } else if due {
+                self.begin_checkpoint().await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = outcome {
                 // Not fatal: the log still holds everything since the last good checkpoint.
                 tracing::error!(error = %e, "checkpoint failed; retrying at the next interval");
                 metrics::counter!("hoistway_processor_checkpoint_failures_total").increment(1);
@@ -433,6 +519,18 @@ impl Processor {
     pub fn state_dir(&self) -> &Path {
         &self.config.state_dir
     }
+}
+
+/// Runs every finish, even after one failed (each keeps what it took only when it runs), and
+/// returns the first failure.
+async fn finish_all(finishes: Vec<Finish>) -> Result<(), SinkError> {
+    let mut failed = None;
+    for finish in finishes {
+        if let Err(e) = finish.await {
+            failed.get_or_insert(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// What the feed holds for the next offset.
@@ -564,7 +662,6 @@ mod tests {
     #[derive(Default)]
     struct Recorder(parking_lot::Mutex<Vec<SinkBatch>>);
 
-    #[async_trait::async_trait]
     impl Sink for Recorder {
         fn name(&self) -> &'static str {
             "recorder"
@@ -572,8 +669,8 @@ mod tests {
         fn accept(&self, batch: &SinkBatch) {
             self.0.lock().push(batch.clone());
         }
-        async fn commit(&self, _through: Offset) -> Result<(), SinkError> {
-            Ok(())
+        fn prepare(self: Arc<Self>, _through: Offset) -> crate::Prepare {
+            Box::pin(async { Ok(Box::pin(async { Ok(()) }) as crate::Finish) })
         }
     }
 
@@ -644,5 +741,91 @@ mod tests {
                 && i.lift.building == "B1"
                 && i.lift.model == "M9")
         );
+    }
+
+    /// A sink whose finish waits until let through, and fails while `fail` is set.
+    #[derive(Default)]
+    struct Gate {
+        open: tokio::sync::Notify,
+        fail: std::sync::atomic::AtomicBool,
+        prepared: parking_lot::Mutex<Vec<Offset>>,
+    }
+
+    impl Sink for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn accept(&self, _batch: &SinkBatch) {}
+        fn prepare(self: Arc<Self>, through: Offset) -> crate::Prepare {
+            self.prepared.lock().push(through);
+            Box::pin(async move {
+                Ok(Box::pin(async move {
+                    self.open.notified().await;
+                    if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                        Err(SinkError::new("gate", through, "refused"))
+                    } else {
+                        Ok(())
+                    }
+                }) as crate::Finish)
+            })
+        }
+    }
+
+    /// A checkpoint's second phase runs while later records are applied: state is written only
+    /// after the sinks' finishes succeeded, at the offset they were prepared at; a failed one
+    /// writes nothing and gives its dead letters back.
+    #[tokio::test]
+    async fn checkpoints_are_written_while_later_records_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = FileLog::open(FileLogConfig::new(dir.path().join("log"))).unwrap();
+        let log: Arc<dyn Log> = Arc::new(log);
+        let registry = Arc::new(Registry::open(dir.path().join("registry.sqlite3")).unwrap());
+        registry
+            .upsert(LiftInfo::new(LiftId::new("L1").unwrap()))
+            .unwrap();
+        let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
+        let gate = Arc::new(Gate::default());
+        let state_dir = dir.path().join("state");
+        let mut processor = Processor::recover(
+            ProcessorConfig::new(&state_dir),
+            log.clone(),
+            registry,
+            dlq.clone(),
+            vec![gate.clone()],
+        )
+        .await
+        .unwrap();
+        let mut stranger = reading(1, 1);
+        stranger.lift_id = LiftId::new("L2").unwrap();
+        log.append(vec![record(&[reading(1, 1)]), record(&[stranger])])
+            .await
+            .unwrap();
+        while processor.step().await.unwrap() > 0 {}
+        assert_eq!(processor.pending_dead.len(), 1, "L2 is not registered");
+
+        processor.begin_checkpoint().await.unwrap();
+        assert_eq!(*gate.prepared.lock(), [2]);
+        // While the sink's finish waits, a later record is applied.
+        log.append(vec![record(&[reading(2, 1)])]).await.unwrap();
+        assert_eq!(processor.step().await.unwrap(), 1);
+        assert_eq!(processor.offset(), 3);
+        assert!(checkpoint::read(&state_dir).unwrap().is_none());
+        // The finish fails: no state, no dead-letter file; the letter is pending again.
+        gate.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        gate.open.notify_one();
+        assert!(processor.end_checkpoint().await.is_err());
+        assert!(checkpoint::read(&state_dir).unwrap().is_none());
+        assert!(dlq.list().unwrap().is_empty());
+        assert_eq!(processor.pending_dead.len(), 1);
+        assert_eq!(processor.pending_dead_from, Some(1));
+        // The next one goes through, at the offset it was prepared at.
+        gate.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        gate.open.notify_one();
+        processor.checkpoint().await.unwrap();
+        assert_eq!(*gate.prepared.lock(), [2, 3]);
+        assert_eq!(checkpoint::read(&state_dir).unwrap().unwrap().offset, 3);
+        assert_eq!(dlq.list().unwrap().len(), 1);
+        assert!(processor.pending_dead.is_empty());
+        assert_eq!(processor.progress().borrow().last_checkpoint_offset, 3);
     }
 }

@@ -8,7 +8,15 @@
 //!
 //! After a crash the readings after the last checkpoint are handed over again: a sink that must
 //! not act twice keeps its own offset (storage) or its own idempotence (alerting).
+//!
+//! A checkpoint has two phases, so that applying (and with it an entrapment's alert) never
+//! waits for a Parquet flush: [`Sink::prepare`] takes, at the checkpoint's offset, what the sink
+//! must make durable (a swap of buffers, a snapshot) while the processor applies nothing; the
+//! [`Finish`] it returns writes that while the processor applies the records after it. State is
+//! written and the log truncated only once every sink's finish succeeded.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hoistway_log::Offset;
@@ -74,19 +82,34 @@ impl SinkError {
     }
 }
 
+/// The second phase of a sink's checkpoint: makes durable what [`Sink::prepare`] took.
+pub type Finish = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'static>>;
+
+/// The first phase: what [`Sink::prepare`] returns once it has taken its share.
+pub type Prepare = Pin<Box<dyn Future<Output = Result<Finish, SinkError>> + Send + 'static>>;
+
 /// Receives what the processor applied.
-#[async_trait::async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// A short name for logs and errors.
     fn name(&self) -> &'static str;
 
     /// The readings of the log record at `batch.offset`. Called on a blocking thread, in log
     /// order, never twice for one offset in one run; must not block for long (buffer, then
-    /// do the work in `commit` or on a task of its own).
+    /// do the work in a checkpoint or on a task of its own).
     fn accept(&self, batch: &SinkBatch);
 
-    /// Makes everything accepted from records before `through` durable. Every checkpoint calls
-    /// this before it writes state, and the log is truncated only after both succeeded, so
-    /// what a sink has not committed can always be replayed to it.
-    async fn commit(&self, through: Offset) -> Result<(), SinkError>;
+    /// Takes everything accepted from records before `through`, and nothing after: the
+    /// processor applies nothing until the returned future completes, so it should be quick (a
+    /// swap of buffers, a snapshot). Its [`Finish`] makes that durable while the processor
+    /// applies later records and calls `accept` again. The processor writes state and
+    /// truncates the log only after every sink's finish succeeded, and prepares the next
+    /// checkpoint only after this one ended, so what a sink has not made durable can always
+    /// be replayed to it. A finish that fails must keep what it took, for the next checkpoint.
+    fn prepare(self: Arc<Self>, through: Offset) -> Prepare;
+}
+
+/// Both phases of `sink`'s checkpoint at once, for callers that apply nothing meanwhile
+/// (tests, tools).
+pub async fn commit(sink: Arc<impl Sink>, through: Offset) -> Result<(), SinkError> {
+    sink.prepare(through).await?.await
 }

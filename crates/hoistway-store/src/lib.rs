@@ -21,6 +21,7 @@ pub mod schema;
 mod write;
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -30,7 +31,7 @@ use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use hoistway_log::Offset;
 use hoistway_model::{Clock, Reading};
-use hoistway_processor::{Sink, SinkBatch, SinkError};
+use hoistway_processor::{Finish, Prepare, Sink, SinkBatch, SinkError};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -218,6 +219,8 @@ pub struct Store {
     visible: RwLock<Visible>,
     /// Serialises manifest changes (flush, compaction, tier moves, retention).
     commit: tokio::sync::Mutex<()>,
+    /// One flush at a time, from taking the buffers to committing them.
+    flush_slot: Arc<tokio::sync::Mutex<()>>,
     /// File ids are unique across both tiers; the hot manifest records the next one.
     next_file_id: Arc<AtomicU64>,
 }
@@ -303,6 +306,7 @@ impl Store {
                 flushing: Vec::new(),
             }),
             commit: tokio::sync::Mutex::new(()),
+            flush_slot: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -389,10 +393,19 @@ impl Store {
 
     /// Writes every buffered reading to committed files and records `through` as covered.
     /// On failure the readings stay buffered (and visible) and the previous manifest stays.
-    pub async fn flush(&self, through: Offset) -> Result<FlushStats> {
-        let _commit = self.commit.lock().await;
-        let started = Instant::now();
-        let (batches, mut manifest) = {
+    pub async fn flush(self: &Arc<Self>, through: Offset) -> Result<FlushStats> {
+        self.begin_flush(through).await.await
+    }
+
+    /// The first half of [`flush`](Self::flush): takes every buffered reading (queries still see
+    /// them) and returns the second half, which writes them and commits the manifest. Readings
+    /// buffered meanwhile wait for the next flush; one flush runs at a time.
+    pub async fn begin_flush(
+        self: &Arc<Self>,
+        through: Offset,
+    ) -> impl Future<Output = Result<FlushStats>> + Send + 'static {
+        let slot = self.flush_slot.clone().lock_owned().await;
+        let batches = {
             let mut visible = self.visible.write();
             let mut batches = std::mem::take(&mut visible.sealed);
             if !visible.open.is_empty() {
@@ -400,14 +413,24 @@ impl Store {
                 visible.open.clear();
             }
             visible.flushing = batches.clone();
-            (batches, (*visible.hot).clone())
+            batches
         };
+        let store = self.clone();
+        async move {
+            let _slot = slot;
+            store.finish_flush(batches, through).await
+        }
+    }
+
+    async fn finish_flush(&self, batches: Vec<RecordBatch>, through: Offset) -> Result<FlushStats> {
+        let _commit = self.commit.lock().await;
+        let started = Instant::now();
+        // Read under the commit lock: compaction may have changed it since the buffers were taken.
+        let mut manifest = (*self.visible.read().hot).clone();
         if batches.is_empty() && manifest.log_offset == through {
             return Ok(FlushStats::default());
         }
-        let result = self
-            .write_flush(batches.clone(), &mut manifest, through)
-            .await;
+        let result = self.write_flush(batches, &mut manifest, through).await;
         let mut visible = self.visible.write();
         match result {
             Ok(stats) => {
@@ -545,7 +568,6 @@ pub struct FlushStats {
     pub files: u64,
 }
 
-#[async_trait::async_trait]
 impl Sink for Store {
     fn name(&self) -> &'static str {
         "storage"
@@ -555,11 +577,18 @@ impl Sink for Store {
         self.push(batch.offset, batch.counted());
     }
 
-    async fn commit(&self, through: Offset) -> Result<(), SinkError> {
-        self.flush(through)
-            .await
-            .map(|_| ())
-            .map_err(|e| SinkError::new("storage", through, e))
+    /// Takes the buffered readings; the finish writes and commits them (the Parquet flush runs
+    /// while the processor applies later records).
+    fn prepare(self: Arc<Self>, through: Offset) -> Prepare {
+        Box::pin(async move {
+            let flush = self.begin_flush(through).await;
+            Ok(Box::pin(async move {
+                flush
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| SinkError::new("storage", through, e))
+            }) as Finish)
+        })
     }
 }
 

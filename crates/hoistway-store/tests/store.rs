@@ -7,7 +7,6 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 use hoistway_model::{Direction, DoorState, EventKind, LiftId, ManualClock, Reading};
-use hoistway_processor::Sink;
 use hoistway_store::rollup::{merge_partials, partials_of_readings};
 use hoistway_store::schema::{self, readings_batch};
 use hoistway_store::{DAY_US, HOUR_US, Kind, Manifest, Store, StoreConfig, Tier, TierStore};
@@ -91,10 +90,12 @@ impl Fixture {
         c
     }
 
-    async fn open(&self) -> Store {
-        Store::open(self.config(), self.clock.clone())
-            .await
-            .unwrap()
+    async fn open(&self) -> Arc<Store> {
+        Arc::new(
+            Store::open(self.config(), self.clock.clone())
+                .await
+                .unwrap(),
+        )
     }
 }
 
@@ -165,7 +166,7 @@ async fn flushed_readings_are_committed_sorted_and_replays_are_skipped() {
         600
     );
     let n = readings.chunks(50).count() as u64;
-    store.commit(n).await.unwrap();
+    store.flush(n).await.unwrap();
     assert_eq!(store.committed_offset(), n);
     assert!(store.snapshot().buffer.is_empty());
     assert_eq!(stored_keys(&f, &store), keys_of(&readings));
@@ -177,7 +178,7 @@ async fn flushed_readings_are_committed_sorted_and_replays_are_skipped() {
     let more = fleet(20, 2, DAY0 + HOUR_US);
     store.buffer(n - 1, &readings[..50]);
     store.buffer(n, &more);
-    store.commit(n + 1).await.unwrap();
+    store.flush(n + 1).await.unwrap();
     let mut expected = readings.clone();
     expected.extend(more);
     assert_eq!(stored_keys(&f, &store), keys_of(&expected));
@@ -188,7 +189,7 @@ async fn files_no_manifest_lists_are_removed_on_open() {
     let f = Fixture::new();
     let store = f.open().await;
     store.buffer(0, &fleet(3, 10, DAY0));
-    store.commit(1).await.unwrap();
+    store.flush(1).await.unwrap();
     drop(store);
     // What a crash between writing a file and committing the manifest leaves behind.
     let orphan = f
@@ -207,7 +208,7 @@ async fn late_readings_are_stored_under_their_event_date() {
     let mut readings = fleet(2, 5, DAY0);
     readings.extend(fleet(2, 5, DAY0 - DAY_US + 3 * HOUR_US));
     store.buffer(0, &readings);
-    store.commit(1).await.unwrap();
+    store.flush(1).await.unwrap();
     let snapshot = store.snapshot();
     let dates: std::collections::BTreeSet<&str> = snapshot
         .files(Tier::Hot, Kind::Readings)
@@ -236,7 +237,7 @@ async fn compaction_merges_small_files_into_one_sorted_file() {
             })
             .collect();
         store.buffer(i, &batch);
-        store.commit(i + 1).await.unwrap();
+        store.flush(i + 1).await.unwrap();
         all.extend(batch);
     }
     assert_eq!(store.snapshot().files(Tier::Hot, Kind::Readings).count(), 6);
@@ -296,7 +297,7 @@ async fn tiers_and_retention_follow_the_clock() {
     store.buffer(0, &fleet(3, 10, DAY0 - 3 * DAY_US));
     store.buffer(1, &fleet(3, 10, DAY0 - DAY_US));
     store.buffer(2, &fleet(3, 10, DAY0));
-    store.commit(3).await.unwrap();
+    store.flush(3).await.unwrap();
     let status = |store: &Store, tier: Tier| {
         store
             .status()
@@ -329,7 +330,7 @@ async fn tiers_and_retention_follow_the_clock() {
     let mut config = f.config();
     config.retention_us = 3 * DAY_US;
     drop(store);
-    let store = Store::open(config, f.clock.clone()).await.unwrap();
+    let store = Arc::new(Store::open(config, f.clock.clone()).await.unwrap());
     let report = store.maintain().await.unwrap();
     assert_eq!(report.expired_files, 2);
     assert_eq!(report.expired_rows, 30);
@@ -354,7 +355,7 @@ async fn archived_rollups_are_merged_per_month_once_it_is_over() {
     for (offset, days_ago) in [49i64, 37, 23, 21].into_iter().enumerate() {
         store.buffer(offset as u64, &fleet(3, 10, DAY0 - days_ago * DAY_US));
     }
-    store.commit(4).await.unwrap();
+    store.flush(4).await.unwrap();
     let partitions = |store: &Store, kind: Kind| {
         let mut dates: Vec<String> = store
             .snapshot()
@@ -385,7 +386,7 @@ async fn archived_rollups_are_merged_per_month_once_it_is_over() {
 
     // A late October backlog reaches the archive and joins the month file.
     store.buffer(4, &fleet(4, 6, DAY0 - 40 * DAY_US));
-    store.commit(5).await.unwrap();
+    store.flush(5).await.unwrap();
     let before = rollups(&f, &store);
     let report = store.maintain().await.unwrap();
     assert!(report.compactions >= 1);
@@ -410,7 +411,7 @@ async fn an_interrupted_move_keeps_the_archive_copy_only() {
     let f = Fixture::new();
     let store = f.open().await;
     store.buffer(0, &fleet(2, 5, DAY0 - 3 * DAY_US));
-    store.commit(1).await.unwrap();
+    store.flush(1).await.unwrap();
     drop(store);
     // A crash after the archive manifest listed the file but before the hot one dropped it.
     let hot = Manifest::load(TierStore::local(f.hot()).unwrap().store.as_ref())

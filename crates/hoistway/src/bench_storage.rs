@@ -356,7 +356,7 @@ pub async fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
 /// day; prints the size and write figures and returns the stored row count.
 async fn write(
     args: &BenchStorageArgs,
-    store: &Store,
+    store: &Arc<Store>,
     clock: &ManualClock,
     fleet_state: &parking_lot::RwLock<FleetState>,
     total: u64,

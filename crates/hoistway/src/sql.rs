@@ -24,9 +24,10 @@ enum OutputFormat {
 pub struct SqlArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Output format; parquet and arrow need --output.
-    #[arg(long, value_enum, default_value = "table")]
-    format: OutputFormat,
+    /// Output format (default: table; with --output, named by the file's extension, else
+    /// parquet); parquet and arrow need --output.
+    #[arg(long, value_enum)]
+    format: Option<OutputFormat>,
     /// Export the whole result to this file, past the interactive row limit (for roles that
     /// may export), with a progress line.
     #[arg(long, short)]
@@ -64,7 +65,8 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.output {
         return export(&args, path).await;
     }
-    let wire = match args.format {
+    let format = args.format.unwrap_or(OutputFormat::Table);
+    let wire = match format {
         OutputFormat::Table | OutputFormat::Json => "json",
         OutputFormat::Csv => "csv",
         OutputFormat::Parquet | OutputFormat::Arrow => {
@@ -88,7 +90,7 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} (HTTP {status})", problem_detail(&received));
     }
     let mut stdout = std::io::stdout().lock();
-    match args.format {
+    match format {
         OutputFormat::Table => {
             let value: serde_json::Value = serde_json::from_slice(&received)?;
             stdout.write_all(render_table(&value).as_bytes())?;
@@ -107,7 +109,15 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
 /// `--output FILE`: the whole result through `POST /v1/sql/export`, written as it arrives into
 /// `FILE.partial`, renamed to `FILE` once the server has sent all of it.
 async fn export(args: &SqlArgs, path: &Path) -> anyhow::Result<()> {
-    let wire = match args.format {
+    let format = args
+        .format
+        .unwrap_or_else(|| match path.extension().and_then(|e| e.to_str()) {
+            Some("csv") => OutputFormat::Csv,
+            Some("json" | "ndjson" | "jsonl") => OutputFormat::Json,
+            Some("arrow" | "arrows" | "ipc") => OutputFormat::Arrow,
+            _ => OutputFormat::Parquet,
+        });
+    let wire = match format {
         OutputFormat::Table => {
             anyhow::bail!("--output writes csv, json, parquet or arrow: choose one with --format")
         }

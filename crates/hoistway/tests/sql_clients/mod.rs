@@ -584,23 +584,19 @@ async fn exports_stream_whole_results_over_http_and_from_the_cli() {
     // The CLI writes the whole result to a file, as Parquet by default of --output.
     let dir = tempfile::tempdir().unwrap();
     let url = format!("http://{}", server.addr);
-    let cli = |token: &str, format: &str, file: &Path, sql: &str| {
-        hoistway_with_env(
-            &[
-                "sql".as_ref(),
-                "--server".as_ref(),
-                url.as_ref(),
-                "--format".as_ref(),
-                format.as_ref(),
-                "--output".as_ref(),
-                file.as_os_str(),
-                sql.as_ref(),
-            ],
-            &[("HOISTWAY_TOKEN", token.as_ref())],
-        )
+    // The format is named by --format, or else by the file's extension.
+    let cli = |token: &str, format: Option<&str>, file: &Path, sql: &str| {
+        use std::ffi::OsStr;
+        let mut args: Vec<&OsStr> =
+            vec![OsStr::new("sql"), OsStr::new("--server"), OsStr::new(&url)];
+        if let Some(format) = format {
+            args.extend([OsStr::new("--format"), OsStr::new(format)]);
+        }
+        args.extend([OsStr::new("--output"), file.as_os_str(), OsStr::new(sql)]);
+        hoistway_with_env(&args, &[("HOISTWAY_TOKEN", token.as_ref())])
     };
     let file = dir.path().join("month.parquet");
-    let out = cli(&server.token, "parquet", &file, EXPORT);
+    let out = cli(&server.token, None, &file, EXPORT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("wrote"), "{stderr}");
@@ -621,7 +617,7 @@ async fn exports_stream_whole_results_over_http_and_from_the_cli() {
     let big = dir.path().join("big.csv");
     let out = cli(
         &server.token,
-        "csv",
+        Some("csv"),
         &big,
         "SELECT value FROM generate_series(1, 2000000)",
     );
@@ -631,7 +627,7 @@ async fn exports_stream_whole_results_over_http_and_from_the_cli() {
     assert!(!big.exists());
     assert!(!dir.path().join("big.csv.partial").exists());
     // A viewer's export is refused with the server's reason.
-    let out = cli(&viewer, "csv", &big, EXPORT);
+    let out = cli(&viewer, Some("csv"), &big, EXPORT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("operator role"), "{stderr}");
