@@ -126,7 +126,7 @@ pub struct Alerts {
     /// Accepted batches go to the evaluation thread, so that rules never slow the processor.
     to_evaluate: std::sync::mpsc::SyncSender<(Vec<hoistway_processor::SinkItem>, i64)>,
     /// Batches handed to the evaluation thread, and (from it) how many it has evaluated.
-    sent: std::sync::atomic::AtomicU64,
+    sent: Arc<std::sync::atomic::AtomicU64>,
     evaluated: watch::Receiver<u64>,
     routes: Vec<Route>,
     escalations: Vec<Escalation>,
@@ -205,13 +205,14 @@ impl Alerts {
         let engine = Arc::new(Mutex::new(engine));
         let pending = Arc::new(Mutex::new(Vec::new()));
         let wake_writer = Arc::new(Notify::new());
-        let (to_evaluate, evaluated) = spawn_evaluator(&engine, &pending, &wake_writer)?;
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (to_evaluate, evaluated) = spawn_evaluator(&engine, &pending, &wake_writer, &sent)?;
         let alerts = Self {
             store,
             engine,
             pending,
             to_evaluate,
-            sent: std::sync::atomic::AtomicU64::new(0),
+            sent,
             evaluated,
             routes: config.routes,
             escalations: config.escalations,
@@ -634,10 +635,12 @@ fn spawn_evaluator(
     engine: &Arc<Mutex<Engine>>,
     pending: &Arc<Mutex<Vec<engine::Evaluated>>>,
     wake_writer: &Arc<Notify>,
+    sent: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Evaluator> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<hoistway_processor::SinkItem>, i64)>(64);
     let (done_tx, done_rx) = watch::channel(0u64);
     let (engine, pending, wake) = (engine.clone(), pending.clone(), wake_writer.clone());
+    let sent = sent.clone();
     std::thread::Builder::new()
         .name("hoistway-alerts".into())
         .spawn(move || {
@@ -654,6 +657,11 @@ fn spawn_evaluator(
                     wake.notify_one();
                 }
                 done_tx.send_modify(|done| *done += 1);
+                // Batches accepted and not evaluated yet: how far the rules are behind.
+                let behind = sent
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    .saturating_sub(*done_tx.borrow());
+                metrics::gauge!("hoistway_alerts_evaluation_queue").set(behind as f64);
             }
         })
         .map_err(|e| Error::Storage(format!("cannot start the alert evaluation thread: {e}")))?;

@@ -521,12 +521,18 @@ impl Processor {
     }
 }
 
-/// Runs every finish, even after one failed (each keeps what it took only when it runs), and
-/// returns the first failure.
-async fn finish_all(finishes: Vec<Finish>) -> Result<(), SinkError> {
+/// Runs every finish to its end, side by side (the alerts' short write must not wait behind a
+/// Parquet flush: it holds back the alert writer until done), even when one fails (each keeps
+/// what it took only when it runs); returns the first failure.
+async fn finish_all(finishes: Vec<Finish>) -> Result<()> {
+    let tasks: Vec<_> = finishes.into_iter().map(tokio::spawn).collect();
     let mut failed = None;
-    for finish in finishes {
-        if let Err(e) = finish.await {
+    for task in tasks {
+        let outcome = match task.await {
+            Ok(outcome) => outcome.map_err(Error::from),
+            Err(e) => Err(Error::Io(std::io::Error::other(e))),
+        };
+        if let Err(e) = outcome {
             failed.get_or_insert(e);
         }
     }

@@ -338,7 +338,7 @@ pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<ser
     Ok(serde_json::from_slice(&r.body)?)
 }
 
-async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+pub(crate) async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
     let mut conn = staff_connection(addr);
     let r = conn
         .send(

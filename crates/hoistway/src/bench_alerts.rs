@@ -127,9 +127,23 @@ pub(crate) async fn run(tmp: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         end_to_end[1] / end_to_end[0].max(1.0)
     );
 
-    // A critical event every 100 ms while the fleet ingests at the steady rate.
+    // The batch phase left the rules behind the processor (they take what it applied through
+    // a bounded queue); the latency phase measures the steady state, once they caught up.
     let server = on_server.expect("the alerting server");
     let addr = server.addr;
+    let caught_up = Instant::now();
+    while crate::bench::metric(addr, "hoistway_alerts_evaluation_queue").await? > 0.0 {
+        anyhow::ensure!(
+            caught_up.elapsed() < Duration::from_secs(300),
+            "the rules did not catch up with the batch phase within 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "the rules caught up with the batch phase {:.1} s after it ended\n",
+        caught_up.elapsed().as_secs_f64()
+    );
+    // A critical event every 100 ms while the fleet ingests at the steady rate.
     let steady = tokio::spawn(load(
         addr,
         Load {
