@@ -103,7 +103,7 @@ struct ExportRequest {
 }
 
 /// `POST /v1/sql/export`: every row of a read-only query, streamed as it is read (no row cap),
-/// for users whose role reaches `query.export_role`.
+/// for operators and admins (the route's rule), and only admins when `query.export_role` says so.
 #[utoipa::path(post, path = "/v1/sql/export", summary = "Export a read-only SQL query's whole result",
     request_body(content = ExportRequest, content_type = "application/json"),
     responses(

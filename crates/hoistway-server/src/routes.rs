@@ -146,7 +146,8 @@ pub(crate) fn routes() -> Routes {
     .add(VIEWER, routes!(lift_state_stream))
     .add(VIEWER, routes!(crate::analytics::lift_readings))
     .add(VIEWER, routes!(crate::analytics::sql))
-    .add(VIEWER, routes!(crate::analytics::sql_export))
+    // Exports need the operator role; `query.export_role = "admin"` raises that in the handler.
+    .add(OPERATOR, routes!(crate::analytics::sql_export))
     .add(FLEET_VIEWER, routes!(crate::analytics::storage_status))
     .add(FLEET_ADMIN, routes!(crate::analytics::storage_maintain))
     .add(VIEWER, routes!(building))
