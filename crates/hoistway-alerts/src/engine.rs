@@ -75,11 +75,16 @@ struct Held {
     arrived_us: i64,
 }
 
+/// What the engine keeps of one lift. Looked up once per reading; the per-rule parts are short
+/// lists (most lifts have no rule in a non-default state), scanned rather than hashed.
 #[derive(Default)]
 struct LiftEval {
     last: Option<(u64, u64)>,
     held: BTreeMap<(u64, u64), Held>,
-    levels: HashMap<String, Level>,
+    /// The ordered rules not in their default state.
+    levels: Vec<(String, Level)>,
+    /// Each rate rule's count this hour.
+    rates: Vec<(String, RateCount)>,
 }
 
 /// What survives a restart (written at every checkpoint with the offset it reflects).
@@ -131,12 +136,10 @@ pub const HOUR_US: i64 = 3_600 * US;
 
 pub struct Engine {
     config: EngineConfig,
-    /// Per lift, per rate rule.
-    rates: HashMap<String, HashMap<String, RateCount>>,
     baselines: HashMap<String, Baselines>,
     rules: Vec<Arc<Rule>>,
     started_us: i64,
-    lifts: HashMap<String, LiftEval>,
+    lifts: hashbrown::HashMap<String, LiftEval>,
     with_held: BTreeSet<String>,
     /// (rule, lift) with an open absence alert.
     offline: HashSet<(String, String)>,
@@ -150,7 +153,6 @@ impl Engine {
     pub fn new(config: EngineConfig, rules: Vec<Rule>, started_us: i64) -> Self {
         Self {
             config,
-            rates: HashMap::new(),
             baselines: HashMap::new(),
             rules: rules
                 .into_iter()
@@ -158,7 +160,7 @@ impl Engine {
                 .map(Arc::new)
                 .collect(),
             started_us,
-            lifts: HashMap::new(),
+            lifts: hashbrown::HashMap::new(),
             with_held: BTreeSet::new(),
             offline: HashSet::new(),
             offline_lifts: HashSet::new(),
@@ -188,7 +190,9 @@ impl Engine {
             .collect();
         for eval in self.lifts.values_mut() {
             eval.levels
-                .retain(|rule, _| unchanged.contains(rule.as_str()));
+                .retain(|(rule, _)| unchanged.contains(rule.as_str()));
+            eval.rates
+                .retain(|(rule, _)| unchanged.contains(rule.as_str()));
         }
     }
 
@@ -226,12 +230,12 @@ impl Engine {
         let mut lifts: Vec<_> = self
             .lifts
             .iter()
-            .filter(|(_, e)| e.levels.values().any(|l| *l != Level::default()))
+            .filter(|(_, e)| e.levels.iter().any(|(_, l)| *l != Level::default()))
             .map(|(id, e)| {
                 let levels = e
                     .levels
                     .iter()
-                    .filter(|(_, l)| **l != Level::default())
+                    .filter(|(_, l)| *l != Level::default())
                     .map(|(r, l)| (r.clone(), l.clone()))
                     .collect();
                 (id.clone(), e.last, levels)
@@ -278,6 +282,8 @@ impl Engine {
             self.maintenance.remove(lift_id);
         }
         let mut ordered = false;
+        // The lift is looked up once per reading; its key is allocated only the first time.
+        let eval = self.lifts.entry_ref(lift_id).or_default();
         for rule in &self.rules {
             if !rule.scope.matches(&item.lift) {
                 continue;
@@ -330,14 +336,14 @@ impl Engine {
                 } => {
                     let (_, delta) = counter.read(&item.counters, r);
                     let hour = r.ts_us.div_euclid(HOUR_US) * HOUR_US;
-                    if !self.rates.contains_key(lift_id) {
-                        self.rates.insert(lift_id.to_string(), HashMap::new());
-                    }
-                    let per_rule = self.rates.get_mut(lift_id).expect("inserted");
-                    if !per_rule.contains_key(&rule.id) {
-                        per_rule.insert(rule.id.clone(), RateCount::default());
-                    }
-                    let count = per_rule.get_mut(&rule.id).expect("inserted");
+                    let at = match eval.rates.iter().position(|(id, _)| *id == rule.id) {
+                        Some(at) => at,
+                        None => {
+                            eval.rates.push((rule.id.clone(), RateCount::default()));
+                            eval.rates.len() - 1
+                        }
+                    };
+                    let count = &mut eval.rates[at].1;
                     if hour < count.hour_us {
                         continue; // a late reading of an hour already judged
                     }
@@ -403,21 +409,11 @@ impl Engine {
                 Condition::Threshold { .. } | Condition::Fault { .. } => ordered = true,
             }
         }
-        if ordered {
-            self.order(item, now_us, quiet, out);
+        if !ordered {
+            return;
         }
-    }
-
-    /// Routes a reading through its lift's reorder buffer to the ordered rules.
-    fn order(&mut self, item: &SinkItem, now_us: i64, quiet: bool, out: &mut Vec<Evaluated>) {
-        let r = &item.reading;
+        // Through the lift's reorder buffer to the ordered rules.
         let key = (r.epoch, r.seq);
-        // Looked up by reference: a key is allocated only for a lift seen for the first time.
-        if !self.lifts.contains_key(r.lift_id.as_str()) {
-            self.lifts
-                .insert(r.lift_id.as_str().to_string(), LiftEval::default());
-        }
-        let eval = self.lifts.get_mut(r.lift_id.as_str()).expect("inserted");
         if eval.last.is_some_and(|last| key <= last) {
             // Its place in the order has passed (the wait ran out): too late for ordered rules.
             metrics::counter!("hoistway_alerts_late_readings_total").increment(1);
@@ -720,8 +716,10 @@ fn evaluate_ordered(
             }
             _ => continue,
         };
-        // A copy: the map gets a key (an allocation) only when a rule's state becomes non-default.
-        let mut state = eval.levels.get(&rule.id).cloned().unwrap_or_default();
+        // A copy: the list gets an entry (an allocation) only when a rule's state becomes
+        // non-default.
+        let at = eval.levels.iter().position(|(id, _)| *id == rule.id);
+        let mut state = at.map(|at| eval.levels[at].1.clone()).unwrap_or_default();
         let level = &mut state;
         let ts = r.ts_us;
         let key = |tag: &str| {
@@ -782,12 +780,13 @@ fn evaluate_ordered(
         } else {
             level.clear_since_ts = None;
         }
-        if state == Level::default() {
-            eval.levels.remove(&rule.id);
-        } else if let Some(stored) = eval.levels.get_mut(&rule.id) {
-            *stored = state;
-        } else {
-            eval.levels.insert(rule.id.clone(), state);
+        match (at, state == Level::default()) {
+            (Some(at), true) => {
+                eval.levels.remove(at);
+            }
+            (Some(at), false) => eval.levels[at].1 = state,
+            (None, false) => eval.levels.push((rule.id.clone(), state)),
+            (None, true) => {}
         }
     }
 }

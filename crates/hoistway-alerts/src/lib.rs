@@ -124,7 +124,7 @@ pub struct Alerts {
     engine: Arc<Mutex<Engine>>,
     pending: Arc<Mutex<Vec<engine::Evaluated>>>,
     /// Accepted batches go to the evaluation thread, so that rules never slow the processor.
-    to_evaluate: std::sync::mpsc::SyncSender<(Vec<hoistway_processor::SinkItem>, i64)>,
+    to_evaluate: std::sync::mpsc::SyncSender<(Arc<[hoistway_processor::SinkItem]>, i64)>,
     /// Batches handed to the evaluation thread, and (from it) how many it has evaluated.
     sent: Arc<std::sync::atomic::AtomicU64>,
     evaluated: watch::Receiver<u64>,
@@ -626,7 +626,7 @@ fn publish_gauges(store: &dyn AlertStore) {
 }
 
 type Evaluator = (
-    std::sync::mpsc::SyncSender<(Vec<hoistway_processor::SinkItem>, i64)>,
+    std::sync::mpsc::SyncSender<(Arc<[hoistway_processor::SinkItem]>, i64)>,
     watch::Receiver<u64>,
 );
 
@@ -637,7 +637,7 @@ fn spawn_evaluator(
     wake_writer: &Arc<Notify>,
     sent: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Evaluator> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<hoistway_processor::SinkItem>, i64)>(64);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<[hoistway_processor::SinkItem]>, i64)>(64);
     let (done_tx, done_rx) = watch::channel(0u64);
     let (engine, pending, wake) = (engine.clone(), pending.clone(), wake_writer.clone());
     let sent = sent.clone();
@@ -648,7 +648,7 @@ fn spawn_evaluator(
             while let Ok((items, now)) = rx.recv() {
                 {
                     let mut engine = engine.lock();
-                    for item in &items {
+                    for item in items.iter() {
                         engine.evaluate(item, now, &mut out);
                     }
                 }
@@ -677,14 +677,18 @@ impl Sink for Alerts {
         if batch.offset < self.skip_below {
             return;
         }
-        // Only readings that counted reach the rules; a resend costs nothing here.
-        let items: Vec<_> = batch.items.iter().filter(|i| i.counted).cloned().collect();
-        if items.is_empty() {
+        // Only readings that counted reach the rules (the engine passes over the others); a
+        // record of resends only is not sent at all.
+        if !batch.items.iter().any(|i| i.counted) {
             return;
         }
         self.sent.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // Bounded: when the rules fall behind, the processor waits rather than memory grows.
-        if self.to_evaluate.send((items, self.clock.now_us())).is_err() {
+        if self
+            .to_evaluate
+            .send((batch.items.clone(), self.clock.now_us()))
+            .is_err()
+        {
             tracing::error!("the alert evaluation thread stopped; alerts are not evaluated");
         }
     }
@@ -797,7 +801,7 @@ mod tests {
         };
         alerts.accept(&SinkBatch {
             offset: 0,
-            items: vec![trapped("L1"), trapped("L2")],
+            items: vec![trapped("L1"), trapped("L2")].into(),
         });
         alerts.flush().await.unwrap();
         let open = store.list(&AlertQuery::default()).unwrap();
@@ -883,7 +887,7 @@ mod tests {
         };
         alerts.accept(&SinkBatch {
             offset: 0,
-            items: vec![trapped("L1", "acme"), trapped("L2", "globex")],
+            items: vec![trapped("L1", "acme"), trapped("L2", "globex")].into(),
         });
         alerts.flush().await.unwrap();
         assert_eq!(
@@ -919,7 +923,7 @@ mod tests {
             for seq in seqs {
                 alerts.accept(&SinkBatch {
                     offset: seq,
-                    items: vec![hot(seq)],
+                    items: vec![hot(seq)].into(),
                 });
             }
         };
@@ -967,7 +971,7 @@ mod tests {
         for seq in 1..=2 {
             alerts.accept(&SinkBatch {
                 offset: seq,
-                items: vec![hot(seq)],
+                items: vec![hot(seq)].into(),
             });
         }
         let alerts = Arc::new(alerts);
@@ -980,14 +984,14 @@ mod tests {
         for seq in 1..=2 {
             again.accept(&SinkBatch {
                 offset: seq,
-                items: vec![hot(seq)],
+                items: vec![hot(seq)].into(),
             });
         }
         again.flush().await.unwrap();
         assert!(store.list(&AlertQuery::default()).unwrap().is_empty());
         again.accept(&SinkBatch {
             offset: 3,
-            items: vec![hot(3)],
+            items: vec![hot(3)].into(),
         });
         again.flush().await.unwrap();
         let fired = store.list(&AlertQuery::default()).unwrap();

@@ -469,6 +469,39 @@ pub fn parse_rule_file(text: &str) -> Result<Vec<Rule>, String> {
     Ok(file.rule)
 }
 
+/// The rules file the benchmarks add to the eight defaults (20 rules in all): thresholds,
+/// counter crossings and faults, some scoped to a building (`BB00000`, `BB00003`, …), the rest
+/// fleet-wide. `hoistway bench` and the engine's criterion bench use the same set.
+pub fn benchmark_rules() -> String {
+    let mut s = String::new();
+    for i in 0..12 {
+        let when = match i % 4 {
+            0 => format!(
+                r#"{{ kind = "threshold", metric = "vibration_mm_s", above = {}.0, for_readings = 3 }}"#,
+                8 + i
+            ),
+            1 => format!(
+                r#"{{ kind = "threshold", metric = "load_kg", above = {}.0, for_readings = 2, clear_at = 800.0 }}"#,
+                900 + i
+            ),
+            2 => format!(
+                r#"{{ kind = "counter_crossing", counter = "door_cycles_total", at = {} }}"#,
+                5_000_000 + i
+            ),
+            _ => format!(r#"{{ kind = "fault", codes = ["E9{i}"] }}"#),
+        };
+        let scope = if i % 3 == 0 {
+            format!("scope = {{ building = \"BB{:05}\" }}\n", i)
+        } else {
+            String::new()
+        };
+        s.push_str(&format!(
+            "[[rule]]\nid = \"bench-{i}\"\nname = \"Bench rule {i}\"\nseverity = \"warning\"\n{scope}when = {when}\n\n"
+        ));
+    }
+    s
+}
+
 /// The rule the fleet-wide guard of absence raises instead of one alert per silent lift.
 pub const INGEST_OUTAGE: &str = "ingest-outage";
 

@@ -79,6 +79,9 @@ struct Inner {
     /// The reader's open segment and buffer, reused across reads: the processor reads after
     /// every sync, thousands of times a second.
     read_cache: Mutex<ReadCache>,
+    /// Offsets a copy in progress still needs (see [`FileLog::copy_durable`]): truncation
+    /// keeps every segment at or after the lowest.
+    pins: Mutex<Vec<Offset>>,
 }
 
 struct Writer {
@@ -217,6 +220,7 @@ impl FileLog {
             poison: Mutex::new(None),
             read_hint: Mutex::new(None),
             read_cache: Mutex::new(ReadCache::default()),
+            pins: Mutex::new(Vec::new()),
             config,
         };
         Ok((
@@ -230,6 +234,165 @@ impl FileLog {
     pub fn dir(&self) -> &Path {
         &self.inner.config.dir
     }
+
+    /// Keeps the records from `from` on: [`Log::truncate_before`] deletes no segment holding
+    /// one of them until the pin is dropped. Taken (by a backup) while the checkpoint at `from`
+    /// is the newest, so the records it needs are still there.
+    pub fn pin(&self, from: Offset) -> LogPin {
+        self.inner.pins.lock().push(from);
+        LogPin {
+            inner: self.inner.clone(),
+            from,
+        }
+    }
+
+    /// Copies every durable record from the segment holding `from` on into `to` (created),
+    /// while appends go on: sealed segments whole, the active one up to the durable end, with
+    /// its durable mark set there, so the copy opens as a log holding exactly what was durable
+    /// (acknowledged) when the copy began. Returns the segment files written and the copy's
+    /// first and end offsets. Blocking (file I/O); `_pin` keeps truncation off the segments.
+    pub fn copy_durable(&self, _pin: &LogPin, from: Offset, to: &Path) -> Result<LogCopy> {
+        fs::create_dir_all(to)?;
+        let end = *self.inner.durable.borrow();
+        let bases: Vec<Offset> = {
+            let segs = self.inner.segments.lock();
+            let first = segs.partition_point(|s| s.base <= from).max(1) - 1;
+            segs[first..]
+                .iter()
+                .map(|s| s.base)
+                .filter(|b| *b < end || *b == segs[first].base)
+                .collect()
+        };
+        let mut copy = LogCopy {
+            start: bases[0],
+            end,
+            files: Vec::new(),
+        };
+        for (i, &base) in bases.iter().enumerate() {
+            let bytes = fs::read(segment_path(self.dir(), base))?;
+            let sealed = bases.get(i + 1).is_some_and(|next| *next <= end);
+            let kept = if sealed {
+                bytes
+            } else {
+                // The active segment (or the last one copied): its entries below `end`, under a
+                // header whose mark says they are durable.
+                let header = decode_header(&bytes)
+                    .map_err(|e| header_error(&segment_path(self.dir(), base), base, e))?;
+                let mut pos = header.len();
+                for offset in base..end {
+                    match decode_entry(&bytes[pos..]) {
+                        Decoded::Entry { size, .. } => pos += size,
+                        _ => {
+                            return Err(Error::Corrupt {
+                                offset,
+                                reason: format!("segment {base} ends before its durable end {end}"),
+                            });
+                        }
+                    }
+                }
+                let mut kept = bytes[..pos].to_vec();
+                if header.version >= 2 {
+                    let at = MARK_POS as usize;
+                    kept[at..at + 12].copy_from_slice(&encode_mark(base, end));
+                }
+                kept
+            };
+            let path = segment_path(to, base);
+            let mut f = File::create(&path)?;
+            f.write_all(&kept)?;
+            f.sync_all()?;
+            copy.files.push(path);
+        }
+        sync_dir(to)?;
+        Ok(copy)
+    }
+}
+
+impl FileLog {
+    /// The sealed segments (full, durable, never written again), oldest first: their first
+    /// offset, one past their last, and their file. What continuous log archiving copies.
+    pub fn sealed_segments(&self) -> Vec<(Offset, Offset, PathBuf)> {
+        let segs = self.inner.segments.lock();
+        segs.windows(2)
+            .map(|w| (w[0].base, w[1].base, segment_path(self.dir(), w[0].base)))
+            .collect()
+    }
+}
+
+/// Offline (no server on `dir`): drops every record from `offset` on, so that the log ends
+/// there; its durable mark says so. A point-in-time restore cuts the replayed log this way.
+pub fn cut_log(dir: &Path, offset: Offset) -> Result<()> {
+    let bases = segment_bases(dir)?;
+    let Some(&first) = bases.first() else {
+        return Ok(());
+    };
+    if offset < first {
+        return Err(Error::Corrupt {
+            offset,
+            reason: format!("the log starts at {first}, after the offset to cut at"),
+        });
+    }
+    for &base in bases.iter().filter(|b| **b >= offset && **b > first) {
+        fs::remove_file(segment_path(dir, base))?;
+    }
+    let base = *bases
+        .iter()
+        .rfind(|b| **b < offset || **b == first)
+        .expect("the first segment is kept");
+    let path = segment_path(dir, base);
+    let bytes = fs::read(&path)?;
+    let header = decode_header(&bytes).map_err(|e| header_error(&path, base, e))?;
+    let mut pos = header.len();
+    for at in base..offset {
+        match decode_entry(&bytes[pos..]) {
+            Decoded::Entry { size, .. } => pos += size,
+            _ => {
+                return Err(Error::Corrupt {
+                    offset: at,
+                    reason: format!("segment {} ends before offset {offset}", path.display()),
+                });
+            }
+        }
+    }
+    let f = OpenOptions::new().write(true).open(&path)?;
+    f.set_len(pos as u64)?;
+    if header.version >= 2 {
+        f.write_all_at(&encode_mark(base, offset), MARK_POS)?;
+    }
+    f.sync_all()?;
+    sync_dir(dir)?;
+    Ok(())
+}
+
+/// Keeps truncation off the records from an offset on; see [`FileLog::pin`].
+pub struct LogPin {
+    inner: Arc<Inner>,
+    from: Offset,
+}
+
+impl LogPin {
+    pub fn from(&self) -> Offset {
+        self.from
+    }
+}
+
+impl Drop for LogPin {
+    fn drop(&mut self) {
+        let mut pins = self.inner.pins.lock();
+        if let Some(at) = pins.iter().position(|p| *p == self.from) {
+            pins.swap_remove(at);
+        }
+    }
+}
+
+/// What [`FileLog::copy_durable`] wrote.
+#[derive(Debug, Clone)]
+pub struct LogCopy {
+    /// The first offset of the first segment copied.
+    pub start: Offset,
+    /// One past the last record copied: the durable end when the copy began.
+    pub end: Offset,
+    pub files: Vec<PathBuf>,
 }
 
 pub(crate) fn segment_bases(dir: &Path) -> Result<Vec<Offset>> {
@@ -562,6 +725,7 @@ impl Inner {
     }
 
     fn truncate_blocking(&self, before: Offset) -> Result<()> {
+        let before = self.pins.lock().iter().fold(before, |b, p| b.min(*p));
         let mut segs = self.segments.lock();
         let mut removed = 0;
         while segs.len() > 1 && segs[1].base <= before {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use file::{FileLog, FileLogConfig, RecoveryReport};
+pub use file::{FileLog, FileLogConfig, LogCopy, LogPin, RecoveryReport, cut_log};
 pub use repair::{RepairReport, is_placeholder, repair};
 pub use segment::{
     ENTRY_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION, SEGMENT_VERSION_MIN,

@@ -131,6 +131,21 @@ pub struct Processor {
     last_checkpoint: Instant,
     /// The checkpoint being written while later records are applied.
     in_flight: Option<InFlight>,
+    gate: CheckpointGate,
+}
+
+/// Held while something copies what checkpoints write (a backup): a checkpoint's second phase
+/// (the sinks' commits, dead letters, state, log truncation) does not run meanwhile, so the
+/// checkpoint file, the dead letters and each sink's committed state all describe the same
+/// offset. Records keep being applied; only their checkpoint waits.
+#[derive(Clone, Default)]
+pub struct CheckpointGate(Arc<tokio::sync::Mutex<()>>);
+
+impl CheckpointGate {
+    /// Waits for a checkpoint being written to finish, then holds off the next.
+    pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.0.clone().lock_owned().await
+    }
 }
 
 /// A checkpoint whose second phase (sinks' finishes, dead letters, state, log truncation) runs
@@ -198,6 +213,7 @@ impl Processor {
             progress: watch::Sender::new(progress),
             last_checkpoint: Instant::now(),
             in_flight: None,
+            gate: CheckpointGate::default(),
         };
         let started = Instant::now();
         let end = processor.log.durable_end();
@@ -221,6 +237,11 @@ impl Processor {
 
     /// Takes records from the sequencer's feed (see [`hoistway_ingest::feed`]) instead of
     /// reading back what was just written; the log still fills any gap.
+    /// The gate a backup holds while it copies what checkpoints write.
+    pub fn checkpoint_gate(&self) -> CheckpointGate {
+        self.gate.clone()
+    }
+
     pub fn with_feed(mut self, feed: Feed) -> Self {
         self.feed = Some(feed);
         self
@@ -387,7 +408,9 @@ impl Processor {
         let dir = self.config.state_dir.clone();
         let log = self.log.clone();
         let letters = dead.clone();
+        let gate = self.gate.clone();
         let task = tokio::spawn(async move {
+            let _gate = gate.hold().await;
             finish_all(finishes).await?;
             let dead_file = match letters {
                 Some((first, letters)) => {
@@ -637,7 +660,10 @@ fn apply_blocking(
             }
             guard.offset = offset + 1;
             if !items.is_empty() {
-                batches.push(SinkBatch { offset, items });
+                batches.push(SinkBatch {
+                    offset,
+                    items: items.into(),
+                });
             }
         }
     }
@@ -733,7 +759,7 @@ mod tests {
 
         let batches = recorder.0.lock().clone();
         assert_eq!(batches.iter().map(|b| b.offset).collect::<Vec<_>>(), [0, 1]);
-        let items: Vec<_> = batches.iter().flat_map(|b| &b.items).collect();
+        let items: Vec<_> = batches.iter().flat_map(|b| b.items.iter()).collect();
         assert_eq!(
             items
                 .iter()

@@ -48,7 +48,9 @@ pub struct SinkItem {
 #[derive(Debug, Clone, Default)]
 pub struct SinkBatch {
     pub offset: Offset,
-    pub items: Vec<SinkItem>,
+    /// Shared: a sink that keeps the readings (alerting hands them to its own thread) takes a
+    /// reference, not a copy, on the processor's thread.
+    pub items: Arc<[SinkItem]>,
 }
 
 impl SinkBatch {

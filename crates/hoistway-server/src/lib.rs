@@ -9,6 +9,7 @@
 mod alerts;
 mod analytics;
 pub mod auth;
+mod backup;
 pub mod listen;
 mod meter;
 pub mod openapi;
@@ -69,6 +70,8 @@ pub struct AppParts {
     pub query: Arc<hoistway_query::QueryEngine>,
     /// `None` when alerting is off.
     pub alerts: Option<Arc<hoistway_alerts::Alerts>>,
+    /// `None` where this process cannot take backups (it does not hold the data dir).
+    pub backups: Option<Arc<hoistway_backup::Backups>>,
     pub progress: watch::Receiver<Progress>,
     pub clock: Arc<dyn Clock>,
     pub limits: ApiLimits,

@@ -150,6 +150,7 @@ pub(crate) fn routes() -> Routes {
     .add(OPERATOR, routes!(crate::analytics::sql_export))
     .add(FLEET_VIEWER, routes!(crate::analytics::storage_status))
     .add(FLEET_ADMIN, routes!(crate::analytics::storage_maintain))
+    .add(FLEET_ADMIN, routes!(crate::backup::take))
     .add(VIEWER, routes!(building))
     .add(VIEWER, routes!(fleet_summary))
     .add(VIEWER, routes!(dlq_list))

@@ -223,6 +223,18 @@ pub struct Store {
     flush_slot: Arc<tokio::sync::Mutex<()>>,
     /// File ids are unique across both tiers; the hot manifest records the next one.
     next_file_id: Arc<AtomicU64>,
+    /// Copies in progress (backups) of the files of a snapshot: no removed file is deleted
+    /// while one runs.
+    file_pins: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Keeps removed files from being deleted while it lives; see [`Store::pin_files`].
+pub struct FilePin(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for FilePin {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -296,6 +308,7 @@ impl Store {
             .unwrap_or(1);
         Ok(Self {
             next_file_id: Arc::new(AtomicU64::new(next_file_id)),
+            file_pins: Arc::default(),
             config,
             clock,
             visible: RwLock::new(Visible {
@@ -312,6 +325,14 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// Keeps every file of every manifest from now on (compaction and moves still run, but
+    /// what they remove stays on disk) until the pin is dropped: a backup takes a
+    /// [`snapshot`](Self::snapshot), then copies its files at leisure.
+    pub fn pin_files(&self) -> FilePin {
+        self.file_pins.fetch_add(1, Ordering::AcqRel);
+        FilePin(self.file_pins.clone())
     }
 
     /// The log offset everything committed covers: readings from earlier records are in files.

@@ -373,6 +373,10 @@ impl Store {
     }
 
     async fn collect_garbage(&self, now: i64, report: &mut MaintenanceReport) -> Result<()> {
+        if self.file_pins.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            tracing::debug!("a backup is copying files: removed files are kept until it ends");
+            return Ok(());
+        }
         let cutoff = now - self.config.garbage_grace_us;
         for tier in [Tier::Hot, Tier::Archive] {
             let due: Vec<String> = self

@@ -16,38 +16,6 @@ use crate::bench::{
     BenchArgs, Load, Proc, batch_phase, load, now_ts, reading_json, register_lifts, serve_args,
 };
 
-/// Twelve rules on top of the eight defaults: thresholds, counter crossings and faults, some
-/// scoped to a building, the rest fleet-wide.
-fn rules_file() -> String {
-    let mut s = String::new();
-    for i in 0..12 {
-        let when = match i % 4 {
-            0 => format!(
-                r#"{{ kind = "threshold", metric = "vibration_mm_s", above = {}.0, for_readings = 3 }}"#,
-                8 + i
-            ),
-            1 => format!(
-                r#"{{ kind = "threshold", metric = "load_kg", above = {}.0, for_readings = 2, clear_at = 800.0 }}"#,
-                900 + i
-            ),
-            2 => format!(
-                r#"{{ kind = "counter_crossing", counter = "door_cycles_total", at = {} }}"#,
-                5_000_000 + i
-            ),
-            _ => format!(r#"{{ kind = "fault", codes = ["E9{i}"] }}"#),
-        };
-        let scope = if i % 3 == 0 {
-            format!("scope = {{ building = \"BB{:05}\" }}\n", i)
-        } else {
-            String::new()
-        };
-        s.push_str(&format!(
-            "[[rule]]\nid = \"bench-{i}\"\nname = \"Bench rule {i}\"\nseverity = \"warning\"\n{scope}when = {when}\n\n"
-        ));
-    }
-    s
-}
-
 /// A webhook receiver on loopback: records when each alert's lift first arrived.
 async fn receiver() -> anyhow::Result<(std::net::SocketAddr, Arc<Mutex<HashMap<String, Instant>>>)>
 {
@@ -78,7 +46,7 @@ async fn receiver() -> anyhow::Result<(std::net::SocketAddr, Arc<Mutex<HashMap<S
 
 pub(crate) async fn run(tmp: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let rules = tmp.join("bench-rules.toml");
-    std::fs::write(&rules, rules_file())?;
+    std::fs::write(&rules, hoistway_alerts::rule::benchmark_rules())?;
     let (hook, seen) = receiver().await?;
     let config = tmp.join("bench-alerts.toml");
     std::fs::write(

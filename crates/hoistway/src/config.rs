@@ -29,6 +29,34 @@ pub struct Config {
     pub auth: AuthSettings,
     pub tls: TlsSettings,
     pub alerts: AlertSettings,
+    pub backup: BackupSettings,
+}
+
+/// Backups (docs/operations.md): the default target, and continuous log archiving.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSettings {
+    /// Where `hoistway backup` writes when it names no target, and where the log is archived:
+    /// an absolute directory or `s3://bucket/prefix` (with `[storage.s3]`). Empty: none.
+    pub target: String,
+    /// Copy each sealed log segment to `<target>/log/` (point-in-time restore with
+    /// `hoistway restore --until`). The log keeps a segment until it is copied.
+    pub log_archive: bool,
+    pub log_archive_interval_secs: u64,
+    /// Archived segments are deleted after this many days (keep more than the interval
+    /// between backups: a restore replays from its backup on).
+    pub log_archive_retention_days: u64,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            target: String::new(),
+            log_archive: false,
+            log_archive_interval_secs: 10,
+            log_archive_retention_days: 35,
+        }
+    }
 }
 
 /// Alerting: rules over accepted readings, and where notifications go (docs/alerts.md).
@@ -238,6 +266,9 @@ pub struct StorageSettings {
     pub hot_retention_hours: u64,
     pub retention_days: u64,
     pub maintenance_interval_secs: u64,
+    /// Files that compaction, tier moves or retention removed are deleted this long after, so
+    /// queries that still read them can finish (a running backup keeps them until it ends).
+    pub garbage_grace_secs: u64,
     pub compact_min_files: usize,
     pub max_rows_per_file: usize,
     pub s3: S3Settings,
@@ -293,6 +324,7 @@ impl Default for StorageSettings {
             hot_retention_hours: 48,
             retention_days: 1827,
             maintenance_interval_secs: 60,
+            garbage_grace_secs: 600,
             compact_min_files: 8,
             max_rows_per_file: 50_000_000,
             s3: S3Settings::default(),
@@ -334,6 +366,7 @@ impl Default for Config {
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
             alerts: AlertSettings::default(),
+            backup: BackupSettings::default(),
         }
     }
 }
@@ -393,6 +426,7 @@ impl Config {
                 "log_level",
                 "log_format",
                 "unstable_crash_at",
+                "unstable_backup_file_delay_ms",
                 "token",
             ]))
             .extract()

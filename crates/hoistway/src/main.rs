@@ -3,6 +3,7 @@
 mod access;
 mod admin;
 mod alerts;
+mod backup;
 mod bench;
 mod bench_alerts;
 mod bench_pg;
@@ -74,6 +75,10 @@ enum Command {
     Storage(sql::StorageArgs),
     /// The log of a stopped server: repair damaged entries.
     Log(offline::LogArgs),
+    /// Take an online backup (the running server writes it), or verify or list backups.
+    Backup(backup::BackupArgs),
+    /// Build a new data dir from a backup.
+    Restore(backup::RestoreArgs),
     /// Benchmark ingest against a bare axum handler (see docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Benchmark storage and SQL on simulator data against default Parquet and DuckDB.
@@ -192,6 +197,8 @@ fn main() -> anyhow::Result<()> {
             Command::Sql(args) => sql::sql(args).await,
             Command::BenchStorage(args) => bench_storage::run(args).await,
             Command::Storage(args) => sql::storage(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Log(_) | Command::Routes => unreachable!("runs without a runtime"),
             Command::BenchPeer { listen } => bench::peer(listen).await,

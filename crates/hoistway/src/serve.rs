@@ -62,7 +62,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         durable_mark = report.durable_mark,
         "log opened"
     );
-    let log: Arc<dyn Log> = Arc::new(file_log);
+    let file_log = Arc::new(file_log);
+    let log: Arc<dyn Log> = file_log.clone();
+    // Pins the log before anything can truncate it: no segment goes before it is archived.
+    let archiver = if config.backup.log_archive {
+        let to = config.backup.target.trim();
+        anyhow::ensure!(
+            !to.is_empty(),
+            "backup.log_archive needs backup.target (where the log is archived)"
+        );
+        let target = backup_target(to, &config.storage.s3)
+            .with_context(|| format!("cannot open the log archive at {to}"))?;
+        Some(Arc::new(hoistway_backup::LogArchiver::new(
+            file_log.clone(),
+            target,
+            Duration::from_secs(config.backup.log_archive_retention_days * 24 * 3600),
+        )))
+    } else {
+        None
+    };
 
     let (registry, dlq, auth) = {
         let (data, config, clock) = (data.clone(), config.clone(), clock.clone());
@@ -131,6 +149,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .context("cannot recover processor state")?
         .with_feed(feed_rx);
+    let backups = {
+        let s3 = config.storage.s3.clone();
+        let default_target = config.backup.target.trim().to_string();
+        Arc::new(hoistway_backup::Backups::new(hoistway_backup::Sources {
+            data_dir: data.clone(),
+            log: file_log.clone(),
+            gate: processor.checkpoint_gate(),
+            store: store.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            resolve: Box::new(move |to| {
+                let to = match to.trim() {
+                    "" if default_target.is_empty() => {
+                        return Err(
+                            "name a target (hoistway backup --to DIR|s3://...) or set backup.target"
+                                .to_string(),
+                        );
+                    }
+                    "" => default_target.as_str(),
+                    to => to,
+                };
+                backup_target(to, &s3).map_err(|e| format!("{e:#}"))
+            }),
+        }))
+    };
 
     let seq_config = SequencerConfig {
         window: config.window(),
@@ -229,6 +271,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         query,
         alerts: alerts.as_ref().map(|(a, _)| a.clone()),
+        backups: Some(backups),
         progress: processor.progress(),
         clock,
         limits: ApiLimits {
@@ -271,6 +314,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
         shutdown_rx.clone(),
     ));
+    let archive_task = archiver.map(|a| {
+        let every = Duration::from_secs(config.backup.log_archive_interval_secs.max(1));
+        (a.clone(), tokio::spawn(a.run(every, shutdown_rx.clone())))
+    });
     let alert_tasks = alerts.map(|(alerts, dispatcher)| {
         let fleet = fleet_for_alerts.clone();
         let presence: hoistway_alerts::Presence = Arc::new(move || fleet.presence());
@@ -343,6 +390,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         sequencer_task.await?;
         let processed = processor_task.await?;
         maintenance_task.await?;
+        if let Some((archiver, task)) = archive_task {
+            task.await?;
+            // After the last checkpoint: what it sealed is archived before the pin goes.
+            archiver.pass().await;
+        }
         if let Some((writer, dispatcher)) = alert_tasks {
             writer.await?;
             dispatcher.await?;
@@ -454,6 +506,7 @@ fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
     store.hot_retention_us = settings.hot_retention_hours as i64 * HOUR_US;
     store.retention_us = settings.retention_days as i64 * 24 * HOUR_US;
     store.compact_min_files = settings.compact_min_files.max(2);
+    store.garbage_grace_us = settings.garbage_grace_secs as i64 * 1_000_000;
     store.max_rows_per_file = settings.max_rows_per_file.max(1);
     Ok(store)
 }
@@ -465,19 +518,38 @@ fn archive_tier(config: &Config) -> anyhow::Result<TierStore> {
             config.data_dir.join("store").join("archive"),
         )?);
     }
-    let url = url::Url::parse(raw).with_context(|| format!("archive_url {raw:?} is not a URL"))?;
+    match location(raw, &config.storage.s3).context("archive_url")? {
+        Location::Dir(path) => Ok(TierStore::local(path)?),
+        Location::Remote(store) => Ok(TierStore::remote(store)),
+    }
+}
+
+/// Where an archive or a backup lives.
+pub(crate) enum Location {
+    Dir(std::path::PathBuf),
+    Remote(Arc<dyn object_store::ObjectStore>),
+}
+
+/// Resolves `file:///dir`, `s3://bucket/prefix` (with the `[storage.s3]` settings) or an
+/// absolute directory.
+pub(crate) fn location(raw: &str, s3: &crate::config::S3Settings) -> anyhow::Result<Location> {
+    if raw.starts_with('/') {
+        return Ok(Location::Dir(raw.into()));
+    }
+    let url = url::Url::parse(raw).map_err(|_| {
+        anyhow::anyhow!("{raw:?} is neither an absolute directory nor a file:// or s3:// URL")
+    })?;
     match url.scheme() {
         "file" => {
             let path = url
                 .to_file_path()
-                .map_err(|_| anyhow::anyhow!("archive_url {raw:?} is not a local path"))?;
-            Ok(TierStore::local(path)?)
+                .map_err(|_| anyhow::anyhow!("{raw:?} is not a local path"))?;
+            Ok(Location::Dir(path))
         }
         "s3" => {
-            let s3 = &config.storage.s3;
             let bucket = url
                 .host_str()
-                .ok_or_else(|| anyhow::anyhow!("archive_url {raw:?} names no bucket"))?;
+                .ok_or_else(|| anyhow::anyhow!("{raw:?} names no bucket"))?;
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_allow_http(s3.allow_http);
@@ -494,15 +566,31 @@ fn archive_tier(config: &Config) -> anyhow::Result<TierStore> {
             }
             let store: Arc<dyn object_store::ObjectStore> = Arc::new(builder.build()?);
             let prefix = url.path().trim_matches('/');
-            let store: Arc<dyn object_store::ObjectStore> = if prefix.is_empty() {
+            Ok(Location::Remote(if prefix.is_empty() {
                 store
             } else {
                 Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
-            };
-            Ok(TierStore::remote(store))
+            }))
         }
-        other => anyhow::bail!("archive_url scheme {other:?} is not supported; use file or s3"),
+        other => anyhow::bail!("{raw:?}: scheme {other:?} is not supported; use file or s3"),
     }
+}
+
+/// A backup target: a directory (created) or S3-compatible storage.
+pub(crate) fn backup_target(
+    raw: &str,
+    s3: &crate::config::S3Settings,
+) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+    Ok(match location(raw.trim(), s3)? {
+        Location::Dir(path) => {
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
+                &path,
+            )?)
+        }
+        Location::Remote(store) => store,
+    })
 }
 
 /// Runs storage upkeep on an interval until shutdown. A failed pass is logged and retried.

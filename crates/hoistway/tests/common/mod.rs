@@ -43,6 +43,11 @@ impl TestServer {
     /// (`auth.devices = open`) unless `env` says otherwise.
     pub fn start_in(data_dir: PathBuf, env: &[(&str, &str)]) -> Self {
         let token = admin_token(&data_dir);
+        Self::start_with_token(data_dir, token, env)
+    }
+
+    /// Starts on a data dir that already has accounts (a restored backup), with `token`.
+    pub fn start_with_token(data_dir: PathBuf, token: String, env: &[(&str, &str)]) -> Self {
         let mut all = vec![
             ("HOISTWAY_AUTH__DEVICES".to_string(), "open".to_string()),
             (
