@@ -157,6 +157,51 @@ async fn reopening_keeps_every_durable_record() {
     assert_eq!(log.append_unsynced(vec![payload(300)]).await.unwrap(), 300);
 }
 
+/// A backup's copy: while truncation is pinned, `copy_durable` copies exactly the durable
+/// records from the segment holding the pinned offset (written but unsynced records stay out),
+/// and the copy opens as a log; `cut_log` then ends it at an offset, mark included.
+#[tokio::test]
+async fn a_copy_holds_the_durable_records_and_a_cut_ends_the_log_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = FileLog::open(small_segments(dir.path())).unwrap();
+    for i in 0..200 {
+        log.append_unsynced(vec![payload(i)]).await.unwrap();
+    }
+    log.wait_durable(200).await.unwrap();
+    let pin = log.pin(120);
+    log.truncate_before(180).await.unwrap();
+    assert!(
+        log.start() <= 120,
+        "the pin keeps truncation off offset 120"
+    );
+    // written, not synced: not in the copy
+    log.append_unsynced(vec![payload(200)]).await.unwrap();
+    let to = tempfile::tempdir().unwrap();
+    let copy = log.copy_durable(&pin, 120, to.path()).unwrap();
+    assert_eq!(copy.end, 200);
+    assert!(copy.start <= 120 && copy.files.len() > 1, "{copy:?}");
+    drop(pin);
+    log.truncate_before(180).await.unwrap();
+    assert!(log.start() > 120, "the pin is gone");
+
+    let (copied, report) = FileLog::open(small_segments(to.path())).unwrap();
+    assert_eq!((report.end, report.truncated_bytes), (200, 0));
+    let records = read_all(&copied, copy.start).await;
+    assert_eq!(records.len() as u64, 200 - copy.start);
+    assert!(records.iter().all(|(o, p)| *p == payload(*o)));
+    drop(copied);
+
+    hoistway_log::cut_log(to.path(), 150).unwrap();
+    let (cut, report) = FileLog::open(small_segments(to.path())).unwrap();
+    assert_eq!((report.end, report.truncated_bytes), (150, 0));
+    assert_eq!(report.durable_mark, 150);
+    assert_eq!(
+        read_all(&cut, copy.start).await.len() as u64,
+        150 - copy.start
+    );
+    assert_eq!(cut.append_unsynced(vec![payload(150)]).await.unwrap(), 150);
+}
+
 fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
     let mut segs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
