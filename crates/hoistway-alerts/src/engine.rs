@@ -85,6 +85,11 @@ struct LiftEval {
     levels: Vec<(String, Level)>,
     /// Each rate rule's count this hour.
     rates: Vec<(String, RateCount)>,
+    /// The rules whose scope covers the lift (indexes into the engine's rules), worked out
+    /// again when the rules or the lift's registry entry change: a scope is a few string
+    /// comparisons, a third of the evaluation's time when done for every reading.
+    matching: Vec<u32>,
+    matching_for: Option<(u64, Arc<LiftInfo>)>,
 }
 
 /// What survives a restart (written at every checkpoint with the offset it reflects).
@@ -138,6 +143,8 @@ pub struct Engine {
     config: EngineConfig,
     baselines: HashMap<String, Baselines>,
     rules: Vec<Arc<Rule>>,
+    /// Raised whenever the rules change (each lift's `matching` is then worked out again).
+    rules_generation: u64,
     started_us: i64,
     lifts: hashbrown::HashMap<String, LiftEval>,
     with_held: BTreeSet<String>,
@@ -159,6 +166,7 @@ impl Engine {
                 .filter(|r| r.enabled)
                 .map(Arc::new)
                 .collect(),
+            rules_generation: 0,
             started_us,
             lifts: hashbrown::HashMap::new(),
             with_held: BTreeSet::new(),
@@ -182,6 +190,7 @@ impl Engine {
             .filter(|r| r.enabled)
             .map(Arc::new)
             .collect();
+        self.rules_generation += 1;
         let unchanged: HashSet<&str> = self
             .rules
             .iter()
@@ -284,10 +293,19 @@ impl Engine {
         let mut ordered = false;
         // The lift is looked up once per reading; its key is allocated only the first time.
         let eval = self.lifts.entry_ref(lift_id).or_default();
-        for rule in &self.rules {
-            if !rule.scope.matches(&item.lift) {
-                continue;
-            }
+        let generation = self.rules_generation;
+        if !eval
+            .matching_for
+            .as_ref()
+            .is_some_and(|(g, lift)| *g == generation && Arc::ptr_eq(lift, &item.lift))
+        {
+            eval.matching = (0..self.rules.len() as u32)
+                .filter(|i| self.rules[*i as usize].scope.matches(&item.lift))
+                .collect();
+            eval.matching_for = Some((generation, item.lift.clone()));
+        }
+        for &at in &eval.matching {
+            let rule = &self.rules[at as usize];
             let change = |kind, key: String, summary: String, value| Evaluated {
                 change: change(rule, &item.lift, kind, key, r.received_us, summary, value),
                 quiet,
@@ -421,7 +439,8 @@ impl Engine {
         }
         if eval.held.is_empty() && (eval.last.is_none() || is_next(eval.last, key)) {
             eval.last = Some(key);
-            evaluate_ordered(&self.rules, eval, r, &item.lift, quiet, out);
+            let rules = eval.matching.iter().map(|at| &self.rules[*at as usize]);
+            evaluate_ordered(rules, &mut eval.levels, r, &item.lift, quiet, out);
             return;
         }
         eval.held.insert(
@@ -633,7 +652,15 @@ fn release(
         let held = eval.held.remove(&key).expect("first key");
         eval.last = Some(key);
         let quiet = maintenance.contains(held.reading.lift_id.as_str());
-        evaluate_ordered(rules, eval, &held.reading, &held.lift, quiet, out);
+        let matching = rules.iter().filter(|r| r.scope.matches(&held.lift));
+        evaluate_ordered(
+            matching,
+            &mut eval.levels,
+            &held.reading,
+            &held.lift,
+            quiet,
+            out,
+        );
     }
 }
 
@@ -655,16 +682,18 @@ impl Describe<'_> {
     }
 }
 
-fn evaluate_ordered(
-    rules: &[Arc<Rule>],
-    eval: &mut LiftEval,
+/// Runs the ordered rules among `rules` (those whose scope covers the lift) on the reading
+/// next in the lift's order, keeping their state in `levels`.
+fn evaluate_ordered<'a>(
+    rules: impl Iterator<Item = &'a Arc<Rule>>,
+    levels: &mut Vec<(String, Level)>,
     r: &Reading,
     lift: &Arc<LiftInfo>,
     quiet: bool,
     out: &mut Vec<Evaluated>,
 ) {
     for rule in rules {
-        if !rule.when.is_ordered() || !rule.scope.matches(lift) {
+        if !rule.when.is_ordered() {
             continue;
         }
         let (breach, recovered, value, for_readings, for_secs, clear_after, what) = match &rule.when
@@ -718,8 +747,8 @@ fn evaluate_ordered(
         };
         // A copy: the list gets an entry (an allocation) only when a rule's state becomes
         // non-default.
-        let at = eval.levels.iter().position(|(id, _)| *id == rule.id);
-        let mut state = at.map(|at| eval.levels[at].1.clone()).unwrap_or_default();
+        let at = levels.iter().position(|(id, _)| *id == rule.id);
+        let mut state = at.map(|at| levels[at].1.clone()).unwrap_or_default();
         let level = &mut state;
         let ts = r.ts_us;
         let key = |tag: &str| {
@@ -782,10 +811,10 @@ fn evaluate_ordered(
         }
         match (at, state == Level::default()) {
             (Some(at), true) => {
-                eval.levels.remove(at);
+                levels.remove(at);
             }
-            (Some(at), false) => eval.levels[at].1 = state,
-            (None, false) => eval.levels.push((rule.id.clone(), state)),
+            (Some(at), false) => levels[at].1 = state,
+            (None, false) => levels.push((rule.id.clone(), state)),
             (None, true) => {}
         }
     }

@@ -142,7 +142,7 @@ async fn verify(target: TargetArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} holds no complete backup", target.from);
     }
     eprintln!(
-        "{} backups verified: {} parts, {} bytes, every checksum matches",
+        "every checksum matches: {} backup(s), {} parts, {} bytes",
         report.backups.len(),
         report.parts_checked,
         report.bytes_checked
