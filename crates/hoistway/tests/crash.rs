@@ -837,7 +837,7 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
         ("HOISTWAY_STORAGE__MAINTENANCE_INTERVAL_SECS", "1"),
         ("HOISTWAY_STORAGE__GARBAGE_GRACE_SECS", "0"),
         // Each stored file's copy takes a while, so compaction runs in the middle of a backup.
-        ("HOISTWAY_UNSTABLE_BACKUP_FILE_DELAY_MS", "150"),
+        ("HOISTWAY_UNSTABLE_BACKUP_FILE_DELAY_MS", "400"),
     ]);
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("backups");
@@ -870,10 +870,32 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
             .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
     };
     let before = compactions().await;
-    let first = backup_report(&server, &target);
+    // The backup runs on a thread while upkeep is asked for again and again (as well as every
+    // second): new flush files keep arriving, so compaction removes files during the backup.
+    let (url, to, token) = (
+        format!("http://{}", server.addr),
+        target.to_str().unwrap().to_string(),
+        server.token.clone(),
+    );
+    let backup = std::thread::spawn(move || {
+        let args = ["backup", "--to", &to, "--server", &url];
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        hoistway_with_env(&args, &[("HOISTWAY_TOKEN", token.as_ref())])
+    });
+    while !backup.is_finished() {
+        server.post_json("/v1/storage/maintain", "{}").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = backup.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         compactions().await > before,
-        "compaction ran during the backup"
+        "compaction ran during the backup: {first}"
     );
     assert!(first["copied_files"].as_u64().unwrap() > 0, "{first}");
     let mut sim = running.await.unwrap();
@@ -996,5 +1018,107 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
         String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs the simulator for `secs` and waits until every reading is acknowledged.
+async fn run(sim: &mut Simulator, secs: u64) {
+    let (_stop_tx, stop) = watch::channel(false);
+    sim.run(Some(Duration::from_secs(secs)), stop).await;
+    assert!(sim.drain(Duration::from_secs(30)).await);
+    assert_eq!(sim.stats().rejected.load(Ordering::Relaxed), 0);
+}
+
+/// Point-in-time restore: the log is archived segment by segment as it seals; a restore to a
+/// moment after the last backup replays the archived log up to that moment and no further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_in_time_restore_replays_the_archived_log_up_to_that_moment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("backups");
+    let target_env = target.to_str().unwrap().to_string();
+    let mut server = TestServer::start(&[
+        ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1"),
+        // Small segments seal often, so the archive soon holds what was written.
+        ("HOISTWAY_LOG__SEGMENT_BYTES", "32768"),
+        ("HOISTWAY_BACKUP__TARGET", &target_env),
+        ("HOISTWAY_BACKUP__LOG_ARCHIVE", "true"),
+        ("HOISTWAY_BACKUP__LOG_ARCHIVE_INTERVAL_SECS", "1"),
+    ]);
+    let fleet = |prefix: &str, seed| {
+        Simulator::new(
+            SimConfig {
+                lifts: 100,
+                prefix: prefix.into(),
+                speedup: 20.0,
+                connections: 4,
+                duplicate_rate: 0.05,
+                planned_duration: Some(Duration::from_secs(3)),
+                seed,
+                ..SimConfig::default()
+            },
+            server.addr,
+        )
+    };
+    // Three fleets, all registered first (the registry is restored as the backup has it):
+    // A reports before the backup, B after it and before the moment restored to, C after.
+    let (mut a, mut b, mut c) = (fleet("PA-", 1), fleet("PB-", 2), fleet("PC-", 3));
+    for sim in [&a, &b, &c] {
+        register(&server, &sim.registry_csv()).await;
+    }
+    run(&mut a, 3).await;
+    // No --to: the server's backup.target.
+    let url = format!("http://{}", server.addr);
+    let out = tokio::task::block_in_place(|| cli(&server, &["backup", "--server", &url]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run(&mut b, 3).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let until = now_rfc3339();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    run(&mut c, 5).await;
+    // A clean stop archives every sealed segment after the last checkpoint.
+    tokio::task::block_in_place(|| assert!(server.terminate()));
+    let archived = std::fs::read_dir(target.join("log")).unwrap().count();
+    assert!(archived > 3, "{archived} segments archived");
+
+    let data = tmp.path().join("restored");
+    let out = tokio::task::block_in_place(|| {
+        cli(
+            &server,
+            &[
+                "restore",
+                "--from",
+                target.to_str().unwrap(),
+                "--until",
+                &until,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["archived_segments"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let restored = TestServer::start_with_token(data, server.token.clone(), &[]);
+    let before = merge_ledgers(a.ledger(), b.ledger());
+    verified(&restored, &before).await;
+    stored_readings_match_the_ledger(&restored, &before).await;
+    let after = restored
+        .sql_rows("SELECT count(*) FROM readings WHERE lift_id LIKE 'PC-%'")
+        .await;
+    assert_eq!(
+        after,
+        vec![vec!["0".to_string()]],
+        "nothing after the moment restored to"
     );
 }
