@@ -276,20 +276,8 @@ impl FileLog {
             } else {
                 // The active segment (or the last one copied): its entries below `end`, under a
                 // header whose mark says they are durable.
-                let header = decode_header(&bytes)
-                    .map_err(|e| header_error(&segment_path(self.dir(), base), base, e))?;
-                let mut pos = header.len();
-                for offset in base..end {
-                    match decode_entry(&bytes[pos..]) {
-                        Decoded::Entry { size, .. } => pos += size,
-                        _ => {
-                            return Err(Error::Corrupt {
-                                offset,
-                                reason: format!("segment {base} ends before its durable end {end}"),
-                            });
-                        }
-                    }
-                }
+                let path = segment_path(self.dir(), base);
+                let (header, pos) = position_of(&path, &bytes, base, end)?;
                 let mut kept = bytes[..pos].to_vec();
                 if header.version >= 2 {
                     let at = MARK_POS as usize;
@@ -341,7 +329,22 @@ pub fn cut_log(dir: &Path, offset: Offset) -> Result<()> {
         .expect("the first segment is kept");
     let path = segment_path(dir, base);
     let bytes = fs::read(&path)?;
-    let header = decode_header(&bytes).map_err(|e| header_error(&path, base, e))?;
+    let (header, pos) = position_of(&path, &bytes, base, offset)?;
+    let f = OpenOptions::new().write(true).open(&path)?;
+    f.set_len(pos as u64)?;
+    if header.version >= 2 {
+        f.write_all_at(&encode_mark(base, offset), MARK_POS)?;
+    }
+    f.sync_all()?;
+    sync_dir(dir)?;
+    Ok(())
+}
+
+/// The header of the segment `bytes` (file `path`, first offset `base`) and the byte position
+/// where the entry at `offset` starts, walking whole entries; an entry missing or damaged
+/// before it is an error.
+fn position_of(path: &Path, bytes: &[u8], base: Offset, offset: Offset) -> Result<(Header, usize)> {
+    let header = decode_header(bytes).map_err(|e| header_error(path, base, e))?;
     let mut pos = header.len();
     for at in base..offset {
         match decode_entry(&bytes[pos..]) {
@@ -354,14 +357,7 @@ pub fn cut_log(dir: &Path, offset: Offset) -> Result<()> {
             }
         }
     }
-    let f = OpenOptions::new().write(true).open(&path)?;
-    f.set_len(pos as u64)?;
-    if header.version >= 2 {
-        f.write_all_at(&encode_mark(base, offset), MARK_POS)?;
-    }
-    f.sync_all()?;
-    sync_dir(dir)?;
-    Ok(())
+    Ok((header, pos))
 }
 
 /// Keeps truncation off the records from an offset on; see [`FileLog::pin`].
