@@ -20,7 +20,7 @@
 //! target. A restore is a data dir as a crash at that moment would have left it: the server
 //! replays the log from the checkpoint, and each sink skips what it already holds.
 //!
-//! Not here: scheduling (run `hoistway backup` from cron or a timer) and pruning old backups.
+//! Not here: scheduling (run `hoistway backup` and `hoistway backup prune` from cron or a timer).
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -253,9 +253,12 @@ impl Backups {
                 .unwrap_or_default();
             staged.push((format!("{}/{name}", layout::LOG), file.clone()));
         }
+        let local = object_store::local::LocalFileSystem::new();
         for (rel, path) in staged {
-            let bytes = Bytes::from(tokio::fs::read(&path).await?);
-            parts.push(put(&*target, format!("{prefix}/{rel}"), bytes, None).await?);
+            let from = Path::from_absolute_path(&path)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            parts
+                .push(copy_object(&local, &from, &*target, format!("{prefix}/{rel}"), None).await?);
         }
         for (tier, manifest) in [(Tier::Hot, &held.hot), (Tier::Archive, &held.archive)] {
             let json = serde_json::to_vec_pretty(&**manifest)
@@ -294,14 +297,17 @@ impl Backups {
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
-                let bytes = store
-                    .get(&Path::from(file.path.as_str()))
-                    .await?
-                    .bytes()
-                    .await?;
+                let part = copy_object(
+                    &*store,
+                    &Path::from(file.path.as_str()),
+                    &*target,
+                    key,
+                    Some(tier),
+                )
+                .await?;
                 copied += 1;
-                copied_bytes += bytes.len() as u64;
-                parts.push(put(&*target, key, bytes, Some(tier)).await?);
+                copied_bytes += part.bytes;
+                parts.push(part);
             }
         }
 
@@ -460,10 +466,82 @@ fn contents_key(id: &str) -> Path {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Objects larger than this are copied in pieces of this size (a multipart upload on S3), so
+/// that a backup holds no more than a few pieces of a file in memory; restores and checks read
+/// any object piece by piece as it arrives.
+const PIECE: usize = 8 << 20;
+
+/// Test hook: `HOISTWAY_UNSTABLE_BACKUP_PIECE_BYTES` copies in smaller pieces, so that a test's
+/// small files go through the multipart path (S3 itself takes no piece under 5 MiB).
+fn piece_bytes() -> usize {
+    std::env::var("HOISTWAY_UNSTABLE_BACKUP_PIECE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PIECE)
+}
+
+/// Copies `from` in `source` to `key` in `target`, hashing it on the way through.
+async fn copy_object(
+    source: &dyn ObjectStore,
+    from: &Path,
+    target: &dyn ObjectStore,
+    key: String,
+    tier: Option<Tier>,
+) -> Result<Part> {
+    let got = source.get(from).await?;
+    let size = got.meta.size;
+    let to = Path::from(key.as_str());
+    let mut stream = got.into_stream();
+    let mut hasher = Sha256::new();
+    let mut read = 0u64;
+    let piece = piece_bytes();
+    if size <= piece as u64 {
+        let mut buf = Vec::with_capacity(size as usize);
+        while let Some(chunk) = stream.try_next().await? {
+            hasher.update(&chunk);
+            buf.extend_from_slice(&chunk);
+        }
+        read = buf.len() as u64;
+        target.put(&to, PutPayload::from(buf)).await?;
+    } else {
+        let mut upload = object_store::WriteMultipart::new_with_chunk_size(
+            target.put_multipart(&to).await?,
+            piece,
+        );
+        let streamed: object_store::Result<()> = async {
+            while let Some(chunk) = stream.try_next().await? {
+                hasher.update(&chunk);
+                read += chunk.len() as u64;
+                upload.wait_for_capacity(2).await?;
+                upload.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = streamed {
+            let _ = upload.abort().await;
+            return Err(e.into());
+        }
+        upload.finish().await?;
+    }
+    if read != size {
+        return Err(Error::Invalid(format!(
+            "{from}: {read} bytes read of {size}: it changed while it was copied"
+        )));
+    }
+    Ok(Part {
+        key,
+        bytes: size,
+        sha256: hex(&hasher.finalize()),
+        tier,
+    })
 }
 
 async fn put(
@@ -550,6 +628,95 @@ async fn pick(target: &dyn ObjectStore, id: Option<&str>) -> Result<Contents> {
     }
 }
 
+/// What `prune` removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// The complete backups kept, oldest first.
+    pub kept: Vec<String>,
+    /// Complete backups removed, and interrupted ones older than the newest complete backup.
+    pub removed_backups: Vec<String>,
+    /// Stored files no kept backup lists.
+    pub removed_files: u64,
+    pub removed_bytes: u64,
+    pub dry_run: bool,
+}
+
+/// Keeps the newest `keep` complete backups (at least one) and removes the others, the
+/// interrupted backups older than the newest complete one, and every stored file that no kept
+/// backup lists. A backup running meanwhile is safe: the files it reuses are listed by the
+/// newest backup, which is always kept, and the files it copies are newer than that backup,
+/// and only files older than it are removed. Each backup's `backup.json` goes first, so a
+/// prune cut short leaves the rest listed as interrupted, to be removed by the next.
+pub async fn prune(target: &dyn ObjectStore, keep: usize, dry_run: bool) -> Result<PruneReport> {
+    if keep == 0 {
+        return Err(Error::Invalid(
+            "keep at least one backup (--keep 1 or more)".into(),
+        ));
+    }
+    let (complete, incomplete) = list(target).await?;
+    let Some(newest) = complete.last() else {
+        return Err(Error::Invalid(
+            "the target holds no complete backup; nothing is pruned".into(),
+        ));
+    };
+    let newest_created =
+        chrono::DateTime::parse_from_rfc3339(&contents(target, newest).await?.created)
+            .map_err(|e| Error::Corrupt(format!("backups/{newest}/backup.json: created: {e}")))?
+            .with_timezone(&chrono::Utc);
+    let split = complete.len().saturating_sub(keep);
+    let (removed, kept) = complete.split_at(split);
+    let mut listed = std::collections::HashSet::new();
+    for id in kept {
+        for part in contents(target, id).await?.parts {
+            if part.tier.is_some() {
+                listed.insert(part.key);
+            }
+        }
+    }
+    let mut report = PruneReport {
+        kept: kept.to_vec(),
+        dry_run,
+        ..Default::default()
+    };
+    // Interrupted backups are named by when they started: those before the newest complete
+    // one are over.
+    let interrupted = incomplete.iter().filter(|id| id.as_str() < newest.as_str());
+    for id in removed.iter().chain(interrupted) {
+        if !dry_run {
+            match target.delete(&contents_key(id)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let rest: Vec<Path> = target
+                .list(Some(&Path::from(format!("backups/{id}"))))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await?;
+            for key in rest {
+                target.delete(&key).await?;
+            }
+        }
+        report.removed_backups.push(id.clone());
+    }
+    let unlisted: Vec<object_store::ObjectMeta> = target
+        .list(Some(&Path::from("files")))
+        .try_filter(|m| {
+            futures::future::ready(
+                m.last_modified < newest_created && !listed.contains(m.location.as_ref()),
+            )
+        })
+        .try_collect()
+        .await?;
+    for meta in unlisted {
+        if !dry_run {
+            target.delete(&meta.location).await?;
+        }
+        report.removed_files += 1;
+        report.removed_bytes += meta.size;
+    }
+    Ok(report)
+}
+
 /// What `verify` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
@@ -582,8 +749,8 @@ pub async fn verify(target: &dyn ObjectStore, id: Option<&str>) -> Result<Verify
                 continue;
             }
             report.parts_checked += 1;
-            match read_part(target, part).await {
-                Ok(bytes) => report.bytes_checked += bytes.len() as u64,
+            match check_part(target, part, None).await {
+                Ok(bytes) => report.bytes_checked += bytes,
                 Err(problem) => report.problems.push(format!("backup {id}: {problem}")),
             }
         }
@@ -592,31 +759,80 @@ pub async fn verify(target: &dyn ObjectStore, id: Option<&str>) -> Result<Verify
     Ok(report)
 }
 
-/// A part's bytes, once their size and checksum are those recorded; otherwise what is wrong.
-async fn read_part(target: &dyn ObjectStore, part: &Part) -> std::result::Result<Bytes, String> {
-    let bytes = match target.get(&Path::from(part.key.as_str())).await {
-        Ok(got) => got
-            .bytes()
-            .await
-            .map_err(|e| format!("{}: cannot be read: {e}", part.key))?,
+/// Reads a part through, piece by piece, and checks its size and SHA-256 against those
+/// recorded; with `into`, writes it to that file (synced; removed again if the part is bad).
+/// Returns its size, or what is wrong.
+async fn check_part(
+    target: &dyn ObjectStore,
+    part: &Part,
+    into: Option<&FsPath>,
+) -> std::result::Result<u64, String> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = match target.get(&Path::from(part.key.as_str())).await {
+        Ok(got) => got.into_stream(),
         Err(object_store::Error::NotFound { .. }) => return Err(format!("{}: missing", part.key)),
         Err(e) => return Err(format!("{}: cannot be read: {e}", part.key)),
     };
-    if bytes.len() as u64 != part.bytes {
-        return Err(format!(
-            "{}: {} bytes, the backup recorded {}",
-            part.key,
-            bytes.len(),
-            part.bytes
-        ));
+    let write_err = |path: &FsPath, e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = match into {
+        Some(path) => {
+            let parent = path.parent().unwrap_or(FsPath::new("."));
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| write_err(parent, e))?;
+            Some(
+                tokio::fs::File::create(path)
+                    .await
+                    .map_err(|e| write_err(path, e))?,
+            )
+        }
+        None => None,
+    };
+    let mut hasher = Sha256::new();
+    let mut read = 0u64;
+    let checked = async {
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| format!("{}: cannot be read: {e}", part.key))?
+        {
+            hasher.update(&chunk);
+            read += chunk.len() as u64;
+            if let (Some(f), Some(path)) = (file.as_mut(), into) {
+                f.write_all(&chunk).await.map_err(|e| write_err(path, e))?;
+            }
+        }
+        if read != part.bytes {
+            return Err(format!(
+                "{}: {read} bytes, the backup recorded {}",
+                part.key, part.bytes
+            ));
+        }
+        if hex(&hasher.finalize()) != part.sha256 {
+            return Err(format!(
+                "{}: checksum mismatch (the bytes changed)",
+                part.key
+            ));
+        }
+        if let (Some(f), Some(path)) = (file.as_mut(), into) {
+            f.sync_all().await.map_err(|e| write_err(path, e))?;
+            let parent = path.parent().unwrap_or(FsPath::new("."));
+            sync_dir(parent).map_err(|e| write_err(parent, e))?;
+        }
+        Ok(read)
     }
-    if sha256_hex(&bytes) != part.sha256 {
-        return Err(format!(
-            "{}: checksum mismatch (the bytes changed)",
-            part.key
-        ));
+    .await;
+    if checked.is_err()
+        && let Some(path) = into
+    {
+        drop(file);
+        let _ = std::fs::remove_file(path);
     }
-    Ok(bytes)
+    checked
+}
+
+fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// What `restore` wrote.
@@ -672,14 +888,14 @@ pub async fn restore(
             last.push((rel, part));
             continue;
         }
-        let bytes = read_part(target, part).await.map_err(Error::Corrupt)?;
-        bytes_total += bytes.len() as u64;
-        write_synced(&data_dir.join(rel), &bytes)?;
+        bytes_total += check_part(target, part, Some(&data_dir.join(rel)))
+            .await
+            .map_err(Error::Corrupt)?;
     }
     for (rel, part) in last {
-        let bytes = read_part(target, part).await.map_err(Error::Corrupt)?;
-        bytes_total += bytes.len() as u64;
-        write_synced(&data_dir.join(rel), &bytes)?;
+        bytes_total += check_part(target, part, Some(&data_dir.join(rel)))
+            .await
+            .map_err(Error::Corrupt)?;
     }
     Ok(RestoreReport {
         id: contents.id.clone(),
@@ -745,8 +961,7 @@ impl LogArchiver {
             .try_collect()
             .await?;
         let sealed = self.log.sealed_segments();
-        let mut keep_from = None;
-        for (base, _end, path) in &sealed {
+        for (_, _, path) in &sealed {
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -755,17 +970,17 @@ impl LogArchiver {
             if archived.contains(&name) {
                 continue;
             }
-            let bytes = match tokio::fs::read(path).await {
-                Ok(bytes) => Bytes::from(bytes),
-                Err(e) => {
-                    keep_from.get_or_insert(*base);
-                    return Err(e.into());
-                }
-            };
-            pass.bytes += bytes.len() as u64;
-            self.target
-                .put(&Path::from(format!("log/{name}")), PutPayload::from(bytes))
-                .await?;
+            let from = Path::from_absolute_path(path)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            let part = copy_object(
+                &object_store::local::LocalFileSystem::new(),
+                &from,
+                &*self.target,
+                format!("log/{name}"),
+                None,
+            )
+            .await?;
+            pass.bytes += part.bytes;
             pass.archived += 1;
         }
         // Every sealed segment is archived: the active one is the first that is not.

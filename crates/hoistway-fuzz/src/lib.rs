@@ -1,10 +1,16 @@
 //! Fuzz targets: every decoder that reads bytes Hoistway did not just write itself — request
-//! bodies from the network, and log segments, log records, checkpoints and manifests from disk.
+//! bodies from the network, and log segments, log records, checkpoints and manifests from disk —
+//! and the SQL guard that decides which statements a reader may run.
 //!
 //! In: arbitrary bytes. Out: nothing; a target panics only when a decoder breaks a property it
 //! promises (it must never panic on its own, and what it accepts must survive a round trip).
 //! The AFL harness in `fuzz/` calls these functions; `tests/replay.rs` runs every committed
 //! corpus input and every past crash through them in the test suite (docs/testing.md).
+
+#[cfg(feature = "sql")]
+mod sql;
+#[cfg(feature = "sql")]
+pub use sql::sql_guard;
 
 use bytes::Bytes;
 use hoistway_ingest::record::{decode_record, encode_reading, encode_record};
@@ -21,6 +27,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("checkpoint", checkpoint),
     #[cfg(feature = "store")]
     ("manifest", manifest),
+    #[cfg(feature = "sql")]
+    ("sql_guard", sql_guard),
 ];
 
 /// 2026-11-29T00:00:00Z: readings are validated against a fixed "now".

@@ -194,6 +194,47 @@ async fn plan(
     .map_err(query_error)
 }
 
+/// What one statement of a simple query does once planned.
+pub enum Planned {
+    /// A session command, acknowledged with this tag and otherwise ignored.
+    Session(&'static str),
+    /// A read-only query, ready to run.
+    Query(DataFrame),
+}
+
+/// Plans one statement of a simple query as `caller`.
+async fn plan_simple(
+    engine: &QueryEngine,
+    run: &Runnable,
+    caller: &hoistway_query::Caller,
+) -> PgWireResult<Planned> {
+    if let Runnable::Query(ast) = run
+        && let Some(tag) = session_command(&ast.to_string())
+    {
+        return Ok(Planned::Session(tag));
+    }
+    plan(engine, run, caller).await.map(Planned::Query)
+}
+
+/// A simple query's statements as the server plans them before running each: parsed in
+/// PostgreSQL's dialect, rewritten for the catalogs and planned as `caller` under the
+/// read-only guard. The server plans and runs them one at a time; this plans them all (the
+/// SQL guard's fuzz target drives it).
+pub async fn plan_query(
+    engine: &QueryEngine,
+    sql: &str,
+    caller: &hoistway_query::Caller,
+) -> PgWireResult<Vec<Planned>> {
+    if let Some(tag) = session_command(sql) {
+        return Ok(vec![Planned::Session(tag)]);
+    }
+    let mut planned = Vec::new();
+    for run in split(&PostgresCompatibilityParser::new(), sql)? {
+        planned.push(plan_simple(engine, &run, caller).await?);
+    }
+    Ok(planned)
+}
+
 /// The tag a session command is acknowledged with, or `None` for anything else.
 fn session_command(sql: &str) -> Option<&'static str> {
     let first = sql
@@ -372,14 +413,10 @@ impl SimpleQueryHandler for Backend {
         }
         let mut responses = Vec::with_capacity(statements.len());
         for statement in &statements {
-            if let Runnable::Query(ast) = statement
-                && let Some(tag) = session_command(&ast.to_string())
-            {
-                responses.push(Response::Execution(Tag::new(tag)));
-                continue;
-            }
-            let df = plan(&self.engine, statement, &caller).await?;
-            responses.push(self.run(client, df, &Format::UnifiedText).await?);
+            responses.push(match plan_simple(&self.engine, statement, &caller).await? {
+                Planned::Session(tag) => Response::Execution(Tag::new(tag)),
+                Planned::Query(df) => self.run(client, df, &Format::UnifiedText).await?,
+            });
         }
         Ok(responses)
     }

@@ -1,5 +1,5 @@
-//! `hoistway backup` (asks the running server to take one), `hoistway backup verify|list` and
-//! `hoistway restore` (read a backup target directly; no server needed).
+//! `hoistway backup` (asks the running server to take one), `hoistway backup verify|list|prune`
+//! and `hoistway restore` (read a backup target directly; no server needed).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +30,24 @@ enum BackupCommand {
     Verify(TargetArgs),
     /// The backups in a target, oldest first.
     List(TargetArgs),
+    /// Keep the newest backups and remove the rest, with the stored files only they list.
+    Prune(PruneArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// The backup target: a directory, or s3://bucket/prefix.
+    #[arg(long)]
+    from: String,
+    /// How many of the newest complete backups to keep (at least 1).
+    #[arg(long)]
+    keep: usize,
+    /// Say what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The config whose [storage.s3] settings reach an s3:// target.
+    #[arg(long, env = "HOISTWAY_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -59,11 +77,18 @@ pub struct RestoreArgs {
 }
 
 fn open(target: &TargetArgs) -> anyhow::Result<std::sync::Arc<dyn object_store::ObjectStore>> {
-    let config = Config::load(target.config.as_deref())?;
-    let from = if target.from.contains("://") {
-        target.from.clone()
+    open_target(&target.from, target.config.as_deref())
+}
+
+fn open_target(
+    from: &str,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<std::sync::Arc<dyn object_store::ObjectStore>> {
+    let config = Config::load(config)?;
+    let from = if from.contains("://") {
+        from.to_string()
     } else {
-        let dir = std::path::absolute(&target.from)?;
+        let dir = std::path::absolute(from)?;
         if !dir.is_dir() {
             anyhow::bail!("{} is not a directory", dir.display());
         }
@@ -76,6 +101,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BackupCommand::Verify(target)) => verify(target).await,
         Some(BackupCommand::List(target)) => list(target).await,
+        Some(BackupCommand::Prune(args)) => prune(args).await,
         None => take(&args.server, args.to.as_deref()).await,
     }
 }
@@ -168,6 +194,25 @@ async fn list(target: TargetArgs) -> anyhow::Result<()> {
     for id in &incomplete {
         println!("{id}  incomplete (interrupted)");
     }
+    Ok(())
+}
+
+async fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let store = open_target(&args.from, args.config.as_deref())?;
+    let report = hoistway_backup::prune(&*store, args.keep, args.dry_run).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!(
+        "{} {} backup(s) and {} stored file(s) ({}); kept {}",
+        if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        },
+        report.removed_backups.len(),
+        report.removed_files,
+        indicatif::HumanBytes(report.removed_bytes),
+        report.kept.join(", ")
+    );
     Ok(())
 }
 

@@ -421,14 +421,13 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         let config: Config = fig
-            .merge(Env::prefixed("HOISTWAY_").split("__").ignore(&[
-                "config",
-                "log_level",
-                "log_format",
-                "unstable_crash_at",
-                "unstable_backup_file_delay_ms",
-                "token",
-            ]))
+            .merge(
+                Env::prefixed("HOISTWAY_")
+                    // HOISTWAY_UNSTABLE_*: test hooks, read where they act.
+                    .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("unstable_"))
+                    .split("__")
+                    .ignore(&["config", "log_level", "log_format", "token"]),
+            )
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let checkpoints =

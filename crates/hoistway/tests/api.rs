@@ -1364,6 +1364,32 @@ async fn a_backup_to_s3_restores_to_the_same_answers() {
     );
     let restored = TestServer::start_with_token(data, server.token.clone(), &[]);
     assert_eq!(run_golden_sql(&restored).await, expected);
+
+    // Pruning to the newest backup in the bucket removes the first; every stored file is the
+    // newest backup's too, so none goes, and the newest still verifies.
+    let prune = cli(&[
+        "backup",
+        "prune",
+        "--from",
+        "s3://hoistway-backups/site-1",
+        "--keep",
+        "1",
+    ]);
+    assert!(
+        prune.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prune.stderr)
+    );
+    let pruned: serde_json::Value = serde_json::from_slice(&prune.stdout).unwrap();
+    assert_eq!(pruned["removed_backups"], serde_json::json!([first["id"]]));
+    assert_eq!(pruned["kept"], serde_json::json!([second["id"]]));
+    assert_eq!(pruned["removed_files"], 0, "{pruned}");
+    let verify = cli(&["backup", "verify", "--from", "s3://hoistway-backups/site-1"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 /// The archive tier on a real S3-compatible server: files older than the hot retention move

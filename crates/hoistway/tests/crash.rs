@@ -838,6 +838,8 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
         ("HOISTWAY_STORAGE__GARBAGE_GRACE_SECS", "0"),
         // Each stored file's copy takes a while, so compaction runs in the middle of a backup.
         ("HOISTWAY_UNSTABLE_BACKUP_FILE_DELAY_MS", "400"),
+        // Files are copied in 4 KiB pieces (multipart), as files over 8 MiB are.
+        ("HOISTWAY_UNSTABLE_BACKUP_PIECE_BYTES", "4096"),
     ]);
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("backups");
@@ -978,6 +980,61 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
     verified(&restored, &ledger).await;
     stored_readings_match_the_ledger(&restored, &ledger).await;
     drop(restored);
+
+    // Pruning to the newest backup removes the two older ones and the stored files only the
+    // first listed (compaction replaced them); what is left verifies.
+    let prune = |dry_run: bool| {
+        let mut args = vec![
+            "backup",
+            "prune",
+            "--from",
+            target.to_str().unwrap(),
+            "--keep",
+            "1",
+        ];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let out = tokio::task::block_in_place(|| cli(&server, &args));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let stored_files = || walk_files(&target.join("files")).len();
+    let before_prune = stored_files();
+    let would = prune(true);
+    assert_eq!(stored_files(), before_prune, "a dry run removes nothing");
+    let pruned = prune(false);
+    assert_eq!(
+        would["removed_files"], pruned["removed_files"],
+        "{would} {pruned}"
+    );
+    assert_eq!(
+        pruned["removed_backups"],
+        serde_json::json!([first["id"], second["id"]]),
+        "{pruned}"
+    );
+    assert_eq!(pruned["kept"], serde_json::json!([third["id"]]));
+    assert!(pruned["removed_files"].as_u64().unwrap() > 0, "{pruned}");
+    assert_eq!(
+        stored_files() as u64,
+        third["reused_files"].as_u64().unwrap(),
+        "the newest backup's files are left: {pruned}"
+    );
+    let verify = tokio::task::block_in_place(|| {
+        cli(
+            &server,
+            &["backup", "verify", "--from", target.to_str().unwrap()],
+        )
+    });
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     // A flipped byte in a stored file of the newest backup: verify names it, restore refuses it.
     let contents: serde_json::Value = serde_json::from_slice(
@@ -1121,4 +1178,21 @@ async fn a_point_in_time_restore_replays_the_archived_log_up_to_that_moment() {
         vec![vec!["0".to_string()]],
         "nothing after the moment restored to"
     );
+}
+
+/// Every file under `dir`, at any depth.
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }

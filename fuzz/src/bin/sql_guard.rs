@@ -1,0 +1,3 @@
+fn main() {
+    afl::fuzz!(|data: &[u8]| hoistway_fuzz::sql_guard(data));
+}
