@@ -576,7 +576,13 @@ pub async fn list(target: &dyn ObjectStore) -> Result<(Vec<String>, Vec<String>)
         };
         match target.head(&contents_key(id)).await {
             Ok(_) => complete.push(id.to_string()),
-            Err(object_store::Error::NotFound { .. }) => incomplete.push(id.to_string()),
+            Err(object_store::Error::NotFound { .. }) => {
+                // A directory target keeps the empty folders of a pruned backup.
+                let mut objects = target.list(Some(&prefix));
+                if objects.try_next().await?.is_some() {
+                    incomplete.push(id.to_string());
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }

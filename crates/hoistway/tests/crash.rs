@@ -1035,6 +1035,13 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(
+        report["backups"],
+        serde_json::json!([third["id"]]),
+        "{report}"
+    );
+    assert_eq!(report["incomplete"], serde_json::json!([]), "{report}");
 
     // A flipped byte in a stored file of the newest backup: verify names it, restore refuses it.
     let contents: serde_json::Value = serde_json::from_slice(
