@@ -37,7 +37,13 @@ pub async fn take(State(app): State<AppState>, body: Body) -> ApiResult<Response
             "this process does not hold the data dir; ask the node that does",
         ));
     };
-    match backups.run(&request.to).await {
+    // On a task of its own: a client that hangs up or times out does not cut the backup short
+    // (the server logs how it ended; `hoistway backup list` shows it).
+    let (backups, to) = (backups.clone(), request.to);
+    let outcome = tokio::spawn(async move { backups.run(&to).await })
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    match outcome {
         Ok(report) => Ok(Json(report).into_response()),
         Err(Error::Busy) => Err(Problem::conflict(Error::Busy.to_string())),
         Err(Error::Invalid(why)) => Err(Problem::new(

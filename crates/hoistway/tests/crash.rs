@@ -1083,6 +1083,39 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A client that hangs up does not cut its backup short: it completes on the server. With
+    // the stored files gone from the target, the backup copies each again (slowly, by the
+    // test hook), so it is still running when the client goes.
+    std::fs::remove_dir_all(target.join("files")).unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let body = format!(r#"{{"to": "{}"}}"#, target.to_str().unwrap());
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "POST /v1/backups HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            server.token,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let listed = || {
+        let out = tokio::task::block_in_place(|| {
+            cli(
+                &server,
+                &["backup", "list", "--from", target.to_str().unwrap()],
+            )
+        });
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    server
+        .eventually("the abandoned backup completes", || async {
+            let listed = listed();
+            listed.lines().count() == 2 && !listed.contains("incomplete")
+        })
+        .await;
 }
 
 /// Runs the simulator for `secs` and waits until every reading is acknowledged.
