@@ -925,18 +925,15 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
         "{second} {third}"
     );
 
-    let verify = tokio::task::block_in_place(|| {
-        cli(
-            &server,
-            &["backup", "verify", "--from", target.to_str().unwrap()],
-        )
-    });
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let verify = || {
+        tokio::task::block_in_place(|| {
+            cli(
+                &server,
+                &["backup", "verify", "--from", target.to_str().unwrap()],
+            )
+        })
+    };
+    let report = succeeded(&verify());
     assert_eq!(report["backups"].as_array().unwrap().len(), 3, "{report}");
 
     // The first backup, taken mid-run, restores to a data dir whose files and counters agree.
@@ -995,13 +992,7 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
         if dry_run {
             args.push("--dry-run");
         }
-        let out = tokio::task::block_in_place(|| cli(&server, &args));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        succeeded(&tokio::task::block_in_place(|| cli(&server, &args)))
     };
     let stored_files = || walk_files(&target.join("files")).len();
     let before_prune = stored_files();
@@ -1024,18 +1015,7 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
         third["reused_files"].as_u64().unwrap(),
         "the newest backup's files are left: {pruned}"
     );
-    let verify = tokio::task::block_in_place(|| {
-        cli(
-            &server,
-            &["backup", "verify", "--from", target.to_str().unwrap()],
-        )
-    });
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let report = succeeded(&verify());
     assert_eq!(
         report["backups"],
         serde_json::json!([third["id"]]),
@@ -1063,12 +1043,7 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&stored, bytes).unwrap();
-    let verify = tokio::task::block_in_place(|| {
-        cli(
-            &server,
-            &["backup", "verify", "--from", target.to_str().unwrap()],
-        )
-    });
+    let verify = verify();
     assert!(!verify.status.success());
     let name = stored.file_name().unwrap().to_str().unwrap();
     let said = String::from_utf8_lossy(&verify.stdout);
@@ -1235,4 +1210,14 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// The JSON a successful CLI command printed.
+fn succeeded(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
