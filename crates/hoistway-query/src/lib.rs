@@ -221,6 +221,26 @@ fn refusal(e: DataFusionError) -> Error {
     }
 }
 
+/// Runs a planning step. DataFusion's planner panics on some malformed statements (a scalar
+/// subquery with no column, `x > (SELECT FROM t)`, found by fuzzing the guard); such a panic
+/// becomes a refusal of the statement instead of a dropped connection.
+async fn guarded<T>(planning: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(planning)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Invalid(format!(
+                "this statement cannot be planned (DataFusion's planner failed: {why})"
+            )))
+        })
+}
+
 /// Customers whose sessions are kept ready; beyond it the cache starts over.
 const SCOPED_SESSIONS: usize = 1024;
 
@@ -881,9 +901,12 @@ impl QueryEngine {
             None => sql,
         };
         let ctx = self.context(caller).await?;
-        ctx.sql_with_options(sql, read_only())
-            .await
-            .map_err(refusal)
+        guarded(async {
+            ctx.sql_with_options(sql, read_only())
+                .await
+                .map_err(refusal)
+        })
+        .await
     }
 
     /// The tables and views `caller` may read, by name: (name, `TABLE` or `VIEW`, schema).
@@ -923,12 +946,15 @@ impl QueryEngine {
     ) -> Result<DataFrame> {
         let ctx = self.context(caller).await?;
         let state = ctx.state();
-        let plan = state
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-                statement,
-            )))
-            .await
-            .map_err(refusal)?;
+        let plan = guarded(async {
+            state
+                .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                    statement,
+                )))
+                .await
+                .map_err(refusal)
+        })
+        .await?;
         read_only().verify_plan(&plan).map_err(refusal)?;
         Ok(DataFrame::new(state, plan))
     }
