@@ -1380,12 +1380,7 @@ async fn a_backup_to_s3_restores_to_the_same_answers() {
         "--keep",
         "1",
     ]);
-    assert!(
-        prune.status.success(),
-        "{}",
-        String::from_utf8_lossy(&prune.stderr)
-    );
-    let pruned: serde_json::Value = serde_json::from_slice(&prune.stdout).unwrap();
+    let pruned = succeeded(&prune);
     assert_eq!(pruned["removed_backups"], serde_json::json!([first["id"]]));
     assert_eq!(pruned["kept"], serde_json::json!([second["id"]]));
     assert_eq!(pruned["removed_files"], 0, "{pruned}");

@@ -1171,12 +1171,7 @@ async fn a_point_in_time_restore_replays_the_archived_log_up_to_that_moment() {
             ],
         )
     });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = succeeded(&out);
     assert!(
         report["archived_segments"].as_u64().unwrap() > 0,
         "{report}"
@@ -1210,14 +1205,4 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
-}
-
-/// The JSON a successful CLI command printed.
-fn succeeded(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -515,3 +515,13 @@ pub fn debian_file(path: &str, package: &str) -> PathBuf {
     }
     PathBuf::from(path)
 }
+
+/// The JSON a successful CLI command printed.
+pub fn succeeded(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
