@@ -143,7 +143,14 @@ pub struct Sequencer {
     max_group: usize,
     dedup: HashMap<LiftId, LiftDedup>,
     feed: Option<mpsc::Sender<Vec<DurableRecord>>>,
+    /// Failed appends since the last warning: an outage of a distributed log fails every
+    /// group, and one line per group would bury the log.
+    unreported_failures: u64,
+    last_warned: Option<std::time::Instant>,
 }
+
+/// Within this long of a warning about failed appends, further failures are counted, not logged.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Sequencer {
     /// `dedup` must describe everything already in the log (the processor's state after replay
@@ -166,6 +173,8 @@ impl Sequencer {
             max_group: config.max_group.max(1),
             dedup,
             feed: None,
+            unreported_failures: 0,
+            last_warned: None,
         };
         (ingest, sequencer)
     }
@@ -246,7 +255,17 @@ impl Sequencer {
         let offsets = match appended {
             Ok(offsets) => offsets,
             Err(e) => {
-                tracing::warn!(error = %e, "log append failed; requests answered with an error");
+                metrics::counter!("hoistway_log_append_failures_total").increment(1);
+                self.unreported_failures += 1;
+                if self.last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(
+                        error = %e,
+                        failed_appends = self.unreported_failures,
+                        "log append failed; requests answered with an error (further failures within 5 s are counted, not logged)"
+                    );
+                    self.last_warned = Some(std::time::Instant::now());
+                    self.unreported_failures = 0;
+                }
                 let transient = e.is_transient();
                 let message = e.to_string();
                 for (reply, ..) in answers {

@@ -8,6 +8,7 @@
 //! contract. This crate does not know what a reading is, does not deduplicate and does not decide
 //! when a record may be dropped — consumers tell it with [`Log::truncate_before`].
 
+pub mod conformance;
 mod file;
 mod repair;
 mod segment;
@@ -65,12 +66,16 @@ pub enum Error {
     RecordTooLarge(usize),
     #[error("log i/o failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The log's servers cannot be reached or did not answer in time (a distributed log):
+    /// nothing is known to be wrong with the data; the caller tries again.
+    #[error("the log's servers are unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Error {
     /// Whether the caller may try again later (the log itself is healthy).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Write(_))
+        matches!(self, Error::Write(_) | Error::Unavailable(_))
     }
 }
 
@@ -109,4 +114,19 @@ pub trait Log: Send + Sync + 'static {
     fn size_bytes(&self) -> u64;
     /// Why the log refuses appends, if it does.
     fn poisoned(&self) -> Option<String>;
+    /// Why appends fail for now though nothing is wrong with the log (a distributed log's
+    /// servers out of reach), if they do: unlike [`poisoned`](Log::poisoned), it passes.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+    /// Why what this log acknowledges might not survive a failure it should (a replicated log
+    /// on too few replicas, a server release with known durability bugs), if so.
+    fn durability_unverified(&self) -> Option<String> {
+        None
+    }
+    /// Log entries from `from` to the durable end: records for a log with consecutive offsets,
+    /// messages (appends) for one that packs an append's records into a message.
+    fn entries_behind(&self, from: Offset) -> u64 {
+        self.durable_end().saturating_sub(from)
+    }
 }

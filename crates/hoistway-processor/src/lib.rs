@@ -59,6 +59,10 @@ pub enum Error {
         checkpoint: Offset,
         log_start: Offset,
     },
+    #[error(
+        "checkpoint is at offset {checkpoint} but the log ends at {log_end}: the checkpoint was taken over another log (a data dir moved between the file log and a JetStream stream?)"
+    )]
+    AheadOfLog { checkpoint: Offset, log_end: Offset },
     #[error("i/o failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -184,6 +188,14 @@ impl Processor {
             return Err(Error::Gap {
                 checkpoint: state.offset,
                 log_start: log.start(),
+            });
+        }
+        // A checkpoint only ever covers durable records: one past the log's end was taken
+        // over another log (the data dir moved between the file log and a JetStream stream).
+        if state.offset > log.durable_end() {
+            return Err(Error::AheadOfLog {
+                checkpoint: state.offset,
+                log_end: log.durable_end(),
             });
         }
         let discarded = {
@@ -492,7 +504,21 @@ impl Processor {
             }
             // Fed: the log is read only where the feed has a gap, or after it stayed quiet
             // while the log moved on (a group dropped at the end of a burst).
-            let n = self.step_from(self.feed.is_none() || quiet).await?;
+            let n = match self.step_from(self.feed.is_none() || quiet).await {
+                Ok(n) => n,
+                // A distributed log's servers out of reach: nothing is wrong with the data,
+                // so wait and read again rather than stop (a file log never says this).
+                Err(Error::Log(e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "reading the log failed; retrying");
+                    metrics::counter!("hoistway_processor_log_read_retries_total").increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             quiet = false;
             let ended = self
                 .in_flight

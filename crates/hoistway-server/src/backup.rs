@@ -34,7 +34,7 @@ pub async fn take(State(app): State<AppState>, body: Body) -> ApiResult<Response
     let request: BackupRequest = json_body(&bytes)?;
     let Some(backups) = &app.backups else {
         return Err(Problem::conflict(
-            "this process does not hold the data dir; ask the node that does",
+            "this server takes no backups: its log is a NATS JetStream stream (back the stream up with NATS), or it does not hold the data dir",
         ));
     };
     // On a task of its own: a client that hangs up or times out does not cut the backup short

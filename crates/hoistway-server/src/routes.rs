@@ -297,6 +297,10 @@ struct Replayed {
 struct Health {
     /// `alive` or `ready`.
     status: &'static str,
+    /// What is ready but not as it should be in production (e.g. a log whose durability
+    /// could not be verified).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 #[utoipa::path(post, path = "/v1/telemetry", summary = "Send readings",
@@ -906,7 +910,10 @@ async fn dlq_replay(
 
 #[utoipa::path(get, path = "/healthz", summary = "Liveness", responses((status = 200, description = "The process is alive", body = Health)))]
 async fn healthz() -> impl IntoResponse {
-    Json(Health { status: "alive" })
+    Json(Health {
+        status: "alive",
+        warnings: Vec::new(),
+    })
 }
 
 #[utoipa::path(get, path = "/readyz", summary = "Readiness", responses(
@@ -918,14 +925,18 @@ async fn readyz(State(app): State<AppState>) -> Response {
     if !app.accepting.load(Ordering::Acquire) {
         problems.push("shutting down".to_string());
     }
-    if let Some(why) = app.log.poisoned() {
+    if let Some(why) = app.log.poisoned().or_else(|| app.log.unavailable()) {
         problems.push(format!("log: {why}"));
     }
     if let Some(e) = app.ingest.backlogged() {
         problems.push(e.to_string());
     }
     if problems.is_empty() {
-        Json(Health { status: "ready" }).into_response()
+        Json(Health {
+            status: "ready",
+            warnings: app.log.durability_unverified().into_iter().collect(),
+        })
+        .into_response()
     } else {
         Problem::unavailable(problems.join("; "), app.limits.retry_after_secs).into_response()
     }
@@ -941,7 +952,7 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     metrics::gauge!("hoistway_log_bytes").set(app.log.size_bytes() as f64);
     metrics::gauge!("hoistway_log_durable_end_offset").set(end as f64);
     metrics::gauge!("hoistway_processor_lag_records")
-        .set(end.saturating_sub(progress.offset) as f64);
+        .set(app.log.entries_behind(progress.offset) as f64);
     metrics::gauge!("hoistway_processor_offset").set(progress.offset as f64);
     metrics::gauge!("hoistway_processor_checkpoint_age_seconds")
         .set(progress.last_checkpoint_at.elapsed().as_secs_f64());

@@ -30,6 +30,53 @@ pub struct Config {
     pub tls: TlsSettings,
     pub alerts: AlertSettings,
     pub backup: BackupSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// Running on distributed engines (docs/deploy.md). Empty: standalone, everything in the data
+/// dir.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// NATS servers whose JetStream holds the log, comma-separated (`nats://a:4222,nats://b:4222`).
+    /// Empty: the log is files in the data dir.
+    pub nats: String,
+    /// Replicas of the log's stream when this node creates it: 3 in production, 1 on a lone
+    /// server (which `/readyz` then reports as unverified durability).
+    pub nats_replicas: usize,
+    /// The NATS servers' monitoring URLs, comma-separated (`http://a:8222,http://b:8222`): read
+    /// at start to check each syncs before acknowledging. Empty: `/readyz` says that is unknown.
+    pub nats_monitor: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            nats: String::new(),
+            nats_replicas: 3,
+            nats_monitor: String::new(),
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The NATS server URLs, if the log is on JetStream.
+    pub fn nats_servers(&self) -> Vec<String> {
+        list(&self.nats)
+    }
+
+    pub fn nats_monitors(&self) -> Vec<String> {
+        list(&self.nats_monitor)
+    }
+}
+
+fn list(comma_separated: &str) -> Vec<String> {
+    comma_separated
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Backups (docs/operations.md): the default target, and continuous log archiving.
@@ -367,6 +414,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             alerts: AlertSettings::default(),
             backup: BackupSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }

@@ -40,6 +40,11 @@ pub fn long_version() -> String {
             format!("{} (log.segment_format)", hoistway_log::SEGMENT_VERSION),
         ),
         (
+            "JetStream message",
+            hoistway_jetstream::message::MESSAGE_VERSION.to_string(),
+            hoistway_jetstream::message::MESSAGE_VERSION.to_string(),
+        ),
+        (
             "log record",
             hoistway_ingest::record::VERSION.to_string(),
             hoistway_ingest::record::VERSION.to_string(),

@@ -47,25 +47,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = hoistway_server::install_metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-    let mut log_config = FileLogConfig::new(data.join("log"));
-    log_config.segment_bytes = config.log.segment_bytes;
-    log_config.write_version = config.log.segment_format;
-    // Opening reads and checks files: off the async runtime, like all startup I/O.
-    let (file_log, report) = tokio::task::spawn_blocking(move || FileLog::open(log_config))
-        .await?
-        .context("cannot open the log")?;
-    tracing::info!(
-        start = report.start,
-        end = report.end,
-        segments = report.segments,
-        truncated_bytes = report.truncated_bytes,
-        durable_mark = report.durable_mark,
-        "log opened"
-    );
-    let file_log = Arc::new(file_log);
-    let log: Arc<dyn Log> = file_log.clone();
+    let (log, file_log) = open_log(&config, &data).await?;
     // Pins the log before anything can truncate it: no segment goes before it is archived.
     let archiver = if config.backup.log_archive {
+        let file_log = file_log.clone().context(
+            "backup.log_archive archives the log's files, and with cluster.nats the log is a JetStream stream (back it up with NATS's stream backups)",
+        )?;
         let to = config.backup.target.trim();
         anyhow::ensure!(
             !to.is_empty(),
@@ -74,7 +61,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let target = backup_target(to, &config.storage.s3)
             .with_context(|| format!("cannot open the log archive at {to}"))?;
         Some(Arc::new(hoistway_backup::LogArchiver::new(
-            file_log.clone(),
+            file_log,
             target,
             Duration::from_secs(config.backup.log_archive_retention_days * 24 * 3600),
         )))
@@ -149,7 +136,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .context("cannot recover processor state")?
         .with_feed(feed_rx);
-    let backups = {
+    // A backup copies the log's files: with the log on JetStream, NATS backs the stream up.
+    let backups = file_log.map(|file_log| {
         let s3 = config.storage.s3.clone();
         let default_target = config.backup.target.trim().to_string();
         Arc::new(hoistway_backup::Backups::new(hoistway_backup::Sources {
@@ -172,7 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 backup_target(to, &s3).map_err(|e| format!("{e:#}"))
             }),
         }))
-    };
+    });
 
     let seq_config = SequencerConfig {
         window: config.window(),
@@ -271,7 +259,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         query,
         alerts: alerts.as_ref().map(|(a, _)| a.clone()),
-        backups: Some(backups),
+        backups,
         progress: processor.progress(),
         clock,
         limits: ApiLimits {
@@ -522,6 +510,67 @@ fn archive_tier(config: &Config) -> anyhow::Result<TierStore> {
         Location::Dir(path) => Ok(TierStore::local(path)?),
         Location::Remote(store) => Ok(TierStore::remote(store)),
     }
+}
+
+/// The log: files in the data dir, or the JetStream stream `cluster.nats` names (then without
+/// the file log, which backups and log archiving copy).
+async fn open_log(
+    config: &Config,
+    data: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn Log>, Option<Arc<FileLog>>)> {
+    let servers = config.cluster.nats_servers();
+    if !servers.is_empty() {
+        // The checkpoint and any unapplied records belong to the file log: refuse, not skip.
+        let files = data.join("log");
+        anyhow::ensure!(
+            !files.exists(),
+            "{} holds a file log, and cluster.nats puts the log on JetStream: moving a data dir from one log to the other \
+             is not supported yet (its processor checkpoint counts the file log's offsets); use a new data dir with cluster.nats",
+            files.display()
+        );
+        let mut js = hoistway_jetstream::JetStreamConfig::new(servers.clone(), 0);
+        js.replicas = config.cluster.nats_replicas.max(1);
+        js.max_bytes = Some(config.log.max_bytes);
+        js.monitors = config.cluster.nats_monitors();
+        let log = hoistway_jetstream::JetStreamLog::open(js)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the log on NATS JetStream at {}",
+                    servers.join(",")
+                )
+            })?;
+        let durability = log.durability();
+        tracing::info!(
+            stream = log.stream_name(),
+            start = log.start(),
+            end = log.durable_end(),
+            server_version = %durability.server_version,
+            replicas = durability.replicas,
+            "log opened on JetStream"
+        );
+        if let Some(why) = log.durability_unverified() {
+            tracing::warn!("{why}");
+        }
+        return Ok((Arc::new(log), None));
+    }
+    let mut log_config = FileLogConfig::new(data.join("log"));
+    log_config.segment_bytes = config.log.segment_bytes;
+    log_config.write_version = config.log.segment_format;
+    // Opening reads and checks files: off the async runtime, like all startup I/O.
+    let (file_log, report) = tokio::task::spawn_blocking(move || FileLog::open(log_config))
+        .await?
+        .context("cannot open the log")?;
+    tracing::info!(
+        start = report.start,
+        end = report.end,
+        segments = report.segments,
+        truncated_bytes = report.truncated_bytes,
+        durable_mark = report.durable_mark,
+        "log opened"
+    );
+    let file_log = Arc::new(file_log);
+    Ok((file_log.clone(), Some(file_log)))
 }
 
 /// Where an archive or a backup lives.

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::*;
 use hoistway_sim::{Ledger, SimConfig, Simulator, verify};
 use rand::{Rng, SeedableRng};
@@ -101,6 +102,103 @@ async fn acknowledged_readings_survive_repeated_kill_9() {
     stored_readings_match_the_ledger(&server, &ledger).await;
     eprintln!(
         "{total} readings acknowledged across 6 kills, {failed} failed requests retried, restarts took {restarts:?}"
+    );
+}
+
+/// The log on NATS JetStream (a private server on one replica) instead of the data dir: a fleet
+/// with outages and resends while the server is killed with SIGKILL twice and the NATS server
+/// once. Every acknowledged reading is counted and stored exactly once; `/readyz` is ready and
+/// says the durability of a lone server is unverified, and is not ready while NATS is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_process_dies() {
+    let mut nats =
+        hoistway_jetstream::testing::PrivateNats::start(env!("CARGO_TARGET_TMPDIR"), None);
+    let url = nats.url();
+    let monitor = nats.monitor_url();
+    let mut server = TestServer::start(&[
+        ("HOISTWAY_CLUSTER__NATS", url.as_str()),
+        ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1"),
+        ("HOISTWAY_CLUSTER__NATS_MONITOR", monitor.as_str()),
+        ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1"),
+    ]);
+    let ready = http(server.addr, "GET", "/readyz", &[], Bytes::new()).await;
+    let body = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, 200, "{body}");
+    assert!(
+        body.contains("durability unverified")
+            && body.contains("1 replica")
+            && !body.contains("sync"),
+        "{body}"
+    );
+    let run_for = Duration::from_secs(12);
+    let config = SimConfig {
+        lifts: 300,
+        speedup: 25.0,
+        connections: 8,
+        outage_rate: 0.02,
+        outage_readings: (2, 25),
+        duplicate_rate: 0.05,
+        request_timeout: Duration::from_secs(5),
+        planned_duration: Some(run_for),
+        seed: 11,
+        ..SimConfig::default()
+    };
+    let mut sim = Simulator::new(config, server.addr);
+    register(&server, &sim.registry_csv()).await;
+    let stats = sim.stats();
+    let (_stop_tx, stop) = watch::channel(false);
+    let running = tokio::spawn(async move {
+        sim.run(Some(run_for), stop).await;
+        sim
+    });
+    for step in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        if step == 1 {
+            tokio::task::block_in_place(|| nats.kill());
+            // not ready while NATS is out of reach, and saying why
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let ready = http(server.addr, "GET", "/readyz", &[], Bytes::new()).await;
+                let body = String::from_utf8_lossy(&ready.body).into_owned();
+                if ready.status == 503 {
+                    assert!(body.contains("not connected to NATS"), "{body}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "still ready without NATS: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::task::block_in_place(|| nats.restart());
+        } else {
+            tokio::task::block_in_place(|| {
+                server.kill9();
+                server.spawn();
+            });
+        }
+    }
+    let mut sim = running.await.unwrap();
+    assert!(
+        sim.drain(Duration::from_secs(60)).await,
+        "every buffered reading was acknowledged"
+    );
+    let ledger = sim.ledger().clone();
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+    assert!(
+        stats.failed_requests.load(Ordering::Relaxed) > 0,
+        "the kills never hit a request"
+    );
+    assert!(
+        ledger.total_readings() > 3_000,
+        "{}",
+        ledger.total_readings()
+    );
+    verified(&server, &ledger).await;
+    stored_readings_match_the_ledger(&server, &ledger).await;
+    assert!(
+        !server.data_dir().join("log").exists(),
+        "the log is the stream, not files"
     );
 }
 
