@@ -21,9 +21,8 @@
 //! What the server promises is checked, not assumed: [`JetStreamLog::durability`] says whether the
 //! server version and the stream's replicas are what durable acknowledgements need.
 
+pub mod local;
 pub mod message;
-#[doc(hidden)]
-pub mod testing;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -57,6 +56,9 @@ pub fn position_of(offset: Offset) -> (u64, usize) {
     )
 }
 
+/// The streams' name prefix unless configured otherwise.
+pub const DEFAULT_PREFIX: &str = "HOISTWAY_LOG";
+
 /// Where the log lives and how its stream is set up.
 #[derive(Debug, Clone)]
 pub struct JetStreamConfig {
@@ -83,12 +85,22 @@ pub struct JetStreamConfig {
 }
 
 impl JetStreamConfig {
-    /// The stream of `partition` on `servers`, with production defaults.
+    /// The stream of `partition` on `servers` (`HOISTWAY_LOG_<partition>`), with production
+    /// defaults.
     pub fn new(servers: Vec<String>, partition: u32) -> Self {
+        Self::named(servers, DEFAULT_PREFIX, partition)
+    }
+
+    /// The stream `<prefix>_<partition>` on subject `<prefix, lower case, _ as .>.<partition>`
+    /// (several deployments, or a benchmark, on one NATS account).
+    pub fn named(servers: Vec<String>, prefix: &str, partition: u32) -> Self {
         JetStreamConfig {
             servers,
-            stream: format!("HOISTWAY_LOG_{partition}"),
-            subject: format!("hoistway.log.{partition}"),
+            stream: format!("{prefix}_{partition}"),
+            subject: format!(
+                "{}.{partition}",
+                prefix.to_ascii_lowercase().replace('_', ".")
+            ),
             replicas: 3,
             max_bytes: None,
             duplicate_window: Duration::from_secs(120),

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hoistway_jetstream::local::LocalNats;
 use hoistway_jetstream::message::{self, MAX_RECORDS, MESSAGE_HEADER_LEN, MessageError};
-use hoistway_jetstream::testing::PrivateNats;
 use hoistway_jetstream::{
     Durability, JetStreamLog, OpenError, ServerReport, offset_of, position_of,
 };
 use hoistway_log::conformance::{check_log, payload, read_all};
 use hoistway_log::{Error, Log};
 
-const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+/// Where the pinned NATS server is installed.
+fn tmp() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+}
 
 #[test]
 fn offsets_name_a_message_and_a_record_in_it() {
@@ -35,7 +38,7 @@ fn offsets_name_a_message_and_a_record_in_it() {
 
 #[tokio::test]
 async fn jetstream_log_meets_the_contract() {
-    let nats = PrivateNats::start(TMP, None);
+    let nats = LocalNats::start(tmp(), None).unwrap();
     let log = JetStreamLog::open(nats.log_config(0)).await.unwrap();
     assert_eq!((log.start(), log.durable_end()), (0, 0));
     let durability = log.durability().clone();
@@ -60,7 +63,7 @@ async fn jetstream_log_meets_the_contract() {
 /// Several nodes append to one partition at once: every record is read once, at its offset.
 #[tokio::test]
 async fn several_nodes_write_one_partition() {
-    let nats = PrivateNats::start(TMP, None);
+    let nats = LocalNats::start(tmp(), None).unwrap();
     let mut nodes = Vec::new();
     for _ in 0..3 {
         nodes.push(Arc::new(
@@ -94,7 +97,7 @@ async fn several_nodes_write_one_partition() {
 
 #[tokio::test]
 async fn an_append_larger_than_a_message_is_split_in_order() {
-    let nats = PrivateNats::start(TMP, Some(4096));
+    let nats = LocalNats::start(tmp(), Some(4096)).unwrap();
     let log = JetStreamLog::open(nats.log_config(0)).await.unwrap();
     let records: Vec<Bytes> = (0..100).map(|i| Bytes::from(vec![i as u8; 200])).collect();
     let offsets = log.append(records.clone()).await.unwrap();
@@ -124,7 +127,7 @@ async fn an_append_larger_than_a_message_is_split_in_order() {
 /// keeps one copy and answers with its sequence.
 #[tokio::test]
 async fn a_retried_publish_is_stored_once() {
-    let nats = PrivateNats::start(TMP, None);
+    let nats = LocalNats::start(tmp(), None).unwrap();
     let log = JetStreamLog::open(nats.log_config(0)).await.unwrap();
     let body = message::encode(&[payload(1), payload(2)]);
     let first = log.publish("node-a-1", body.clone()).await.unwrap();
@@ -139,7 +142,7 @@ async fn a_retried_publish_is_stored_once() {
 
 #[tokio::test]
 async fn acknowledged_records_survive_a_kill_9_of_the_server() {
-    let mut nats = PrivateNats::start(TMP, None);
+    let mut nats = LocalNats::start(tmp(), None).unwrap();
     let log = JetStreamLog::open(nats.log_config(0)).await.unwrap();
     let mut written = Vec::new();
     for i in 0..200u64 {
@@ -147,7 +150,7 @@ async fn acknowledged_records_survive_a_kill_9_of_the_server() {
         let at = log.append(records.clone()).await.unwrap();
         written.extend(at.into_iter().zip(records));
     }
-    nats.restart();
+    nats.restart().unwrap();
     // a node that starts now sees every acknowledged record
     let deadline = Instant::now() + Duration::from_secs(20);
     let fresh = loop {
@@ -181,7 +184,7 @@ async fn acknowledged_records_survive_a_kill_9_of_the_server() {
 /// and drops none it holds; truncation makes room again.
 #[tokio::test]
 async fn the_byte_limit_refuses_appends_and_drops_nothing() {
-    let nats = PrivateNats::start(TMP, None);
+    let nats = LocalNats::start(tmp(), None).unwrap();
     let mut config = nats.log_config(0);
     config.max_bytes = Some(32 * 1024);
     let log = JetStreamLog::open(config).await.unwrap();
@@ -203,7 +206,7 @@ async fn the_byte_limit_refuses_appends_and_drops_nothing() {
 
 #[tokio::test]
 async fn a_damaged_or_newer_message_stops_the_reader() {
-    let nats = PrivateNats::start(TMP, None);
+    let nats = LocalNats::start(tmp(), None).unwrap();
     let log = JetStreamLog::open(nats.log_config(0)).await.unwrap();
     let good = log.append(vec![payload(1)]).await.unwrap();
     let mut damaged = message::encode(&[payload(2), payload(3)]).to_vec();
@@ -240,7 +243,7 @@ async fn a_damaged_or_newer_message_stops_the_reader() {
 
 #[tokio::test]
 async fn a_stream_that_could_expire_readings_is_refused() {
-    let nats = PrivateNats::start(TMP, None);
+    let nats = LocalNats::start(tmp(), None).unwrap();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let config = nats.log_config(0);

