@@ -498,6 +498,8 @@ impl Processor {
     /// configured interval and once more on the way out.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let mut quiet = false;
+        // Reads failing since this moment (an outage of a distributed log): warned once.
+        let mut unreachable_since: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -505,11 +507,22 @@ impl Processor {
             // Fed: the log is read only where the feed has a gap, or after it stayed quiet
             // while the log moved on (a group dropped at the end of a burst).
             let n = match self.step_from(self.feed.is_none() || quiet).await {
-                Ok(n) => n,
+                Ok(n) => {
+                    if let Some(since) = unreachable_since.take() {
+                        tracing::info!(
+                            after_ms = since.elapsed().as_millis() as u64,
+                            "reading the log works again"
+                        );
+                    }
+                    n
+                }
                 // A distributed log's servers out of reach: nothing is wrong with the data,
                 // so wait and read again rather than stop (a file log never says this).
                 Err(Error::Log(e)) if e.is_transient() => {
-                    tracing::warn!(error = %e, "reading the log failed; retrying");
+                    if unreachable_since.is_none() {
+                        tracing::warn!(error = %e, "reading the log failed; retrying until it works");
+                        unreachable_since = Some(Instant::now());
+                    }
                     metrics::counter!("hoistway_processor_log_read_retries_total").increment(1);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
