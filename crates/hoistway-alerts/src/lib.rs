@@ -45,6 +45,9 @@ pub use store::{
 pub enum Error {
     #[error("alert storage failed: {0}")]
     Storage(String),
+    /// The store cannot be reached now (a shared database down); worth retrying (503).
+    #[error("alert storage is unavailable: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]

@@ -3,7 +3,6 @@
 //! injected [`Clock`].
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use hoistway_model::{Clock, LiftId};
@@ -11,7 +10,7 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{KeyInfo, KeyRing};
+use crate::keys::{KeyInfo, KeyRing, KeyStore};
 use crate::roles::{Principal, Role};
 use crate::secret;
 use crate::store::{
@@ -77,6 +76,10 @@ pub struct AuthorityConfig {
     pub devices: DeviceMode,
     /// Shown in authenticator apps.
     pub issuer: String,
+    /// How often [`Authority::reread_shared`] should run: the bound on how long a lift's revocation or
+    /// a key rotation made on another node takes to reach this one. A rotated-in key is stored
+    /// for twice this before it signs.
+    pub refresh_secs: i64,
 }
 
 impl Default for AuthorityConfig {
@@ -91,7 +94,16 @@ impl Default for AuthorityConfig {
             verification_uri: "http://127.0.0.1:8080/activate".into(),
             devices: DeviceMode::Required,
             issuer: "Hoistway".into(),
+            refresh_secs: 2,
         }
+    }
+}
+
+impl AuthorityConfig {
+    /// How long a rotated-in key is stored before it signs: two refreshes, so every node has
+    /// read it first.
+    pub fn key_publish_us(&self) -> i64 {
+        2 * self.refresh_secs.max(0) * US
     }
 }
 
@@ -151,35 +163,81 @@ struct Verified {
 pub struct Authority {
     store: Arc<dyn AuthStore>,
     keys: RwLock<KeyRing>,
+    key_store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
     config: AuthorityConfig,
     /// Per lift: tokens issued before this are refused; mode override.
     devices: RwLock<HashMap<LiftId, Device>>,
+    /// The store's device revision `devices` reflects.
+    devices_rev: Mutex<i64>,
+    /// Why the last [`Self::reread_shared`] failed, if it did.
+    reread_failure: Mutex<Option<String>>,
     cache: Mutex<HashMap<Box<str>, Verified>>,
 }
 
 impl Authority {
-    /// Opens the authority over `store`, with signing keys in `keys_path` (created if missing).
+    /// Opens the authority over `store`, with signing keys in `key_store` (the first one made if
+    /// there is none).
     pub fn open(
         store: Arc<dyn AuthStore>,
-        keys_path: &Path,
+        key_store: Arc<dyn KeyStore>,
         clock: Arc<dyn Clock>,
         config: AuthorityConfig,
     ) -> Result<Self> {
-        let keys = KeyRing::open(keys_path, clock.now_us())?;
-        let devices = store
-            .devices()?
+        let keys = KeyRing::open(&*key_store, clock.now_us(), config.key_publish_us())?;
+        let (devices, rev) = store.devices_since(None)?;
+        let devices = devices
             .into_iter()
             .map(|d| (d.lift_id.clone(), d))
             .collect();
         Ok(Self {
             store,
             keys: RwLock::new(keys),
+            key_store,
             clock,
             config,
             devices: RwLock::new(devices),
+            devices_rev: Mutex::new(rev),
+            reread_failure: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Reads what other nodes may have changed: the signing keys and the lifts' credentials
+    /// (revocations, re-approvals, mode overrides). Blocking; run it every
+    /// [`AuthorityConfig::refresh_secs`]. Returns how many lifts changed.
+    pub fn reread_shared(&self) -> Result<usize> {
+        let result = self.reread();
+        *self.reread_failure.lock() = result.as_ref().err().map(|e| {
+            format!("auth: cannot reread shared state ({e}); revocations made on other nodes wait")
+        });
+        result
+    }
+
+    /// Why this node's view of shared auth state may be stale (the last reread failed).
+    pub fn stale_shared_state(&self) -> Option<String> {
+        self.reread_failure.lock().clone()
+    }
+
+    fn reread(&self) -> Result<usize> {
+        // Read the keys first, so a key is known before any token a rotation elsewhere signed.
+        // Read outside the lock: verifying goes on meanwhile.
+        let stored = self.key_store.load()?;
+        let reloaded = self.keys.write().reload(stored)?;
+        if reloaded {
+            tracing::info!("token signing keys reloaded");
+        }
+        let mut rev = self.devices_rev.lock();
+        let (changed, newest) = self.store.devices_since(Some(*rev))?;
+        let n = changed.len();
+        if n > 0 {
+            let mut devices = self.devices.write();
+            for d in changed {
+                devices.insert(d.lift_id.clone(), d);
+            }
+        }
+        *rev = newest.max(*rev);
+        Ok(n)
     }
 
     pub fn config(&self) -> &AuthorityConfig {
@@ -510,7 +568,7 @@ impl Authority {
             iat_us: now,
         };
         let keys = self.keys.read();
-        let (kid, key) = keys.signing();
+        let (kid, key) = keys.signing(now);
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(kid.to_string());
         jsonwebtoken::encode(&header, &claims, key).map_err(|e| Error::Keys(e.to_string()))
@@ -698,16 +756,16 @@ impl Authority {
 
     pub fn rotate_keys(&self) -> Result<String> {
         let now = self.now();
-        let kid = self
-            .keys
-            .write()
-            .rotate(now, self.config.access_token_secs * US)?;
+        let kid =
+            self.keys
+                .write()
+                .rotate(&*self.key_store, now, self.config.access_token_secs * US)?;
         tracing::info!(kid, "token signing key rotated");
         Ok(kid)
     }
 
     pub fn keys(&self) -> Vec<KeyInfo> {
-        self.keys.read().list()
+        self.keys.read().list(self.now())
     }
 
     // ---- audit -----------------------------------------------------------------------------

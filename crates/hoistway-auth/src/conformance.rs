@@ -1,9 +1,10 @@
-//! The behaviour every [`AuthStore`] implementation must show. Call [`check`] on a fresh, empty
-//! store; it panics on the first difference.
+//! The behaviour every [`AuthStore`] and [`KeyStore`] implementation must show. Call [`check`]
+//! and [`check_keys`] on fresh, empty stores; they panic on the first difference.
 
 use hoistway_model::LiftId;
 
 use crate::Error;
+use crate::keys::{KeyStore, StoredKey};
 use crate::roles::Role;
 use crate::store::{
     AuthStore, Device, DeviceGrant, GrantKey, GrantState, RefreshToken, Token, TokenKind, User,
@@ -342,5 +343,146 @@ fn devices(store: &dyn AuthStore) {
         .into_iter()
         .map(|d| d.lift_id)
         .collect();
-    assert_eq!(ids, [LiftId::new("L-0").unwrap(), lift]);
+    assert_eq!(ids, [LiftId::new("L-0").unwrap(), lift.clone()]);
+
+    // Revisions: every write is after the revision a reader saw, and a reader sees each once.
+    let (all, rev) = store.devices_since(None).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(rev > 0, "a written store has a revision");
+    assert!(store.devices_since(Some(rev)).unwrap().0.is_empty());
+    assert_eq!(store.devices_since(Some(rev)).unwrap().1, rev);
+    let mut revoked = d.clone();
+    revoked.not_before_us = Some(7);
+    store.put_device(&revoked).unwrap();
+    let (changed, newer) = store.devices_since(Some(rev)).unwrap();
+    assert_eq!(changed, [revoked.clone()]);
+    assert!(newer > rev);
+    assert!(store.devices_since(Some(newer)).unwrap().0.is_empty());
+    // An older reader gets the newest body once, not one per write.
+    store.put_device(&d).unwrap();
+    let (changed, _) = store.devices_since(Some(rev)).unwrap();
+    assert_eq!(changed, [d]);
+}
+
+fn key(kid: &str, created_us: i64) -> StoredKey {
+    StoredKey {
+        kid: kid.into(),
+        secret: "c2VjcmV0".into(),
+        created_us,
+        retired_us: None,
+    }
+}
+
+/// Runs every check against `store`, which must start empty.
+pub fn check_keys(store: &dyn KeyStore) {
+    assert!(store.load().unwrap().is_empty());
+    // A closure that declines to write leaves nothing.
+    let seen = store
+        .update(&mut |keys| {
+            keys.push(key("dropped", 0));
+            Ok(false)
+        })
+        .unwrap();
+    assert_eq!(seen.len(), 1, "update returns what the closure left");
+    assert!(store.load().unwrap().is_empty(), "nothing was written");
+    let stored = store
+        .update(&mut |keys| {
+            keys.push(key("a", 1));
+            keys.push(key("b", 2));
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(store.load().unwrap(), stored);
+    // Order is kept, and a retirement is stored.
+    store
+        .update(&mut |keys| {
+            keys[1].retired_us = Some(3);
+            keys.remove(0);
+            keys.push(key("c", 3));
+            Ok(true)
+        })
+        .unwrap();
+    let kids: Vec<_> = store.load().unwrap().into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids, ["b", "c"]);
+    assert_eq!(store.load().unwrap()[0].retired_us, Some(3));
+    // A closure's error aborts the update and is returned.
+    let err = store
+        .update(&mut |keys| {
+            keys.clear();
+            Err(Error::Keys("no".into()))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Keys(_)), "{err}");
+    assert_eq!(store.load().unwrap().len(), 2);
+}
+
+/// Two nodes over one shared state: `a` and `b` are [`crate::Authority`]s opened (in that order)
+/// over the same stores, with the same config, both reading `clock`. Checks that each verifies
+/// the other's tokens and that a revocation or a key rotation on one reaches the other at its
+/// next [`crate::Authority::reread_shared`].
+pub fn check_shared(
+    a: &crate::Authority,
+    b: &crate::Authority,
+    clock: &hoistway_model::ManualClock,
+) {
+    let lift = LiftId::new("L-SHARED").unwrap();
+    assert_eq!(a.keys(), b.keys(), "one key ring");
+
+    // A lift's token from one node is good on the other; a revocation on one reaches the other
+    // at its next reread, not before (it verifies from memory).
+    let token = a.access_token(&lift).unwrap();
+    assert_eq!(b.verify_device(&token).unwrap(), lift);
+    clock.advance_secs(1);
+    a.revoke_device(&lift, "admin").unwrap();
+    assert!(a.verify_device(&token).is_err(), "refused where revoked");
+    assert!(b.reread_shared().unwrap() >= 1, "the revocation is read");
+    assert!(
+        matches!(b.verify_device(&token), Err(Error::Unauthenticated(_))),
+        "refused on the other node after its reread"
+    );
+    assert_eq!(b.reread_shared().unwrap(), 0, "each change is read once");
+
+    // A key rotated on one node signs only once published; by then the other has read it.
+    let before = a.keys();
+    let kid = b.rotate_keys().unwrap();
+    let other = LiftId::new("L-OTHER").unwrap();
+    let early = b.access_token(&other).unwrap();
+    assert_eq!(
+        a.verify_device(&early).unwrap(),
+        other,
+        "the old key signs until the new one is published"
+    );
+    a.reread_shared().unwrap();
+    assert_ne!(a.keys(), before);
+    clock.advance_secs(a.config().key_publish_us() / 1_000_000);
+    let late = b.access_token(&other).unwrap();
+    let header = jsonwebtoken::decode_header(&late).unwrap();
+    assert_eq!(
+        header.kid.as_deref(),
+        Some(kid.as_str()),
+        "the new key signs"
+    );
+    assert_eq!(a.verify_device(&late).unwrap(), other);
+    assert_eq!(
+        a.verify_device(&early).unwrap(),
+        other,
+        "old tokens still hold"
+    );
+    assert_eq!(a.keys(), b.keys());
+
+    // Staff: an account and a token made on one node work on the other at once, and a
+    // revocation on one holds on the other at once (tokens are looked up in the store).
+    a.create_user(
+        "shared-ops",
+        "correct horse battery",
+        crate::Role::Viewer,
+        None,
+    )
+    .unwrap();
+    let session = b
+        .login("shared-ops", "correct horse battery", None)
+        .unwrap();
+    assert!(a.authenticate(&session.token).is_ok());
+    a.revoke_token("shared-ops", &session.record.id).unwrap();
+    assert!(b.authenticate(&session.token).is_err());
 }

@@ -1,8 +1,12 @@
-//! The keys that sign access tokens: `keys.json` in the auth dir, created on first start with mode
-//! 0600.
+//! The keys that sign access tokens, and the [`KeyStore`] seam to where they live.
 //!
-//! The newest key signs. Rotation adds a key and retires the previous one, which still verifies
-//! until every token it signed has expired, and is then dropped. The file carries a `format`.
+//! The newest published key signs. Rotation adds a key and retires the previous one, which
+//! still verifies until every token it signed has expired, and is then dropped. Every node must
+//! verify every other node's tokens, so in a cluster the keys are shared state: a key added by a
+//! rotation is *published* (stored, and read by every node within its refresh interval) for
+//! `publish_us` before it signs, so no node meets a token signed by a key it has not read yet.
+//!
+//! [`FileKeyStore`] keeps them in `keys.json` in the auth dir (mode 0600, with a `format`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{DecodingKey, EncodingKey};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -17,14 +22,38 @@ use crate::{Error, Result};
 /// The `keys.json` format this build writes and the newest it reads.
 pub const FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredKey {
-    kid: String,
+/// A signing key as stored.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub kid: String,
     /// 256-bit HMAC key, base64.
-    secret: String,
-    created_us: i64,
+    pub secret: String,
+    pub created_us: i64,
     /// When a newer key took over signing.
-    retired_us: Option<i64>,
+    pub retired_us: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("created_us", &self.created_us)
+            .field("retired_us", &self.retired_us)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The seam to where signing keys live.
+pub trait KeyStore: Send + Sync + 'static {
+    /// The stored keys, oldest first (empty before the first start).
+    fn load(&self) -> Result<Vec<StoredKey>>;
+    /// Read-modify-write of the whole set under one lock or transaction, so two nodes starting or
+    /// rotating at once never both add a key: `f` sees the stored keys and returns whether to
+    /// write them back. Returns the keys as stored afterwards. Durable when it returns.
+    fn update(
+        &self,
+        f: &mut dyn FnMut(&mut Vec<StoredKey>) -> Result<bool>,
+    ) -> Result<Vec<StoredKey>>;
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,20 +62,81 @@ struct KeyFile {
     keys: Vec<StoredKey>,
 }
 
+/// [`KeyStore`] in a 0600 JSON file (one process).
+pub struct FileKeyStore {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl FileKeyStore {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn read(&self) -> Result<Vec<StoredKey>> {
+        let path = &self.path;
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let file: KeyFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Keys(format!("{} is unreadable: {e}", path.display())))?;
+                if file.format > FORMAT {
+                    return Err(Error::Format {
+                        file: path.display().to_string(),
+                        version: file.format,
+                        reads: FORMAT,
+                    });
+                }
+                Ok(file.keys)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::Keys(format!("reading {}: {e}", path.display()))),
+        }
+    }
+}
+
+impl KeyStore for FileKeyStore {
+    fn load(&self) -> Result<Vec<StoredKey>> {
+        let _guard = self.lock.lock();
+        self.read()
+    }
+
+    fn update(
+        &self,
+        f: &mut dyn FnMut(&mut Vec<StoredKey>) -> Result<bool>,
+    ) -> Result<Vec<StoredKey>> {
+        let _guard = self.lock.lock();
+        let mut keys = self.read()?;
+        if f(&mut keys)? {
+            let file = KeyFile {
+                format: FORMAT,
+                keys: keys.clone(),
+            };
+            let bytes = serde_json::to_vec_pretty(&file).expect("serialisable");
+            write_private(&self.path, &bytes)
+                .map_err(|e| Error::Keys(format!("writing {}: {e}", self.path.display())))?;
+        }
+        Ok(keys)
+    }
+}
+
 struct Key {
     stored: StoredKey,
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
 
-/// Signing keys, newest last.
+/// The signing keys in memory, oldest first, as last read from a [`KeyStore`].
 pub struct KeyRing {
-    path: PathBuf,
     keys: Vec<Key>,
+    /// How long a new key is stored before it signs.
+    publish_us: i64,
 }
 
 /// A key as listed (no secret).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub kid: String,
     pub created_us: i64,
@@ -71,63 +161,70 @@ fn load_key(stored: StoredKey) -> Result<Key> {
     })
 }
 
-fn new_key(now_us: i64) -> Result<Key> {
-    load_key(StoredKey {
+fn new_key(now_us: i64) -> StoredKey {
+    StoredKey {
         kid: crate::secret::random_id(),
         secret: STANDARD.encode(crate::secret::random_bytes(32)),
         created_us: now_us,
         retired_us: None,
-    })
+    }
 }
 
 impl KeyRing {
-    /// Opens `path`, creating it with one new key if it does not exist.
-    pub fn open(path: &Path, now_us: i64) -> Result<Self> {
-        let keys = match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: KeyFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Keys(format!("{} is unreadable: {e}", path.display())))?;
-                if file.format > FORMAT {
-                    return Err(Error::Format {
-                        file: path.display().to_string(),
-                        version: file.format,
-                        reads: FORMAT,
-                    });
-                }
-                file.keys
-                    .into_iter()
-                    .map(load_key)
-                    .collect::<Result<Vec<_>>>()?
+    /// Reads the keys from `store`, adding the first one if there is none. A ring's only key
+    /// signs at once: no node can hold tokens of a ring that did not exist.
+    pub fn open(store: &dyn KeyStore, now_us: i64, publish_us: i64) -> Result<Self> {
+        let mut created = false;
+        let stored = store.update(&mut |keys| {
+            if keys.is_empty() {
+                keys.push(new_key(now_us));
+                created = true;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::Keys(format!("reading {}: {e}", path.display()))),
-        };
-        let mut ring = Self {
-            path: path.to_path_buf(),
-            keys,
-        };
-        if ring.keys.is_empty() {
-            ring.keys.push(new_key(now_us)?);
-            ring.save()?;
-            tracing::info!(path = %path.display(), "created a token signing key");
+            Ok(created)
+        })?;
+        if created {
+            tracing::info!("created a token signing key");
         }
-        Ok(ring)
+        Self::from_stored(stored, publish_us)
     }
 
-    fn save(&self) -> Result<()> {
-        let file = KeyFile {
-            format: FORMAT,
-            keys: self.keys.iter().map(|k| k.stored.clone()).collect(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).expect("serialisable");
-        write_private(&self.path, &bytes)
-            .map_err(|e| Error::Keys(format!("writing {}: {e}", self.path.display())))
+    fn from_stored(stored: Vec<StoredKey>, publish_us: i64) -> Result<Self> {
+        if stored.is_empty() {
+            return Err(Error::Keys("the key store holds no signing key".into()));
+        }
+        Ok(Self {
+            keys: stored.into_iter().map(load_key).collect::<Result<_>>()?,
+            publish_us,
+        })
     }
 
-    /// The signing key: its id and key.
-    pub fn signing(&self) -> (&str, &EncodingKey) {
-        let k = self.keys.last().expect("a key ring is never empty");
+    /// Takes the keys as read again from the store (another node may have rotated them).
+    /// Returns whether they changed.
+    pub fn reload(&mut self, stored: Vec<StoredKey>) -> Result<bool> {
+        let same = stored.len() == self.keys.len()
+            && stored.iter().zip(&self.keys).all(|(s, k)| *s == k.stored);
+        if !same {
+            *self = Self::from_stored(stored, self.publish_us)?;
+        }
+        Ok(!same)
+    }
+
+    /// The signing key at `now_us`: the newest one published for `publish_us`, else the oldest.
+    pub fn signing(&self, now_us: i64) -> (&str, &EncodingKey) {
+        let k = self
+            .keys
+            .iter()
+            .rev()
+            .find(|k| k.stored.created_us + self.publish_us <= now_us)
+            .or(self.keys.first())
+            .expect("a key ring is never empty");
         (&k.stored.kid, &k.encoding)
+    }
+
+    /// Until when a key retired at `retired_us` may have signed tokens that still verify.
+    fn verifies_until(&self, retired_us: i64, max_token_us: i64) -> i64 {
+        // It signs on until its successor is published.
+        retired_us + self.publish_us + max_token_us
     }
 
     /// The key with id `kid`, if it still verifies at `now_us`.
@@ -138,39 +235,46 @@ impl KeyRing {
             .filter(|k| {
                 k.stored
                     .retired_us
-                    .is_none_or(|r| now_us < r + max_token_us)
+                    .is_none_or(|r| now_us < self.verifies_until(r, max_token_us))
             })
             .map(|k| &k.decoding)
     }
 
-    /// Adds a new signing key, retires the current one and drops keys whose tokens have all
-    /// expired. Returns the new key's id.
-    pub fn rotate(&mut self, now_us: i64, max_token_us: i64) -> Result<String> {
-        if let Some(current) = self.keys.last_mut() {
-            current.stored.retired_us = Some(now_us);
-        }
-        self.keys.retain(|k| {
-            k.stored
-                .retired_us
-                .is_none_or(|r| now_us < r + max_token_us)
-        });
-        let key = new_key(now_us)?;
-        let kid = key.stored.kid.clone();
-        self.keys.push(key);
-        self.save()?;
+    /// Adds a new key, which signs once published, retires the current one and drops keys whose
+    /// tokens have all expired. Returns the new key's id.
+    pub fn rotate(
+        &mut self,
+        store: &dyn KeyStore,
+        now_us: i64,
+        max_token_us: i64,
+    ) -> Result<String> {
+        let key = new_key(now_us);
+        let kid = key.kid.clone();
+        let publish_us = self.publish_us;
+        let stored = store.update(&mut |keys| {
+            if let Some(current) = keys.last_mut() {
+                current.retired_us = Some(now_us);
+            }
+            keys.retain(|k| {
+                k.retired_us
+                    .is_none_or(|r| now_us < r + publish_us + max_token_us)
+            });
+            keys.push(key.clone());
+            Ok(true)
+        })?;
+        *self = Self::from_stored(stored, publish_us)?;
         Ok(kid)
     }
 
-    pub fn list(&self) -> Vec<KeyInfo> {
-        let n = self.keys.len();
+    pub fn list(&self, now_us: i64) -> Vec<KeyInfo> {
+        let signing = self.signing(now_us).0.to_string();
         self.keys
             .iter()
-            .enumerate()
-            .map(|(i, k)| KeyInfo {
+            .map(|k| KeyInfo {
                 kid: k.stored.kid.clone(),
                 created_us: k.stored.created_us,
                 retired_us: k.stored.retired_us,
-                signing: i + 1 == n,
+                signing: k.stored.kid == signing,
             })
             .collect()
     }
@@ -203,17 +307,30 @@ mod tests {
     fn created_private_then_rotated_with_the_old_key_verifying_until_its_tokens_expire() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth/keys.json");
-        let mut ring = KeyRing::open(&path, 0).unwrap();
+        let store = FileKeyStore::new(&path);
+        let publish = 5;
+        let mut ring = KeyRing::open(&store, 0, publish).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let first = ring.signing().0.to_string();
+        let first = ring.signing(0).0.to_string();
         let hour = 3_600_000_000;
-        let second = ring.rotate(10, hour).unwrap();
-        assert_eq!(ring.signing().0, second);
-        assert!(ring.verifying(&first, 10 + hour - 1, hour).is_some());
-        assert!(ring.verifying(&first, 10 + hour, hour).is_none());
-        let reopened = KeyRing::open(&path, 20).unwrap();
-        assert_eq!(reopened.signing().0, second);
-        assert_eq!(reopened.list().len(), 2);
+        let second = ring.rotate(&store, 10, hour).unwrap();
+        // Published first: the old key signs until then.
+        assert_eq!(ring.signing(10 + publish - 1).0, first);
+        assert_eq!(ring.signing(10 + publish).0, second);
+        assert!(
+            ring.verifying(&first, 10 + publish + hour - 1, hour)
+                .is_some()
+        );
+        assert!(ring.verifying(&first, 10 + publish + hour, hour).is_none());
+        let reopened = KeyRing::open(&store, 20, publish).unwrap();
+        assert_eq!(reopened.signing(20).0, second);
+        assert_eq!(reopened.list(20).len(), 2);
+    }
+
+    #[test]
+    fn the_file_store_passes_the_key_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::conformance::check_keys(&FileKeyStore::new(&dir.path().join("keys.json")));
     }
 }

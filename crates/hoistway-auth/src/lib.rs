@@ -7,8 +7,10 @@
 //!
 //! State lives behind [`AuthStore`] (users, tokens, device grants, refresh tokens, lift
 //! credentials); [`SqliteAuthStore`] is the embedded implementation and [`conformance::check`] the
-//! suite every implementation passes. Access tokens are HS256 JWTs signed with a [`KeyRing`] kept in
-//! a 0600 file. This crate knows nothing of HTTP: the server maps [`Error`] to responses.
+//! suite every implementation passes. Access tokens are HS256 JWTs signed with a [`KeyRing`] read
+//! from a [`KeyStore`] ([`FileKeyStore`]: a 0600 file; [`conformance::check_keys`]). Several nodes
+//! may share both stores: [`Authority::reread_shared`] rereads what the others changed. This crate knows
+//! nothing of HTTP: the server maps [`Error`] to responses.
 
 pub mod authority;
 pub mod conformance;
@@ -24,7 +26,7 @@ pub use authority::{
     Authority, AuthorityConfig, DeviceAuthorization, DeviceMode, IssuedToken, TokenPair,
     TotpEnrolment,
 };
-pub use keys::{KeyInfo, KeyRing};
+pub use keys::{FileKeyStore, KeyInfo, KeyRing, KeyStore, StoredKey};
 pub use roles::{Access, Principal, Role};
 pub use sqlite::SqliteAuthStore;
 pub use store::{
@@ -36,6 +38,9 @@ pub use store::{
 pub enum Error {
     #[error("auth storage failed: {0}")]
     Storage(String),
+    /// The store cannot be reached now (a shared database down); worth retrying (503).
+    #[error("auth storage is unavailable: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]

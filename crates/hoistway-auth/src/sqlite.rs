@@ -17,7 +17,7 @@ use crate::store::{
 use crate::{Error, Result};
 
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE audit ADD COLUMN customer TEXT;
     CREATE INDEX audit_customer ON audit (customer, id);
+",
+    "
+    ALTER TABLE devices ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    UPDATE devices SET rev = rowid;
+    CREATE INDEX devices_rev ON devices (rev);
 ",
 ];
 
@@ -377,6 +382,24 @@ impl AuthStore for SqliteAuthStore {
         self.all("SELECT body FROM devices ORDER BY lift_id", None)
     }
 
+    fn devices_since(&self, after: Option<i64>) -> Result<(Vec<Device>, i64)> {
+        let conn = self.conn.lock();
+        let newest: i64 = conn
+            .query_row("SELECT coalesce(max(rev), 0) FROM devices", [], |r| {
+                r.get(0)
+            })
+            .map_err(storage)?;
+        let mut stmt = conn
+            .prepare("SELECT body FROM devices WHERE rev > ?1 ORDER BY rev")
+            .map_err(storage)?;
+        let bodies: Vec<String> = stmt
+            .query_map([after.unwrap_or(-1)], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(storage)?;
+        let devices = bodies.iter().map(|b| from_json(b)).collect::<Result<_>>()?;
+        Ok((devices, newest))
+    }
+
     fn append_audit(&self, event: &AuditEvent) -> Result<i64> {
         self.append_audit_row(event).map_err(storage)
     }
@@ -387,9 +410,11 @@ impl AuthStore for SqliteAuthStore {
 
     fn put_device(&self, device: &Device) -> Result<()> {
         let conn = self.conn.lock();
+        // One connection: revisions are taken and committed in order.
         conn.execute(
-            "INSERT INTO devices (lift_id, body) VALUES (?1, ?2)
-             ON CONFLICT (lift_id) DO UPDATE SET body = excluded.body",
+            "INSERT INTO devices (lift_id, body, rev)
+             VALUES (?1, ?2, (SELECT coalesce(max(rev), 0) + 1 FROM devices))
+             ON CONFLICT (lift_id) DO UPDATE SET body = excluded.body, rev = excluded.rev",
             params![device.lift_id.as_str(), to_json(device)],
         )
         .map(|_| ())

@@ -231,7 +231,13 @@ pub trait AuthStore: Send + Sync + 'static {
     fn device(&self, lift: &LiftId) -> Result<Option<Device>>;
     /// Every lift with credentials state, by id.
     fn devices(&self) -> Result<Vec<Device>>;
+    /// Stores a lift's credentials state under a new revision, greater than every earlier one.
+    /// A revision is visible only once every smaller one is, so readers that follow
+    /// [`Self::devices_since`] miss no write.
     fn put_device(&self, device: &Device) -> Result<()>;
+    /// The lifts written after revision `after` (`None`: all of them), each as last written, and
+    /// the newest revision (0 for a store never written). How other nodes learn of a revocation.
+    fn devices_since(&self, after: Option<i64>) -> Result<(Vec<Device>, i64)>;
 
     /// Appends an event (its `id` is ignored); returns the id given.
     fn append_audit(&self, event: &AuditEvent) -> Result<i64>;

@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hoistway_auth::authority::{API_TOKEN_PREFIX, SESSION_PREFIX};
 use hoistway_auth::{
-    Access, Authority, AuthorityConfig, Error, Principal, Role, SqliteAuthStore, totp,
+    Access, Authority, AuthorityConfig, Error, FileKeyStore, Principal, Role, SqliteAuthStore, totp,
 };
 use hoistway_model::time::ManualClock;
 use hoistway_model::{Clock, LiftId};
@@ -25,7 +25,7 @@ fn fixture() -> Fixture {
     let clock = Arc::new(ManualClock::new(T0));
     let auth = Authority::open(
         store,
-        &dir.path().join("keys.json"),
+        Arc::new(FileKeyStore::new(&dir.path().join("keys.json"))),
         clock.clone() as Arc<dyn Clock>,
         AuthorityConfig::default(),
     )
@@ -54,6 +54,23 @@ fn the_sqlite_store_passes_the_conformance_suite() {
     let store = SqliteAuthStore::open(&dir.path().join("auth.sqlite3")).unwrap();
     hoistway_auth::conformance::check(&store);
     hoistway_auth::conformance::check(&SqliteAuthStore::in_memory().unwrap());
+}
+
+#[test]
+fn two_nodes_over_one_store_share_tokens_and_revocations_reach_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let node = || {
+        Authority::open(
+            Arc::new(SqliteAuthStore::open(&dir.path().join("auth.sqlite3")).unwrap()),
+            Arc::new(FileKeyStore::new(&dir.path().join("keys.json"))),
+            clock.clone() as Arc<dyn Clock>,
+            AuthorityConfig::default(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (node(), node());
+    hoistway_auth::conformance::check_shared(&a, &b, &clock);
 }
 
 #[test]

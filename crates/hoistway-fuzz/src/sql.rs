@@ -74,7 +74,7 @@ fn open() -> Guard {
             hoistway_auth::SqliteAuthStore::open(&dir.join("auth.sqlite3")).expect("auth store");
         let authority = hoistway_auth::Authority::open(
             Arc::new(auth_store),
-            &dir.join("keys.json"),
+            Arc::new(hoistway_auth::FileKeyStore::new(&dir.join("keys.json"))),
             clock,
             Default::default(),
         )

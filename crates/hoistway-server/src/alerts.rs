@@ -39,6 +39,7 @@ fn problem(e: AlertError) -> Problem {
                 .collect(),
         ),
         e @ AlertError::Storage(_) => Problem::internal(&e),
+        AlertError::Unavailable(m) => Problem::unavailable(m, 2),
     }
 }
 

@@ -84,6 +84,7 @@ pub fn problem(e: AuthError) -> Problem {
             }],
         ),
         AuthError::OAuth { code, description } => Problem::oauth(code, description),
+        AuthError::Unavailable(_) => Problem::unavailable(e.to_string(), 2),
         other @ (AuthError::Storage(_) | AuthError::Format { .. } | AuthError::Keys(_)) => {
             Problem::internal(&other)
         }
@@ -1208,7 +1209,7 @@ pub async fn keys(State(app): State<AppState>) -> ApiResult<Response> {
 }
 
 #[utoipa::path(post, path = "/v1/auth/keys/rotate", summary = "Rotate the token signing key",
-    responses((status = 200, description = "A new signing key; older ones verify until their tokens expire", body = Keys)))]
+    responses((status = 200, description = "A new signing key, which signs after twice auth.refresh_secs; older ones verify until their tokens expire", body = Keys)))]
 pub async fn keys_rotate(
     State(app): State<AppState>,
     principal: Option<axum::Extension<Principal>>,
@@ -1394,7 +1395,8 @@ pub(crate) struct Users {
 /// The token signing keys (no secrets).
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Keys {
-    /// After a rotation: the new signing key's id.
+    /// After a rotation: the new key's id. It signs once every node has read it (twice
+    /// `auth.refresh_secs`); until then the previous key does (`items` says which signs now).
     #[serde(skip_serializing_if = "Option::is_none")]
     signing: Option<String>,
     items: Vec<hoistway_auth::KeyInfo>,

@@ -934,7 +934,12 @@ async fn readyz(State(app): State<AppState>) -> Response {
     if problems.is_empty() {
         Json(Health {
             status: "ready",
-            warnings: app.log.durability_unverified().into_iter().collect(),
+            warnings: app
+                .log
+                .durability_unverified()
+                .into_iter()
+                .chain(app.auth.stale_shared_state())
+                .collect(),
         })
         .into_response()
     } else {

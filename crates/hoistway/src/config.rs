@@ -50,6 +50,11 @@ pub struct ClusterSettings {
     /// The log's stream is `<nats_stream>_0` (subject `hoistway.log.0` for the default): another
     /// name keeps several deployments apart on one NATS account.
     pub nats_stream: String,
+    /// PostgreSQL URL of the shared state (accounts, tokens, lift credentials, signing keys, the
+    /// audit log). Empty: SQLite and files in the data dir.
+    pub postgres: String,
+    /// The schema Hoistway's tables live in.
+    pub postgres_schema: String,
 }
 
 impl Default for ClusterSettings {
@@ -59,6 +64,8 @@ impl Default for ClusterSettings {
             nats_replicas: 3,
             nats_monitor: String::new(),
             nats_stream: hoistway_jetstream::DEFAULT_PREFIX.to_string(),
+            postgres: String::new(),
+            postgres_schema: "hoistway".to_string(),
         }
     }
 }
@@ -221,6 +228,9 @@ pub struct AuthSettings {
     /// Addresses of reverse proxies whose `X-Forwarded-For` header names the client, for rate
     /// limits and the audit log; empty: every request is from its peer address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How often each node rereads what other nodes change (signing keys, lift revocations):
+    /// the bound on how long a revocation takes to reach every node.
+    pub refresh_secs: i64,
 }
 
 impl Default for AuthSettings {
@@ -238,6 +248,7 @@ impl Default for AuthSettings {
             ingest_requests_per_minute: 120,
             ingest_burst: 600,
             trusted_proxies: Vec::new(),
+            refresh_secs: d.refresh_secs,
         }
     }
 }
@@ -264,6 +275,7 @@ impl Config {
             },
             devices: a.devices,
             issuer: "Hoistway".into(),
+            refresh_secs: a.refresh_secs,
         }
     }
 }

@@ -82,6 +82,16 @@ pub fn long_version() -> String {
             hoistway_auth::keys::FORMAT.to_string(),
         ),
         (
+            "auth tables (PG)",
+            format!("0-{}", hoistway_postgres::auth::MIGRATIONS.len()),
+            hoistway_postgres::auth::MIGRATIONS.len().to_string(),
+        ),
+        (
+            "alert tables (PG)",
+            format!("0-{}", hoistway_postgres::alerts::MIGRATIONS.len()),
+            hoistway_postgres::alerts::MIGRATIONS.len().to_string(),
+        ),
+        (
             "storage manifest",
             hoistway_store::manifest::FORMAT.to_string(),
             hoistway_store::manifest::FORMAT.to_string(),

@@ -239,6 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("cannot set up Flight SQL: {e}"))?;
     let postgres_query = query.clone();
     let postgres_auth = auth.clone();
+    let reread_auth = auth.clone();
     let accepting = Arc::new(AtomicBool::new(true));
     let ingest_rate = (config.auth.devices != hoistway_auth::DeviceMode::Open).then_some(
         hoistway_server::rate::IngestRate {
@@ -283,6 +284,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let sequencer_task = tokio::spawn(sequencer.run());
+    tokio::spawn(reread_auth_periodically(
+        reread_auth,
+        Duration::from_secs(config.auth.refresh_secs.max(1) as u64),
+        shutdown_rx.clone(),
+    ));
     // The processor stopping on its own (a corrupt log, a failed checkpoint) stops the server:
     // acknowledging readings nobody applies would hide the failure.
     let processor_task = {
@@ -686,19 +692,69 @@ pub async fn termination() {
     let _ = ctrl_c.await;
 }
 
-/// The auth state of a data dir: `auth/auth.sqlite3` and the signing keys `auth/keys.json`.
+/// The auth state: in PostgreSQL when `cluster.postgres` names one (shared by every node given
+/// it), else the data dir's `auth/auth.sqlite3` and the signing keys `auth/keys.json`. Blocks.
 pub fn open_authority(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<hoistway_auth::Authority> {
-    let dir = config.data_dir.join("auth");
-    let store = hoistway_auth::SqliteAuthStore::open(&dir.join("auth.sqlite3"))
-        .context("cannot open the auth store")?;
-    hoistway_auth::Authority::open(
-        Arc::new(store),
-        &dir.join("keys.json"),
-        clock,
-        config.authority(),
-    )
-    .context("cannot open the auth keys")
+    let (store, keys): (
+        Arc<dyn hoistway_auth::AuthStore>,
+        Arc<dyn hoistway_auth::KeyStore>,
+    ) = if config.cluster.postgres.trim().is_empty() {
+        let dir = config.data_dir.join("auth");
+        let store = hoistway_auth::SqliteAuthStore::open(&dir.join("auth.sqlite3"))
+            .context("cannot open the auth store")?;
+        let keys = hoistway_auth::FileKeyStore::new(&dir.join("keys.json"));
+        (Arc::new(store), Arc::new(keys))
+    } else {
+        let pg = hoistway_postgres::Postgres::connect(
+            config.cluster.postgres.trim(),
+            &config.cluster.postgres_schema,
+        )
+        .context("cannot open the shared state in PostgreSQL (cluster.postgres)")?;
+        let store = hoistway_postgres::PgAuthStore::open(pg.clone())
+            .context("cannot open the auth tables in PostgreSQL")?;
+        let keys = hoistway_postgres::PgKeyStore::open(pg)
+            .context("cannot open the signing keys in PostgreSQL")?;
+        (Arc::new(store), Arc::new(keys))
+    };
+    hoistway_auth::Authority::open(store, keys, clock, config.authority())
+        .context("cannot open the auth keys")
+}
+
+/// Rereads what other nodes change in shared auth state (signing keys, lift revocations) every
+/// `every`, until shutdown. A failed read is warned once per outage; the node goes on with what it
+/// last read.
+async fn reread_auth_periodically(
+    auth: Arc<hoistway_auth::Authority>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let auth = auth.clone();
+        match tokio::task::spawn_blocking(move || auth.reread_shared()).await {
+            Ok(Ok(changed)) => {
+                if failing {
+                    tracing::info!("shared auth state readable again");
+                    failing = false;
+                }
+                if changed > 0 {
+                    tracing::debug!(changed, "lift credentials changed elsewhere");
+                }
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot reread shared auth state; revocations made on other nodes wait until it is readable");
+                    failing = true;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "auth reread task failed"),
+        }
+    }
 }

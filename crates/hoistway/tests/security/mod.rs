@@ -1418,3 +1418,123 @@ async fn a_browser_session_is_a_cookie_and_changes_need_the_csrf_token() {
     );
     assert_eq!(call("GET", "/v1/auth/me", None).await.status, 401);
 }
+
+/// The PostgreSQL server the tests use (`.ci/run` starts it when it is down).
+fn test_postgres() -> String {
+    std::env::var("HOISTWAY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+#[tokio::test]
+async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations() {
+    let url = test_postgres();
+    let schema = format!(
+        "hw_api_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let env = [
+        ("HOISTWAY_CLUSTER__POSTGRES", url.as_str()),
+        ("HOISTWAY_CLUSTER__POSTGRES_SCHEMA", schema.as_str()),
+        ("HOISTWAY_AUTH__DEVICES", "required"),
+        ("HOISTWAY_AUTH__REFRESH_SECS", "1"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // The admin is made once, in the shared state, from either node's configuration.
+    let os_env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let out = common::hoistway_with_env(
+        &[
+            "users".as_ref(),
+            "add".as_ref(),
+            "admin".as_ref(),
+            "--role".as_ref(),
+            "admin".as_ref(),
+            "--data-dir".as_ref(),
+            dir_a.as_os_str(),
+            "--api-token".as_ref(),
+            "tests".as_ref(),
+        ],
+        &os_env,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("api token: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        !dir_a.join("auth/auth.sqlite3").exists(),
+        "accounts are not in the data dir"
+    );
+    let a = TestServer::start_with_token(dir_a, token.clone(), &env);
+    let b = TestServer::start_with_token(dir_b, token, &env);
+
+    // A lift registered through one node posts to the other with its token.
+    let pair = device_tokens(&a, "L-1").await;
+    let access = pair["access_token"].as_str().unwrap().to_string();
+    let post = |seq: u64| {
+        let access = access.clone();
+        let b = &b;
+        async move {
+            as_bearer(
+                b,
+                Some(&access),
+                "POST",
+                "/v1/telemetry",
+                reading("L-1", seq, seq),
+            )
+            .await
+        }
+    };
+    let r = post(1).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Revoked on one node, refused on the other within its reread interval (1 s here).
+    let r = a.post_json("/v1/devices/L-1/revoke", "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let revoked_at = std::time::Instant::now();
+    let mut seq = 2;
+    b.eventually("the revocation to reach the other node", || {
+        seq += 1;
+        let reply = post(seq);
+        async move { reply.await.status == 401 }
+    })
+    .await;
+    assert!(
+        revoked_at.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        revoked_at.elapsed()
+    );
+
+    // A staff account made on one node logs in on the other; the audit log is one.
+    let viewer = staff(&b, "vera", "viewer").await;
+    let r = as_bearer(&a, Some(&viewer), "GET", "/v1/auth/me", Value::Null).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = a.get("/v1/audit?action=device.revoke").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = b.get("/v1/audit?action=device.revoke").await;
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("L-1"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    drop((a, b));
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}

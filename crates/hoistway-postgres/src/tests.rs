@@ -1,0 +1,263 @@
+//! Against the PostgreSQL server the tests are given: `HOISTWAY_TEST_POSTGRES`, by default
+//! `postgres://postgres@127.0.0.1:5432/test`. Each test works in a schema of its own, dropped
+//! at the end.
+
+use std::sync::Arc;
+
+use hoistway_auth::{AuthStore, Authority, AuthorityConfig, KeyStore};
+use hoistway_model::{Clock, ManualClock};
+
+use super::*;
+
+fn url() -> String {
+    std::env::var("HOISTWAY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema of its own for one test, dropped when it ends.
+struct Scratch {
+    name: String,
+}
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let name = format!(
+            "hw_test_{test}_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        Self { name }
+    }
+
+    fn connect(&self) -> Postgres {
+        Postgres::connect(&url(), &self.name).expect("the test PostgreSQL server is running")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Ok(pg) = Postgres::connect(&url(), "public") {
+            let _ = pg.block(async {
+                let client = pg.client().await?;
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+                    .await?;
+                crate::Result::<()>::Ok(())
+            });
+        }
+    }
+}
+
+#[test]
+fn the_auth_and_key_stores_pass_the_conformance_suites() {
+    let scratch = Scratch::new("conformance");
+    let pg = scratch.connect();
+    let store = PgAuthStore::open(pg.clone()).unwrap();
+    hoistway_auth::conformance::check(&store);
+    hoistway_auth::conformance::check_keys(&PgKeyStore::open(pg.clone()).unwrap().emptied());
+    assert_eq!(
+        pg.version(auth::COMPONENT).unwrap(),
+        auth::MIGRATIONS.len() as u32
+    );
+}
+
+impl PgKeyStore {
+    /// The suite starts from an empty store; a new schema's key row holds an empty list.
+    fn emptied(self) -> Self {
+        assert!(self.load().unwrap().is_empty());
+        self
+    }
+}
+
+#[test]
+fn two_nodes_share_tokens_keys_and_revocations() {
+    let scratch = Scratch::new("shared");
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000_000));
+    // Each node has its own pool, as on two machines.
+    let node = || {
+        let pg = scratch.connect();
+        Authority::open(
+            Arc::new(PgAuthStore::open(pg.clone()).unwrap()),
+            Arc::new(PgKeyStore::open(pg).unwrap()),
+            clock.clone() as Arc<dyn Clock>,
+            AuthorityConfig::default(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (node(), node());
+    hoistway_auth::conformance::check_shared(&a, &b, &clock);
+}
+
+#[test]
+fn nodes_starting_together_make_one_signing_key_and_migrate_once() {
+    let scratch = Scratch::new("together");
+    let kids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let pg = scratch.connect();
+                    let keys = PgKeyStore::open(pg.clone()).unwrap();
+                    let ring = hoistway_auth::KeyRing::open(&keys, 0, 0).unwrap();
+                    ring.signing(0).0.to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(kids.iter().all(|k| *k == kids[0]), "{kids:?}");
+    let pg = scratch.connect();
+    assert_eq!(PgKeyStore::open(pg).unwrap().load().unwrap().len(), 1);
+}
+
+#[test]
+fn a_newer_schema_is_refused_by_name_and_a_dead_server_is_unavailable() {
+    let scratch = Scratch::new("refusals");
+    let pg = scratch.connect();
+    PgAuthStore::open(pg.clone()).unwrap();
+    pg.block(async {
+        let client = pg.client().await?;
+        client
+            .execute(
+                "UPDATE schema_versions SET version = version + 1 WHERE component = 'auth'",
+                &[],
+            )
+            .await?;
+        crate::Result::<()>::Ok(())
+    })
+    .unwrap();
+    let err = PgAuthStore::open(pg.clone()).err().unwrap();
+    let message = err.to_string();
+    assert!(
+        matches!(err, hoistway_auth::Error::Format { .. }) && message.contains(&scratch.name),
+        "{message}"
+    );
+
+    // Nothing listens on port 1 of loopback.
+    let err = Postgres::connect("postgres://postgres@127.0.0.1:1/test", "hoistway")
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+    let err = Postgres::connect(&url(), "Bad-Name").err().unwrap();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+#[test]
+fn a_store_answers_from_inside_an_async_runtime() {
+    // The server calls stores from blocking tasks, and some from its runtime threads.
+    let scratch = Scratch::new("async");
+    let store = Arc::new(PgAuthStore::open(scratch.connect()).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let users = runtime.block_on(async {
+        let inline = store.users().unwrap();
+        let store = store.clone();
+        let blocking = tokio::task::spawn_blocking(move || store.users().unwrap())
+            .await
+            .unwrap();
+        (inline, blocking)
+    });
+    assert_eq!(users, (vec![], vec![]));
+}
+
+#[test]
+fn the_alert_store_passes_the_conformance_suite() {
+    let scratch = Scratch::new("alerts");
+    let store = PgAlertStore::open(scratch.connect()).unwrap();
+    hoistway_alerts::conformance::check(&store);
+    assert_eq!(
+        scratch.connect().version(alerts::COMPONENT).unwrap(),
+        alerts::MIGRATIONS.len() as u32
+    );
+}
+
+#[test]
+fn nodes_firing_one_alert_at_once_open_it_once() {
+    use hoistway_alerts::AlertStore;
+    use hoistway_alerts::lifecycle::{self, Change, ChangeKind};
+    let scratch = Scratch::new("alerts_race");
+    let fired: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|node| {
+                let scratch = &scratch;
+                s.spawn(move || {
+                    let store = PgAlertStore::open(scratch.connect()).unwrap();
+                    let change = Change {
+                        // Each node read the reading separately: different keys.
+                        key: format!("node-{node}"),
+                        kind: ChangeKind::Fire,
+                        rule: "trapped".into(),
+                        rule_name: "Passenger trapped".into(),
+                        severity: hoistway_alerts::rule::Severity::Critical,
+                        hold_secs: 60,
+                        lift_id: "L-1".into(),
+                        customer: "acme".into(),
+                        building: "B-1".into(),
+                        model: "m1".into(),
+                        at_us: 1_000_000,
+                        summary: "trapped".into(),
+                        value: None,
+                    };
+                    let mut event = None;
+                    store
+                        .transact(&mut |tx| {
+                            event = lifecycle::apply(tx, &change, &[], false)?.map(|(_, e)| e);
+                            Ok(())
+                        })
+                        .unwrap();
+                    event == Some(hoistway_alerts::store::EventKind::Fired)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(fired.iter().filter(|f| **f).count(), 1, "{fired:?}");
+    let store = PgAlertStore::open(scratch.connect()).unwrap();
+    let open = store
+        .list(&hoistway_alerts::store::AlertQuery::default())
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].refires, 3, "the others re-fired it");
+}
+
+#[test]
+fn verify_full_checks_the_servers_certificate_and_name() {
+    // The server says whether it offers TLS and with which certificate (on this machine).
+    let pg = Postgres::connect(&url(), "public").unwrap();
+    let (ssl, cert_file): (String, String) = pg
+        .block(async {
+            let client = pg.client().await?;
+            let ssl = client.query_one("SHOW ssl", &[]).await?.get(0);
+            let file = client.query_one("SHOW ssl_cert_file", &[]).await?.get(0);
+            crate::Result::<_>::Ok((ssl, file))
+        })
+        .unwrap();
+    let with = |host: &str, root: &str| {
+        let base = url().replace("127.0.0.1", host);
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Postgres::connect(
+            &format!("{base}{sep}sslmode=verify-full&sslrootcert={root}"),
+            "public",
+        )
+    };
+    if ssl == "on" {
+        // A self-signed certificate for "localhost", trusted through sslrootcert.
+        with("localhost", &cert_file).expect("verified against its own certificate");
+        let err = with("127.0.0.1", &cert_file).err().unwrap();
+        assert!(
+            matches!(err, Error::Unavailable(_)) && err.to_string().contains("certificate"),
+            "the name does not match: {err}"
+        );
+    } else {
+        let err = with("localhost", "/dev/null").err().unwrap();
+        assert!(
+            err.to_string().contains("sslrootcert") || err.to_string().contains("TLS"),
+            "{err}"
+        );
+    }
+}
