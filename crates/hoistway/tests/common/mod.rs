@@ -525,3 +525,53 @@ pub fn succeeded(out: &std::process::Output) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A loopback TCP proxy to `target` that a test can cut: while cut, it drops every connection
+/// it carries and closes new ones at once, as a server out of reach would look to a client.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl CutProxy {
+    /// Starts on a thread of its own, so a test that blocks (running the CLI) does not stall it.
+    pub fn start(target: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if *cut_rx.borrow() {
+                        continue;
+                    }
+                    let mut cut_rx = cut_rx.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut_rx.wait_for(|c| *c) => {}
+                        }
+                    });
+                }
+            });
+        });
+        Self { addr, cut }
+    }
+
+    /// Cuts (`true`) or restores the connection.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}

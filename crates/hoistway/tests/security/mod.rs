@@ -1538,3 +1538,126 @@ async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations(
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_warns() {
+    let url = test_postgres();
+    let pg_config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &pg_config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("a TCP PostgreSQL for this test, not {other:?}"),
+    };
+    let port = pg_config.get_ports().first().copied().unwrap_or(5432);
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = common::CutProxy::start(target);
+    let via_proxy = url.replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
+    assert_ne!(via_proxy, url, "the URL names its host and port");
+    let schema = format!(
+        "hw_cut_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let env = [
+        ("HOISTWAY_CLUSTER__POSTGRES", via_proxy.as_str()),
+        ("HOISTWAY_CLUSTER__POSTGRES_SCHEMA", schema.as_str()),
+        ("HOISTWAY_AUTH__DEVICES", "required"),
+        ("HOISTWAY_AUTH__REFRESH_SECS", "1"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let os_env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let out = common::hoistway_with_env(
+        &[
+            "users".as_ref(),
+            "add".as_ref(),
+            "admin".as_ref(),
+            "--role".as_ref(),
+            "admin".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+            "--api-token".as_ref(),
+            "tests".as_ref(),
+        ],
+        &os_env,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("api token: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let server = TestServer::start_with_token(dir, token, &env);
+    let pair = device_tokens(&server, "L-1").await;
+    let access = pair["access_token"].as_str().unwrap().to_string();
+
+    proxy.set_cut(true);
+    // Staff tokens are looked up in the database: 503 with a reason and when to retry.
+    let r = server.get("/v1/auth/me").await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.content_type(), "application/problem+json");
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("unavailable"),
+        "{}",
+        r.json()
+    );
+    // A lift's access token is checked in memory: its readings are still taken.
+    let r = as_bearer(
+        &server,
+        Some(&access),
+        "POST",
+        "/v1/telemetry",
+        reading("L-1", 1, 1),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Readiness stays (readings are taken) and says what is stale.
+    server
+        .eventually("/readyz to warn of stale auth state", || async {
+            let r = server.get("/readyz").await;
+            r.status == 200
+                && r.json()["warnings"]
+                    .to_string()
+                    .contains("auth: cannot reread")
+        })
+        .await;
+
+    proxy.set_cut(false);
+    server
+        .eventually("staff requests to work again", || async {
+            server.get("/v1/auth/me").await.status == 200
+        })
+        .await;
+    server
+        .eventually("the warning to clear", || async {
+            let r = server.get("/readyz").await;
+            r.status == 200
+                && r.json()
+                    .get("warnings")
+                    .is_none_or(|w| w.as_array().is_some_and(Vec::is_empty))
+        })
+        .await;
+
+    drop(server);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
