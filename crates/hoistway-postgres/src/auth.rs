@@ -37,8 +37,8 @@ pub const MIGRATIONS: &[&str] = &["
     CREATE TABLE auth_devices (lift_id text PRIMARY KEY, rev bigint NOT NULL, body text NOT NULL);
     CREATE INDEX auth_devices_rev ON auth_devices (rev);
     CREATE TABLE auth_revisions (name text PRIMARY KEY, rev bigint NOT NULL);
-    INSERT INTO auth_revisions VALUES ('devices', 0);
-    CREATE TABLE auth_audit (id bigserial PRIMARY KEY, at_us bigint NOT NULL, actor text NOT NULL,
+    INSERT INTO auth_revisions VALUES ('devices', 0), ('audit', 0);
+    CREATE TABLE auth_audit (id bigint PRIMARY KEY, at_us bigint NOT NULL, actor text NOT NULL,
                              action text NOT NULL, target text NOT NULL, outcome text NOT NULL,
                              address text, detail text NOT NULL, customer text);
     CREATE INDEX auth_audit_actor ON auth_audit (actor, id);
@@ -495,23 +495,28 @@ impl AuthStore for PgAuthStore {
         let customer = e.customer.as_deref().map(clean);
         self.pg
             .block(async {
-                let client = self.pg.client().await?;
-                let stmt = client
-                    .prepare_cached(
-                        "INSERT INTO auth_audit (at_us, actor, action, target, outcome, address, detail, customer)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                    )
-                    .await?;
-                let row = client
+                let mut client = self.pg.client().await?;
+                let tx = client.transaction().await?;
+                // Ids from a counter row locked until commit: they commit in order, so a reader
+                // paging by id (after the last it saw) never skips an event.
+                let id: i64 = tx
                     .query_one(
-                        &stmt,
-                        &[
-                            &e.at_us, &actor, &action, &target, &outcome, &address, &detail,
-                            &customer,
-                        ],
+                        "UPDATE auth_revisions SET rev = rev + 1 WHERE name = 'audit' RETURNING rev",
+                        &[],
                     )
-                    .await?;
-                Ok(row.get(0))
+                    .await?
+                    .get(0);
+                tx.execute(
+                    "INSERT INTO auth_audit (id, at_us, actor, action, target, outcome, address, detail, customer)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &id, &e.at_us, &actor, &action, &target, &outcome, &address, &detail,
+                        &customer,
+                    ],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(id)
             })
             .map_err(storage)
     }

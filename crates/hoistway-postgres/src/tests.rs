@@ -261,3 +261,49 @@ fn verify_full_checks_the_servers_certificate_and_name() {
         );
     }
 }
+
+#[test]
+fn a_reader_paging_the_audit_log_while_nodes_write_misses_no_event() {
+    use hoistway_auth::{AuditEvent, AuditQuery};
+    let scratch = Scratch::new("audit");
+    let (writers, each) = (4, 50);
+    let seen: Vec<i64> = std::thread::scope(|s| {
+        for w in 0..writers {
+            let scratch = &scratch;
+            s.spawn(move || {
+                let store = PgAuthStore::open(scratch.connect()).unwrap();
+                for i in 0..each {
+                    store
+                        .append_audit(&AuditEvent {
+                            id: 0,
+                            at_us: i,
+                            actor: format!("node-{w}"),
+                            action: "login".into(),
+                            target: String::new(),
+                            outcome: "ok".into(),
+                            address: None,
+                            detail: String::new(),
+                            customer: None,
+                        })
+                        .unwrap();
+                }
+            });
+        }
+        let reader = PgAuthStore::open(scratch.connect()).unwrap();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while seen.len() < writers * each as usize && std::time::Instant::now() < deadline {
+            let page = reader
+                .audit(&AuditQuery {
+                    after_id: seen.last().copied(),
+                    limit: 7,
+                    ..Default::default()
+                })
+                .unwrap();
+            seen.extend(page.iter().map(|e| e.id));
+        }
+        seen
+    });
+    let expected: Vec<i64> = (1..=(writers as i64 * each)).collect();
+    assert_eq!(seen, expected, "ids commit in order, without gaps");
+}
