@@ -259,31 +259,14 @@ impl AlertStore for SqliteAlertStore {
     }
 
     fn list(&self, q: &AlertQuery) -> Result<Vec<Alert>> {
-        let mut sql = String::from("SELECT body FROM alerts WHERE id < ?1");
-        if q.state.as_deref() == Some("open") {
-            sql.push_str(" AND state IN ('firing', 'acknowledged')");
-        }
-        let mut args: Vec<String> = Vec::new();
-        let mut add = |column: &str, value: Option<&str>| {
-            if let Some(v) = value {
-                args.push(v.to_string());
-                sql.push_str(&format!(" AND {column} = ?{}", args.len() + 1));
-            }
-        };
-        add("state", q.state.as_deref().filter(|s| *s != "open"));
-        add("severity", q.severity.map(Severity::as_str));
-        add("customer", q.customer.as_deref());
-        add("building", q.building.as_deref());
-        add("lift_id", q.lift.as_deref());
-        add("rule", q.rule.as_deref());
-        sql.push_str(&format!(
-            " ORDER BY id DESC LIMIT {}",
-            q.limit.unwrap_or(100).clamp(1, 1000)
-        ));
-        let before = q.before.unwrap_or(i64::MAX);
+        let (filter, args) = q.to_sql(|n| format!("?{n}"));
+        let before = q.before_id();
         let mut values: Vec<&dyn rusqlite::ToSql> = vec![&before];
         values.extend(args.iter().map(|a| a as &dyn rusqlite::ToSql));
-        self.bodies(&sql, values.as_slice())
+        self.bodies(
+            &format!("SELECT body FROM alerts WHERE {filter}"),
+            values.as_slice(),
+        )
     }
 
     fn events(&self, alert_id: i64) -> Result<Vec<AlertEvent>> {

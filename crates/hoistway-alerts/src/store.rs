@@ -275,6 +275,42 @@ pub struct AlertQuery {
     pub limit: Option<usize>,
 }
 
+impl AlertQuery {
+    /// The filter in SQL over an alert table's columns (`id`, `state`, `severity`, `customer`,
+    /// `building`, `lift_id`, `rule`), newest first: the text after `WHERE`, written with
+    /// `placeholder(n)` for the n-th argument, and the arguments from the second on (the first
+    /// is `before`, [`Self::before_id`]). One place for what the filter means, for every store.
+    pub fn to_sql(&self, placeholder: impl Fn(usize) -> String) -> (String, Vec<String>) {
+        let mut sql = format!("id < {}", placeholder(1));
+        if self.state.as_deref() == Some("open") {
+            sql.push_str(" AND state IN ('firing', 'acknowledged')");
+        }
+        let mut args: Vec<String> = Vec::new();
+        let mut add = |column: &str, value: Option<&str>| {
+            if let Some(v) = value {
+                args.push(v.to_string());
+                sql.push_str(&format!(" AND {column} = {}", placeholder(args.len() + 1)));
+            }
+        };
+        add("state", self.state.as_deref().filter(|s| *s != "open"));
+        add("severity", self.severity.map(Severity::as_str));
+        add("customer", self.customer.as_deref());
+        add("building", self.building.as_deref());
+        add("lift_id", self.lift.as_deref());
+        add("rule", self.rule.as_deref());
+        sql.push_str(&format!(
+            " ORDER BY id DESC LIMIT {}",
+            self.limit.unwrap_or(100).clamp(1, 1000)
+        ));
+        (sql, args)
+    }
+
+    /// The first argument of [`Self::to_sql`].
+    pub fn before_id(&self) -> i64 {
+        self.before.unwrap_or(i64::MAX)
+    }
+}
+
 /// One transaction of an [`AlertStore`].
 pub trait AlertTx {
     /// Whether an event with this idempotence key was recorded.

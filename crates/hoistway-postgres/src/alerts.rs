@@ -10,11 +10,10 @@ use hoistway_alerts::store::{
     Alert, AlertEvent, AlertQuery, AlertStore, AlertTx, DeliveryState, Notification, Silence,
 };
 use hoistway_alerts::{Error as AlertError, Result as AlertResult};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
 
-use crate::{Error, Postgres};
+use crate::{Error, Postgres, from_json, to_json};
 
 /// The component name in `schema_versions`.
 pub const COMPONENT: &str = "alerts";
@@ -52,17 +51,6 @@ fn storage(e: Error) -> AlertError {
         Error::Conflict(m) => AlertError::Conflict(m),
         other => AlertError::Storage(other.to_string()),
     }
-}
-
-fn to_json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("alert records serialise")
-}
-
-fn from_json<T: DeserializeOwned>(table: &'static str, s: &str) -> crate::Result<T> {
-    serde_json::from_str(s).map_err(|e| Error::Record {
-        table,
-        message: e.to_string(),
-    })
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -271,31 +259,15 @@ impl AlertStore for PgAlertStore {
     }
 
     fn list(&self, q: &AlertQuery) -> AlertResult<Vec<Alert>> {
-        let mut sql = String::from("SELECT body FROM alert_alerts WHERE id < $1");
-        if q.state.as_deref() == Some("open") {
-            sql.push_str(" AND state IN ('firing', 'acknowledged')");
-        }
-        let mut args: Vec<String> = Vec::new();
-        let mut add = |column: &str, value: Option<&str>| {
-            if let Some(v) = value {
-                args.push(v.to_string());
-                sql.push_str(&format!(" AND {column} = ${}", args.len() + 1));
-            }
-        };
-        add("state", q.state.as_deref().filter(|s| *s != "open"));
-        add("severity", q.severity.map(Severity::as_str));
-        add("customer", q.customer.as_deref());
-        add("building", q.building.as_deref());
-        add("lift_id", q.lift.as_deref());
-        add("rule", q.rule.as_deref());
-        sql.push_str(&format!(
-            " ORDER BY id DESC LIMIT {}",
-            q.limit.unwrap_or(100).clamp(1, 1000)
-        ));
-        let before = q.before.unwrap_or(i64::MAX);
+        let (filter, args) = q.to_sql(|n| format!("${n}"));
+        let before = q.before_id();
         let mut values: Vec<&(dyn ToSql + Sync)> = vec![&before];
         values.extend(args.iter().map(|a| a as &(dyn ToSql + Sync)));
-        self.bodies("alert_alerts", &sql, &values)
+        self.bodies(
+            "alert_alerts",
+            &format!("SELECT body FROM alert_alerts WHERE {filter}"),
+            &values,
+        )
     }
 
     fn events(&self, alert_id: i64) -> AlertResult<Vec<AlertEvent>> {

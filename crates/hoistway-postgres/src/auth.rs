@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
 
-use crate::{Error, Postgres};
+use crate::{Error, Postgres, from_json, to_json};
 
 /// The component name in `schema_versions`.
 pub const COMPONENT: &str = "auth";
@@ -64,17 +64,6 @@ fn storage(e: Error) -> hoistway_auth::Error {
         },
         other => hoistway_auth::Error::Storage(other.to_string()),
     }
-}
-
-fn to_json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("auth records serialise")
-}
-
-fn from_json<T: DeserializeOwned>(table: &'static str, s: &str) -> crate::Result<T> {
-    serde_json::from_str(s).map_err(|e| Error::Record {
-        table,
-        message: e.to_string(),
-    })
 }
 
 /// Staff accounts, tokens, device grants, refresh tokens, lift credentials and the audit log.

@@ -111,6 +111,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A record as stored: JSON text (PostgreSQL's text holds no NUL character; JSON escapes it).
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialise")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(table: &'static str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::Record {
+        table,
+        message: e.to_string(),
+    })
+}
+
 /// Most connections one node keeps to the server.
 const POOL_SIZE: usize = 8;
 /// How long a call waits to connect or for a free connection before it fails as unavailable.

@@ -238,17 +238,26 @@ static TOKENS: std::sync::LazyLock<
 
 /// Adds an admin with an API token to a data dir (`hoistway users add`); returns the token.
 pub fn admin_token(data_dir: &Path) -> String {
-    let out = hoistway(&[
-        "users".as_ref(),
-        "add".as_ref(),
-        "admin".as_ref(),
-        "--role".as_ref(),
-        "admin".as_ref(),
-        "--data-dir".as_ref(),
-        data_dir.as_os_str(),
-        "--api-token".as_ref(),
-        "tests".as_ref(),
-    ]);
+    admin_token_with_env(data_dir, &[])
+}
+
+/// [`admin_token`] with the server's environment (e.g. accounts in PostgreSQL).
+pub fn admin_token_with_env(data_dir: &Path, env: &[(&str, &str)]) -> String {
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let out = hoistway_with_env(
+        &[
+            "users".as_ref(),
+            "add".as_ref(),
+            "admin".as_ref(),
+            "--role".as_ref(),
+            "admin".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--api-token".as_ref(),
+            "tests".as_ref(),
+        ],
+        &env,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -1425,17 +1425,33 @@ fn test_postgres() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-#[tokio::test]
-async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations() {
-    let url = test_postgres();
-    let schema = format!(
-        "hw_api_{}_{}",
+/// A schema name of its own for one test's servers.
+fn scratch_schema(test: &str) -> String {
+    format!(
+        "hw_{test}_{}_{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos()
-    );
+    )
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations() {
+    let url = test_postgres();
+    let schema = scratch_schema("api");
     let env = [
         ("HOISTWAY_CLUSTER__POSTGRES", url.as_str()),
         ("HOISTWAY_CLUSTER__POSTGRES_SCHEMA", schema.as_str()),
@@ -1445,33 +1461,7 @@ async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations(
     let tmp = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
     // The admin is made once, in the shared state, from either node's configuration.
-    let os_env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-    let out = common::hoistway_with_env(
-        &[
-            "users".as_ref(),
-            "add".as_ref(),
-            "admin".as_ref(),
-            "--role".as_ref(),
-            "admin".as_ref(),
-            "--data-dir".as_ref(),
-            dir_a.as_os_str(),
-            "--api-token".as_ref(),
-            "tests".as_ref(),
-        ],
-        &os_env,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("api token: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let token = common::admin_token_with_env(&dir_a, &env);
     assert!(
         !dir_a.join("auth/auth.sqlite3").exists(),
         "accounts are not in the data dir"
@@ -1529,14 +1519,7 @@ async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations(
     );
 
     drop((a, b));
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&url, &schema).await;
 }
 
 #[tokio::test]
@@ -1556,14 +1539,7 @@ async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_
     let proxy = common::CutProxy::start(target);
     let via_proxy = url.replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
     assert_ne!(via_proxy, url, "the URL names its host and port");
-    let schema = format!(
-        "hw_cut_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
+    let schema = scratch_schema("cut");
     let env = [
         ("HOISTWAY_CLUSTER__POSTGRES", via_proxy.as_str()),
         ("HOISTWAY_CLUSTER__POSTGRES_SCHEMA", schema.as_str()),
@@ -1572,33 +1548,7 @@ async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_
     ];
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let os_env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-    let out = common::hoistway_with_env(
-        &[
-            "users".as_ref(),
-            "add".as_ref(),
-            "admin".as_ref(),
-            "--role".as_ref(),
-            "admin".as_ref(),
-            "--data-dir".as_ref(),
-            dir.as_os_str(),
-            "--api-token".as_ref(),
-            "tests".as_ref(),
-        ],
-        &os_env,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("api token: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let token = common::admin_token_with_env(&dir, &env);
     let server = TestServer::start_with_token(dir, token, &env);
     let pair = device_tokens(&server, "L-1").await;
     let access = pair["access_token"].as_str().unwrap().to_string();
@@ -1652,12 +1602,5 @@ async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_
         .await;
 
     drop(server);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&url, &schema).await;
 }
