@@ -3,8 +3,8 @@
 //! In: a PostgreSQL URL and a schema name. Out: implementations of the state seams that pass
 //! the same conformance suites as the embedded ones: [`PgAuthStore`] (staff accounts, tokens,
 //! device grants, refresh tokens, lift credentials, the audit log), [`PgKeyStore`] (the token
-//! signing keys) and [`PgAlertStore`] (rules, alerts, their events, the notification outbox,
-//! silences). Not here: raw readings, which stay in the log and in Parquet.
+//! signing keys), [`PgRegistryStore`] (the lift registry) and [`PgAlertStore`] (rules, alerts,
+//! their events, the notification outbox, silences). Not here: raw readings, which stay in the log and in Parquet.
 //!
 //! The seams block (their callers run them off the async runtime). [`Postgres`] keeps a
 //! connection pool on a small tokio runtime of its own and waits for each call on the caller's
@@ -17,6 +17,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod registry;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -29,6 +30,7 @@ use tokio_rustls::rustls;
 
 pub use alerts::PgAlertStore;
 pub use auth::{PgAuthStore, PgKeyStore};
+pub use registry::PgRegistryStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

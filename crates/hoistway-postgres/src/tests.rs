@@ -307,3 +307,63 @@ fn a_reader_paging_the_audit_log_while_nodes_write_misses_no_event() {
     let expected: Vec<i64> = (1..=(writers as i64 * each)).collect();
     assert_eq!(seen, expected, "ids commit in order, without gaps");
 }
+
+#[test]
+fn the_registry_store_passes_the_conformance_suite_and_nodes_follow_each_other() {
+    let scratch = Scratch::new("registry");
+    hoistway_registry::conformance::check(&PgRegistryStore::open(scratch.connect()).unwrap());
+    let shared = Scratch::new("registry_shared");
+    let node = || {
+        hoistway_registry::Registry::with_store(Arc::new(
+            PgRegistryStore::open(shared.connect()).unwrap(),
+        ))
+        .unwrap()
+    };
+    hoistway_registry::conformance::check_shared(&node(), &node());
+}
+
+#[test]
+fn a_fleet_imports_in_a_few_statements() {
+    // 20,000 lifts through one node are read by another in one refresh.
+    let scratch = Scratch::new("registry_import");
+    let store = Arc::new(PgRegistryStore::open(scratch.connect()).unwrap());
+    let a = hoistway_registry::Registry::with_store(store.clone()).unwrap();
+    let b = hoistway_registry::Registry::with_store(Arc::new(
+        PgRegistryStore::open(scratch.connect()).unwrap(),
+    ))
+    .unwrap();
+    let fleet: Vec<hoistway_registry::LiftInfo> = (0..20_000)
+        .map(|i| {
+            let mut info = hoistway_registry::LiftInfo::new(
+                hoistway_model::LiftId::new(&format!("L-{i:05}")).unwrap(),
+            );
+            info.customer = format!("C{}", i % 7);
+            info.building = format!("B{}", i % 300);
+            info
+        })
+        .collect();
+    let report = a.upsert_many(fleet.clone()).unwrap();
+    assert_eq!((report.created, report.updated), (20_000, 0));
+    assert_eq!(b.refresh().unwrap(), 20_000);
+    assert_eq!(b.len(), 20_000);
+    assert_eq!(b.history("L-00042").len(), 1);
+    // Again, with every lift moved: one period closes and one opens for each.
+    let moved: Vec<_> = fleet
+        .into_iter()
+        .map(|mut i| {
+            i.building.push('x');
+            i
+        })
+        .collect();
+    let report = b.upsert_many(moved).unwrap();
+    assert_eq!((report.created, report.updated), (0, 20_000));
+    a.refresh().unwrap();
+    assert_eq!(a.history("L-19999").len(), 2);
+    assert_eq!(
+        hoistway_registry::RegistryStore::load(&*store)
+            .unwrap()
+            .history
+            .len(),
+        20_000
+    );
+}

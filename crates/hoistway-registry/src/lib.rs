@@ -4,9 +4,16 @@
 //! Out: [`LiftInfo`] by id (from an in-memory copy, so the processor's per-reading lookup never
 //! touches disk), lists filtered by building, site or customer.
 //!
-//! Stored in an embedded SQLite catalog (`registry.sqlite3` in the data dir). Writes go to SQLite
-//! first, then to the in-memory copy. Calls block: async callers use `spawn_blocking`. This crate
-//! knows nothing of readings or state.
+//! Stored behind [`RegistryStore`]: [`SqliteRegistryStore`] is the embedded catalog
+//! (`registry.sqlite3` in the data dir) and [`conformance::check`] the suite every
+//! implementation passes. Writes go to the store first; the in-memory copy then takes every
+//! change since the revision it last read, its own and other nodes' alike ([`Registry::refresh`]).
+//! Calls block: async callers use `spawn_blocking`. This crate knows nothing of readings or
+//! state.
+
+pub mod conformance;
+pub mod sqlite;
+pub mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -15,13 +22,21 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use hoistway_model::LiftId;
 use parking_lot::{Mutex, RwLock};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+
+pub use sqlite::{SCHEMA_VERSION, SqliteRegistryStore};
+pub use store::{Changed, RegistryStore, Stored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("registry storage failed: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// A shared store's failure (not SQLite's).
+    #[error("registry storage failed: {0}")]
+    Backend(String),
+    /// A shared store that cannot be reached now; worth retrying (503).
+    #[error("registry storage is unavailable: {0}")]
+    Unavailable(String),
     #[error("lift {0} is not registered")]
     NotFound(String),
     #[error("invalid {field}: {message}")]
@@ -138,8 +153,10 @@ impl LiftFilter {
 }
 
 pub struct Registry {
-    conn: Mutex<Connection>,
+    store: Arc<dyn RegistryStore>,
     lifts: RwLock<Catalog>,
+    /// The store revision `lifts` reflects; held while changes are applied.
+    rev: Mutex<i64>,
 }
 
 /// The registered lifts in memory, indexed by id and by building (a building's page and the
@@ -182,62 +199,6 @@ impl Catalog {
             }
         }
     }
-}
-
-/// The schema version this build writes (SQLite's `user_version`).
-pub const SCHEMA_VERSION: u32 = 2;
-
-/// `MIGRATIONS[v]` takes a catalog from schema version `v` to `v + 1`. Version 0 is an empty
-/// file or a catalog written before versions were recorded (it already had `lifts`).
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2];
-
-const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS lifts (
-    lift_id       TEXT PRIMARY KEY NOT NULL,
-    building      TEXT NOT NULL DEFAULT '',
-    site          TEXT NOT NULL DEFAULT '',
-    customer      TEXT NOT NULL DEFAULT '',
-    model         TEXT NOT NULL DEFAULT '',
-    install_date  TEXT,
-    initial_trips INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS lifts_building ON lifts(building);
-";
-
-/// Version 2: who owned each lift when. Lifts registered before it belong to their customer
-/// since the beginning.
-const SCHEMA_V2: &str = "
-CREATE TABLE assignments (
-    lift_id       TEXT NOT NULL,
-    customer      TEXT NOT NULL,
-    building      TEXT NOT NULL,
-    valid_from_us INTEGER,
-    valid_to_us   INTEGER
-);
-CREATE INDEX assignments_lift ON assignments(lift_id);
-INSERT INTO assignments (lift_id, customer, building, valid_from_us, valid_to_us)
-    SELECT lift_id, customer, building, NULL, NULL FROM lifts;
-";
-
-/// Brings the catalog to [`SCHEMA_VERSION`] in one transaction; refuses a newer one.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
-    let tx = conn.transaction()?;
-    let version: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > SCHEMA_VERSION {
-        return Err(Error::Format {
-            file: path.display().to_string(),
-            version,
-        });
-    }
-    for step in &MIGRATIONS[version as usize..] {
-        tx.execute_batch(step)?;
-    }
-    if version != SCHEMA_VERSION {
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tracing::info!(from = version, to = SCHEMA_VERSION, registry = %path.display(), "registry schema migrated");
-    }
-    tx.commit()?;
-    Ok(())
 }
 
 fn check_text(field: &str, v: &str) -> Result<()> {
@@ -308,48 +269,44 @@ impl LiftInfo {
 }
 
 impl Registry {
-    /// Opens the catalog at `path` (created if missing); `":memory:"` for tests.
+    /// Opens the embedded catalog at `path` (created if missing); `":memory:"` for tests.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        migrate(&mut conn, path)?;
+        Self::with_store(Arc::new(SqliteRegistryStore::open(path)?))
+    }
+
+    /// Reads everything `store` holds into memory.
+    pub fn with_store(store: Arc<dyn RegistryStore>) -> Result<Self> {
+        let stored = store.load()?;
         let mut lifts = Catalog::default();
-        {
-            let mut stmt = conn.prepare(
-                "SELECT lift_id, building, site, customer, model, install_date, initial_trips FROM lifts",
-            )?;
-            let rows = stmt.query_map([], row_to_info)?;
-            for row in rows {
-                lifts.insert(row?);
-            }
-            let mut stmt = conn.prepare(
-                "SELECT lift_id, customer, building, valid_from_us, valid_to_us FROM assignments
-                 ORDER BY lift_id, coalesce(valid_from_us, -9223372036854775808)",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Assignment {
-                        customer: r.get(1)?,
-                        building: r.get(2)?,
-                        valid_from_us: r.get(3)?,
-                        valid_to_us: r.get(4)?,
-                    },
-                ))
-            })?;
-            for row in rows {
-                let (id, a) = row?;
-                if let Ok(id) = LiftId::new(&id) {
-                    lifts.history.entry(id).or_default().push(a);
+        for info in stored.lifts {
+            lifts.insert(info);
+        }
+        lifts.history = stored.history.into_iter().collect();
+        Ok(Self {
+            store,
+            lifts: RwLock::new(lifts),
+            rev: Mutex::new(stored.rev),
+        })
+    }
+
+    /// Takes every change written since the revision last read: this node's writes and, with a
+    /// shared store, other nodes'. Returns how many lifts changed. Blocking.
+    pub fn refresh(&self) -> Result<usize> {
+        let mut rev = self.rev.lock();
+        let (changed, newest) = self.store.changed_since(*rev)?;
+        let n = changed.len();
+        if n > 0 {
+            let mut lifts = self.lifts.write();
+            for c in changed {
+                match c.info {
+                    Some(info) => lifts.insert(info),
+                    None => lifts.remove(c.lift_id.as_str()),
                 }
+                lifts.history.insert(c.lift_id, c.history);
             }
         }
-        Ok(Self {
-            conn: Mutex::new(conn),
-            lifts: RwLock::new(lifts),
-        })
+        *rev = newest.max(*rev);
+        Ok(n)
     }
 
     pub fn get(&self, lift_id: &str) -> Option<Arc<LiftInfo>> {
@@ -493,29 +450,9 @@ impl Registry {
 
     /// Removes a lift; its assignment history stays (its past readings keep their owners).
     pub fn remove(&self, lift_id: &str) -> Result<bool> {
-        let now = now_us();
-        let n = {
-            let mut conn = self.conn.lock();
-            let tx = conn.transaction()?;
-            let n = tx.execute("DELETE FROM lifts WHERE lift_id = ?1", params![lift_id])?;
-            tx.execute(
-                "UPDATE assignments SET valid_to_us = ?2 WHERE lift_id = ?1 AND valid_to_us IS NULL",
-                params![lift_id, now],
-            )?;
-            tx.commit()?;
-            n
-        };
-        let mut lifts = self.lifts.write();
-        lifts.remove(lift_id);
-        if let Some(last) = lifts
-            .history
-            .get_mut(lift_id)
-            .and_then(|h| h.last_mut())
-            .filter(|a| a.valid_to_us.is_none())
-        {
-            last.valid_to_us = Some(now);
-        }
-        Ok(n > 0)
+        let removed = self.store.remove(lift_id, now_us())?;
+        self.refresh()?;
+        Ok(removed)
     }
 
     /// The lift's assignment periods, oldest first.
@@ -537,112 +474,32 @@ impl Registry {
         })
     }
 
-    /// Adds or replaces many lifts in one transaction: all or nothing.
+    /// Adds or replaces many lifts in one transaction: all or nothing. A lift given twice is
+    /// written as its last row.
     pub fn upsert_many(&self, infos: Vec<LiftInfo>) -> Result<ImportReport> {
         for info in &infos {
             info.validate()?;
         }
-        let mut report = ImportReport::default();
-        let now = now_us();
-        // New periods, decided against the catalog under the connection lock, which orders
-        // every writer.
-        let mut periods: Vec<(LiftId, Assignment)> = Vec::new();
-        {
-            let mut conn = self.conn.lock();
-            {
-                let lifts = self.lifts.read();
-                // Index into `periods` by lift: a 200,000-lift import stays linear.
-                let mut planned: HashMap<LiftId, usize> = HashMap::new();
-                for i in &infos {
-                    if let Some(&k) = planned.get(&i.lift_id) {
-                        // The same lift twice in one batch: the last row wins, from the same
-                        // moment (or the beginning, for a new lift).
-                        let a = &mut periods[k].1;
-                        a.customer.clone_from(&i.customer);
-                        a.building.clone_from(&i.building);
-                        continue;
-                    }
-                    let history = lifts.history.get(&i.lift_id);
-                    let current = history
-                        .and_then(|h| h.last())
-                        .filter(|a| a.valid_to_us.is_none());
-                    let moved = current
-                        .is_none_or(|a| a.customer != i.customer || a.building != i.building);
-                    if moved {
-                        planned.insert(i.lift_id.clone(), periods.len());
-                        periods.push((
-                            i.lift_id.clone(),
-                            Assignment {
-                                customer: i.customer.clone(),
-                                building: i.building.clone(),
-                                valid_from_us: history.is_some().then_some(now),
-                                valid_to_us: None,
-                            },
-                        ));
-                    }
-                }
-            }
-            let tx = conn.transaction()?;
-            {
-                let mut exists = tx.prepare_cached("SELECT 1 FROM lifts WHERE lift_id = ?1")?;
-                let mut put = tx.prepare_cached(
-                    "INSERT INTO lifts (lift_id, building, site, customer, model, install_date, initial_trips)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT(lift_id) DO UPDATE SET building = excluded.building, site = excluded.site,
-                       customer = excluded.customer, model = excluded.model,
-                       install_date = excluded.install_date, initial_trips = excluded.initial_trips",
-                )?;
-                for i in &infos {
-                    let existed = exists
-                        .query_row(params![i.lift_id.as_str()], |_| Ok(()))
-                        .optional()?
-                        .is_some();
-                    put.execute(params![
-                        i.lift_id.as_str(),
-                        i.building,
-                        i.site,
-                        i.customer,
-                        i.model,
-                        i.install_date.map(|d| d.to_string()),
-                        i.initial_trips as i64,
-                    ])?;
-                    if existed {
-                        report.updated += 1;
-                    } else {
-                        report.created += 1;
-                    }
-                }
-                let mut close = tx.prepare_cached(
-                    "UPDATE assignments SET valid_to_us = ?2 WHERE lift_id = ?1 AND valid_to_us IS NULL",
-                )?;
-                let mut open = tx.prepare_cached(
-                    "INSERT INTO assignments (lift_id, customer, building, valid_from_us, valid_to_us)
-                     VALUES (?1, ?2, ?3, ?4, NULL)",
-                )?;
-                for (id, a) in &periods {
-                    close.execute(params![id.as_str(), now])?;
-                    open.execute(params![
-                        id.as_str(),
-                        a.customer,
-                        a.building,
-                        a.valid_from_us
-                    ])?;
-                }
-            }
-            tx.commit()?;
-        }
-        let mut lifts = self.lifts.write();
+        let rows = infos.len() as u64;
+        // The last row of each lift, in the order of first appearance.
+        let mut at: HashMap<LiftId, usize> = HashMap::new();
+        let mut distinct: Vec<LiftInfo> = Vec::new();
         for info in infos {
-            lifts.insert(info);
-        }
-        for (id, a) in periods {
-            let history = lifts.history.entry(id).or_default();
-            if let Some(last) = history.last_mut().filter(|l| l.valid_to_us.is_none()) {
-                last.valid_to_us = Some(now);
+            match at.get(&info.lift_id) {
+                Some(&k) => distinct[k] = info,
+                None => {
+                    at.insert(info.lift_id.clone(), distinct.len());
+                    distinct.push(info);
+                }
             }
-            history.push(a);
         }
-        Ok(report)
+        let existed = self.store.upsert(&distinct, now_us())?;
+        let created = existed.iter().filter(|e| !**e).count() as u64;
+        self.refresh()?;
+        Ok(ImportReport {
+            created,
+            updated: rows - created,
+        })
     }
 
     /// Imports CSV with a header row naming any of `lift_id` (required), `building`, `site`,
@@ -655,22 +512,6 @@ impl Registry {
 
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
-}
-
-fn row_to_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<LiftInfo> {
-    let id: String = row.get(0)?;
-    let install: Option<String> = row.get(5)?;
-    Ok(LiftInfo {
-        lift_id: LiftId::new(&id).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })?,
-        building: row.get(1)?,
-        site: row.get(2)?,
-        customer: row.get(3)?,
-        model: row.get(4)?,
-        install_date: install.and_then(|d| d.parse().ok()),
-        initial_trips: row.get::<_, i64>(6)? as u64,
-    })
 }
 
 pub fn parse_csv(csv_text: &[u8]) -> Result<Vec<LiftInfo>> {
@@ -753,6 +594,26 @@ pub fn parse_csv(csv_text: &[u8]) -> Result<Vec<LiftInfo>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqlite::SCHEMA_V1;
+    use rusqlite::Connection;
+
+    #[test]
+    fn the_sqlite_store_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::check(&SqliteRegistryStore::open(dir.path().join("r.sqlite3")).unwrap());
+        conformance::check(&SqliteRegistryStore::open(":memory:").unwrap());
+    }
+
+    #[test]
+    fn two_registries_over_one_store_follow_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite3");
+        let store: Arc<dyn RegistryStore> = Arc::new(SqliteRegistryStore::open(&path).unwrap());
+        conformance::check_shared(
+            &Registry::with_store(store.clone()).unwrap(),
+            &Registry::with_store(store).unwrap(),
+        );
+    }
 
     #[test]
     fn an_unversioned_catalog_is_migrated_and_a_newer_one_refused() {

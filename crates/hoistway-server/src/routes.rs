@@ -486,7 +486,8 @@ fn registry_problem(e: hoistway_registry::Error) -> Problem {
             }],
         ),
         E::Csv { .. } => Problem::invalid(e.to_string(), vec![]),
-        E::Storage(_) | E::Format { .. } => Problem::internal(&e),
+        E::Unavailable(_) => Problem::unavailable(e.to_string(), 2),
+        E::Storage(_) | E::Backend(_) | E::Format { .. } => Problem::internal(&e),
     }
 }
 

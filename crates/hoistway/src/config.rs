@@ -51,7 +51,7 @@ pub struct ClusterSettings {
     /// name keeps several deployments apart on one NATS account.
     pub nats_stream: String,
     /// PostgreSQL URL of the shared state (accounts, tokens, lift credentials, signing keys, the
-    /// audit log). Empty: SQLite and files in the data dir.
+    /// audit log, the lift registry). Empty: SQLite and files in the data dir.
     pub postgres: String,
     /// The schema Hoistway's tables live in.
     pub postgres_schema: String,

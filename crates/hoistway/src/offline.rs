@@ -87,6 +87,11 @@ pub fn long_version() -> String {
             hoistway_postgres::auth::MIGRATIONS.len().to_string(),
         ),
         (
+            "registry tables (PG)",
+            format!("0-{}", hoistway_postgres::registry::MIGRATIONS.len()),
+            hoistway_postgres::registry::MIGRATIONS.len().to_string(),
+        ),
+        (
             "alert tables (PG)",
             format!("0-{}", hoistway_postgres::alerts::MIGRATIONS.len()),
             hoistway_postgres::alerts::MIGRATIONS.len().to_string(),

@@ -72,8 +72,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (registry, dlq, auth) = {
         let (data, config, clock) = (data.clone(), config.clone(), clock.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let registry = Registry::open(data.join("registry.sqlite3"))
-                .context("cannot open the lift registry")?;
+            let registry = open_registry(&config)?;
             let dlq = DeadLetterQueue::open(data.join("dlq"))
                 .context("cannot open the dead-letter queue")?;
             Ok((registry, dlq, open_authority(&config, clock)?))
@@ -240,6 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let postgres_query = query.clone();
     let postgres_auth = auth.clone();
     let reread_auth = auth.clone();
+    let reread_registry = registry.clone();
     let accepting = Arc::new(AtomicBool::new(true));
     let ingest_rate = (config.auth.devices != hoistway_auth::DeviceMode::Open).then_some(
         hoistway_server::rate::IngestRate {
@@ -284,8 +284,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let sequencer_task = tokio::spawn(sequencer.run());
-    tokio::spawn(reread_auth_periodically(
+    tokio::spawn(reread_shared_periodically(
         reread_auth,
+        reread_registry,
         Duration::from_secs(config.auth.refresh_secs.max(1) as u64),
         shutdown_rx.clone(),
     ));
@@ -692,6 +693,27 @@ pub async fn termination() {
     let _ = ctrl_c.await;
 }
 
+/// The PostgreSQL that holds shared state (`cluster.postgres`). Blocks (connects).
+fn shared_postgres(config: &Config) -> anyhow::Result<hoistway_postgres::Postgres> {
+    hoistway_postgres::Postgres::connect(
+        config.cluster.postgres.trim(),
+        &config.cluster.postgres_schema,
+    )
+    .context("cannot open the shared state in PostgreSQL (cluster.postgres)")
+}
+
+/// The lift registry: in PostgreSQL when `cluster.postgres` names one (shared by every node
+/// given it), else `registry.sqlite3` in the data dir. Blocks.
+pub fn open_registry(config: &Config) -> anyhow::Result<Registry> {
+    if config.cluster.postgres.trim().is_empty() {
+        return Registry::open(config.data_dir.join("registry.sqlite3"))
+            .context("cannot open the lift registry");
+    }
+    let store = hoistway_postgres::PgRegistryStore::open(shared_postgres(config)?)
+        .context("cannot open the registry tables in PostgreSQL")?;
+    Registry::with_store(Arc::new(store)).context("cannot read the lift registry")
+}
+
 /// The auth state: in PostgreSQL when `cluster.postgres` names one (shared by every node given
 /// it), else the data dir's `auth/auth.sqlite3` and the signing keys `auth/keys.json`. Blocks.
 pub fn open_authority(
@@ -708,11 +730,7 @@ pub fn open_authority(
         let keys = hoistway_auth::FileKeyStore::new(&dir.join("keys.json"));
         (Arc::new(store), Arc::new(keys))
     } else {
-        let pg = hoistway_postgres::Postgres::connect(
-            config.cluster.postgres.trim(),
-            &config.cluster.postgres_schema,
-        )
-        .context("cannot open the shared state in PostgreSQL (cluster.postgres)")?;
+        let pg = shared_postgres(config)?;
         let store = hoistway_postgres::PgAuthStore::open(pg.clone())
             .context("cannot open the auth tables in PostgreSQL")?;
         let keys = hoistway_postgres::PgKeyStore::open(pg)
@@ -723,38 +741,54 @@ pub fn open_authority(
         .context("cannot open the auth keys")
 }
 
-/// Rereads what other nodes change in shared auth state (signing keys, lift revocations) every
-/// `every`, until shutdown. A failed read is warned once per outage; the node goes on with what it
-/// last read.
-async fn reread_auth_periodically(
+/// Rereads, every `every` until shutdown, what other nodes change in shared state: signing keys
+/// and lift revocations, and the lift registry. A failed read is warned once per outage; the
+/// node goes on with what it last read.
+async fn reread_shared_periodically(
     auth: Arc<hoistway_auth::Authority>,
+    registry: Arc<Registry>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut failing = false;
+    let (mut auth_failing, mut registry_failing) = (false, false);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let auth = auth.clone();
-        match tokio::task::spawn_blocking(move || auth.reread_shared()).await {
-            Ok(Ok(changed)) => {
-                if failing {
-                    tracing::info!("shared auth state readable again");
-                    failing = false;
-                }
-                if changed > 0 {
-                    tracing::debug!(changed, "lift credentials changed elsewhere");
-                }
+        let (auth, registry) = (auth.clone(), registry.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            (
+                auth.reread_shared().map_err(|e| e.to_string()),
+                registry.refresh().map_err(|e| e.to_string()),
+            )
+        })
+        .await;
+        let Ok((auth_read, registry_read)) = read else {
+            tracing::error!("the reread of shared state failed");
+            continue;
+        };
+        match auth_read {
+            Ok(_) if auth_failing => {
+                tracing::info!("shared auth state readable again");
+                auth_failing = false;
             }
-            Ok(Err(e)) => {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot reread shared auth state; revocations made on other nodes wait until it is readable");
-                    failing = true;
-                }
+            Err(e) if !auth_failing => {
+                tracing::warn!(error = %e, "cannot reread shared auth state; revocations made on other nodes wait until it is readable");
+                auth_failing = true;
             }
-            Err(e) => tracing::error!(error = %e, "auth reread task failed"),
+            _ => {}
+        }
+        match registry_read {
+            Ok(_) if registry_failing => {
+                tracing::info!("shared registry readable again");
+                registry_failing = false;
+            }
+            Err(e) if !registry_failing => {
+                tracing::warn!(error = %e, "cannot reread the lift registry; lifts registered on other nodes wait until it is readable");
+                registry_failing = true;
+            }
+            _ => {}
         }
     }
 }

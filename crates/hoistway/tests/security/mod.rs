@@ -1505,6 +1505,15 @@ async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations(
         revoked_at.elapsed()
     );
 
+    // The registry is one: a lift registered through one node is known on the other within its
+    // reread interval, with its owner.
+    common::register(&a, "lift_id,building,customer\nL-REG,B-9,acme\n").await;
+    b.eventually("the registered lift to reach the other node", || async {
+        let r = b.get("/v1/lifts/L-REG").await;
+        r.status == 200 && r.json().to_string().contains("B-9")
+    })
+    .await;
+
     // A staff account made on one node logs in on the other; the audit log is one.
     let viewer = staff(&b, "vera", "viewer").await;
     let r = as_bearer(&a, Some(&viewer), "GET", "/v1/auth/me", Value::Null).await;
