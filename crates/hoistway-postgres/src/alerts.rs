@@ -232,12 +232,7 @@ impl AlertStore for PgAlertStore {
         let pg = &self.pg;
         let mut client = pg.block(pg.client()).map_err(storage)?;
         let tx = pg
-            .block(async {
-                let tx = client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TRANSACT_LOCK])
-                    .await?;
-                crate::Result::Ok(tx)
-            })
+            .block(async { crate::exclusive(&mut client, TRANSACT_LOCK).await })
             .map_err(storage)?;
         let mut tx = PgTx { pg, tx };
         // Dropped without a commit, the transaction rolls back.

@@ -445,12 +445,7 @@ impl AuthStore for PgAuthStore {
             .block(async {
                 let mut client = self.pg.client().await?;
                 // One snapshot for both reads.
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
+                let tx = crate::read_snapshot(&mut client).await?;
                 let newest: i64 = tx
                     .query_one("SELECT rev FROM auth_revisions WHERE name = 'devices'", &[])
                     .await?

@@ -132,6 +132,28 @@ const WAIT: Duration = Duration::from_secs(5);
 /// Serialises migrations across nodes (an arbitrary constant: "hoistway" in ASCII, shortened).
 const MIGRATION_LOCK: i64 = 0x686f_6973_7477;
 
+/// A read-only transaction on one snapshot: what several reads see together.
+pub async fn read_snapshot(client: &mut Object) -> Result<deadpool_postgres::Transaction<'_>> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+/// A transaction that holds advisory lock `lock` until it ends: writers taking the same lock,
+/// on every node, run one at a time.
+pub async fn exclusive(
+    client: &mut Object,
+    lock: i64,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .await?;
+    Ok(tx)
+}
+
 /// A pool of connections to one schema of one PostgreSQL database. Cheap to clone.
 #[derive(Clone)]
 pub struct Postgres {
@@ -384,9 +406,7 @@ impl Postgres {
         // Reach the server now: a wrong URL fails at start, not at the first login.
         pg.block(async {
             let mut client = pg.client().await?;
-            let tx = client.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await?;
+            let tx = exclusive(&mut client, MIGRATION_LOCK).await?;
             tx.batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema};
                  CREATE TABLE IF NOT EXISTS schema_versions (
@@ -428,9 +448,7 @@ impl Postgres {
         let schema = self.inner.schema.clone();
         self.block(async {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await?;
+            let tx = exclusive(&mut client, MIGRATION_LOCK).await?;
             let version: i32 = tx
                 .query_opt(
                     "SELECT version FROM schema_versions WHERE component = $1",

@@ -96,12 +96,7 @@ impl RegistryStore for PgRegistryStore {
         self.pg
             .block(async {
                 let mut client = self.pg.client().await?;
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
+                let tx = crate::read_snapshot(&mut client).await?;
                 let rev: i64 = tx
                     .query_one("SELECT rev FROM registry_revision", &[])
                     .await?
@@ -133,9 +128,7 @@ impl RegistryStore for PgRegistryStore {
         self.pg
             .block(async {
                 let mut client = self.pg.client().await?;
-                let tx = client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                    .await?;
+                let tx = crate::exclusive(&mut client, WRITE_LOCK).await?;
                 let rev: i64 = tx
                     .query_one(
                         "UPDATE registry_revision SET rev = rev + 1 RETURNING rev",
@@ -238,9 +231,7 @@ impl RegistryStore for PgRegistryStore {
         self.pg
             .block(async {
                 let mut client = self.pg.client().await?;
-                let tx = client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                    .await?;
+                let tx = crate::exclusive(&mut client, WRITE_LOCK).await?;
                 let rev: i64 = tx
                     .query_one(
                         "UPDATE registry_revision SET rev = rev + 1 RETURNING rev",
@@ -267,12 +258,7 @@ impl RegistryStore for PgRegistryStore {
         self.pg
             .block(async {
                 let mut client = self.pg.client().await?;
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
+                let tx = crate::read_snapshot(&mut client).await?;
                 let newest: i64 = tx
                     .query_one("SELECT rev FROM registry_revision", &[])
                     .await?
