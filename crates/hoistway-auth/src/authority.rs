@@ -80,6 +80,10 @@ pub struct AuthorityConfig {
     /// a key rotation made on another node takes to reach this one. A rotated-in key is stored
     /// for twice this before it signs.
     pub refresh_secs: i64,
+    /// While the store is out of reach, a staff token verified in the last this many seconds is
+    /// still accepted, so dashboards and metrics scrapes keep working through a database outage.
+    /// 0: refuse every staff token then.
+    pub outage_grace_secs: i64,
 }
 
 impl Default for AuthorityConfig {
@@ -95,6 +99,7 @@ impl Default for AuthorityConfig {
             devices: DeviceMode::Required,
             issuer: "Hoistway".into(),
             refresh_secs: 2,
+            outage_grace_secs: 300,
         }
     }
 }
@@ -160,6 +165,9 @@ struct Verified {
     exp_us: i64,
 }
 
+/// A staff token's principal, when it was last verified in the store, and when it expires.
+type SeenStaff = (Principal, i64, Option<i64>);
+
 pub struct Authority {
     store: Arc<dyn AuthStore>,
     keys: RwLock<KeyRing>,
@@ -173,6 +181,9 @@ pub struct Authority {
     /// Why the last [`Self::reread_shared`] failed, if it did.
     reread_failure: Mutex<Option<String>>,
     cache: Mutex<HashMap<Box<str>, Verified>>,
+    /// Staff principals by token hash, with when they were last verified in the store and when
+    /// the token expires: used only while the store is out of reach.
+    staff_seen: Mutex<HashMap<String, SeenStaff>>,
 }
 
 impl Authority {
@@ -200,6 +211,7 @@ impl Authority {
             devices_rev: Mutex::new(rev),
             reread_failure: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
+            staff_seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -1110,25 +1122,58 @@ impl Authority {
     /// Who holds `bearer`: a staff session or API token, or a lift's access token.
     pub fn authenticate(&self, bearer: &str) -> Result<Principal> {
         if bearer.starts_with(SESSION_PREFIX) || bearer.starts_with(API_TOKEN_PREFIX) {
-            let invalid = || Error::Unauthenticated("unknown, expired or revoked token".into());
-            let token = self
-                .store
-                .token_by_hash(&secret::hash(bearer))?
-                .ok_or_else(invalid)?;
-            if token.expires_us.is_some_and(|e| self.now() >= e) {
-                return Err(invalid());
-            }
-            let user = self.store.user(&token.owner)?.ok_or_else(invalid)?;
-            return Ok(Principal::User {
+            let hash = secret::hash(bearer);
+            let now = self.now();
+            return match self.staff(&hash, now) {
+                Ok((principal, expires)) => {
+                    let mut seen = self.staff_seen.lock();
+                    if seen.len() >= CACHE_MAX {
+                        seen.clear();
+                    }
+                    seen.insert(hash, (principal.clone(), now, expires));
+                    Ok(principal)
+                }
+                // The store is out of reach: a token verified a moment ago still holds (no
+                // revocation can be made meanwhile either).
+                Err(Error::Unavailable(why)) => {
+                    let grace = self.config.outage_grace_secs * US;
+                    match self.staff_seen.lock().get(&hash) {
+                        Some((principal, at, expires))
+                            if now - at <= grace && expires.is_none_or(|e| now < e) =>
+                        {
+                            Ok(principal.clone())
+                        }
+                        _ => Err(Error::Unavailable(why)),
+                    }
+                }
+                Err(e) => {
+                    self.staff_seen.lock().remove(&hash);
+                    Err(e)
+                }
+            };
+        }
+        self.verify_device(bearer)
+            .map(|lift_id| Principal::Device { lift_id })
+    }
+
+    /// A staff token's principal and expiry, from the store.
+    fn staff(&self, hash: &str, now: i64) -> Result<(Principal, Option<i64>)> {
+        let invalid = || Error::Unauthenticated("unknown, expired or revoked token".into());
+        let token = self.store.token_by_hash(hash)?.ok_or_else(invalid)?;
+        if token.expires_us.is_some_and(|e| now >= e) {
+            return Err(invalid());
+        }
+        let user = self.store.user(&token.owner)?.ok_or_else(invalid)?;
+        Ok((
+            Principal::User {
                 username: user.username,
                 role: user.role,
                 customer: user.customer,
                 token_id: token.id,
                 second_factor: token.second_factor,
-            });
-        }
-        self.verify_device(bearer)
-            .map(|lift_id| Principal::Device { lift_id })
+            },
+            token.expires_us,
+        ))
     }
 }
 

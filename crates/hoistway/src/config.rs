@@ -231,6 +231,9 @@ pub struct AuthSettings {
     /// How often each node rereads what other nodes change (signing keys, lift revocations):
     /// the bound on how long a revocation takes to reach every node.
     pub refresh_secs: i64,
+    /// While the shared database is out of reach, staff tokens verified in the last this many
+    /// seconds are still accepted (dashboards, metrics scrapes); 0: none.
+    pub outage_grace_secs: i64,
 }
 
 impl Default for AuthSettings {
@@ -249,6 +252,7 @@ impl Default for AuthSettings {
             ingest_burst: 600,
             trusted_proxies: Vec::new(),
             refresh_secs: d.refresh_secs,
+            outage_grace_secs: d.outage_grace_secs,
         }
     }
 }
@@ -276,6 +280,7 @@ impl Config {
             devices: a.devices,
             issuer: "Hoistway".into(),
             refresh_secs: a.refresh_secs,
+            outage_grace_secs: a.outage_grace_secs,
         }
     }
 }

@@ -80,6 +80,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await??
     };
     let (registry, dlq, auth) = (Arc::new(registry), Arc::new(dlq), Arc::new(auth));
+    if !config.cluster.postgres.trim().is_empty() {
+        tracing::info!(
+            schema = %config.cluster.postgres_schema,
+            "accounts, credentials, signing keys and the lift registry are in PostgreSQL"
+        );
+    }
     // TLS before anything listens: a server told to use it does not start without it.
     let tls = match config.tls.files()? {
         None => None,
@@ -750,7 +756,14 @@ async fn reread_shared_periodically(
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut auth_failing, mut registry_failing) = (false, false);
+    let mut auth_state = Reread::new(
+        "auth",
+        "revocations and key rotations made on other nodes wait until it is readable",
+    );
+    let mut registry_state = Reread::new(
+        "registry",
+        "lifts registered on other nodes wait until it is readable",
+    );
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -768,27 +781,45 @@ async fn reread_shared_periodically(
             tracing::error!("the reread of shared state failed");
             continue;
         };
-        match auth_read {
-            Ok(_) if auth_failing => {
-                tracing::info!("shared auth state readable again");
-                auth_failing = false;
-            }
-            Err(e) if !auth_failing => {
-                tracing::warn!(error = %e, "cannot reread shared auth state; revocations made on other nodes wait until it is readable");
-                auth_failing = true;
-            }
-            _ => {}
+        auth_state.observe(auth_read);
+        registry_state.observe(registry_read);
+    }
+}
+
+/// One kind of shared state being reread: warned once per outage, logged when back, measured
+/// (`hoistway_shared_state_stale`, `hoistway_shared_state_reread_failures_total`).
+struct Reread {
+    state: &'static str,
+    consequence: &'static str,
+    failing: bool,
+}
+
+impl Reread {
+    fn new(state: &'static str, consequence: &'static str) -> Self {
+        Self {
+            state,
+            consequence,
+            failing: false,
         }
-        match registry_read {
-            Ok(_) if registry_failing => {
-                tracing::info!("shared registry readable again");
-                registry_failing = false;
+    }
+
+    fn observe(&mut self, read: Result<usize, String>) {
+        let stale = if read.is_err() { 1.0 } else { 0.0 };
+        metrics::gauge!("hoistway_shared_state_stale", "state" => self.state).set(stale);
+        match read {
+            Ok(_) if self.failing => {
+                tracing::info!(state = self.state, "shared state readable again");
+                self.failing = false;
             }
-            Err(e) if !registry_failing => {
-                tracing::warn!(error = %e, "cannot reread the lift registry; lifts registered on other nodes wait until it is readable");
-                registry_failing = true;
+            Ok(_) => {}
+            Err(e) => {
+                metrics::counter!("hoistway_shared_state_reread_failures_total", "state" => self.state)
+                    .increment(1);
+                if !self.failing {
+                    tracing::warn!(state = self.state, error = %e, consequence = self.consequence, "cannot reread shared state");
+                    self.failing = true;
+                }
             }
-            _ => {}
         }
     }
 }

@@ -1533,6 +1533,7 @@ async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations(
 
 #[tokio::test]
 async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_warns() {
+    // (Staff tokens verified in the last auth.outage_grace_secs still hold meanwhile.)
     let url = test_postgres();
     let pg_config: tokio_postgres::Config = url.parse().unwrap();
     let host = match &pg_config.get_hosts()[0] {
@@ -1561,10 +1562,20 @@ async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_
     let server = TestServer::start_with_token(dir, token, &env);
     let pair = device_tokens(&server, "L-1").await;
     let access = pair["access_token"].as_str().unwrap().to_string();
+    // A token made now and not used before the outage.
+    let r = server
+        .post_json(
+            "/v1/auth/tokens",
+            &json!({ "name": "unused", "expires_days": 1 }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let unused = r.json()["token"].as_str().unwrap().to_string();
 
     proxy.set_cut(true);
-    // Staff tokens are looked up in the database: 503 with a reason and when to retry.
-    let r = server.get("/v1/auth/me").await;
+    // Staff tokens are looked up in the database: one it has not verified lately gets 503 with
+    // a reason and when to retry; the admin's, verified a moment ago, still holds.
+    let r = as_bearer(&server, Some(&unused), "GET", "/v1/auth/me", Value::Null).await;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.content_type(), "application/problem+json");
     assert!(r.headers.contains_key("retry-after"));
@@ -1593,11 +1604,34 @@ async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_
                     .contains("auth: cannot reread")
         })
         .await;
+    let r = server.get("/v1/lifts").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = server.get("/metrics").await;
+    assert_eq!(r.status, 200, "metrics are scraped through the outage");
+    let text = String::from_utf8_lossy(&r.body);
+    for state in ["auth", "registry"] {
+        assert!(
+            text.contains(&format!(
+                "hoistway_shared_state_stale{{state=\"{state}\"}} 1"
+            )),
+            "{text}"
+        );
+    }
 
     proxy.set_cut(false);
     server
         .eventually("staff requests to work again", || async {
-            server.get("/v1/auth/me").await.status == 200
+            as_bearer(&server, Some(&unused), "GET", "/v1/auth/me", Value::Null)
+                .await
+                .status
+                == 200
+        })
+        .await;
+    server
+        .eventually("the gauge to clear", || async {
+            let r = server.get("/metrics").await;
+            String::from_utf8_lossy(&r.body)
+                .contains("hoistway_shared_state_stale{state=\"auth\"} 0")
         })
         .await;
     server
