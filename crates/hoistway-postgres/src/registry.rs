@@ -78,6 +78,21 @@ fn histories(rows: &[Row]) -> Vec<(LiftId, Vec<Assignment>)> {
     out
 }
 
+/// A write: the transaction, under the write lock, and the revision it takes.
+async fn write(
+    client: &mut deadpool_postgres::Object,
+) -> crate::Result<(deadpool_postgres::Transaction<'_>, i64)> {
+    let tx = crate::exclusive(client, WRITE_LOCK).await?;
+    let rev: i64 = tx
+        .query_one(
+            "UPDATE registry_revision SET rev = rev + 1 RETURNING rev",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok((tx, rev))
+}
+
 /// The lift registry, shared by every node.
 pub struct PgRegistryStore {
     pg: Postgres,
@@ -128,14 +143,7 @@ impl RegistryStore for PgRegistryStore {
         self.pg
             .block(async {
                 let mut client = self.pg.client().await?;
-                let tx = crate::exclusive(&mut client, WRITE_LOCK).await?;
-                let rev: i64 = tx
-                    .query_one(
-                        "UPDATE registry_revision SET rev = rev + 1 RETURNING rev",
-                        &[],
-                    )
-                    .await?
-                    .get(0);
+                let (tx, rev) = write(&mut client).await?;
                 let existing: HashSet<String> = tx
                     .query(
                         "SELECT lift_id FROM registry_lifts WHERE lift_id = ANY($1)",
@@ -231,14 +239,7 @@ impl RegistryStore for PgRegistryStore {
         self.pg
             .block(async {
                 let mut client = self.pg.client().await?;
-                let tx = crate::exclusive(&mut client, WRITE_LOCK).await?;
-                let rev: i64 = tx
-                    .query_one(
-                        "UPDATE registry_revision SET rev = rev + 1 RETURNING rev",
-                        &[],
-                    )
-                    .await?
-                    .get(0);
+                let (tx, rev) = write(&mut client).await?;
                 let n = tx
                     .execute("DELETE FROM registry_lifts WHERE lift_id = $1", &[&lift_id])
                     .await?;
