@@ -555,10 +555,16 @@ pub struct PgKeyStore {
 }
 
 impl PgKeyStore {
-    /// Uses the auth tables of `pg` (opened by [`PgAuthStore::open`], which creates them).
+    /// Opens the auth tables of `pg`, creating or migrating them.
     pub fn open(pg: Postgres) -> hoistway_auth::Result<Self> {
         pg.migrate(COMPONENT, MIGRATIONS).map_err(storage)?;
-        Ok(Self { pg })
+        Ok(Self::new(pg))
+    }
+
+    /// Uses the auth tables of `pg` as they are: [`PgAuthStore::open`] on the same `pg` made
+    /// or migrated them.
+    pub fn new(pg: Postgres) -> Self {
+        Self { pg }
     }
 }
 

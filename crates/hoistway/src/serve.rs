@@ -72,10 +72,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (registry, dlq, auth) = {
         let (data, config, clock) = (data.clone(), config.clone(), clock.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let registry = open_registry(&config)?;
+            // One pool for all the shared state.
+            let pg = shared_postgres(&config)?;
+            let registry = open_registry(&config, pg.as_ref())?;
             let dlq = DeadLetterQueue::open(data.join("dlq"))
                 .context("cannot open the dead-letter queue")?;
-            Ok((registry, dlq, open_authority(&config, clock)?))
+            Ok((
+                registry,
+                dlq,
+                open_authority_on(&config, clock, pg.as_ref())?,
+            ))
         })
         .await??
     };
@@ -700,22 +706,28 @@ pub async fn termination() {
 }
 
 /// The PostgreSQL that holds shared state (`cluster.postgres`). Blocks (connects).
-fn shared_postgres(config: &Config) -> anyhow::Result<hoistway_postgres::Postgres> {
-    hoistway_postgres::Postgres::connect(
-        config.cluster.postgres.trim(),
-        &config.cluster.postgres_schema,
-    )
-    .context("cannot open the shared state in PostgreSQL (cluster.postgres)")
+/// `None` when shared state stays in the data dir.
+fn shared_postgres(config: &Config) -> anyhow::Result<Option<hoistway_postgres::Postgres>> {
+    let url = config.cluster.postgres.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    hoistway_postgres::Postgres::connect(url, &config.cluster.postgres_schema)
+        .map(Some)
+        .context("cannot open the shared state in PostgreSQL (cluster.postgres)")
 }
 
-/// The lift registry: in PostgreSQL when `cluster.postgres` names one (shared by every node
-/// given it), else `registry.sqlite3` in the data dir. Blocks.
-pub fn open_registry(config: &Config) -> anyhow::Result<Registry> {
-    if config.cluster.postgres.trim().is_empty() {
+/// The lift registry: in `pg` (the shared state, [`shared_postgres`]) if given, else
+/// `registry.sqlite3` in the data dir. Blocks.
+fn open_registry(
+    config: &Config,
+    pg: Option<&hoistway_postgres::Postgres>,
+) -> anyhow::Result<Registry> {
+    let Some(pg) = pg else {
         return Registry::open(config.data_dir.join("registry.sqlite3"))
             .context("cannot open the lift registry");
-    }
-    let store = hoistway_postgres::PgRegistryStore::open(shared_postgres(config)?)
+    };
+    let store = hoistway_postgres::PgRegistryStore::open(pg.clone())
         .context("cannot open the registry tables in PostgreSQL")?;
     Registry::with_store(Arc::new(store)).context("cannot read the lift registry")
 }
@@ -726,21 +738,28 @@ pub fn open_authority(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<hoistway_auth::Authority> {
+    open_authority_on(config, clock, shared_postgres(config)?.as_ref())
+}
+
+/// [`open_authority`] on the shared state `pg` already open, if any.
+fn open_authority_on(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    pg: Option<&hoistway_postgres::Postgres>,
+) -> anyhow::Result<hoistway_auth::Authority> {
     let (store, keys): (
         Arc<dyn hoistway_auth::AuthStore>,
         Arc<dyn hoistway_auth::KeyStore>,
-    ) = if config.cluster.postgres.trim().is_empty() {
+    ) = if let Some(pg) = pg {
+        let store = hoistway_postgres::PgAuthStore::open(pg.clone())
+            .context("cannot open the auth tables in PostgreSQL")?;
+        let keys = hoistway_postgres::PgKeyStore::new(pg.clone());
+        (Arc::new(store), Arc::new(keys))
+    } else {
         let dir = config.data_dir.join("auth");
         let store = hoistway_auth::SqliteAuthStore::open(&dir.join("auth.sqlite3"))
             .context("cannot open the auth store")?;
         let keys = hoistway_auth::FileKeyStore::new(&dir.join("keys.json"));
-        (Arc::new(store), Arc::new(keys))
-    } else {
-        let pg = shared_postgres(config)?;
-        let store = hoistway_postgres::PgAuthStore::open(pg.clone())
-            .context("cannot open the auth tables in PostgreSQL")?;
-        let keys = hoistway_postgres::PgKeyStore::open(pg)
-            .context("cannot open the signing keys in PostgreSQL")?;
         (Arc::new(store), Arc::new(keys))
     };
     hoistway_auth::Authority::open(store, keys, clock, config.authority())
