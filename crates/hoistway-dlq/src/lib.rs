@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use hoistway_model::Reading;
@@ -34,6 +34,12 @@ pub enum Error {
         line: usize,
         message: String,
     },
+    /// A shared store (PostgreSQL) cannot be reached: worth retrying.
+    #[error("dead-letter storage is unavailable: {0}")]
+    Unavailable(String),
+    /// A shared store refused or failed the call.
+    #[error("dead-letter storage failed: {0}")]
+    Backend(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -135,6 +141,78 @@ pub struct DlqFile {
     pub reasons: BTreeMap<Reason, u64>,
 }
 
+/// The read side of dead letters, wherever they are kept: the API lists, reads and replays
+/// through it. Files ([`DeadLetterQueue`]) in a standalone server; a cluster keeps them beside
+/// the processor's checkpoints (the processor's `CheckpointStore` writes them, in the same
+/// commit as the checkpoint that covers their offsets).
+pub trait DeadLetters: Send + Sync {
+    /// Pending (not yet replayed) batches, oldest first.
+    fn list(&self) -> Result<Vec<DlqFile>>;
+    /// One batch's letters; [`Error::NotFound`] for an unknown id.
+    fn read(&self, id: &str) -> Result<Vec<DeadLetter>>;
+    /// Takes a batch out of the pending set once its readings are back in the log.
+    fn mark_replayed(&self, id: &str) -> Result<()>;
+    /// (batches, bytes) pending; also refreshes [`Self::pending_bytes`].
+    fn size(&self) -> (u64, u64);
+    /// Bytes pending, without I/O (ingest checks it on every request). A shared store's figure
+    /// is as of its last [`Self::size`] or write.
+    fn pending_bytes(&self) -> u64;
+}
+
+/// `letters` as the lines of a dead-letter file: one JSON object each, its `"format"` first.
+pub fn encode_lines(letters: &[DeadLetter]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for letter in letters {
+        let line = LineOut {
+            format: FORMAT,
+            letter,
+        };
+        serde_json::to_writer(&mut out, &line).expect("dead letters serialise");
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The letters in `text`, the lines of batch `id`: an unversioned line is version 1, a line
+/// of a newer version is refused with the batch, line and version, never skipped.
+pub fn decode_lines(id: &str, text: &str) -> Result<Vec<DeadLetter>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let unreadable = |message: String| Error::Unreadable {
+            file: id.into(),
+            line: i + 1,
+            message,
+        };
+        let parsed: LineIn = serde_json::from_str(line).map_err(|e| {
+            // Say what a newer release's line is, even when its fields no longer parse.
+            match serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("format")?.as_u64())
+            {
+                Some(version) if version > u64::from(FORMAT) => unreadable(newer(version)),
+                _ => unreadable(e.to_string()),
+            }
+        })?;
+        if parsed.format > FORMAT {
+            return Err(unreadable(newer(parsed.format.into())));
+        }
+        out.push(parsed.letter);
+    }
+    Ok(out)
+}
+
+/// How many letters of each reason `letters` holds.
+pub fn count_reasons(letters: &[DeadLetter]) -> BTreeMap<Reason, u64> {
+    let mut reasons = BTreeMap::new();
+    for l in letters {
+        *reasons.entry(l.reason).or_default() += 1;
+    }
+    reasons
+}
+
 pub struct DeadLetterQueue {
     dir: PathBuf,
     /// Bytes of pending files, kept current by every change (ingest checks it per request).
@@ -198,16 +276,8 @@ impl DeadLetterQueue {
         }
         let name = format!("{first_offset:020}-{last_offset:020}.ndjson");
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
-        for letter in items {
-            let line = LineOut {
-                format: FORMAT,
-                letter,
-            };
-            serde_json::to_writer(&mut out, &line).map_err(std::io::Error::other)?;
-            out.write_all(b"\n")?;
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let mut file = File::create(&tmp)?;
+        file.write_all(&encode_lines(items))?;
         file.sync_all()?;
         fs::rename(&tmp, self.dir.join(&name))?;
         File::open(&self.dir)?.sync_all()?;
@@ -256,18 +326,14 @@ impl DeadLetterQueue {
                 continue;
             };
             let id = name.trim_end_matches(".ndjson").to_string();
-            let mut reasons = BTreeMap::new();
             let letters = self.read(&id)?;
-            for l in &letters {
-                *reasons.entry(l.reason).or_default() += 1;
-            }
             out.push(DlqFile {
                 id,
                 first_offset,
                 last_offset,
                 items: letters.len() as u64,
                 bytes: entry.metadata()?.len(),
-                reasons,
+                reasons: count_reasons(&letters),
             });
         }
         out.sort_by_key(|f| f.first_offset);
@@ -279,37 +345,11 @@ impl DeadLetterQueue {
             return Err(Error::NotFound(id.into()));
         }
         let path = self.dir.join(format!("{id}.ndjson"));
-        let file = File::open(&path).map_err(|e| match e.kind() {
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(id.into()),
             _ => Error::Io(e),
         })?;
-        let mut out = Vec::new();
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let unreadable = |message: String| Error::Unreadable {
-                file: id.into(),
-                line: i + 1,
-                message,
-            };
-            let parsed: LineIn = serde_json::from_str(&line).map_err(|e| {
-                // Say what a newer release's line is, even when its fields no longer parse.
-                match serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("format")?.as_u64())
-                {
-                    Some(version) if version > u64::from(FORMAT) => unreadable(newer(version)),
-                    _ => unreadable(e.to_string()),
-                }
-            })?;
-            if parsed.format > FORMAT {
-                return Err(unreadable(newer(parsed.format.into())));
-            }
-            out.push(parsed.letter);
-        }
-        Ok(out)
+        decode_lines(id, &text)
     }
 
     /// Moves a file out of the pending set once its readings are back in the log.
@@ -341,7 +381,31 @@ impl DeadLetterQueue {
                 }
             }
         }
+        self.pending_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
         (files, bytes)
+    }
+}
+
+impl DeadLetters for DeadLetterQueue {
+    fn list(&self) -> Result<Vec<DlqFile>> {
+        DeadLetterQueue::list(self)
+    }
+
+    fn read(&self, id: &str) -> Result<Vec<DeadLetter>> {
+        DeadLetterQueue::read(self, id)
+    }
+
+    fn mark_replayed(&self, id: &str) -> Result<()> {
+        DeadLetterQueue::mark_replayed(self, id)
+    }
+
+    fn size(&self) -> (u64, u64) {
+        DeadLetterQueue::size(self)
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        DeadLetterQueue::pending_bytes(self)
     }
 }
 

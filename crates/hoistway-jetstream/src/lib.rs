@@ -376,7 +376,7 @@ impl JetStreamLog {
             counts: Default::default(),
             durability,
         };
-        log.refresh().await?;
+        log.read_bounds().await?;
         Ok(log)
     }
 
@@ -442,7 +442,7 @@ impl JetStreamLog {
 
     /// Reads the stream's bounds from the server: first and last sequence, and the last
     /// message's record count for an exact durable end.
-    async fn refresh(&self) -> Result<()> {
+    async fn read_bounds(&self) -> Result<()> {
         let info = self.stream.get_info().await.map_err(unavailable)?;
         let state = info.state;
         self.bytes.store(state.bytes, Ordering::Relaxed);
@@ -524,6 +524,10 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
 
 #[async_trait]
 impl Log for JetStreamLog {
+    async fn refresh(&self) -> Result<()> {
+        self.read_bounds().await
+    }
+
     async fn append(&self, records: Vec<Bytes>) -> Result<Vec<Offset>> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -548,7 +552,7 @@ impl Log for JetStreamLog {
 
     async fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Record>> {
         if from >= self.end.load(Ordering::Acquire) {
-            self.refresh().await?;
+            self.read_bounds().await?;
             if from >= self.end.load(Ordering::Acquire) {
                 return Ok(Vec::new());
             }
@@ -605,7 +609,7 @@ impl Log for JetStreamLog {
             let appended = self.appended.notified();
             let _ = tokio::time::timeout((deadline - now).min(POLL), appended).await;
             if self.end.load(Ordering::Acquire) <= offset
-                && let Err(e) = self.refresh().await
+                && let Err(e) = self.read_bounds().await
             {
                 tracing::debug!(stream = %self.name, error = %e, "reading the stream's end failed");
             }
@@ -632,7 +636,7 @@ impl Log for JetStreamLog {
         self.start
             .fetch_max(offset_of(keep_from, 0), Ordering::AcqRel);
         // the bytes it freed (the byte limit answers 503 at ingest)
-        self.refresh().await
+        self.read_bounds().await
     }
 
     fn start(&self) -> Offset {

@@ -58,6 +58,11 @@ async fn jetstream_log_meets_the_contract() {
     let again = JetStreamLog::open(nats.log_config(0)).await.unwrap();
     assert_eq!(again.durable_end(), other.durable_end());
     assert!(again.start() > 0, "the suite truncated");
+    // what another node appends later shows once refreshed (a standby taking over relies on it)
+    let end = other.append(vec![payload(8), payload(9)]).await.unwrap()[1] + 1;
+    assert!(again.durable_end() < end);
+    again.refresh().await.unwrap();
+    assert_eq!(again.durable_end(), end);
 }
 
 /// Several nodes append to one partition at once: every record is read once, at its offset.

@@ -97,6 +97,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   never assumes they are consecutive.
 /// - [`truncate_before(o)`](Log::truncate_before) allows records below `o` to be deleted; the
 ///   log may keep more. Offsets are never reused.
+/// - [`start`](Log::start) and [`durable_end`](Log::durable_end) are this handle's view: other
+///   writers' appends (and truncations) show once [`refresh`](Log::refresh) or
+///   [`wait_for_data`](Log::wait_for_data) has looked, or a read went past them.
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
     /// Appends `records` and returns, once they are durable, the offset of each.
@@ -106,6 +109,11 @@ pub trait Log: Send + Sync + 'static {
     /// Resolves when the durable end passes `offset` or after `timeout`, whichever is first.
     async fn wait_for_data(&self, offset: Offset, timeout: Duration);
     async fn truncate_before(&self, offset: Offset) -> Result<()>;
+    /// Brings [`start`](Log::start) and [`durable_end`](Log::durable_end) up to what every
+    /// writer did so far (a log with one writer is always current).
+    async fn refresh(&self) -> Result<()> {
+        Ok(())
+    }
     /// First offset still held.
     fn start(&self) -> Offset;
     /// One past the last durable record.

@@ -3,8 +3,9 @@
 //! In: a PostgreSQL URL and a schema name. Out: implementations of the state seams that pass
 //! the same conformance suites as the embedded ones: [`PgAuthStore`] (staff accounts, tokens,
 //! device grants, refresh tokens, lift credentials, the audit log), [`PgKeyStore`] (the token
-//! signing keys), [`PgRegistryStore`] (the lift registry) and [`PgAlertStore`] (rules, alerts,
-//! their events, the notification outbox, silences). Not here: raw readings, which stay in the log and in Parquet.
+//! signing keys), [`PgRegistryStore`] (the lift registry), [`PgAlertStore`] (rules, alerts,
+//! their events, the notification outbox, silences) and [`PgCheckpointStore`] (each partition's
+//! processor checkpoint and epoch, and the dead letters). Not here: raw readings, which stay in the log and in Parquet.
 //!
 //! The seams block (their callers run them off the async runtime). [`Postgres`] keeps a
 //! connection pool on a small tokio runtime of its own and waits for each call on the caller's
@@ -17,6 +18,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod checkpoints;
 pub mod registry;
 
 use std::future::Future;
@@ -30,6 +32,7 @@ use tokio_rustls::rustls;
 
 pub use alerts::PgAlertStore;
 pub use auth::{PgAuthStore, PgKeyStore};
+pub use checkpoints::PgCheckpointStore;
 pub use registry::PgRegistryStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,9 @@ fn from_json<T: serde::de::DeserializeOwned>(table: &'static str, s: &str) -> Re
         message: e.to_string(),
     })
 }
+
+/// How long the server lets a session sit idle inside a transaction before ending it.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
 
 /// Most connections one node keeps to the server.
 const POOL_SIZE: usize = 8;
@@ -351,8 +357,14 @@ impl Postgres {
         let connector = tls(&tls_settings)?;
         let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| Error::Config(format!("the URL is not valid: {e}")))?;
-        // Unqualified names resolve in Hoistway's schema only.
-        config.options(format!("-c search_path={schema}"));
+        // Unqualified names resolve in Hoistway's schema only; notices ("already exists,
+        // skipping") stay out of the log. A node that stalls inside a
+        // transaction (paused, cut off) must not hold its row locks for ever: the server ends
+        // such a session, so another node can take a partition over.
+        config.options(format!(
+            "-c search_path={schema} -c idle_in_transaction_session_timeout={} -c client_min_messages=warning",
+            IDLE_IN_TRANSACTION.as_millis()
+        ));
         if config.get_application_name().is_none() {
             config.application_name("hoistway");
         }

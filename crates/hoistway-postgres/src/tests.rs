@@ -367,3 +367,67 @@ fn a_fleet_imports_in_a_few_statements() {
         20_000
     );
 }
+
+#[test]
+fn the_checkpoint_store_passes_the_conformance_suite_and_fences_across_nodes() {
+    let scratch = Scratch::new("checkpoints");
+    let store = PgCheckpointStore::open(scratch.connect()).unwrap();
+    hoistway_processor::conformance::check(&store);
+    // Each node has its own pool, as on two machines.
+    let other = PgCheckpointStore::open(scratch.connect()).unwrap();
+    hoistway_processor::conformance::check_shared(&store, &other);
+    assert_eq!(
+        scratch.connect().version(checkpoints::COMPONENT).unwrap(),
+        checkpoints::MIGRATIONS.len() as u32
+    );
+}
+
+/// Four nodes claiming one partition at once (with leases that lapse at once) each get an epoch
+/// of their own, and only the last claim's commits go through.
+#[test]
+fn nodes_claiming_a_partition_at_once_get_distinct_epochs() {
+    use hoistway_processor::store::{CheckpointStore, Claimed, Commit, Lease, StoreError};
+    let scratch = Scratch::new("claims");
+    let stores: Vec<_> = (0..4)
+        .map(|_| Arc::new(PgCheckpointStore::open(scratch.connect()).unwrap()))
+        .collect();
+    // Leases of no length: each claim is granted, as a takeover after a lapse would be.
+    let lease = Lease {
+        holder: "node".into(),
+        ttl: std::time::Duration::ZERO,
+    };
+    let epochs: Vec<u64> = std::thread::scope(|s| {
+        let claims: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let lease = &lease;
+                s.spawn(move || match store.claim(7, lease).unwrap() {
+                    Claimed::Granted(claim) => claim.epoch,
+                    held => panic!("{held:?}"),
+                })
+            })
+            .collect();
+        claims.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut sorted = epochs.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [1, 2, 3, 4], "{epochs:?}");
+    let state = hoistway_processor::checkpoint::encode(&Default::default()).unwrap();
+    for (store, epoch) in stores.iter().zip(&epochs) {
+        let outcome = store.commit(&Commit {
+            partition: 7,
+            epoch: *epoch,
+            offset: 0,
+            state: &state,
+            dead: None,
+        });
+        if *epoch == 4 {
+            outcome.unwrap();
+        } else {
+            assert!(
+                matches!(outcome, Err(StoreError::Fenced { current: 4, .. })),
+                "{outcome:?}"
+            );
+        }
+    }
+}

@@ -16,16 +16,17 @@
 //! readings.
 
 pub mod checkpoint;
+pub mod conformance;
 pub mod sink;
 pub mod state;
+pub mod store;
 mod view;
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hoistway_dlq::{DeadLetter, DeadLetterQueue, Reason};
+use hoistway_dlq::{DeadLetter, Reason};
 use hoistway_ingest::record::decode_record;
 use hoistway_ingest::{DurableRecord, Feed, LogBatch, RecordError};
 use hoistway_log::{Log, Offset, Record};
@@ -36,14 +37,13 @@ use tokio::sync::watch;
 
 pub use sink::{Counters, Finish, Prepare, Sink, SinkBatch, SinkError, SinkItem};
 pub use state::{Applied, FleetState, LiftState};
+pub use store::{CheckpointStore, Claim, Claimed, Commit, FileCheckpointStore, Lease, StoreError};
 pub use view::{Fleet, FleetSummary, LiftStatus, LiftView, ListQuery, Page};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Log(#[from] hoistway_log::Error),
-    #[error(transparent)]
-    Dlq(#[from] hoistway_dlq::Error),
     #[error(transparent)]
     Registry(#[from] hoistway_registry::Error),
     #[error("log record at offset {offset} cannot be applied: {source}")]
@@ -52,6 +52,8 @@ pub enum Error {
     Checkpoint(String),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error(
         "checkpoint is at offset {checkpoint} but the log starts at {log_start}: the log was truncated past it"
     )]
@@ -71,7 +73,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
-    pub state_dir: PathBuf,
+    /// The partition processed (a standalone server has one, partition 0).
+    pub partition: u16,
     pub window: DedupWindow,
     pub checkpoint_interval: Duration,
     /// Register unknown lifts on their first reading instead of dead-lettering them.
@@ -81,10 +84,10 @@ pub struct ProcessorConfig {
     pub checkpoint_format: u32,
 }
 
-impl ProcessorConfig {
-    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+impl Default for ProcessorConfig {
+    fn default() -> Self {
         Self {
-            state_dir: state_dir.into(),
+            partition: 0,
             window: DedupWindow::default(),
             checkpoint_interval: Duration::from_secs(10),
             auto_register: false,
@@ -123,7 +126,9 @@ pub struct Processor {
     config: ProcessorConfig,
     log: Arc<dyn Log>,
     registry: Arc<Registry>,
-    dlq: Arc<DeadLetterQueue>,
+    store: Arc<dyn CheckpointStore>,
+    /// This processor's epoch on its partition (from its claim): every commit carries it.
+    epoch: u64,
     state: Arc<RwLock<FleetState>>,
     sinks: Vec<Arc<dyn Sink>>,
     feed: Option<Feed>,
@@ -164,23 +169,21 @@ struct InFlight {
 }
 
 impl Processor {
-    /// Loads the last checkpoint and replays the log to its durable end, so that the returned
-    /// processor's state covers everything already acknowledged.
+    /// Starts from `claim` (the partition's, from [`claim_partition`] on `store`): its last
+    /// checkpoint, then replays the log to its durable end, so that the returned processor's
+    /// state covers everything already acknowledged.
     pub async fn recover(
         config: ProcessorConfig,
         log: Arc<dyn Log>,
         registry: Arc<Registry>,
-        dlq: Arc<DeadLetterQueue>,
+        store: Arc<dyn CheckpointStore>,
+        claim: Claim,
         sinks: Vec<Arc<dyn Sink>>,
     ) -> Result<Self> {
-        let dir = config.state_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<Option<FleetState>> {
-            std::fs::create_dir_all(&dir)?;
-            checkpoint::read(&dir)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let state = loaded.unwrap_or_else(|| FleetState {
+        let epoch = claim.epoch;
+        // Other writers (the previous holder) appended since this node opened the log.
+        log.refresh().await?;
+        let state = claim.state.unwrap_or_else(|| FleetState {
             offset: log.start(),
             ..Default::default()
         });
@@ -198,13 +201,6 @@ impl Processor {
                 log_end: log.durable_end(),
             });
         }
-        let discarded = {
-            let dlq = dlq.clone();
-            let from = state.offset;
-            tokio::task::spawn_blocking(move || dlq.discard_from(from))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??
-        };
         let from = state.offset;
         let progress = Progress {
             offset: from,
@@ -215,7 +211,8 @@ impl Processor {
             config,
             log,
             registry,
-            dlq,
+            store,
+            epoch,
             state: Arc::new(RwLock::new(state)),
             sinks,
             feed: None,
@@ -233,10 +230,12 @@ impl Processor {
             processor.step().await?;
         }
         tracing::info!(
+            partition = processor.config.partition,
+            epoch,
+            checkpoints = %processor.store.describe(),
             from,
             to = end,
             lifts = processor.state.read().lifts.len(),
-            discarded_dead_letter_files = discarded,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "processor recovered"
         );
@@ -416,36 +415,28 @@ impl Processor {
             tokio::task::spawn_blocking(move || checkpoint::encode_version(&state.read(), format))
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let dlq = self.dlq.clone();
-        let dir = self.config.state_dir.clone();
+        let store = self.store.clone();
+        let (partition, epoch) = (self.config.partition, self.epoch);
         let log = self.log.clone();
         let letters = dead.clone();
         let gate = self.gate.clone();
         let task = tokio::spawn(async move {
             let _gate = gate.hold().await;
             finish_all(finishes).await?;
-            let dead_file = match letters {
-                Some((first, letters)) => {
-                    let dlq = dlq.clone();
-                    let last = offset.saturating_sub(1);
-                    tokio::task::spawn_blocking(move || dlq.write_batch(first, last, &letters))
-                        .await
-                        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                    Some((first, last))
-                }
-                None => None,
-            };
             let len = bytes.len();
-            let written = tokio::task::spawn_blocking(move || checkpoint::write(&dir, &bytes))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            if let Err(e) = written {
-                if let Some((first, last)) = dead_file {
-                    let _ =
-                        tokio::task::spawn_blocking(move || dlq.remove_batch(first, last)).await;
-                }
-                return Err(e);
-            }
+            tokio::task::spawn_blocking(move || {
+                store.commit(&Commit {
+                    partition,
+                    epoch,
+                    offset,
+                    state: &bytes,
+                    dead: letters
+                        .as_ref()
+                        .map(|(first, letters)| (*first, offset.saturating_sub(1), &letters[..])),
+                })
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
             log.truncate_before(offset).await?;
             Ok(len)
         });
@@ -547,6 +538,12 @@ impl Processor {
                 Ok(())
             };
             if let Err(e) = outcome {
+                if let Error::Store(StoreError::Fenced { .. }) = e {
+                    // Another processor owns the partition now: applying more here would
+                    // only diverge from it.
+                    metrics::counter!("hoistway_processor_fenced_total").increment(1);
+                    return Err(e);
+                }
                 // Not fatal: the log still holds everything since the last good checkpoint.
                 tracing::error!(error = %e, "checkpoint failed; retrying at the next interval");
                 metrics::counter!("hoistway_processor_checkpoint_failures_total").increment(1);
@@ -578,8 +575,95 @@ impl Processor {
         self.checkpoint().await
     }
 
-    pub fn state_dir(&self) -> &Path {
-        &self.config.state_dir
+    /// This processor's epoch on its partition.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+/// Claims `partition` in `store` for `lease`, waiting (and saying who holds it) while another
+/// holder's lease runs or the store is out of reach.
+pub async fn claim_partition(
+    store: Arc<dyn CheckpointStore>,
+    partition: u16,
+    lease: Lease,
+) -> Result<Claim> {
+    let mut said: Option<Instant> = None;
+    loop {
+        let (s, l) = (store.clone(), lease.clone());
+        let claimed = tokio::task::spawn_blocking(move || s.claim(partition, &l))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let wait = match claimed {
+            Ok(Claimed::Granted(claim)) => return Ok(claim),
+            Ok(Claimed::Held { holder, remaining }) => {
+                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    tracing::info!(
+                        partition,
+                        holder = %holder,
+                        lease_remaining_ms = remaining.as_millis() as u64,
+                        "the partition is another processor's; waiting to take it over when its lease lapses"
+                    );
+                    said = Some(Instant::now());
+                }
+                remaining.clamp(Duration::from_millis(100), Duration::from_secs(1))
+            }
+            Err(StoreError::Unavailable(why)) => {
+                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    tracing::warn!(partition, error = %why, "cannot claim the partition yet; retrying");
+                    said = Some(Instant::now());
+                }
+                Duration::from_secs(1)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Renews the lease of the claim that got `epoch` every third of `ttl` until `shutdown`; returns
+/// an error once another claim took the partition.
+///
+/// While the store is out of reach the lease cannot be renewed, but nobody else can claim the
+/// partition either (claims go through the same store), so processing goes on and renewals are
+/// retried; once the store answers again, either the renewal goes through or a claim that came
+/// first (the lease had lapsed) fences this processor.
+pub async fn keep_lease(
+    store: Arc<dyn CheckpointStore>,
+    partition: u16,
+    epoch: u64,
+    ttl: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let s = store.clone();
+        let outcome = tokio::task::spawn_blocking(move || s.renew(partition, epoch, ttl))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        match outcome {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(partition, "the partition's lease is renewed again");
+                    failing = false;
+                }
+            }
+            Err(e @ StoreError::Fenced { .. }) => return Err(e.into()),
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(partition, error = %e, "cannot renew the partition's lease; retrying");
+                    failing = true;
+                }
+                metrics::counter!("hoistway_processor_lease_renewal_failures_total").increment(1);
+            }
+        }
     }
 }
 
@@ -718,6 +802,7 @@ fn apply_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hoistway_dlq::DeadLetterQueue;
     use hoistway_ingest::record::{encode_reading, encode_record};
     use hoistway_log::{FileLog, FileLogConfig};
     use hoistway_model::{LiftId, Reading};
@@ -760,16 +845,26 @@ mod tests {
         info.initial_trips = 999_990;
         registry.upsert(info).unwrap();
         let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
+        let store = Arc::new(FileCheckpointStore::new(dir.path().join("state"), dlq));
         let recorder = Arc::new(Recorder::default());
-        let mut config = ProcessorConfig::new(dir.path().join("state"));
-        // one record per log read, so the gap is read alone
-        config.read_batch_bytes = 1;
+        let config = ProcessorConfig {
+            // one record per log read, so the gap is read alone
+            read_batch_bytes: 1,
+            ..Default::default()
+        };
         let (tx, feed) = hoistway_ingest::feed(8);
-        let mut processor =
-            Processor::recover(config, log.clone(), registry, dlq, vec![recorder.clone()])
-                .await
-                .unwrap()
-                .with_feed(feed);
+        let claim = claim_partition(store.clone(), 0, lease()).await.unwrap();
+        let mut processor = Processor::recover(
+            config,
+            log.clone(),
+            registry,
+            store,
+            claim,
+            vec![recorder.clone()],
+        )
+        .await
+        .unwrap()
+        .with_feed(feed);
 
         // Records 0 and 1 are durable in the log; only record 1 is fed (0 was dropped).
         let offsets = log
@@ -857,11 +952,14 @@ mod tests {
         let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
         let gate = Arc::new(Gate::default());
         let state_dir = dir.path().join("state");
+        let store = Arc::new(FileCheckpointStore::new(&state_dir, dlq.clone()));
+        let claim = claim_partition(store.clone(), 0, lease()).await.unwrap();
         let mut processor = Processor::recover(
-            ProcessorConfig::new(&state_dir),
+            ProcessorConfig::default(),
             log.clone(),
             registry,
-            dlq.clone(),
+            store,
+            claim,
             vec![gate.clone()],
         )
         .await
@@ -898,5 +996,196 @@ mod tests {
         assert_eq!(dlq.list().unwrap().len(), 1);
         assert!(processor.pending_dead.is_empty());
         assert_eq!(processor.progress().borrow().last_checkpoint_offset, 3);
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            holder: "test".into(),
+            ttl: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn the_file_store_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
+        let store = FileCheckpointStore::new(dir.path().join("state"), dlq.clone());
+        conformance::check(&DeadLettersBeside(store, dlq));
+    }
+
+    /// The file store with the dead-letter queue it writes, read as one (in `serve` they are two
+    /// handles on the same directories).
+    struct DeadLettersBeside(FileCheckpointStore, Arc<DeadLetterQueue>);
+
+    impl CheckpointStore for DeadLettersBeside {
+        fn claim(&self, partition: u16, lease: &Lease) -> Result<Claimed, StoreError> {
+            self.0.claim(partition, lease)
+        }
+        fn renew(&self, partition: u16, epoch: u64, ttl: Duration) -> Result<(), StoreError> {
+            self.0.renew(partition, epoch, ttl)
+        }
+        fn release(&self, partition: u16, epoch: u64) -> Result<(), StoreError> {
+            self.0.release(partition, epoch)
+        }
+        fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
+            self.0.commit(commit)
+        }
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+    }
+
+    impl hoistway_dlq::DeadLetters for DeadLettersBeside {
+        fn list(&self) -> hoistway_dlq::Result<Vec<hoistway_dlq::DlqFile>> {
+            self.1.list()
+        }
+        fn read(&self, id: &str) -> hoistway_dlq::Result<Vec<DeadLetter>> {
+            self.1.read(id)
+        }
+        fn mark_replayed(&self, id: &str) -> hoistway_dlq::Result<()> {
+            self.1.mark_replayed(id)
+        }
+        fn size(&self) -> (u64, u64) {
+            self.1.size()
+        }
+        fn pending_bytes(&self) -> u64 {
+            self.1.pending_bytes()
+        }
+    }
+
+    /// A store whose renewals fail as unavailable a few times, then as fenced.
+    struct Flaky {
+        inner: FileCheckpointStore,
+        renewals: std::sync::atomic::AtomicU32,
+    }
+
+    impl CheckpointStore for Flaky {
+        fn claim(&self, partition: u16, lease: &Lease) -> Result<Claimed, StoreError> {
+            self.inner.claim(partition, lease)
+        }
+        fn renew(&self, partition: u16, epoch: u64, _ttl: Duration) -> Result<(), StoreError> {
+            match self
+                .renewals
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            {
+                0 => Ok(()),
+                1..=4 => Err(StoreError::Unavailable("connection refused".into())),
+                5 => Ok(()),
+                _ => Err(StoreError::Fenced {
+                    partition,
+                    held: epoch,
+                    current: epoch + 1,
+                }),
+            }
+        }
+        fn release(&self, partition: u16, epoch: u64) -> Result<(), StoreError> {
+            self.inner.release(partition, epoch)
+        }
+        fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
+            self.inner.commit(commit)
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+    }
+
+    /// A lease whose store is out of reach is kept (nobody else can claim it meanwhile); only a
+    /// claim by another ends it.
+    #[tokio::test]
+    async fn a_lease_outlives_an_unreachable_store_and_ends_when_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
+        let store = Arc::new(Flaky {
+            inner: FileCheckpointStore::new(dir.path().join("state"), dlq),
+            renewals: Default::default(),
+        });
+        let (_stop, shutdown) = watch::channel(false);
+        let ttl = Duration::from_millis(30);
+        let kept = tokio::time::timeout(
+            Duration::from_secs(10),
+            keep_lease(store.clone(), 0, 1, ttl, shutdown),
+        )
+        .await
+        .expect("a fenced lease ends");
+        assert!(
+            matches!(kept, Err(Error::Store(StoreError::Fenced { .. }))),
+            "{kept:?}"
+        );
+        assert_eq!(
+            store.renewals.load(std::sync::atomic::Ordering::SeqCst),
+            7,
+            "renewals went on through four failures, over more than a whole ttl"
+        );
+        // And it ends quietly at shutdown.
+        let (stop, shutdown) = watch::channel(false);
+        let kept = tokio::spawn(keep_lease(store, 0, 1, Duration::from_secs(60), shutdown));
+        stop.send(true).unwrap();
+        assert!(kept.await.unwrap().is_ok());
+    }
+
+    /// A processor whose partition another claimed stops at its next checkpoint, and writes
+    /// nothing: the new owner's checkpoint stands.
+    #[tokio::test]
+    async fn a_fenced_processor_stops_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = FileLog::open(FileLogConfig::new(dir.path().join("log"))).unwrap();
+        let log: Arc<dyn Log> = Arc::new(log);
+        let registry = Arc::new(Registry::open(dir.path().join("registry.sqlite3")).unwrap());
+        registry
+            .upsert(LiftInfo::new(LiftId::new("L1").unwrap()))
+            .unwrap();
+        let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
+        let state_dir = dir.path().join("state");
+        let store = Arc::new(FileCheckpointStore::new(&state_dir, dlq));
+        let config = ProcessorConfig {
+            checkpoint_interval: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let claim = claim_partition(store.clone(), 0, lease()).await.unwrap();
+        let processor = Processor::recover(
+            config.clone(),
+            log.clone(),
+            registry.clone(),
+            store.clone(),
+            claim,
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(processor.epoch(), 1);
+        let (_stop, shutdown) = watch::channel(false);
+        let old = tokio::spawn(processor.run(shutdown));
+        log.append(vec![record(&[reading(1, 1)])]).await.unwrap();
+
+        // Another processor claims the partition (and checkpoints what it replayed).
+        let claim = claim_partition(store.clone(), 0, lease()).await.unwrap();
+        let mut newer = Processor::recover(config, log.clone(), registry, store, claim, vec![])
+            .await
+            .unwrap();
+        assert_eq!(newer.epoch(), 2);
+        assert_eq!(newer.offset(), 1);
+        newer.checkpoint().await.unwrap();
+        log.append(vec![record(&[reading(2, 1)])]).await.unwrap();
+
+        let stopped = tokio::time::timeout(Duration::from_secs(10), old)
+            .await
+            .expect("the fenced processor stops")
+            .unwrap();
+        assert!(
+            matches!(
+                stopped,
+                Err(Error::Store(StoreError::Fenced {
+                    partition: 0,
+                    held: 1,
+                    current: 2
+                }))
+            ),
+            "{stopped:?}"
+        );
+        assert_eq!(
+            checkpoint::read(&state_dir).unwrap().unwrap().offset,
+            1,
+            "the fenced processor's checkpoint at 2 was not written"
+        );
     }
 }

@@ -27,7 +27,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use hoistway_dlq::DeadLetterQueue;
+use hoistway_dlq::DeadLetters;
 use hoistway_ingest::{DecodeLimits, Ingest};
 use hoistway_log::Log;
 use hoistway_model::Clock;
@@ -64,7 +64,7 @@ pub struct AppParts {
     pub tls: bool,
     pub fleet: Fleet,
     pub registry: Arc<Registry>,
-    pub dlq: Arc<DeadLetterQueue>,
+    pub dlq: Arc<dyn DeadLetters>,
     pub log: Arc<dyn Log>,
     pub store: Arc<hoistway_store::Store>,
     pub query: Arc<hoistway_query::QueryEngine>,

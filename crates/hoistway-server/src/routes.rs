@@ -804,6 +804,7 @@ async fn fleet_summary(State(app): State<AppState>, staff: Staff) -> ApiResult<R
 fn dlq_problem(e: hoistway_dlq::Error) -> Problem {
     match e {
         hoistway_dlq::Error::NotFound(_) => Problem::not_found(e.to_string()),
+        hoistway_dlq::Error::Unavailable(_) => Problem::unavailable(e.to_string(), 5),
         other => Problem::internal(&other),
     }
 }

@@ -319,6 +319,10 @@ pub struct ProcessorSettings {
     pub dedup_max_epochs: usize,
     /// The checkpoint format written (an older one to roll back to the previous release).
     pub checkpoint_format: u32,
+    /// With checkpoints in PostgreSQL: how long a processor's claim on its partition lasts
+    /// without renewal (renewed every third of it). A standby takes over this long after the
+    /// holder died or stalled.
+    pub lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -473,6 +477,7 @@ impl Default for ProcessorSettings {
             dedup_max_gaps: w.max_ranges,
             dedup_max_epochs: w.max_epochs,
             checkpoint_format: hoistway_processor::checkpoint::VERSION,
+            lease_secs: 10,
         }
     }
 }

@@ -97,6 +97,11 @@ pub fn long_version() -> String {
             hoistway_postgres::alerts::MIGRATIONS.len().to_string(),
         ),
         (
+            "processor tables (PG)",
+            format!("0-{}", hoistway_postgres::checkpoints::MIGRATIONS.len()),
+            hoistway_postgres::checkpoints::MIGRATIONS.len().to_string(),
+        ),
+        (
             "storage manifest",
             hoistway_store::manifest::FORMAT.to_string(),
             hoistway_store::manifest::FORMAT.to_string(),

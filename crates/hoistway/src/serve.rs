@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hoistway_dlq::DeadLetterQueue;
+use hoistway_dlq::{DeadLetterQueue, DeadLetters};
 use hoistway_ingest::{DecodeLimits, Sequencer, SequencerConfig};
 use hoistway_log::{FileLog, FileLogConfig, Log};
 use hoistway_model::{Clock, SystemClock};
-use hoistway_processor::{Processor, ProcessorConfig, Sink};
+use hoistway_processor::{CheckpointStore, FileCheckpointStore, Processor, ProcessorConfig, Sink};
 use hoistway_query::{QueryEngine, QueryLimits};
 use hoistway_registry::Registry;
 use hoistway_server::{ApiLimits, AppParts, AppState};
@@ -69,27 +69,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
 
-    let (registry, dlq, auth) = {
-        let (data, config, clock) = (data.clone(), config.clone(), clock.clone());
+    let (registry, (checkpoints, dlq), auth) = {
+        let (config, clock) = (config.clone(), clock.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             // One pool for all the shared state.
             let pg = shared_postgres(&config)?;
             let registry = open_registry(&config, pg.as_ref())?;
-            let dlq = DeadLetterQueue::open(data.join("dlq"))
-                .context("cannot open the dead-letter queue")?;
             Ok((
                 registry,
-                dlq,
+                open_checkpoints(&config, pg.as_ref())?,
                 open_authority_on(&config, clock, pg.as_ref())?,
             ))
         })
         .await??
     };
-    let (registry, dlq, auth) = (Arc::new(registry), Arc::new(dlq), Arc::new(auth));
+    let (registry, auth) = (Arc::new(registry), Arc::new(auth));
+    // The partition is this server's once claimed: with checkpoints in PostgreSQL, a standby
+    // waits here until the holder's lease ends or lapses.
+    let lease = hoistway_processor::Lease {
+        holder: holder_name(),
+        ttl: Duration::from_secs(config.processor.lease_secs.max(1)),
+    };
+    let claim = hoistway_processor::claim_partition(checkpoints.clone(), PARTITION, lease.clone())
+        .await
+        .context("cannot claim the partition")?;
+    let epoch = claim.epoch;
     if !config.cluster.postgres.trim().is_empty() {
         tracing::info!(
             schema = %config.cluster.postgres_schema,
-            "accounts, credentials, signing keys and the lift registry are in PostgreSQL"
+            checkpoints = !config.cluster.nats.trim().is_empty(),
+            "accounts, credentials, signing keys and the lift registry are in PostgreSQL (with checkpoints = true, the processor's checkpoints and the dead letters too)"
         );
     }
     // TLS before anything listens: a server told to use it does not start without it.
@@ -136,17 +145,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
 
-    let mut pconfig = ProcessorConfig::new(data.join("state"));
-    pconfig.window = config.window();
-    pconfig.checkpoint_interval =
-        Duration::from_secs(config.processor.checkpoint_interval_secs.max(1));
-    pconfig.auto_register = config.ingest.auto_register;
-    pconfig.checkpoint_format = config.processor.checkpoint_format;
+    let pconfig = ProcessorConfig {
+        partition: PARTITION,
+        window: config.window(),
+        checkpoint_interval: Duration::from_secs(config.processor.checkpoint_interval_secs.max(1)),
+        auto_register: config.ingest.auto_register,
+        checkpoint_format: config.processor.checkpoint_format,
+        ..Default::default()
+    };
     let (feed_tx, feed_rx) = hoistway_ingest::feed(1024);
-    let processor = Processor::recover(pconfig, log.clone(), registry.clone(), dlq.clone(), sinks)
-        .await
-        .context("cannot recover processor state")?
-        .with_feed(feed_rx);
+    let processor = Processor::recover(
+        pconfig,
+        log.clone(),
+        registry.clone(),
+        checkpoints.clone(),
+        claim,
+        sinks,
+    )
+    .await
+    .context("cannot recover processor state")?
+    .with_feed(feed_rx);
     // A backup copies the log's files: with the log on JetStream, NATS backs the stream up.
     let backups = file_log.map(|file_log| {
         let s3 = config.storage.s3.clone();
@@ -316,6 +334,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             result
         })
     };
+    // Losing the partition's lease stops the server, as the processor stopping does.
+    let lease_task = {
+        let shutdown = shutdown.clone();
+        let kept = hoistway_processor::keep_lease(
+            checkpoints.clone(),
+            PARTITION,
+            epoch,
+            lease.ttl,
+            shutdown_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let result = kept.await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "the partition's lease is lost; shutting down");
+                let _ = shutdown.send(true);
+            }
+            result
+        })
+    };
     let maintenance_task = analytics.handle().spawn(maintain_periodically(
         store,
         Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
@@ -396,6 +433,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // holds and ends; then the processor drains the log and checkpoints.
         sequencer_task.await?;
         let processed = processor_task.await?;
+        let leased = lease_task.await?;
+        if processed.is_ok() && leased.is_ok() {
+            // After the last checkpoint: a standby takes over now, not when the lease lapses.
+            let store = checkpoints.clone();
+            match tokio::task::spawn_blocking(move || store.release(PARTITION, epoch)).await? {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot end the partition's lease"),
+            }
+        }
         maintenance_task.await?;
         if let Some((archiver, task)) = archive_task {
             task.await?;
@@ -422,6 +468,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         served?;
         processed?;
+        leased?;
         drop(analytics);
         tracing::info!("hoistway stopped cleanly");
         drop(lock);
@@ -715,6 +762,55 @@ fn shared_postgres(config: &Config) -> anyhow::Result<Option<hoistway_postgres::
     hoistway_postgres::Postgres::connect(url, &config.cluster.postgres_schema)
         .map(Some)
         .context("cannot open the shared state in PostgreSQL (cluster.postgres)")
+}
+
+/// The partition a server processes: a standalone server (and, until partitions are spread over
+/// several streams, a cluster) has one.
+const PARTITION: u16 = 0;
+
+/// Names this process in the partition's lease, for the messages of those waiting for it.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "unknown" } else { &host };
+    format!("{host}:{}", std::process::id())
+}
+
+/// Where the processor's checkpoints and the dead letters live: beside the log. With the log on
+/// JetStream (`cluster.nats`) and `cluster.postgres`, in PostgreSQL, where a processor on another
+/// machine takes over from them (a checkpoint and dead letters a data dir holds from before are
+/// moved there once); otherwise the data dir's `state/` and `dlq/`. Blocks.
+fn open_checkpoints(
+    config: &Config,
+    pg: Option<&hoistway_postgres::Postgres>,
+) -> anyhow::Result<(Arc<dyn CheckpointStore>, Arc<dyn DeadLetters>)> {
+    let data = &config.data_dir;
+    match pg {
+        Some(pg) if !config.cluster.nats.trim().is_empty() => {
+            let store = hoistway_postgres::PgCheckpointStore::open(pg.clone())
+                .context("cannot open the processor tables in PostgreSQL")?;
+            let moved = store
+                .adopt_files(0, &data.join("state"), &data.join("dlq"))
+                .context("cannot move the data dir's checkpoint to PostgreSQL")?;
+            if let Some(offset) = moved {
+                tracing::info!(
+                    offset,
+                    "the data dir's checkpoint and dead letters moved to PostgreSQL"
+                );
+            }
+            let store = Arc::new(store);
+            Ok((store.clone(), store))
+        }
+        _ => {
+            let dlq = Arc::new(
+                DeadLetterQueue::open(data.join("dlq"))
+                    .context("cannot open the dead-letter queue")?,
+            );
+            let store = FileCheckpointStore::new(data.join("state"), dlq.clone());
+            Ok((Arc::new(store), dlq))
+        }
+    }
 }
 
 /// The lift registry: in `pg` (the shared state, [`shared_postgres`]) if given, else

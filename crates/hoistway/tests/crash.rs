@@ -203,6 +203,125 @@ async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_proc
     );
 }
 
+/// The log on JetStream and the processor's checkpoints in PostgreSQL: the machine running
+/// Hoistway can be replaced. A fleet with outages and resends posts through a load balancer (a
+/// proxy the test points at the live server). A standby on another machine (a data dir of its
+/// own) waits for the partition's lease; the server is paused with SIGSTOP, the lease lapses,
+/// the standby takes over and the proxy follows it; resumed with SIGCONT, the old server finds it
+/// was fenced and stops without writing anything. Then the new one is killed with SIGKILL and a
+/// third machine with an empty data dir takes over the same way. Every acknowledged reading is
+/// counted exactly once in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
+    let nats =
+        hoistway_jetstream::local::LocalNats::start(Path::new(env!("CARGO_TARGET_TMPDIR")), None)
+            .unwrap();
+    let (url, monitor) = (nats.url(), nats.monitor_url());
+    let postgres = test_postgres();
+    let schema = scratch_schema("takeover");
+    let env = [
+        ("HOISTWAY_CLUSTER__NATS", url.as_str()),
+        ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1"),
+        ("HOISTWAY_CLUSTER__NATS_MONITOR", monitor.as_str()),
+        ("HOISTWAY_CLUSTER__POSTGRES", postgres.as_str()),
+        ("HOISTWAY_CLUSTER__POSTGRES_SCHEMA", schema.as_str()),
+        ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1"),
+        ("HOISTWAY_PROCESSOR__LEASE_SECS", "2"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
+    // The admin account lives in PostgreSQL: made once, valid on every machine.
+    let token = admin_token_with_env(&machine(1), &env);
+    let first = TestServer::start_with_token(machine(1), token.clone(), &env);
+    let balancer = CutProxy::start(first.addr);
+    let run_for = Duration::from_secs(14);
+    let config = SimConfig {
+        lifts: 300,
+        speedup: 25.0,
+        connections: 8,
+        outage_rate: 0.02,
+        outage_readings: (2, 25),
+        duplicate_rate: 0.05,
+        request_timeout: Duration::from_secs(3),
+        planned_duration: Some(run_for),
+        seed: 13,
+        ..SimConfig::default()
+    };
+    let mut sim = Simulator::new(config, balancer.addr);
+    register(&first, &sim.registry_csv()).await;
+    let stats = sim.stats();
+    let (_stop_tx, stop) = watch::channel(false);
+    let running = tokio::spawn(async move {
+        sim.run(Some(run_for), stop).await;
+        sim
+    });
+    // A standby: it starts listening only once it holds the partition.
+    let standby = |n: u32| {
+        let (token, env) = (token.clone(), env.map(|(k, v)| (k, v.to_string())));
+        let path = machine(n);
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            TestServer::start_with_token(path, token, &env)
+        })
+    };
+
+    // Standbys start early: what the holder appends and checkpoints meanwhile is new to them.
+    let second = standby(2);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        !second.is_finished(),
+        "the standby took a partition that was held"
+    );
+    let paused = Instant::now();
+    first.signal("STOP");
+    let second = second.await.unwrap();
+    let takeover = paused.elapsed();
+    assert_eq!(second.failed_starts, 0, "the standby failed to take over");
+    balancer.set_target(second.addr);
+    let mut first = first;
+    first.signal("CONT");
+    let stopped = tokio::task::block_in_place(|| first.wait_exit(Duration::from_secs(10)));
+    assert!(
+        stopped.is_some_and(|s| !s.success()),
+        "the fenced server went on running: {stopped:?}"
+    );
+
+    let third = standby(3);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !third.is_finished(),
+        "the standby took a partition that was held"
+    );
+    let mut second = second;
+    tokio::task::block_in_place(|| second.kill9());
+    let killed = Instant::now();
+    let third = third.await.unwrap();
+    let failover = killed.elapsed();
+    assert_eq!(third.failed_starts, 0, "the standby failed to take over");
+    balancer.set_target(third.addr);
+
+    let mut sim = running.await.unwrap();
+    assert!(
+        sim.drain(Duration::from_secs(60)).await,
+        "every buffered reading was acknowledged"
+    );
+    let ledger = sim.ledger().clone();
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+    assert!(
+        ledger.total_readings() > 3_000,
+        "{}",
+        ledger.total_readings()
+    );
+    verified(&third, &ledger).await;
+    eprintln!(
+        "{} readings; taken over {takeover:?} after SIGSTOP and {failover:?} after SIGKILL (lease 2 s)",
+        ledger.total_readings()
+    );
+    let mut third = third;
+    tokio::task::block_in_place(|| assert!(third.terminate()));
+    drop_schema(&postgres, &schema).await;
+}
+
 /// Every acknowledged reading is stored exactly once: per lift, the row count, the number of
 /// distinct seqs and the sum of trips equal the ledger.
 async fn stored_readings_match_the_ledger(server: &TestServer, ledger: &hoistway_sim::Ledger) {

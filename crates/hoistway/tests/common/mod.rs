@@ -17,6 +17,10 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     /// An admin's API token; [`http`] sends it to this server unless the request names another.
     pub token: String,
+    /// Processes that exited before listening in the last [`spawn`](Self::spawn) (it tries
+    /// again, for a port still held by the previous process): a test that must see a server
+    /// start at the first attempt checks it is 0.
+    pub failed_starts: u32,
     env: Vec<(String, String)>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
@@ -66,6 +70,7 @@ impl TestServer {
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             data_dir,
             token,
+            failed_starts: 0,
             env: all,
             child: None,
             _tmp: None,
@@ -78,6 +83,7 @@ impl TestServer {
     /// Starts (again) on the same data dir and port, and waits for the listening line.
     pub fn spawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        self.failed_starts = 0;
         loop {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoistway"));
             cmd.arg("serve")
@@ -101,6 +107,7 @@ impl TestServer {
             }
             // The port may still be held by the previous process for a moment.
             let _ = child.wait();
+            self.failed_starts += 1;
             assert!(Instant::now() < deadline, "server did not start: {line:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -167,6 +174,18 @@ impl TestServer {
     }
 
     /// The running process's id (to send it a signal).
+    /// Sends the process `signal` (`STOP`, `CONT`, …) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the server runs");
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -540,6 +559,7 @@ pub fn succeeded(out: &std::process::Output) -> serde_json::Value {
 pub struct CutProxy {
     pub addr: SocketAddr,
     cut: tokio::sync::watch::Sender<bool>,
+    target: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
 }
 
 impl CutProxy {
@@ -549,6 +569,8 @@ impl CutProxy {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let target = std::sync::Arc::new(std::sync::Mutex::new(target));
+        let current = target.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -564,6 +586,7 @@ impl CutProxy {
                         continue;
                     }
                     let mut cut_rx = cut_rx.clone();
+                    let target = *current.lock().unwrap();
                     tokio::spawn(async move {
                         let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
                             return;
@@ -576,11 +599,47 @@ impl CutProxy {
                 }
             });
         });
-        Self { addr, cut }
+        Self { addr, cut, target }
+    }
+
+    /// Sends new connections to `target` (what a load balancer does once a health check fails
+    /// over); connections already open stay where they are.
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     /// Cuts (`true`) or restores the connection.
     pub fn set_cut(&self, cut: bool) {
         self.cut.send_replace(cut);
     }
+}
+
+/// The PostgreSQL server the tests use (`HOISTWAY_TEST_POSTGRES`; `.ci/run` starts it when it
+/// is down).
+pub fn test_postgres() -> String {
+    std::env::var("HOISTWAY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema name of its own for one test's servers.
+pub fn scratch_schema(test: &str) -> String {
+    format!(
+        "hw_{test}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+pub async fn drop_schema(url: &str, schema: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
 }

@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::common::{self, Reply, TestServer, http, reading};
+use crate::common::{
+    self, Reply, TestServer, drop_schema, http, reading, scratch_schema, test_postgres,
+};
 use serde_json::{Value, json};
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -1417,35 +1419,6 @@ async fn a_browser_session_is_a_cookie_and_changes_need_the_csrf_token() {
             .all(|v| v.to_str().unwrap().contains("Max-Age=0"))
     );
     assert_eq!(call("GET", "/v1/auth/me", None).await.status, 401);
-}
-
-/// The PostgreSQL server the tests use (`.ci/run` starts it when it is down).
-fn test_postgres() -> String {
-    std::env::var("HOISTWAY_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A schema name of its own for one test's servers.
-fn scratch_schema(test: &str) -> String {
-    format!(
-        "hw_{test}_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
-}
-
-async fn drop_schema(url: &str, schema: &str) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
