@@ -431,3 +431,90 @@ fn nodes_claiming_a_partition_at_once_get_distinct_epochs() {
         }
     }
 }
+
+/// A data dir's checkpoint (from a node that kept it in files) moves to PostgreSQL once, with the
+/// dead letters it covers; one PostgreSQL already holds is kept, and the file left alone.
+#[test]
+fn a_data_dirs_checkpoint_moves_to_postgres_once() {
+    use hoistway_dlq::{DeadLetter, DeadLetterQueue, DeadLetters, Reason};
+    use hoistway_processor::store::{CheckpointStore, Claimed, Commit, FileCheckpointStore, Lease};
+    let lease = Lease {
+        holder: "node".into(),
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let granted = |store: &dyn CheckpointStore| match store.claim(0, &lease).unwrap() {
+        Claimed::Granted(claim) => claim,
+        held => panic!("{held:?}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (state_dir, dlq_dir) = (dir.path().join("state"), dir.path().join("dlq"));
+    let dlq = Arc::new(DeadLetterQueue::open(&dlq_dir).unwrap());
+    let files = FileCheckpointStore::new(&state_dir, dlq.clone());
+    let mut state = hoistway_processor::FleetState {
+        offset: 6,
+        ..Default::default()
+    };
+    let reading = hoistway_model::Reading {
+        lift_id: hoistway_model::LiftId::new("L-1").unwrap(),
+        epoch: 1,
+        seq: 1,
+        ts_us: 1_764_400_000_000_000,
+        received_us: 1_764_400_000_000_000,
+        floor: 0,
+        direction: hoistway_model::Direction::Idle,
+        door: hoistway_model::DoorState::Closed,
+        load_kg: None,
+        speed_mps: None,
+        motor_temp_c: None,
+        vibration_mm_s: None,
+        trips: 3,
+        door_cycles: 1,
+        faults: vec![],
+        events: vec![],
+        extra: Default::default(),
+    };
+    state.apply(&reading, &Default::default());
+    let letters = [DeadLetter::new(
+        Reason::UnregisteredLift,
+        2,
+        reading.clone(),
+    )];
+    files
+        .commit(&Commit {
+            partition: 0,
+            epoch: granted(&files).epoch,
+            offset: 6,
+            state: &hoistway_processor::checkpoint::encode(&state).unwrap(),
+            dead: Some((0, 5, &letters)),
+        })
+        .unwrap();
+    // Dead letters of a checkpoint that never finished: not moved.
+    dlq.write_batch(6, 8, &letters).unwrap();
+
+    let scratch = Scratch::new("adopt");
+    let pg = PgCheckpointStore::open(scratch.connect()).unwrap();
+    assert_eq!(pg.adopt_files(0, &state_dir, &dlq_dir).unwrap(), Some(6));
+    assert!(!state_dir.join("checkpoint.bin").exists());
+    assert!(state_dir.join("checkpoint.bin.moved").exists());
+    let listed = pg.list().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|f| (f.first_offset, f.last_offset))
+            .collect::<Vec<_>>(),
+        [(0, 5)]
+    );
+    assert_eq!(pg.read(&listed[0].id).unwrap(), letters);
+    assert_eq!(granted(&pg).state, Some(state.clone()));
+    // Nothing left to move.
+    assert_eq!(pg.adopt_files(0, &state_dir, &dlq_dir).unwrap(), None);
+    // A file beside a checkpoint PostgreSQL holds: PostgreSQL's wins, the file stays.
+    std::fs::rename(
+        state_dir.join("checkpoint.bin.moved"),
+        state_dir.join("checkpoint.bin"),
+    )
+    .unwrap();
+    assert_eq!(pg.adopt_files(0, &state_dir, &dlq_dir).unwrap(), None);
+    assert!(state_dir.join("checkpoint.bin").exists());
+    assert_eq!(pg.list().unwrap().len(), 1);
+}

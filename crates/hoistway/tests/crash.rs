@@ -272,6 +272,8 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
         !second.is_finished(),
         "the standby took a partition that was held"
     );
+    // What alerting recorded so far: in PostgreSQL too, so the next holder carries it on.
+    let alerted = alert_ids(&first).await;
     let paused = Instant::now();
     first.signal("STOP");
     let second = second.await.unwrap();
@@ -313,13 +315,32 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
         ledger.total_readings()
     );
     verified(&third, &ledger).await;
+    let now = alert_ids(&third).await;
+    assert!(!alerted.is_empty(), "no alert fired in the first seconds");
+    assert!(
+        alerted.iter().all(|id| now.contains(id)),
+        "alerts of the first holder are gone: {alerted:?} then {now:?}"
+    );
     eprintln!(
-        "{} readings; taken over {takeover:?} after SIGSTOP and {failover:?} after SIGKILL (lease 2 s)",
-        ledger.total_readings()
+        "{} readings; taken over {takeover:?} after SIGSTOP and {failover:?} after SIGKILL (lease 2 s); {} alerts, then {}",
+        ledger.total_readings(),
+        alerted.len(),
+        now.len()
     );
     let mut third = third;
     tokio::task::block_in_place(|| assert!(third.terminate()));
     drop_schema(&postgres, &schema).await;
+}
+
+/// The ids of every alert a server lists (up to 1,000).
+async fn alert_ids(server: &TestServer) -> Vec<i64> {
+    let page = server.get("/v1/alerts?limit=1000").await.json();
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .map(|a| a["id"].as_i64().unwrap())
+        .collect()
 }
 
 /// Every acknowledged reading is stored exactly once: per lift, the row count, the number of
