@@ -69,7 +69,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
 
-    let (registry, (checkpoints, dlq), auth, pg) = {
+    let (registry, (checkpoints, dlq), auth) = {
         let (config, clock) = (config.clone(), clock.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             // One pool for all the shared state.
@@ -79,7 +79,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 registry,
                 open_checkpoints(&config, pg.as_ref())?,
                 open_authority_on(&config, clock, pg.as_ref())?,
-                pg,
             ))
         })
         .await??
@@ -98,8 +97,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if !config.cluster.postgres.trim().is_empty() {
         tracing::info!(
             schema = %config.cluster.postgres_schema,
-            checkpoints = checkpoints_in_postgres(&config),
-            "accounts, credentials, signing keys and the lift registry are in PostgreSQL (with checkpoints = true, the processor's checkpoints, the dead letters and alerting too)"
+            checkpoints = !config.cluster.nats.trim().is_empty(),
+            "accounts, credentials, signing keys and the lift registry are in PostgreSQL (with checkpoints = true, the processor's checkpoints and the dead letters too)"
         );
     }
     // TLS before anything listens: a server told to use it does not start without it.
@@ -137,10 +136,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Vec::new()
     };
     let alerts = if config.alerts.enabled {
-        let (data, config, clock, pg) = (data.clone(), config.clone(), clock.clone(), pg.clone());
+        let (data, config, clock) = (data.clone(), config.clone(), clock.clone());
         let alerts =
-            tokio::task::spawn_blocking(move || open_alerts(&data, &config, clock, pg.as_ref()))
-                .await??;
+            tokio::task::spawn_blocking(move || open_alerts(&data, &config, clock)).await??;
         sinks.push(alerts.0.clone());
         Some(alerts)
     } else {
@@ -483,15 +481,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Alerting over `<data>/alerts/alerts.sqlite3` (in the cluster mode, where the processor's
-/// checkpoints are in PostgreSQL, over the `alert_*` tables there, so a standby taking over has
-/// the rules, open alerts, the engine's snapshot and the outbox), with the configured rules file, channels and
+/// Alerting over `<data>/alerts/alerts.sqlite3`, with the configured rules file, channels and
 /// routes, and the dispatcher that drains its outbox. Blocks (opens files).
 fn open_alerts(
     data: &std::path::Path,
     config: &Config,
     clock: Arc<dyn Clock>,
-    pg: Option<&hoistway_postgres::Postgres>,
 ) -> anyhow::Result<(
     Arc<hoistway_alerts::Alerts>,
     hoistway_alerts::notify::Dispatcher,
@@ -506,17 +501,10 @@ fn open_alerts(
                 .map_err(|e| anyhow::anyhow!("rules file {path}: {e}"))?
         }
     };
-    let store: Arc<dyn hoistway_alerts::AlertStore> = match pg {
-        // Beside the checkpoints: the engine's snapshot belongs to the partition's checkpoint.
-        Some(pg) if checkpoints_in_postgres(config) => Arc::new(
-            hoistway_postgres::PgAlertStore::open(pg.clone())
-                .context("cannot open the alert tables in PostgreSQL")?,
-        ),
-        _ => Arc::new(
-            hoistway_alerts::SqliteAlertStore::open(&data.join("alerts").join("alerts.sqlite3"))
-                .context("cannot open the alert store")?,
-        ),
-    };
+    let store: Arc<dyn hoistway_alerts::AlertStore> = Arc::new(
+        hoistway_alerts::SqliteAlertStore::open(&data.join("alerts").join("alerts.sqlite3"))
+            .context("cannot open the alert store")?,
+    );
     let alerts_config = hoistway_alerts::AlertsConfig {
         engine: hoistway_alerts::EngineConfig {
             silent_after_secs: config.processor.silent_after_secs,
@@ -776,13 +764,6 @@ fn shared_postgres(config: &Config) -> anyhow::Result<Option<hoistway_postgres::
         .context("cannot open the shared state in PostgreSQL (cluster.postgres)")
 }
 
-/// Whether the processor's checkpoints (and with them dead letters and alerts) are in
-/// PostgreSQL: with the log on JetStream and `cluster.postgres`, so that another machine can
-/// take over. A log of files keeps them beside it, in the data dir.
-fn checkpoints_in_postgres(config: &Config) -> bool {
-    !config.cluster.nats.trim().is_empty() && !config.cluster.postgres.trim().is_empty()
-}
-
 /// The partition a server processes: a standalone server (and, until partitions are spread over
 /// several streams, a cluster) has one.
 const PARTITION: u16 = 0;
@@ -806,7 +787,7 @@ fn open_checkpoints(
 ) -> anyhow::Result<(Arc<dyn CheckpointStore>, Arc<dyn DeadLetters>)> {
     let data = &config.data_dir;
     match pg {
-        Some(pg) if checkpoints_in_postgres(config) => {
+        Some(pg) if !config.cluster.nats.trim().is_empty() => {
             let store = hoistway_postgres::PgCheckpointStore::open(pg.clone())
                 .context("cannot open the processor tables in PostgreSQL")?;
             let moved = store

@@ -643,3 +643,23 @@ pub async fn drop_schema(url: &str, schema: &str) {
         .await
         .unwrap();
 }
+
+/// A [`CutProxy`] in front of the test PostgreSQL server, and the server's URL through it.
+pub async fn postgres_via_proxy() -> (CutProxy, String) {
+    let url = test_postgres();
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("a TCP PostgreSQL for this test, not {other:?}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = CutProxy::start(target);
+    let via_proxy = url.replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
+    assert_ne!(via_proxy, url, "the URL names its host and port");
+    (proxy, via_proxy)
+}

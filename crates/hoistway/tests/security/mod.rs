@@ -1507,21 +1507,7 @@ async fn two_servers_on_one_postgres_share_accounts_lift_tokens_and_revocations(
 #[tokio::test]
 async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_warns() {
     // (Staff tokens verified in the last auth.outage_grace_secs still hold meanwhile.)
-    let url = test_postgres();
-    let pg_config: tokio_postgres::Config = url.parse().unwrap();
-    let host = match &pg_config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        other => panic!("a TCP PostgreSQL for this test, not {other:?}"),
-    };
-    let port = pg_config.get_ports().first().copied().unwrap_or(5432);
-    let target = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = common::CutProxy::start(target);
-    let via_proxy = url.replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
-    assert_ne!(via_proxy, url, "the URL names its host and port");
+    let (proxy, via_proxy) = common::postgres_via_proxy().await;
     let schema = scratch_schema("cut");
     let env = [
         ("HOISTWAY_CLUSTER__POSTGRES", via_proxy.as_str()),
@@ -1618,5 +1604,5 @@ async fn with_postgres_out_of_reach_staff_get_503_lifts_keep_posting_and_readyz_
         .await;
 
     drop(server);
-    drop_schema(&url, &schema).await;
+    drop_schema(&test_postgres(), &schema).await;
 }
