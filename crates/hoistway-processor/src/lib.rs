@@ -937,19 +937,24 @@ mod tests {
         }
     }
 
+    /// A file log, a registry holding lift L1 and a dead-letter queue in `dir`.
+    fn parts(dir: &std::path::Path) -> (Arc<dyn Log>, Arc<Registry>, Arc<DeadLetterQueue>) {
+        let (log, _) = FileLog::open(FileLogConfig::new(dir.join("log"))).unwrap();
+        let registry = Arc::new(Registry::open(dir.join("registry.sqlite3")).unwrap());
+        registry
+            .upsert(LiftInfo::new(LiftId::new("L1").unwrap()))
+            .unwrap();
+        let dlq = Arc::new(DeadLetterQueue::open(dir.join("dlq")).unwrap());
+        (Arc::new(log), registry, dlq)
+    }
+
     /// A checkpoint's second phase runs while later records are applied: state is written only
     /// after the sinks' finishes succeeded, at the offset they were prepared at; a failed one
     /// writes nothing and gives its dead letters back.
     #[tokio::test]
     async fn checkpoints_are_written_while_later_records_are_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = FileLog::open(FileLogConfig::new(dir.path().join("log"))).unwrap();
-        let log: Arc<dyn Log> = Arc::new(log);
-        let registry = Arc::new(Registry::open(dir.path().join("registry.sqlite3")).unwrap());
-        registry
-            .upsert(LiftInfo::new(LiftId::new("L1").unwrap()))
-            .unwrap();
-        let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
+        let (log, registry, dlq) = parts(dir.path());
         let gate = Arc::new(Gate::default());
         let state_dir = dir.path().join("state");
         let store = Arc::new(FileCheckpointStore::new(&state_dir, dlq.clone()));
@@ -1128,13 +1133,7 @@ mod tests {
     #[tokio::test]
     async fn a_fenced_processor_stops_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = FileLog::open(FileLogConfig::new(dir.path().join("log"))).unwrap();
-        let log: Arc<dyn Log> = Arc::new(log);
-        let registry = Arc::new(Registry::open(dir.path().join("registry.sqlite3")).unwrap());
-        registry
-            .upsert(LiftInfo::new(LiftId::new("L1").unwrap()))
-            .unwrap();
-        let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
+        let (log, registry, dlq) = parts(dir.path());
         let state_dir = dir.path().join("state");
         let store = Arc::new(FileCheckpointStore::new(&state_dir, dlq));
         let config = ProcessorConfig {

@@ -132,19 +132,7 @@ async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_proc
         "{body}"
     );
     let run_for = Duration::from_secs(12);
-    let config = SimConfig {
-        lifts: 300,
-        speedup: 25.0,
-        connections: 8,
-        outage_rate: 0.02,
-        outage_readings: (2, 25),
-        duplicate_rate: 0.05,
-        request_timeout: Duration::from_secs(5),
-        planned_duration: Some(run_for),
-        seed: 11,
-        ..SimConfig::default()
-    };
-    let mut sim = Simulator::new(config, server.addr);
+    let mut sim = Simulator::new(fleet_with_outages(run_for, 11), server.addr);
     register(&server, &sim.registry_csv()).await;
     let stats = sim.stats();
     let (_stop_tx, stop) = watch::channel(false);
@@ -213,21 +201,10 @@ async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_proc
 /// counted exactly once in the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
-    let nats =
-        hoistway_jetstream::local::LocalNats::start(Path::new(env!("CARGO_TARGET_TMPDIR")), None)
-            .unwrap();
-    let (url, monitor) = (nats.url(), nats.monitor_url());
     let postgres = test_postgres();
     let schema = scratch_schema("takeover");
-    let env = [
-        ("HOISTWAY_CLUSTER__NATS", url.as_str()),
-        ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1"),
-        ("HOISTWAY_CLUSTER__NATS_MONITOR", monitor.as_str()),
-        ("HOISTWAY_CLUSTER__POSTGRES", postgres.as_str()),
-        ("HOISTWAY_CLUSTER__POSTGRES_SCHEMA", schema.as_str()),
-        ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1"),
-        ("HOISTWAY_PROCESSOR__LEASE_SECS", "2"),
-    ];
+    let cluster = Cluster::start(&postgres, &schema);
+    let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
     let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
     // The admin account lives in PostgreSQL: made once, valid on every machine.
@@ -235,18 +212,8 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
     let first = TestServer::start_with_token(machine(1), token.clone(), &env);
     let balancer = CutProxy::start(first.addr);
     let run_for = Duration::from_secs(14);
-    let config = SimConfig {
-        lifts: 300,
-        speedup: 25.0,
-        connections: 8,
-        outage_rate: 0.02,
-        outage_readings: (2, 25),
-        duplicate_rate: 0.05,
-        request_timeout: Duration::from_secs(3),
-        planned_duration: Some(run_for),
-        seed: 13,
-        ..SimConfig::default()
-    };
+    let mut config = fleet_with_outages(run_for, 13);
+    config.request_timeout = Duration::from_secs(3);
     let mut sim = Simulator::new(config, balancer.addr);
     register(&first, &sim.registry_csv()).await;
     let stats = sim.stats();
@@ -257,7 +224,7 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
     });
     // A standby: it starts listening only once it holds the partition.
     let standby = |n: u32| {
-        let (token, env) = (token.clone(), env.map(|(k, v)| (k, v.to_string())));
+        let (token, env) = (token.clone(), cluster.settings.clone());
         let path = machine(n);
         tokio::task::spawn_blocking(move || {
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -328,38 +295,15 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
 /// on. Every acknowledged reading is counted exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
-    let nats =
-        hoistway_jetstream::local::LocalNats::start(Path::new(env!("CARGO_TARGET_TMPDIR")), None)
-            .unwrap();
-    let (url, monitor) = (nats.url(), nats.monitor_url());
     let (proxy, postgres) = postgres_via_proxy().await;
     let schema = scratch_schema("pgcut");
-    let env = [
-        ("HOISTWAY_CLUSTER__NATS", url.as_str()),
-        ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1"),
-        ("HOISTWAY_CLUSTER__NATS_MONITOR", monitor.as_str()),
-        ("HOISTWAY_CLUSTER__POSTGRES", postgres.as_str()),
-        ("HOISTWAY_CLUSTER__POSTGRES_SCHEMA", schema.as_str()),
-        ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1"),
-        ("HOISTWAY_PROCESSOR__LEASE_SECS", "2"),
-    ];
+    let cluster = Cluster::start(&postgres, &schema);
+    let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
     let token = admin_token_with_env(&tmp.path().join("data"), &env);
     let mut server = TestServer::start_with_token(tmp.path().join("data"), token, &env);
     let run_for = Duration::from_secs(12);
-    let config = SimConfig {
-        lifts: 300,
-        speedup: 25.0,
-        connections: 8,
-        outage_rate: 0.02,
-        outage_readings: (2, 25),
-        duplicate_rate: 0.05,
-        request_timeout: Duration::from_secs(5),
-        planned_duration: Some(run_for),
-        seed: 17,
-        ..SimConfig::default()
-    };
-    let mut sim = Simulator::new(config, server.addr);
+    let mut sim = Simulator::new(fleet_with_outages(run_for, 17), server.addr);
     register(&server, &sim.registry_csv()).await;
     let stats = sim.stats();
     let (_stop_tx, stop) = watch::channel(false);
@@ -407,6 +351,60 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
     );
     tokio::task::block_in_place(|| assert!(server.terminate()));
     drop_schema(&test_postgres(), &schema).await;
+}
+
+/// A private NATS server, and the settings of the cluster mode on it with PostgreSQL (`postgres`,
+/// `schema`): the log on JetStream, checkpoints every second, leases of 2 s.
+struct Cluster {
+    _nats: hoistway_jetstream::local::LocalNats,
+    settings: Vec<(&'static str, String)>,
+}
+
+impl Cluster {
+    fn start(postgres: &str, schema: &str) -> Self {
+        let nats = hoistway_jetstream::local::LocalNats::start(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            None,
+        )
+        .unwrap();
+        let settings = vec![
+            ("HOISTWAY_CLUSTER__NATS", nats.url()),
+            ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1".into()),
+            ("HOISTWAY_CLUSTER__NATS_MONITOR", nats.monitor_url()),
+            ("HOISTWAY_CLUSTER__POSTGRES", postgres.into()),
+            ("HOISTWAY_CLUSTER__POSTGRES_SCHEMA", schema.into()),
+            ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1".into()),
+            ("HOISTWAY_PROCESSOR__LEASE_SECS", "2".into()),
+        ];
+        Self {
+            _nats: nats,
+            settings,
+        }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.settings
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect()
+    }
+}
+
+/// 300 lifts at 25 times real time over 8 connections, with outages (and the resends after
+/// them) and duplicates, planned for `run_for`.
+fn fleet_with_outages(run_for: Duration, seed: u64) -> SimConfig {
+    SimConfig {
+        lifts: 300,
+        speedup: 25.0,
+        connections: 8,
+        outage_rate: 0.02,
+        outage_readings: (2, 25),
+        duplicate_rate: 0.05,
+        request_timeout: Duration::from_secs(5),
+        planned_duration: Some(run_for),
+        seed,
+        ..SimConfig::default()
+    }
 }
 
 /// Every acknowledged reading is stored exactly once: per lift, the row count, the number of
