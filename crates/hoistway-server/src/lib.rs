@@ -73,6 +73,9 @@ pub struct AppParts {
     /// `None` where this process cannot take backups (it does not hold the data dir).
     pub backups: Option<Arc<hoistway_backup::Backups>>,
     pub progress: watch::Receiver<Progress>,
+    /// How often the processor checkpoints: `/readyz` warns when none succeeded for three times
+    /// as long.
+    pub checkpoint_interval: std::time::Duration,
     pub clock: Arc<dyn Clock>,
     pub limits: ApiLimits,
     pub metrics: Option<PrometheusHandle>,

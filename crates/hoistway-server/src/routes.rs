@@ -918,6 +918,19 @@ async fn healthz() -> impl IntoResponse {
     })
 }
 
+/// Why checkpoints look stuck, if none succeeded for three intervals (a full disk, PostgreSQL
+/// out of reach): readings are still taken, but the log keeps everything since the last one.
+fn checkpoints_behind(app: &AppState) -> Option<String> {
+    let since = app.progress.borrow().last_checkpoint_at.elapsed();
+    (since > app.checkpoint_interval * 3).then(|| {
+        format!(
+            "no checkpoint for {} s (one is due every {} s): the log keeps everything since the last one, and ingest answers 503 once it reaches log.max_bytes; hoistway_processor_checkpoint_failures_total and the server's log say why",
+            since.as_secs(),
+            app.checkpoint_interval.as_secs()
+        )
+    })
+}
+
 #[utoipa::path(get, path = "/readyz", summary = "Readiness", responses(
     (status = 200, description = "Ready to accept readings", body = Health),
     (status = 503, description = "Not ready; `detail` says why", body = Problem, content_type = "application/problem+json"),
@@ -941,6 +954,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
                 .durability_unverified()
                 .into_iter()
                 .chain(app.auth.stale_shared_state())
+                .chain(checkpoints_behind(&app))
                 .collect(),
         })
         .into_response()

@@ -292,6 +292,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         alerts: alerts.as_ref().map(|(a, _)| a.clone()),
         backups,
         progress: processor.progress(),
+        checkpoint_interval: Duration::from_secs(config.processor.checkpoint_interval_secs.max(1)),
         clock,
         limits: ApiLimits {
             max_body_bytes: config.ingest.max_body_bytes,

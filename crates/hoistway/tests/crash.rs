@@ -316,6 +316,13 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
     let acked_before = stats.acked.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let acked_during = stats.acked.load(Ordering::Relaxed) - acked_before;
+    // Still ready (readings are taken), and saying that checkpoints are behind.
+    let ready = http(server.addr, "GET", "/readyz", &[], Bytes::new()).await;
+    let body = String::from_utf8_lossy(&ready.body).into_owned();
+    assert!(
+        ready.status == 200 && body.contains("no checkpoint for"),
+        "{body}"
+    );
     proxy.set_cut(false);
     assert!(
         acked_during > 1_000,
@@ -333,6 +340,13 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
         tokio::task::block_in_place(|| server.wait_exit(Duration::from_millis(200))).is_none(),
         "the holder stopped"
     );
+    let addr = server.addr;
+    server
+        .eventually("checkpoints to catch up", || async move {
+            let r = http(addr, "GET", "/readyz", &[], Bytes::new()).await;
+            r.status == 200 && !String::from_utf8_lossy(&r.body).contains("no checkpoint for")
+        })
+        .await;
     let metrics = String::from_utf8(server.get("/metrics").await.body.to_vec()).unwrap();
     let count = |name: &str| -> f64 {
         metrics
