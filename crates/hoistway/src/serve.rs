@@ -145,10 +145,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
 
+    let checkpoint_interval = Duration::from_secs(config.processor.checkpoint_interval_secs.max(1));
     let pconfig = ProcessorConfig {
         partition: PARTITION,
         window: config.window(),
-        checkpoint_interval: Duration::from_secs(config.processor.checkpoint_interval_secs.max(1)),
+        checkpoint_interval,
         auto_register: config.ingest.auto_register,
         checkpoint_format: config.processor.checkpoint_format,
         ..Default::default()
@@ -292,7 +293,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         alerts: alerts.as_ref().map(|(a, _)| a.clone()),
         backups,
         progress: processor.progress(),
-        checkpoint_interval: Duration::from_secs(config.processor.checkpoint_interval_secs.max(1)),
+        checkpoint_interval,
         clock,
         limits: ApiLimits {
             max_body_bytes: config.ingest.max_body_bytes,
@@ -323,37 +324,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
     // The processor stopping on its own (a corrupt log, a failed checkpoint) stops the server:
     // acknowledging readings nobody applies would hide the failure.
-    let processor_task = {
-        let shutdown = shutdown.clone();
-        let run = processor.run(shutdown_rx.clone());
-        tokio::spawn(async move {
-            let result = run.await;
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "processor failed; shutting down");
-                let _ = shutdown.send(true);
-            }
-            result
-        })
-    };
+    let processor_task = stops_server_on_error(
+        processor.run(shutdown_rx.clone()),
+        "processor failed",
+        shutdown.clone(),
+    );
     // Losing the partition's lease stops the server, as the processor stopping does.
-    let lease_task = {
-        let shutdown = shutdown.clone();
-        let kept = hoistway_processor::keep_lease(
+    let lease_task = stops_server_on_error(
+        hoistway_processor::keep_lease(
             checkpoints.clone(),
             PARTITION,
             epoch,
             lease.ttl,
             shutdown_rx.clone(),
-        );
-        tokio::spawn(async move {
-            let result = kept.await;
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "the partition's lease is lost; shutting down");
-                let _ = shutdown.send(true);
-            }
-            result
-        })
-    };
+        ),
+        "the partition's lease is lost",
+        shutdown.clone(),
+    );
     let maintenance_task = analytics.handle().spawn(maintain_periodically(
         store,
         Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
@@ -763,6 +750,22 @@ fn shared_postgres(config: &Config) -> anyhow::Result<Option<hoistway_postgres::
     hoistway_postgres::Postgres::connect(url, &config.cluster.postgres_schema)
         .map(Some)
         .context("cannot open the shared state in PostgreSQL (cluster.postgres)")
+}
+
+/// Runs `task`; if it fails, logs `what` with the error and shuts the server down.
+fn stops_server_on_error<E: std::fmt::Display + Send + 'static>(
+    task: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+    what: &'static str,
+    shutdown: watch::Sender<bool>,
+) -> JoinHandle<Result<(), E>> {
+    tokio::spawn(async move {
+        let result = task.await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "{what}; shutting down");
+            let _ = shutdown.send(true);
+        }
+        result
+    })
 }
 
 /// The partition a server processes: a standalone server (and, until partitions are spread over
