@@ -308,4 +308,119 @@ pub fn check(store: &dyn AlertStore) {
         store.meta("snapshot").unwrap().as_deref(),
         Some(&b"two"[..])
     );
+
+    batches_do_what_single_changes_do(store, &routes);
+}
+
+/// [`lifecycle::apply_all`] over one batch leaves the store as the same changes applied one by
+/// one do: the set-based calls of a store agree with its one-at-a-time calls.
+fn batches_do_what_single_changes_do(store: &dyn AlertStore, routes: &[Route]) {
+    let s = 1_000_000;
+    let changes = |run: &str| -> Vec<Change> {
+        let (lift, other, idle) = (format!("{run}-L"), format!("{run}-M"), format!("{run}-N"));
+        let c = |kind, n: u32, lift: &str, at: i64| {
+            change(kind, &format!("{run}-b{n}"), lift, "acme", at * s)
+        };
+        vec![
+            c(ChangeKind::Fire, 1, &lift, 300),
+            c(ChangeKind::Fire, 1, &lift, 300), // the same key twice in one batch
+            c(ChangeKind::Fire, 2, &lift, 301), // re-fired
+            c(ChangeKind::Clear, 3, &idle, 301), // nothing open
+            c(ChangeKind::Fire, 4, &other, 302),
+            c(ChangeKind::Clear, 5, &lift, 303),
+            c(ChangeKind::Fire, 6, &lift, 304), // reopened within the hold time
+            c(ChangeKind::Clear, 7, &lift, 305),
+            c(ChangeKind::Fire, 8, &lift, 500), // after it: a new alert
+            c(ChangeKind::Fire, 0, &lift, 501), // a key recorded before
+            c(ChangeKind::Clear, 9, &other, 502),
+        ]
+    };
+    // Recorded before each run: the change of key b0, on a lift of its own.
+    let before = |run: &str| {
+        let lift = format!("{run}-P");
+        apply(
+            store,
+            &change(
+                ChangeKind::Fire,
+                &format!("{run}-b0"),
+                &lift,
+                "acme",
+                290 * s,
+            ),
+            routes,
+        );
+    };
+    before("one");
+    let one = changes("one");
+    let mut singly = Vec::new();
+    for c in &one {
+        singly.extend(apply(store, c, routes));
+    }
+    before("all");
+    let all = changes("all");
+    let batch: Vec<(&Change, bool)> = all.iter().map(|c| (c, false)).collect();
+    let mut together = Vec::new();
+    store
+        .transact(&mut |tx| {
+            together = lifecycle::apply_all(tx, &batch, routes)?;
+            Ok(())
+        })
+        .unwrap();
+    let kinds: Vec<EventKind> = together.iter().map(|(_, e)| *e).collect();
+    assert_eq!(kinds, singly, "the steps of a batch");
+    for (a, _) in &together {
+        assert_eq!(
+            store
+                .alert(a.id)
+                .unwrap()
+                .as_ref()
+                .map(|s| (s.rule.as_str(), s.lift_id.as_str())),
+            Some((a.rule.as_str(), a.lift_id.as_str())),
+            "a batch returns each alert with the id it was stored under"
+        );
+    }
+
+    // Alert by alert (oldest first), the same states, events and notifications.
+    let run_of = |run: &str| {
+        let mut alerts: Vec<_> = store
+            .list(&AlertQuery {
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.lift_id.starts_with(&format!("{run}-")))
+            .collect();
+        alerts.reverse();
+        let outbox = store.notifications(None, 1000).unwrap();
+        alerts
+            .into_iter()
+            .map(|mut a| {
+                let events: Vec<_> = store
+                    .events(a.id)
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| (e.kind, e.at_us, e.key.map(|k| k.replacen(run, "", 1))))
+                    .collect();
+                let mut sent: Vec<_> = outbox
+                    .iter()
+                    .filter(|n| n.alert_id == a.id)
+                    .map(|n| {
+                        (
+                            n.event,
+                            n.channel.clone(),
+                            n.payload["data"]["state"].clone(),
+                        )
+                    })
+                    .collect();
+                sent.sort_by_key(|(e, _, _)| e.as_str());
+                a.id = 0;
+                a.lift_id = a.lift_id.replacen(run, "", 1);
+                (a, events, sent)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (one, all) = (run_of("one"), run_of("all"));
+    assert_eq!(one.len(), 4, "{one:?}");
+    assert_eq!(all, one);
 }

@@ -278,20 +278,26 @@ impl Alerts {
         let silences = self.silences.clone();
         let (changes, result) = tokio::task::spawn_blocking(move || {
             let mut updates = Vec::new();
-            let silences = silences.read();
-            let result = store.transact(&mut |tx| {
-                updates.clear();
-                for c in &changes {
-                    let quiet = c.quiet || silences.iter().any(|s| s.covers(&c.change));
-                    if let Some((alert, event)) = lifecycle::apply(tx, &c.change, &routes, quiet)? {
-                        updates.push(AlertUpdate { event, alert });
+            let result = {
+                let silences = silences.read();
+                let batch: Vec<(&lifecycle::Change, bool)> = changes
+                    .iter()
+                    .map(|c| {
+                        let quiet = c.quiet || silences.iter().any(|s| s.covers(&c.change));
+                        (&c.change, quiet)
+                    })
+                    .collect();
+                store.transact(&mut |tx| {
+                    updates = lifecycle::apply_all(tx, &batch, &routes)?
+                        .into_iter()
+                        .map(|(alert, event)| AlertUpdate { event, alert })
+                        .collect();
+                    if let Some(bytes) = &snapshot {
+                        tx.put_meta(SNAPSHOT, bytes)?;
                     }
-                }
-                if let Some(bytes) = &snapshot {
-                    tx.put_meta(SNAPSHOT, bytes)?;
-                }
-                Ok(())
-            });
+                    Ok(())
+                })
+            };
             (changes, result.map(|()| updates))
         })
         .await

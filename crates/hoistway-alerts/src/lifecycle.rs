@@ -2,6 +2,8 @@
 //! open alert per (lift, rule), re-fires counted instead of new alerts, and the notifications
 //! each step makes, recorded in the same transaction (the outbox).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -291,31 +293,149 @@ pub fn apply(
     routes: &[Route],
     quiet: bool,
 ) -> Result<Option<(Alert, EventKind)>> {
-    if tx.event_exists(&change.key)? {
-        return Ok(None);
+    Ok(apply_all(tx, &[(change, quiet)], routes)?.pop())
+}
+
+/// Applies engine changes in order, with the same outcome as [`apply`] for each in turn, and a
+/// fixed number of store calls whatever their number: the keys already recorded and the newest
+/// alert of each (rule, lift) are read first, the steps worked out in memory, then written set by
+/// set. `quiet` (the second of each pair) records a change without notifications. Returns what
+/// each change that did something did, in order.
+pub fn apply_all(
+    tx: &mut dyn AlertTx,
+    changes: &[(&Change, bool)],
+    routes: &[Route],
+) -> Result<Vec<(Alert, EventKind)>> {
+    /// The newest alert of a (rule, lift) as the batch goes: as read, or made by this batch.
+    struct Slot {
+        alert: Alert,
+        new: bool,
+        changed: bool,
     }
-    let latest = tx.latest(&change.rule, &change.lift_id)?;
-    let (alert, event, notify) = match (change.kind, latest) {
-        (ChangeKind::Fire, Some(mut a)) if a.state.is_open() => {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<&str> = changes.iter().map(|(c, _)| c.key.as_str()).collect();
+    let mut done = tx.existing_events(&keys)?;
+    let mut pairs: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|(c, _)| (c.rule.as_str(), c.lift_id.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut slots: Vec<Slot> = tx
+        .latest_of(&pairs)?
+        .into_iter()
+        .map(|alert| Slot {
+            alert,
+            new: false,
+            changed: false,
+        })
+        .collect();
+    let mut newest: HashMap<(String, String), usize> = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ((s.alert.rule.clone(), s.alert.lift_id.clone()), i))
+        .collect();
+    // Each step: its slot, the alert as this step left it, what happened, the change, whether
+    // it is sent.
+    let mut steps: Vec<(usize, Alert, EventKind, &Change, bool)> = Vec::new();
+    for &(change, quiet) in changes {
+        if !done.insert(change.key.clone()) {
+            continue;
+        }
+        let at = (change.rule.clone(), change.lift_id.clone());
+        let latest = newest.get(&at).map(|&i| &slots[i].alert);
+        let Some((alert, event)) = step(change, latest) else {
+            continue;
+        };
+        let slot = if event == EventKind::Fired {
+            slots.push(Slot {
+                alert: alert.clone(),
+                new: true,
+                changed: true,
+            });
+            newest.insert(at, slots.len() - 1);
+            slots.len() - 1
+        } else {
+            let i = newest[&at];
+            slots[i].alert = alert.clone();
+            slots[i].changed = true;
+            i
+        };
+        let notify = matches!(event, EventKind::Fired | EventKind::Resolved) && !quiet;
+        steps.push((slot, alert, event, change, notify));
+    }
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let made: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].new).collect();
+    let mut inserted: Vec<Alert> = made.iter().map(|&i| slots[i].alert.clone()).collect();
+    tx.insert_alerts(&mut inserted)?;
+    for (&i, a) in made.iter().zip(&inserted) {
+        slots[i].alert.id = a.id;
+    }
+    let updated: Vec<Alert> = slots
+        .iter()
+        .filter(|s| s.changed && !s.new)
+        .map(|s| s.alert.clone())
+        .collect();
+    tx.update_alerts(&updated)?;
+
+    let mut events = Vec::with_capacity(steps.len());
+    let mut outbox = Vec::new();
+    let mut out = Vec::with_capacity(steps.len());
+    for (slot, mut alert, event, change, notify) in steps {
+        alert.id = slots[slot].alert.id;
+        events.push(AlertEvent {
+            alert_id: alert.id,
+            key: Some(change.key.clone()),
+            kind: event,
+            at_us: change.at_us,
+            by: SYSTEM.into(),
+            note: change.summary.clone(),
+        });
+        if notify {
+            outbox.extend(notifications(
+                routes,
+                &alert,
+                event,
+                &change.key,
+                change.at_us,
+            ));
+        }
+        out.push((alert, event));
+    }
+    tx.insert_events(&events)?;
+    tx.enqueue_all(&outbox)?;
+    Ok(out)
+}
+
+/// What `change` does to the newest alert of its rule and lift: the alert after it (id 0 when
+/// new, with [`EventKind::Fired`]) and the step, or `None` (a clear with nothing open).
+fn step(change: &Change, latest: Option<&Alert>) -> Option<(Alert, EventKind)> {
+    match (change.kind, latest) {
+        (ChangeKind::Fire, Some(a)) if a.state.is_open() => {
+            let mut a = a.clone();
             a.refires += 1;
             a.last_fired_us = change.at_us;
             a.value = change.value.or(a.value);
-            tx.update_alert(&a)?;
-            (a, EventKind::Refired, false)
+            Some((a, EventKind::Refired))
         }
-        (ChangeKind::Fire, Some(mut a))
+        (ChangeKind::Fire, Some(a))
             if change.hold_secs > 0
                 && a.resolved.as_ref().is_some_and(|r| {
                     r.by == SYSTEM && change.at_us - r.at_us < change.hold_secs as i64 * 1_000_000
                 }) =>
         {
+            let mut a = a.clone();
             a.state = AlertState::Firing;
             a.resolved = None;
             a.acknowledged = None;
             a.refires += 1;
             a.last_fired_us = change.at_us;
-            tx.update_alert(&a)?;
-            (a, EventKind::Reopened, false)
+            Some((a, EventKind::Reopened))
         }
         (ChangeKind::Fire, _) => {
             let mut a = Alert {
@@ -345,35 +465,20 @@ pub fn apply(
                     note: "informational".into(),
                 });
             }
-            a.id = tx.insert_alert(&a)?;
-            (a, EventKind::Fired, true)
+            Some((a, EventKind::Fired))
         }
-        (ChangeKind::Clear, Some(mut a)) if a.state.is_open() => {
+        (ChangeKind::Clear, Some(a)) if a.state.is_open() => {
+            let mut a = a.clone();
             a.state = AlertState::Resolved;
             a.resolved = Some(Stamp {
                 by: SYSTEM.into(),
                 at_us: change.at_us,
                 note: change.summary.clone(),
             });
-            tx.update_alert(&a)?;
-            (a, EventKind::Resolved, true)
+            Some((a, EventKind::Resolved))
         }
-        (ChangeKind::Clear, _) => return Ok(None),
-    };
-    tx.insert_event(&AlertEvent {
-        alert_id: alert.id,
-        key: Some(change.key.clone()),
-        kind: event,
-        at_us: change.at_us,
-        by: SYSTEM.into(),
-        note: change.summary.clone(),
-    })?;
-    if notify && !quiet {
-        for n in notifications(routes, &alert, event, &change.key, change.at_us) {
-            tx.enqueue(&n)?;
-        }
+        (ChangeKind::Clear, _) => None,
     }
-    Ok(Some((alert, event)))
 }
 
 /// A person acknowledges (`resolve == false`) or resolves an alert.

@@ -7,6 +7,8 @@
 //! and rule, flapping, which notifications a change makes) is the same for every backend.
 //! Calls block: async callers use `spawn_blocking`.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
@@ -326,6 +328,47 @@ pub trait AlertTx {
     fn enqueue(&mut self, notification: &Notification) -> Result<()>;
     /// Sets a value of the store's key-value metadata (engine snapshot, seeded flag).
     fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<()>;
+
+    // The set-based forms the lifecycle uses for a batch of changes. Each defaults to a loop
+    // over the one-at-a-time calls (right for an embedded store, where a call costs no round
+    // trip); a networked store answers each in one statement.
+
+    /// Which of `keys` were recorded as event keys.
+    fn existing_events(&mut self, keys: &[&str]) -> Result<HashSet<String>> {
+        let mut found = HashSet::new();
+        for key in keys {
+            if self.event_exists(key)? {
+                found.insert((*key).to_string());
+            }
+        }
+        Ok(found)
+    }
+    /// The newest alert of each `(rule, lift_id)` that has one, in no particular order.
+    fn latest_of(&mut self, pairs: &[(&str, &str)]) -> Result<Vec<Alert>> {
+        let mut found = Vec::new();
+        for (rule, lift_id) in pairs {
+            found.extend(self.latest(rule, lift_id)?);
+        }
+        Ok(found)
+    }
+    /// Inserts `alerts` in order, setting the id each was given (ascending).
+    fn insert_alerts(&mut self, alerts: &mut [Alert]) -> Result<()> {
+        for a in alerts.iter_mut() {
+            a.id = self.insert_alert(a)?;
+        }
+        Ok(())
+    }
+    fn update_alerts(&mut self, alerts: &[Alert]) -> Result<()> {
+        alerts.iter().try_for_each(|a| self.update_alert(a))
+    }
+    /// Inserts `events` in order.
+    fn insert_events(&mut self, events: &[AlertEvent]) -> Result<()> {
+        events.iter().try_for_each(|e| self.insert_event(e))
+    }
+    /// [`Self::enqueue`] for each, in order.
+    fn enqueue_all(&mut self, notifications: &[Notification]) -> Result<()> {
+        notifications.iter().try_for_each(|n| self.enqueue(n))
+    }
 }
 
 /// Where alert state lives.

@@ -10,6 +10,8 @@ use hoistway_alerts::store::{
     Alert, AlertEvent, AlertQuery, AlertStore, AlertTx, DeliveryState, Notification, Silence,
 };
 use hoistway_alerts::{Error as AlertError, Result as AlertResult};
+use std::collections::HashSet;
+
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
 
@@ -58,6 +60,8 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// Rules, alerts and their events, the notification outbox, silences and the engine's metadata.
 pub struct PgAlertStore {
     pg: Postgres,
+    /// Transactions commit only while this epoch holds this partition (`processor_partitions`).
+    fence: Option<(u16, u64)>,
 }
 
 impl PgAlertStore {
@@ -67,7 +71,17 @@ impl PgAlertStore {
             Error::Format { .. } => AlertError::Storage(e.to_string()),
             other => storage(other),
         })?;
-        Ok(Self { pg })
+        Ok(Self { pg, fence: None })
+    }
+
+    /// The same store, whose transactions go through only while `epoch` is `partition`'s
+    /// epoch in the processor tables: what the alerting of a partition's holder writes through,
+    /// so a holder that was replaced (paused, cut off) records and queues nothing more.
+    pub fn fenced(self, partition: u16, epoch: u64) -> Self {
+        Self {
+            fence: Some((partition, epoch)),
+            ..self
+        }
     }
 
     fn rows(&self, sql: &str, params: Params<'_>) -> crate::Result<Vec<tokio_postgres::Row>> {
@@ -106,26 +120,37 @@ struct PgTx<'a> {
 }
 
 impl PgTx<'_> {
+    // Statements are prepared once per pooled connection: a call is one round trip.
+
     fn opt(&mut self, sql: &str, params: Params<'_>) -> AlertResult<Option<tokio_postgres::Row>> {
         self.pg
-            .block(self.tx.query_opt(sql, params))
+            .block(async {
+                let stmt = self.tx.prepare_cached(sql).await?;
+                self.tx.query_opt(&stmt, params).await
+            })
             .map_err(|e| storage(e.into()))
     }
 
     fn exec(&mut self, sql: &str, params: Params<'_>) -> AlertResult<u64> {
         self.pg
-            .block(self.tx.execute(sql, params))
+            .block(async {
+                let stmt = self.tx.prepare_cached(sql).await?;
+                self.tx.execute(&stmt, params).await
+            })
+            .map_err(|e| storage(e.into()))
+    }
+
+    fn all(&mut self, sql: &str, params: Params<'_>) -> AlertResult<Vec<tokio_postgres::Row>> {
+        self.pg
+            .block(async {
+                let stmt = self.tx.prepare_cached(sql).await?;
+                self.tx.query(&stmt, params).await
+            })
             .map_err(|e| storage(e.into()))
     }
 
     fn alert_row(&mut self, sql: &str, params: Params<'_>) -> AlertResult<Option<Alert>> {
-        self.opt(sql, params)?
-            .map(|row| {
-                let mut a: Alert = from_json("alert_alerts", row.get(1)).map_err(storage)?;
-                a.id = row.get(0);
-                Ok(a)
-            })
-            .transpose()
+        self.opt(sql, params)?.as_ref().map(alert_of).transpose()
     }
 }
 
@@ -225,6 +250,161 @@ impl AlertTx for PgTx<'_> {
         )?;
         Ok(())
     }
+
+    // The set-based forms: one statement each, whatever the batch (a catch-up after an outage
+    // of the database is thousands of changes).
+
+    fn existing_events(&mut self, keys: &[&str]) -> AlertResult<HashSet<String>> {
+        let rows = self.all(
+            "SELECT key FROM alert_events WHERE key = ANY($1::text[])",
+            &[&keys],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn latest_of(&mut self, pairs: &[(&str, &str)]) -> AlertResult<Vec<Alert>> {
+        let (rules, lifts): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+        // One index probe per pair (alert_alerts_rule_lift).
+        let rows = self.all(
+            "SELECT newest.id, newest.body
+             FROM unnest($1::text[], $2::text[]) AS p(rule, lift_id)
+             CROSS JOIN LATERAL (SELECT id, body FROM alert_alerts a
+                                 WHERE a.rule = p.rule AND a.lift_id = p.lift_id
+                                 ORDER BY id DESC LIMIT 1) AS newest",
+            &[&rules, &lifts],
+        )?;
+        rows.iter().map(alert_of).collect()
+    }
+
+    fn insert_alerts(&mut self, alerts: &mut [Alert]) -> AlertResult<()> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        // Ids first (ascending, as a sequence gives them), so each body holds its own.
+        let ids = self.all(
+            "SELECT nextval(pg_get_serial_sequence('alert_alerts', 'id'))
+             FROM generate_series(1, $1::bigint) ORDER BY 1",
+            &[&(alerts.len() as i64)],
+        )?;
+        for (a, row) in alerts.iter_mut().zip(&ids) {
+            a.id = row.get(0);
+        }
+        let ids: Vec<i64> = alerts.iter().map(|a| a.id).collect();
+        let rules: Vec<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
+        let lifts: Vec<&str> = alerts.iter().map(|a| a.lift_id.as_str()).collect();
+        let customers: Vec<&str> = alerts.iter().map(|a| a.customer.as_str()).collect();
+        let buildings: Vec<&str> = alerts.iter().map(|a| a.building.as_str()).collect();
+        let c = columns(alerts);
+        self.exec(
+            "INSERT INTO alert_alerts (id, rule, lift_id, customer, building, severity, state,
+                                       closed_us, body)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::bigint[], $9::text[])",
+            &[
+                &ids,
+                &rules,
+                &lifts,
+                &customers,
+                &buildings,
+                &c.severities,
+                &c.states,
+                &c.closed,
+                &c.bodies,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn update_alerts(&mut self, alerts: &[Alert]) -> AlertResult<()> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = alerts.iter().map(|a| a.id).collect();
+        let c = columns(alerts);
+        let n = self.exec(
+            "UPDATE alert_alerts a
+             SET severity = u.severity, state = u.state, closed_us = u.closed_us, body = u.body
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+                  AS u(id, severity, state, closed_us, body)
+             WHERE a.id = u.id",
+            &[&ids, &c.severities, &c.states, &c.closed, &c.bodies],
+        )?;
+        if n != alerts.len() as u64 {
+            return Err(AlertError::NotFound(format!(
+                "{} of {} alerts to update do not exist",
+                alerts.len() as u64 - n,
+                alerts.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn insert_events(&mut self, events: &[AlertEvent]) -> AlertResult<()> {
+        let alert_ids: Vec<i64> = events.iter().map(|e| e.alert_id).collect();
+        let keys: Vec<Option<&str>> = events.iter().map(|e| e.key.as_deref()).collect();
+        let bodies: Vec<String> = events.iter().map(to_json).collect();
+        // In order, so their ids follow the order of the steps.
+        self.exec(
+            "INSERT INTO alert_events (alert_id, key, body)
+             SELECT alert_id, key, body
+             FROM unnest($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY
+                  AS e(alert_id, key, body, n)
+             ORDER BY n",
+            &[&alert_ids, &keys, &bodies],
+        )?;
+        Ok(())
+    }
+
+    fn enqueue_all(&mut self, notifications: &[Notification]) -> AlertResult<()> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = notifications.iter().map(|n| n.id.as_str()).collect();
+        let states: Vec<&str> = notifications.iter().map(|n| n.state.as_str()).collect();
+        let next: Vec<i64> = notifications.iter().map(|n| n.next_us).collect();
+        let created: Vec<i64> = notifications.iter().map(|n| n.created_us).collect();
+        let bodies: Vec<String> = notifications.iter().map(to_json).collect();
+        // Under the transaction lock: the seqs after the greatest, in order.
+        self.exec(
+            "INSERT INTO alert_outbox (id, state, next_us, seq, created_us, body)
+             SELECT id, state, next_us,
+                    (SELECT coalesce(max(seq), 0) FROM alert_outbox) + n, created_us, body
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[])
+                  WITH ORDINALITY AS o(id, state, next_us, created_us, body, n)
+             ORDER BY n
+             ON CONFLICT (id) DO NOTHING",
+            &[&ids, &states, &next, &created, &bodies],
+        )?;
+        Ok(())
+    }
+}
+
+/// The columns an insert and an update of alerts share, one vector each.
+struct Columns {
+    severities: Vec<&'static str>,
+    states: Vec<&'static str>,
+    /// When each was resolved.
+    closed: Vec<Option<i64>>,
+    bodies: Vec<String>,
+}
+
+fn columns(alerts: &[Alert]) -> Columns {
+    Columns {
+        severities: alerts.iter().map(|a| a.severity.as_str()).collect(),
+        states: alerts.iter().map(|a| a.state.as_str()).collect(),
+        closed: alerts
+            .iter()
+            .map(|a| a.resolved.as_ref().map(|r| r.at_us))
+            .collect(),
+        bodies: alerts.iter().map(to_json).collect(),
+    }
+}
+
+/// An alert from a row of `id, body`.
+fn alert_of(row: &tokio_postgres::Row) -> AlertResult<Alert> {
+    let mut a: Alert = from_json("alert_alerts", row.get(1)).map_err(storage)?;
+    a.id = row.get(0);
+    Ok(a)
 }
 
 impl AlertStore for PgAlertStore {
@@ -234,6 +414,13 @@ impl AlertStore for PgAlertStore {
         let tx = pg
             .block(async { crate::exclusive(&mut client, TRANSACT_LOCK).await })
             .map_err(storage)?;
+        if let Some(fence) = self.fence
+            && let Some(why) = pg.block(crate::fenced_out(&tx, fence)).map_err(storage)?
+        {
+            return Err(AlertError::Conflict(format!(
+                "{why}: its alert changes are not recorded"
+            )));
+        }
         let mut tx = PgTx { pg, tx };
         // Dropped without a commit, the transaction rolls back.
         f(&mut tx)?;
@@ -244,13 +431,7 @@ impl AlertStore for PgAlertStore {
         let rows = self
             .rows("SELECT id, body FROM alert_alerts WHERE id = $1", &[&id])
             .map_err(storage)?;
-        rows.first()
-            .map(|row| {
-                let mut a: Alert = from_json("alert_alerts", row.get(1)).map_err(storage)?;
-                a.id = row.get(0);
-                Ok(a)
-            })
-            .transpose()
+        rows.first().map(alert_of).transpose()
     }
 
     fn list(&self, q: &AlertQuery) -> AlertResult<Vec<Alert>> {

@@ -5,7 +5,8 @@
 //! device grants, refresh tokens, lift credentials, the audit log), [`PgKeyStore`] (the token
 //! signing keys), [`PgRegistryStore`] (the lift registry), [`PgAlertStore`] (rules, alerts,
 //! their events, the notification outbox, silences) and [`PgCheckpointStore`] (each partition's
-//! processor checkpoint and epoch, and the dead letters). Not here: raw readings, which stay in the log and in Parquet.
+//! processor checkpoint and epoch, and the dead letters) and [`PgManifestStore`] (the storage
+//! catalog: both tiers' manifests). Not here: raw readings, which stay in the log and in Parquet.
 //!
 //! The seams block (their callers run them off the async runtime). [`Postgres`] keeps a
 //! connection pool on a small tokio runtime of its own and waits for each call on the caller's
@@ -19,6 +20,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod checkpoints;
+pub mod manifests;
 pub mod registry;
 
 use std::future::Future;
@@ -33,6 +35,7 @@ use tokio_rustls::rustls;
 pub use alerts::PgAlertStore;
 pub use auth::{PgAuthStore, PgKeyStore};
 pub use checkpoints::PgCheckpointStore;
+pub use manifests::PgManifestStore;
 pub use registry::PgRegistryStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +161,29 @@ pub async fn exclusive(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
         .await?;
     Ok(tx)
+}
+
+/// Whether `epoch` still holds `partition` (`processor_partitions`, see [`PgCheckpointStore`]),
+/// checked inside `tx` under a share lock of the partition's row, so a claim waits for `tx` to
+/// end and `tx` sees any claim committed before: `None` if so, else why not. What a partition's
+/// holder writes beside its checkpoints (alerts, storage manifests) is fenced with it.
+pub async fn fenced_out(
+    tx: &deadpool_postgres::Transaction<'_>,
+    (partition, epoch): (u16, u64),
+) -> Result<Option<String>> {
+    let current: Option<i64> = tx
+        .query_opt(
+            "SELECT epoch FROM processor_partitions WHERE partition = $1 FOR SHARE",
+            &[&i32::from(partition)],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok((current != Some(epoch as i64)).then(|| {
+        format!(
+            "partition {partition} was claimed by another processor (epoch {}; this one held {epoch})",
+            current.unwrap_or(0)
+        )
+    }))
 }
 
 /// A pool of connections to one schema of one PostgreSQL database. Cheap to clone.
@@ -448,7 +474,20 @@ impl Postgres {
         futures::executor::block_on(fut)
     }
 
-    /// A connection from the pool (inside [`Self::block`]).
+    /// Runs `fut` on this pool's runtime and waits for it without blocking the caller's
+    /// thread: the form for async callers.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.inner.handle.spawn(fut).await.unwrap_or_else(|e| {
+            Err(Error::Unavailable(format!(
+                "the PostgreSQL runtime stopped: {e}"
+            )))
+        })
+    }
+
+    /// A connection from the pool (inside [`Self::block`] or [`Self::run`]).
     pub async fn client(&self) -> Result<Object> {
         Ok(self.inner.pool.get().await?)
     }

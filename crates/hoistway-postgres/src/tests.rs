@@ -518,3 +518,94 @@ fn a_data_dirs_checkpoint_moves_to_postgres_once() {
     assert!(state_dir.join("checkpoint.bin").exists());
     assert_eq!(pg.list().unwrap().len(), 1);
 }
+
+/// The storage catalog passes the manifest store's suite with two nodes, and a holder's commits
+/// stop the moment another processor claims its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_store_passes_the_conformance_suite_and_is_fenced_by_the_partition() {
+    use hoistway_processor::store::{CheckpointStore, Claimed, Lease};
+    use hoistway_store::{Error as StoreError, Manifest, ManifestStore, Tier};
+    let scratch = Scratch::new("manifests");
+    let (one, two) = tokio::task::spawn_blocking({
+        let (a, b) = (scratch.connect(), scratch.connect());
+        move || {
+            (
+                PgManifestStore::open(a).unwrap(),
+                PgManifestStore::open(b).unwrap(),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    hoistway_store::manifest::conformance::check(&one, Some(&two)).await;
+
+    let checkpoints = {
+        let pg = scratch.connect();
+        tokio::task::spawn_blocking(move || PgCheckpointStore::open(pg).unwrap())
+            .await
+            .unwrap()
+    };
+    let claim = |ttl_ms: u64| {
+        let lease = Lease {
+            holder: "node".into(),
+            ttl: std::time::Duration::from_millis(ttl_ms),
+        };
+        match checkpoints.claim(3, &lease).unwrap() {
+            Claimed::Granted(c) => c.epoch,
+            held => panic!("{held:?}"),
+        }
+    };
+    let first = tokio::task::block_in_place(|| claim(0));
+    let alerts = {
+        let pg = scratch.connect();
+        tokio::task::spawn_blocking(move || PgAlertStore::open(pg).unwrap().fenced(3, first))
+            .await
+            .unwrap()
+    };
+    let put = |value: &'static [u8]| {
+        tokio::task::block_in_place(|| {
+            hoistway_alerts::AlertStore::transact(&alerts, &mut |tx| tx.put_meta("fenced", value))
+        })
+    };
+    put(b"before").unwrap();
+    let holder = one.fenced(3, first);
+    let mut hot = holder.load(Tier::Hot).await.unwrap().unwrap();
+    hot.generation += 1;
+    hot.log_offset = 100;
+    holder.commit(Tier::Hot, &hot).await.unwrap();
+
+    let second = tokio::task::block_in_place(|| claim(60_000));
+    assert!(second > first);
+    let mut late = hot.clone();
+    late.generation += 1;
+    late.log_offset = 200;
+    let err = holder.commit(Tier::Hot, &late).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("claimed by another processor")),
+        "{err}"
+    );
+    let err = put(b"after").unwrap_err();
+    assert!(
+        matches!(&err, hoistway_alerts::Error::Conflict(m) if m.contains("claimed by another processor")),
+        "{err}"
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| hoistway_alerts::AlertStore::meta(&alerts, "fenced"))
+            .unwrap()
+            .as_deref(),
+        Some(&b"before"[..]),
+        "a replaced holder's alert transaction records nothing"
+    );
+    let next = two.fenced(3, second);
+    let seen: Manifest = next.load(Tier::Hot).await.unwrap().unwrap();
+    assert_eq!(
+        seen, hot,
+        "the new holder sees what the old one committed before the claim"
+    );
+    next.commit(Tier::Hot, &late).await.unwrap();
+    assert_eq!(
+        one.load(Tier::Hot).await.unwrap().unwrap().log_offset,
+        200,
+        "every node reads the new holder's commit"
+    );
+}

@@ -38,7 +38,7 @@ use object_store::path::Path;
 use parking_lot::RwLock;
 
 pub use maintain::MaintenanceReport;
-pub use manifest::{FileEntry, Kind, Manifest, Tier};
+pub use manifest::{FileEntry, Kind, Manifest, ManifestStore, Tier, TierManifests};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,6 +56,13 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A manifest commit lost its compare-and-swap (another writer committed), or the writer
+    /// was fenced (another processor holds the partition now).
+    #[error("storage commit refused: {0}")]
+    Conflict(String),
+    /// The catalog that holds the manifests is out of reach or failed.
+    #[error("storage catalog: {0}")]
+    Catalog(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -123,11 +130,19 @@ pub struct StoreConfig {
     /// Where flush encoding runs: the analytics runtime (lower priority), so that a flush
     /// never takes a core from the acks. The caller's runtime when `None`.
     pub work: Option<tokio::runtime::Handle>,
+    /// Where the manifests are committed (default: in each tier, [`TierManifests`]).
+    pub manifests: Arc<dyn ManifestStore>,
+    /// The least id a file written from now on gets. A writer that takes over from another
+    /// one (which may still be writing before it learns it was fenced) starts above every id
+    /// the other could use, so the two never write the same path.
+    pub first_file_id: u64,
 }
 
 impl StoreConfig {
     pub fn new(hot: TierStore, archive: TierStore) -> Self {
         Self {
+            manifests: Arc::new(TierManifests::new(hot.clone(), archive.clone())),
+            first_file_id: 1,
             hot,
             archive,
             hot_retention_us: 48 * HOUR_US,
@@ -269,10 +284,14 @@ impl Store {
         ] {
             metrics::counter!(counter).increment(0);
         }
-        let mut hot = Manifest::load(config.hot.store.as_ref())
+        let mut hot = config
+            .manifests
+            .load(Tier::Hot)
             .await?
             .unwrap_or_else(Manifest::new);
-        let archive = Manifest::load(config.archive.store.as_ref())
+        let archive = config
+            .manifests
+            .load(Tier::Archive)
             .await?
             .unwrap_or_else(Manifest::new);
         let archived: HashSet<u64> = archive.files.iter().map(|f| f.id).collect();
@@ -285,7 +304,7 @@ impl Store {
         if !moved.is_empty() {
             hot.remove(&moved, clock.now_us());
             hot.generation += 1;
-            hot.save(config.hot.store.as_ref()).await?;
+            config.manifests.commit(Tier::Hot, &hot).await?;
             tracing::info!(
                 files = moved.len(),
                 "finished an interrupted move to the archive"
@@ -303,7 +322,7 @@ impl Store {
             .iter()
             .chain(&archive.files)
             .map(|f| f.id + 1)
-            .chain([hot.next_file_id, 1])
+            .chain([hot.next_file_id, config.first_file_id, 1])
             .max()
             .unwrap_or(1);
         Ok(Self {
@@ -538,11 +557,7 @@ impl Store {
     }
 
     async fn save_manifest(&self, tier: Tier, manifest: &Manifest) -> Result<()> {
-        let t = self.config.tier(tier);
-        manifest.save(t.store.as_ref()).await?;
-        let t = t.clone();
-        tokio::task::spawn_blocking(move || t.sync(manifest::MANIFEST_PATH)).await??;
-        Ok(())
+        self.config.manifests.commit(tier, manifest).await
     }
 
     async fn delete_quietly(&self, tier: Tier, paths: &[String]) {

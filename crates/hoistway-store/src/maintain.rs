@@ -323,7 +323,6 @@ impl Store {
         }
         let hot = self.config.hot.store.clone();
         let archive = self.config.archive.clone();
-        let mut copied = Vec::new();
         for file in &due {
             let path = Path::from(file.path.as_str());
             let copy = async {
@@ -339,11 +338,11 @@ impl Store {
                 tokio::task::spawn_blocking(move || a.sync(&p)).await??;
                 Ok::<_, crate::Error>(())
             };
-            if let Err(e) = copy.await {
-                self.delete_quietly(Tier::Archive, &copied).await;
-                return Err(e);
-            }
-            copied.push(file.path.clone());
+            // A failed copy leaves what it copied: unlisted, it is read by nobody, the next
+            // move writes the same bytes over it, and the next open deletes what stays. Deleting
+            // it here could delete the committed copy of a writer that took over meanwhile
+            // (the same file has the same path in the archive).
+            copy.await?;
         }
         let _commit = self.commit.lock().await;
         let mut hot_manifest = (*self.manifest(Tier::Hot)).clone();

@@ -9,7 +9,9 @@ use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 use hoistway_model::{Direction, DoorState, EventKind, LiftId, ManualClock, Reading};
 use hoistway_store::rollup::{merge_partials, partials_of_readings};
 use hoistway_store::schema::{self, readings_batch};
-use hoistway_store::{DAY_US, HOUR_US, Kind, Manifest, Store, StoreConfig, Tier, TierStore};
+use hoistway_store::{
+    DAY_US, HOUR_US, Kind, Manifest, ManifestStore, Store, StoreConfig, Tier, TierStore,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// 2026-11-23T00:00:00Z
@@ -544,4 +546,60 @@ fn written_files_use_the_documented_encodings() {
     );
     let trips = sorted.column(12).as_primitive::<Int32Type>();
     assert_eq!(trips.len(), 300_000);
+}
+
+#[tokio::test]
+async fn tier_manifests_pass_the_manifest_store_conformance_suite() {
+    let f = Fixture::new();
+    let manifests = hoistway_store::TierManifests::new(
+        TierStore::local(f.hot()).unwrap(),
+        TierStore::local(f.archive()).unwrap(),
+    );
+    // One process writes a data dir: there is no second handle to check against.
+    hoistway_store::manifest::conformance::check(&manifests, None).await;
+}
+
+/// A writer taking over from another starts its file ids at `first_file_id`, above any the
+/// other could still use; and a manifest commit that loses its compare-and-swap keeps the
+/// readings buffered and visible, and lists nothing.
+#[tokio::test]
+async fn a_writer_taking_over_writes_ids_of_its_own_and_a_lost_commit_lists_nothing() {
+    let f = Fixture::new();
+    let store = f.open().await;
+    store.buffer(0, &fleet(2, 5, DAY0));
+    store.flush(1).await.unwrap();
+    drop(store);
+
+    let mut config = f.config();
+    config.first_file_id = 7 << 32;
+    let manifests = Arc::new(hoistway_store::TierManifests::new(
+        TierStore::local(f.hot()).unwrap(),
+        TierStore::local(f.archive()).unwrap(),
+    ));
+    config.manifests = manifests.clone();
+    let store = Arc::new(Store::open(config, f.clock.clone()).await.unwrap());
+    store.buffer(1, &fleet(2, 5, DAY0 + HOUR_US));
+    store.flush(2).await.unwrap();
+    let ids: Vec<u64> = store
+        .snapshot()
+        .files(Tier::Hot, Kind::Readings)
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids[0] < 7 << 32 && ids[1] >= 7 << 32, "{ids:?}");
+
+    // Another writer commits behind this one's back: its next commit is refused.
+    let mut theirs = manifests.load(Tier::Hot).await.unwrap().unwrap();
+    theirs.generation += 1;
+    manifests.commit(Tier::Hot, &theirs).await.unwrap();
+    store.buffer(2, &fleet(2, 5, DAY0 + 2 * HOUR_US));
+    let err = store.flush(3).await.unwrap_err();
+    assert!(matches!(err, hoistway_store::Error::Conflict(_)), "{err}");
+    assert_eq!(store.snapshot().files(Tier::Hot, Kind::Readings).count(), 2);
+    assert_eq!(store.committed_offset(), 2);
+    assert_eq!(
+        store.status().buffered_rows,
+        10,
+        "the readings stay buffered"
+    );
 }

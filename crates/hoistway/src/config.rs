@@ -332,6 +332,10 @@ pub struct StorageSettings {
     pub enabled: bool,
     /// Directory of the hot tier; empty: `<data_dir>/store/hot`.
     pub hot_dir: String,
+    /// The hot tier elsewhere than a directory: `s3://bucket/prefix` (see `[storage.s3]`) or a
+    /// `file:///` URL; empty: `hot_dir`. In the cluster mode, both tiers on S3 is what lets a
+    /// standby taking over serve the stored readings.
+    pub hot_url: String,
     /// Where the archive tier lives: empty for `<data_dir>/store/archive`, a `file:///` URL,
     /// or `s3://bucket/prefix` (see `[storage.s3]`).
     pub archive_url: String,
@@ -392,6 +396,7 @@ impl Default for StorageSettings {
         Self {
             enabled: true,
             hot_dir: String::new(),
+            hot_url: String::new(),
             archive_url: String::new(),
             hot_retention_hours: 48,
             retention_days: 1827,

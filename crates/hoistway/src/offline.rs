@@ -102,6 +102,11 @@ pub fn long_version() -> String {
             hoistway_postgres::checkpoints::MIGRATIONS.len().to_string(),
         ),
         (
+            "storage tables (PG)",
+            format!("0-{}", hoistway_postgres::manifests::MIGRATIONS.len()),
+            hoistway_postgres::manifests::MIGRATIONS.len().to_string(),
+        ),
+        (
             "storage manifest",
             hoistway_store::manifest::FORMAT.to_string(),
             hoistway_store::manifest::FORMAT.to_string(),

@@ -69,7 +69,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
 
-    let (registry, (checkpoints, dlq), auth) = {
+    let (registry, (checkpoints, dlq), auth, pg) = {
         let (config, clock) = (config.clone(), clock.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             // One pool for all the shared state.
@@ -79,6 +79,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 registry,
                 open_checkpoints(&config, pg.as_ref())?,
                 open_authority_on(&config, clock, pg.as_ref())?,
+                pg,
             ))
         })
         .await??
@@ -97,8 +98,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if !config.cluster.postgres.trim().is_empty() {
         tracing::info!(
             schema = %config.cluster.postgres_schema,
-            checkpoints = !config.cluster.nats.trim().is_empty(),
-            "accounts, credentials, signing keys and the lift registry are in PostgreSQL (with checkpoints = true, the processor's checkpoints and the dead letters too)"
+            checkpoints = checkpoints_in_postgres(&config),
+            "accounts, credentials, signing keys and the lift registry are in PostgreSQL (with checkpoints = true, the processor's checkpoints, the dead letters and alerting too)"
         );
     }
     // TLS before anything listens: a server told to use it does not start without it.
@@ -125,6 +126,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("cannot start the analytics runtime")?;
     let mut storage = store_config(&config)?;
     storage.work = Some(analytics.handle().clone());
+    if let Some(pg) = pg.as_ref().filter(|_| checkpoints_in_postgres(&config)) {
+        if storage.hot.local_dir.is_none() && storage.archive.local_dir.is_none() {
+            // The catalog beside the checkpoints, written only while this server holds the
+            // partition; file ids above any the previous holder could still be writing.
+            let pg = pg.clone();
+            let manifests =
+                tokio::task::spawn_blocking(move || hoistway_postgres::PgManifestStore::open(pg))
+                    .await?
+                    .context("cannot open the storage tables in PostgreSQL")?;
+            storage.manifests = Arc::new(manifests.fenced(PARTITION, epoch));
+            storage.first_file_id = epoch << 32;
+        } else {
+            tracing::warn!(
+                "a storage tier is on this machine's disk: a standby that takes the partition over will not have its Parquet files \
+                 (put both on S3, storage.hot_url and storage.archive_url, and the manifests go to PostgreSQL)"
+            );
+        }
+    }
+    tracing::info!(manifests = %storage.manifests.describe(), "storage catalog");
     let store = Arc::new(
         Store::open(storage, clock.clone())
             .await
@@ -136,9 +156,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Vec::new()
     };
     let alerts = if config.alerts.enabled {
-        let (data, config, clock) = (data.clone(), config.clone(), clock.clone());
-        let alerts =
-            tokio::task::spawn_blocking(move || open_alerts(&data, &config, clock)).await??;
+        let (data, config, clock, pg) = (data.clone(), config.clone(), clock.clone(), pg.clone());
+        let alerts = tokio::task::spawn_blocking(move || {
+            open_alerts(&data, &config, clock, pg.as_ref().map(|pg| (pg, epoch)))
+        })
+        .await??;
         sinks.push(alerts.0.clone());
         Some(alerts)
     } else {
@@ -469,12 +491,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Alerting over `<data>/alerts/alerts.sqlite3`, with the configured rules file, channels and
-/// routes, and the dispatcher that drains its outbox. Blocks (opens files).
+/// Alerting over `<data>/alerts/alerts.sqlite3` (in the cluster mode, where the processor's
+/// checkpoints are in PostgreSQL, over the `alert_*` tables there, fenced by the partition's
+/// epoch held, so a standby taking over has the rules, open alerts, the engine's snapshot and
+/// the outbox), with the configured rules file, channels and routes, and the dispatcher that
+/// drains its outbox. Blocks (opens files).
 fn open_alerts(
     data: &std::path::Path,
     config: &Config,
     clock: Arc<dyn Clock>,
+    pg: Option<(&hoistway_postgres::Postgres, u64)>,
 ) -> anyhow::Result<(
     Arc<hoistway_alerts::Alerts>,
     hoistway_alerts::notify::Dispatcher,
@@ -489,10 +515,18 @@ fn open_alerts(
                 .map_err(|e| anyhow::anyhow!("rules file {path}: {e}"))?
         }
     };
-    let store: Arc<dyn hoistway_alerts::AlertStore> = Arc::new(
-        hoistway_alerts::SqliteAlertStore::open(&data.join("alerts").join("alerts.sqlite3"))
-            .context("cannot open the alert store")?,
-    );
+    let store: Arc<dyn hoistway_alerts::AlertStore> = match pg {
+        // Beside the checkpoints: the engine's snapshot belongs to the partition's checkpoint.
+        Some((pg, epoch)) if checkpoints_in_postgres(config) => Arc::new(
+            hoistway_postgres::PgAlertStore::open(pg.clone())
+                .context("cannot open the alert tables in PostgreSQL")?
+                .fenced(PARTITION, epoch),
+        ),
+        _ => Arc::new(
+            hoistway_alerts::SqliteAlertStore::open(&data.join("alerts").join("alerts.sqlite3"))
+                .context("cannot open the alert store")?,
+        ),
+    };
     let alerts_config = hoistway_alerts::AlertsConfig {
         engine: hoistway_alerts::EngineConfig {
             silent_after_secs: config.processor.silent_after_secs,
@@ -536,13 +570,19 @@ fn open_alerts(
 /// The storage tiers named by the configuration.
 fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
     let settings = &config.storage;
-    let hot_dir = if settings.hot_dir.is_empty() {
-        config.data_dir.join("store").join("hot")
+    let hot = if settings.hot_url.trim().is_empty() {
+        let hot_dir = if settings.hot_dir.is_empty() {
+            config.data_dir.join("store").join("hot")
+        } else {
+            settings.hot_dir.clone().into()
+        };
+        TierStore::local(&hot_dir)
+            .with_context(|| format!("cannot open the hot tier in {}", hot_dir.display()))?
     } else {
-        settings.hot_dir.clone().into()
+        tier_at(settings.hot_url.trim(), config)
+            .context("hot_url")
+            .context("cannot open the hot tier")?
     };
-    let hot = TierStore::local(&hot_dir)
-        .with_context(|| format!("cannot open the hot tier in {}", hot_dir.display()))?;
     let archive = archive_tier(config).context("cannot open the archive tier")?;
     let mut store = StoreConfig::new(hot, archive);
     store.hot_retention_us = settings.hot_retention_hours as i64 * HOUR_US;
@@ -560,7 +600,12 @@ fn archive_tier(config: &Config) -> anyhow::Result<TierStore> {
             config.data_dir.join("store").join("archive"),
         )?);
     }
-    match location(raw, &config.storage.s3).context("archive_url")? {
+    tier_at(raw, config).context("archive_url")
+}
+
+/// A tier at a directory or URL (`file:///…`, `s3://…`).
+fn tier_at(raw: &str, config: &Config) -> anyhow::Result<TierStore> {
+    match location(raw, &config.storage.s3)? {
         Location::Dir(path) => Ok(TierStore::local(path)?),
         Location::Remote(store) => Ok(TierStore::remote(store)),
     }
@@ -768,6 +813,13 @@ fn stops_server_on_error<E: std::fmt::Display + Send + 'static>(
     })
 }
 
+/// Whether the processor's checkpoints (and with them dead letters and alerts) are in
+/// PostgreSQL: with the log on JetStream and `cluster.postgres`, so that another machine can
+/// take over. A log of files keeps them beside it, in the data dir.
+fn checkpoints_in_postgres(config: &Config) -> bool {
+    !config.cluster.nats.trim().is_empty() && !config.cluster.postgres.trim().is_empty()
+}
+
 /// The partition a server processes: a standalone server (and, until partitions are spread over
 /// several streams, a cluster) has one.
 const PARTITION: u16 = 0;
@@ -791,7 +843,7 @@ fn open_checkpoints(
 ) -> anyhow::Result<(Arc<dyn CheckpointStore>, Arc<dyn DeadLetters>)> {
     let data = &config.data_dir;
     match pg {
-        Some(pg) if !config.cluster.nats.trim().is_empty() => {
+        Some(pg) if checkpoints_in_postgres(config) => {
             let store = hoistway_postgres::PgCheckpointStore::open(pg.clone())
                 .context("cannot open the processor tables in PostgreSQL")?;
             let moved = store

@@ -197,13 +197,30 @@ async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_proc
 /// own) waits for the partition's lease; the server is paused with SIGSTOP, the lease lapses,
 /// the standby takes over and the proxy follows it; resumed with SIGCONT, the old server finds it
 /// was fenced and stops without writing anything. Then the new one is killed with SIGKILL and a
-/// third machine with an empty data dir takes over the same way. Every acknowledged reading is
-/// counted exactly once in the end.
+/// third machine with an empty data dir takes over the same way. Both storage tiers are on S3,
+/// so their manifests are in PostgreSQL too. Every acknowledged reading is counted exactly once
+/// in the end, and stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
     let postgres = test_postgres();
     let schema = scratch_schema("takeover");
-    let cluster = Cluster::start(&postgres, &schema);
+    let mut cluster = Cluster::start(&postgres, &schema);
+    let s3 = S3Server::start("hoistway-cluster").await;
+    cluster.settings.extend([
+        (
+            "HOISTWAY_STORAGE__HOT_URL",
+            "s3://hoistway-cluster/hot".into(),
+        ),
+        (
+            "HOISTWAY_STORAGE__ARCHIVE_URL",
+            "s3://hoistway-cluster/archive".into(),
+        ),
+        ("HOISTWAY_STORAGE__S3__ENDPOINT", s3.endpoint()),
+        ("HOISTWAY_STORAGE__S3__REGION", "us-east-1".into()),
+        ("HOISTWAY_STORAGE__S3__ACCESS_KEY_ID", "test".into()),
+        ("HOISTWAY_STORAGE__S3__SECRET_ACCESS_KEY", "test".into()),
+        ("HOISTWAY_STORAGE__S3__ALLOW_HTTP", "true".into()),
+    ]);
     let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
     let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
@@ -239,6 +256,8 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
         !second.is_finished(),
         "the standby took a partition that was held"
     );
+    // What alerting recorded so far: in PostgreSQL too, so the next holder carries it on.
+    let alerted = alert_ids(&first).await;
     let paused = Instant::now();
     first.signal("STOP");
     let second = second.await.unwrap();
@@ -280,9 +299,27 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
         ledger.total_readings()
     );
     verified(&third, &ledger).await;
+    stored_readings_match_the_ledger(&third, &ledger).await;
+    // Stored on S3 and listed in PostgreSQL: the files the holders committed are the new one's.
+    let status = third.get("/v1/storage/status").await.json();
+    let files = status["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tier"] == "hot" && t["kind"] == "readings")
+        .map_or(0, |t| t["files"].as_u64().unwrap());
+    assert!(files > 0, "nothing was flushed to S3: {status}");
+    let now = alert_ids(&third).await;
+    assert!(!alerted.is_empty(), "no alert fired in the first seconds");
+    assert!(
+        alerted.iter().all(|id| now.contains(id)),
+        "alerts of the first holder are gone: {alerted:?} then {now:?}"
+    );
     eprintln!(
-        "{} readings; taken over {takeover:?} after SIGSTOP and {failover:?} after SIGKILL (lease 2 s)",
-        ledger.total_readings()
+        "{} readings; taken over {takeover:?} after SIGSTOP and {failover:?} after SIGKILL (lease 2 s); {} alerts, then {}; {files} hot files on S3",
+        ledger.total_readings(),
+        alerted.len(),
+        now.len()
     );
     let mut third = third;
     tokio::task::block_in_place(|| assert!(third.terminate()));
@@ -324,6 +361,7 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
         "{body}"
     );
     proxy.set_cut(false);
+    let back = Instant::now();
     assert!(
         acked_during > 1_000,
         "only {acked_during} readings were acknowledged while PostgreSQL was out of reach"
@@ -347,6 +385,7 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
             r.status == 200 && !String::from_utf8_lossy(&r.body).contains("no checkpoint for")
         })
         .await;
+    let caught_up = back.elapsed();
     let metrics = String::from_utf8(server.get("/metrics").await.body.to_vec()).unwrap();
     let count = |name: &str| -> f64 {
         metrics
@@ -359,9 +398,13 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
             && count("hoistway_processor_checkpoint_failures_total") > 0.0,
         "the outage went unnoticed: {metrics}"
     );
+    // Alerting is in PostgreSQL too, and caught up with the rest.
+    let alerts = alert_ids(&server).await;
     eprintln!(
-        "{} readings, {acked_during} acknowledged during the outage",
-        ledger.total_readings()
+        "{} readings, {acked_during} acknowledged during the outage; checkpoints caught up \
+         {caught_up:?} after it; {} alerts",
+        ledger.total_readings(),
+        alerts.len()
     );
     tokio::task::block_in_place(|| assert!(server.terminate()));
     drop_schema(&test_postgres(), &schema).await;
@@ -419,6 +462,17 @@ fn fleet_with_outages(run_for: Duration, seed: u64) -> SimConfig {
         seed,
         ..SimConfig::default()
     }
+}
+
+/// The ids of every alert a server lists (up to 1,000).
+async fn alert_ids(server: &TestServer) -> Vec<i64> {
+    let page = server.get("/v1/alerts?limit=1000").await.json();
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .map(|a| a["id"].as_i64().unwrap())
+        .collect()
 }
 
 /// Every acknowledged reading is stored exactly once: per lift, the row count, the number of

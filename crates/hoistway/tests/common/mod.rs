@@ -663,3 +663,99 @@ pub async fn postgres_via_proxy() -> (CutProxy, String) {
     assert_ne!(via_proxy, url, "the URL names its host and port");
     (proxy, via_proxy)
 }
+
+/// A Python with the tests' pinned packages (`tests/python-requirements.txt`), in a virtual
+/// environment under `target/`: made on first use, and again when the requirements change. It
+/// needs nothing of the system Python but `venv`, so it works where the system refuses
+/// `pip install` (PEP 668).
+pub fn test_python() -> String {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python-requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    let venv = tmp.join("python");
+    let python = venv.join("bin").join("python3");
+    let stamp = venv.join("requirements.installed");
+    std::fs::create_dir_all(tmp).unwrap();
+    // Tests run in parallel: one makes the environment, the others wait for it.
+    let lock = std::fs::File::create(tmp.join("python.lock")).unwrap();
+    lock.lock().unwrap();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        if !python.exists() {
+            let made = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap();
+            assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        }
+        let installed = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements)
+            .status()
+            .unwrap();
+        assert!(
+            installed.success(),
+            "pip install -r {} failed",
+            requirements.display()
+        );
+        std::fs::write(&stamp, &wanted).unwrap();
+    }
+    python.display().to_string()
+}
+
+/// An S3-compatible server (moto, from PyPI) on a loopback port, stopped when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub async fn start(bucket: &str) -> Self {
+        let python = test_python();
+        let port = free_port();
+        let child = std::process::Command::new(python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self { child, port };
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the S3 server did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let created = http(addr, "PUT", &format!("/{bucket}"), &[], Bytes::new()).await;
+        assert_eq!(created.status, 200, "create bucket");
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,149 @@
+//! [`ManifestStore`] in PostgreSQL: the storage catalog every node reads, one row per tier in
+//! `storage_manifests` (the manifest as JSON, as the file holds it, and its generation).
+//!
+//! A commit is a compare-and-swap on the generation. A store opened [`PgManifestStore::fenced`]
+//! also checks, in the same transaction and under a share lock of the partition's row, that the
+//! writer's epoch is still the partition's: a processor that lost its partition (paused, cut
+//! off) cannot list files after the next holder claimed it, and the next holder, which loads
+//! the manifests after its claim, sees everything the previous one committed.
+
+use hoistway_store::manifest::conflict;
+use hoistway_store::{Error as StoreError, Manifest, ManifestStore, Result as StoreResult, Tier};
+
+use crate::{Error, Postgres};
+
+/// The component name in `schema_versions`.
+pub const COMPONENT: &str = "storage";
+
+/// `MIGRATIONS[n]` takes the storage tables from version `n` to `n + 1`.
+pub const MIGRATIONS: &[&str] = &["
+    CREATE TABLE storage_manifests (
+        tier text PRIMARY KEY,
+        generation bigint NOT NULL,
+        body text NOT NULL,
+        committed_at timestamptz NOT NULL);
+"];
+
+fn store_error(e: Error) -> StoreError {
+    match e {
+        Error::Format { .. } | Error::Record { .. } => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Catalog(other.to_string()),
+    }
+}
+
+/// Both tiers' manifests, shared by every node given `pg`.
+#[derive(Clone)]
+pub struct PgManifestStore {
+    pg: Postgres,
+    /// Commits only while this epoch holds this partition (`processor_partitions`).
+    fence: Option<(u16, u64)>,
+}
+
+impl std::fmt::Debug for PgManifestStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgManifestStore")
+            .field("schema", &self.pg.schema())
+            .field("fence", &self.fence)
+            .finish()
+    }
+}
+
+impl PgManifestStore {
+    /// Opens the storage tables of `pg`, creating or migrating them. Blocks.
+    pub fn open(pg: Postgres) -> crate::Result<Self> {
+        pg.migrate(COMPONENT, MIGRATIONS)?;
+        Ok(Self { pg, fence: None })
+    }
+
+    /// The same store, committing only while `epoch` is `partition`'s epoch in the processor
+    /// tables (see `PgCheckpointStore`): what a partition's holder writes through.
+    pub fn fenced(&self, partition: u16, epoch: u64) -> Self {
+        Self {
+            pg: self.pg.clone(),
+            fence: Some((partition, epoch)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ManifestStore for PgManifestStore {
+    async fn load(&self, tier: Tier) -> StoreResult<Option<Manifest>> {
+        let pg = self.pg.clone();
+        let body = self
+            .pg
+            .run(async move {
+                let client = pg.client().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT body FROM storage_manifests WHERE tier = $1",
+                        &[&tier.as_str()],
+                    )
+                    .await?;
+                Ok::<_, Error>(row.map(|r| r.get::<_, String>(0)))
+            })
+            .await
+            .map_err(store_error)?;
+        body.map(|b| Manifest::decode(b.as_bytes())).transpose()
+    }
+
+    async fn commit(&self, tier: Tier, manifest: &Manifest) -> StoreResult<()> {
+        let body =
+            serde_json::to_string(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (pg, fence) = (self.pg.clone(), self.fence);
+        let generation = manifest.generation as i64;
+        self.pg
+            .run(async move {
+                let mut client = pg.client().await?;
+                let tx = client.transaction().await?;
+                if let Some(fence) = fence
+                    && let Some(why) = crate::fenced_out(&tx, fence).await?
+                {
+                    return Ok(Err(StoreError::Conflict(format!(
+                        "{why}: the {} manifest is not committed",
+                        tier.as_str()
+                    ))));
+                }
+                let written = if generation == 1 {
+                    tx.execute(
+                        "INSERT INTO storage_manifests (tier, generation, body, committed_at)
+                         VALUES ($1, $2, $3, now()) ON CONFLICT (tier) DO NOTHING",
+                        &[&tier.as_str(), &generation, &body],
+                    )
+                    .await?
+                } else {
+                    tx.execute(
+                        "UPDATE storage_manifests
+                         SET generation = $2::bigint, body = $3, committed_at = now()
+                         WHERE tier = $1 AND generation = $2::bigint - 1",
+                        &[&tier.as_str(), &generation, &body],
+                    )
+                    .await?
+                };
+                if written == 0 {
+                    let committed: Option<i64> = tx
+                        .query_opt(
+                            "SELECT generation FROM storage_manifests WHERE tier = $1",
+                            &[&tier.as_str()],
+                        )
+                        .await?
+                        .map(|r| r.get(0));
+                    return Ok(Err(conflict(
+                        tier,
+                        committed.unwrap_or(0) as u64,
+                        generation as u64,
+                    )));
+                }
+                tx.commit().await?;
+                Ok::<_, Error>(Ok(()))
+            })
+            .await
+            .map_err(store_error)?
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the storage_manifests table of the PostgreSQL schema {:?}",
+            self.pg.schema()
+        )
+    }
+}
