@@ -153,8 +153,9 @@ pub struct Sequencer {
 const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Sequencer {
-    /// `dedup` must describe everything already in the log (the processor's state after replay
-    /// to the log's end).
+    /// `dedup` describes what is already in the log (the processor's state after replay to the
+    /// log's end), or less of it (an ingest node starts empty): a resend it does not know is
+    /// appended again, and the processor's dedup counts it once.
     pub fn new(
         log: Arc<dyn Log>,
         config: &SequencerConfig,

@@ -121,11 +121,11 @@ pub async fn sql_export(
     axum::Extension(addr): axum::Extension<crate::auth::ClientAddr>,
     body: Body,
 ) -> ApiResult<Response> {
-    let needed = app.query.limits().export_role;
+    let needed = app.query().limits().export_role;
     if staff.0.allows(hoistway_auth::Access::Role(needed)).is_err() {
         return Err(Problem::forbidden(format!(
             "exports need the {needed} role or above; POST /v1/sql answers up to {} rows",
-            app.query.limits().max_rows
+            app.query().limits().max_rows
         )));
     }
     let bytes = crate::routes::read_limited(body, SQL_BODY_LIMIT).await?;
@@ -144,7 +144,7 @@ pub async fn sql_export(
     };
     let text: String = request.sql.chars().take(2000).collect();
     let chunks = app
-        .query
+        .query()
         .export_encoded(&request.sql, &staff.query_caller(), format)
         .await;
     let outcome = if chunks.is_ok() { "ok" } else { "failed" };
@@ -221,7 +221,7 @@ pub async fn sql(
     let format = parse_format(request.format.as_deref().or(q.format.as_deref()))?;
     let started = Instant::now();
     let text: String = request.sql.chars().take(2000).collect();
-    let result = app.query.sql(&request.sql, &staff.query_caller()).await;
+    let result = app.query().sql(&request.sql, &staff.query_caller()).await;
     let outcome = if result.is_ok() { "ok" } else { "failed" };
     crate::auth::record(&app, staff.username(), "sql", "", outcome, addr, &text).await;
     let result = result.map_err(query_problem)?;
@@ -360,7 +360,7 @@ pub async fn lift_readings(
     };
     let started = Instant::now();
     let ctx = app
-        .query
+        .query()
         .context(&staff.query_caller())
         .await
         .map_err(query_problem)?;
@@ -379,7 +379,7 @@ pub async fn lift_readings(
             None => df.sort(vec![col(time).sort(true, false)]),
         })
         .map_err(|e| query_problem(e.into()))?;
-    let result = app.query.collect(df).await.map_err(query_problem)?;
+    let result = app.query().collect(df).await.map_err(query_problem)?;
     respond(format, result, started)
 }
 
@@ -423,7 +423,7 @@ fn buckets(
 #[utoipa::path(get, path = "/v1/storage/status", summary = "Get storage status per tier",
     responses((status = 200, description = "Rows, bytes and files per tier", body = hoistway_store::StoreStatus)))]
 pub async fn storage_status(State(app): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(app.store.status()).into_response())
+    Ok(Json(app.store().status()).into_response())
 }
 
 /// `POST /v1/storage/maintain`: run compaction, tier moves and retention now.
@@ -431,7 +431,7 @@ pub async fn storage_status(State(app): State<AppState>) -> ApiResult<Response> 
     responses((status = 200, description = "What compaction, tier moves and retention did", body = hoistway_store::MaintenanceReport)))]
 pub async fn storage_maintain(State(app): State<AppState>) -> ApiResult<Response> {
     let report = app
-        .store
+        .store()
         .maintain()
         .await
         .map_err(|e| Problem::internal(&e))?;

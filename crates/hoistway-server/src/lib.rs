@@ -62,26 +62,54 @@ pub struct AppParts {
     /// Whether clients reach this server over TLS (its own, or a trusted proxy's): session
     /// cookies are then `Secure`.
     pub tls: bool,
-    pub fleet: Fleet,
     pub registry: Arc<Registry>,
     pub dlq: Arc<dyn DeadLetters>,
     pub log: Arc<dyn Log>,
-    pub store: Arc<hoistway_store::Store>,
-    pub query: Arc<hoistway_query::QueryEngine>,
-    /// `None` when alerting is off.
+    /// `None` on an ingest node (`--role ingest`), which then serves only [`ingest_router`].
+    pub processing: Option<Processing>,
+    /// `None` when alerting is off (and on an ingest node).
     pub alerts: Option<Arc<hoistway_alerts::Alerts>>,
     /// `None` where this process cannot take backups (it does not hold the data dir).
     pub backups: Option<Arc<hoistway_backup::Backups>>,
-    pub progress: watch::Receiver<Progress>,
-    /// How often the processor checkpoints: `/readyz` warns when none succeeded for three times
-    /// as long.
-    pub checkpoint_interval: std::time::Duration,
     pub clock: Arc<dyn Clock>,
     pub limits: ApiLimits,
     pub metrics: Option<PrometheusHandle>,
     /// Cleared when shutdown begins, so readiness fails before the listener closes.
     pub accepting: Arc<AtomicBool>,
     pub started: Instant,
+}
+
+/// What a node that processes the log has: its partition's state, storage and queries.
+pub struct Processing {
+    pub fleet: Fleet,
+    pub store: Arc<hoistway_store::Store>,
+    pub query: Arc<hoistway_query::QueryEngine>,
+    pub progress: watch::Receiver<Progress>,
+    /// How often the processor checkpoints: `/readyz` warns when none succeeded for three times
+    /// as long.
+    pub checkpoint_interval: std::time::Duration,
+}
+
+impl AppParts {
+    /// The processing side. Only the routes of [`router`] call it, and a node without one
+    /// serves [`ingest_router`] instead.
+    fn processing(&self) -> &Processing {
+        self.processing
+            .as_ref()
+            .expect("only a node that processes serves this route")
+    }
+
+    pub(crate) fn fleet(&self) -> &Fleet {
+        &self.processing().fleet
+    }
+
+    pub(crate) fn store(&self) -> &Arc<hoistway_store::Store> {
+        &self.processing().store
+    }
+
+    pub(crate) fn query(&self) -> &Arc<hoistway_query::QueryEngine> {
+        &self.processing().query
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -115,11 +143,21 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
+    layered(routes::routes(), state)
+}
+
+/// What an ingest node serves (`--role ingest`): readings from lifts, the device flow that
+/// gives lifts their tokens, health and metrics.
+pub fn ingest_router(state: AppState) -> Router {
+    layered(routes::ingest_routes(), state)
+}
+
+fn layered(routes: routes::Routes, state: AppState) -> Router {
     let routes::Routes {
         router: routes,
         rules,
         ..
-    } = routes::routes();
+    } = routes;
     let gate = auth::Gate {
         app: state.clone(),
         rules: Arc::new(rules),

@@ -89,6 +89,45 @@ pub(crate) struct Routes {
     pub api: utoipa::openapi::OpenApi,
 }
 
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+/// The routes of an ingest node: readings, the device flow, health and metrics (each with the
+/// same access as in [`routes`]).
+pub(crate) fn ingest_routes() -> Routes {
+    use Access::{Device, Public};
+    let t = Table {
+        router: Router::new(),
+        rules: Rules::new(),
+        api: crate::openapi::frame(),
+    }
+    .add(Device, routes!(telemetry))
+    .add(Public, routes!(auth::device_authorization))
+    .add(Public, routes!(auth::token))
+    .add(Public, routes!(healthz))
+    .add(Public, routes!(readyz))
+    .add(Access::Fleet(Role::Viewer), routes!(metrics_text));
+    let router = t
+        .router
+        .fallback(|| async {
+            Problem::not_found(
+                "this is an ingest node: it serves POST /v1/telemetry, the device flow (/oauth/device_authorization, /oauth/token), /healthz, /readyz and /metrics; the rest of the API and the UI are on the node that processes",
+            )
+        })
+        .method_not_allowed_fallback(method_not_allowed);
+    Routes {
+        router,
+        rules: t.rules,
+        api: t.api,
+    }
+}
+
 /// Every route, with the access it needs (docs/security.md has the same table in prose).
 pub(crate) fn routes() -> Routes {
     use Access::{Device, Public, Staff};
@@ -177,14 +216,7 @@ pub(crate) fn routes() -> Routes {
     let router = t
         .router
         .fallback(crate::ui::serve)
-        .method_not_allowed_fallback(|| async {
-            Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-                "this endpoint does not take that method",
-            )
-        });
+        .method_not_allowed_fallback(method_not_allowed);
     Routes {
         router,
         rules: t.rules,
@@ -532,7 +564,7 @@ async fn list_lifts(
         }
         q.customer = Some(mine.to_string());
     }
-    Ok(Json(app.fleet.list(&q)).into_response())
+    Ok(Json(app.fleet().list(&q)).into_response())
 }
 
 /// The registered lift `id` if `staff` may see it; otherwise the same 404 as for a lift that
@@ -704,7 +736,7 @@ async fn lift_state(
     if staff.customer().is_some() {
         visible_lift(&app, &staff, &id)?;
     }
-    match app.fleet.lift(&id) {
+    match app.fleet().lift(&id) {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(Problem::not_found(format!(
             "lift {id:?} is neither registered nor reporting"
@@ -730,7 +762,7 @@ async fn lift_state_stream(
     let sees = move |app: &AppState, id: &str| {
         staff.customer().is_none() || visible_lift(app, &staff, id).is_ok()
     };
-    if !sees(&app, &id) || app.fleet.state_of(&id).is_none() {
+    if !sees(&app, &id) || app.fleet().state_of(&id).is_none() {
         return Err(Problem::not_found(format!(
             "lift {id:?} is neither registered nor reporting"
         )));
@@ -747,7 +779,7 @@ async fn lift_state_stream(
                     if !app.is_accepting() || !sees(&app, &id) {
                         return None;
                     }
-                    let view = app.fleet.state_of(&id)?;
+                    let view = app.fleet().state_of(&id)?;
                     let json = serde_json::to_string(&view).ok()?;
                     if json != last {
                         last.clone_from(&json);
@@ -778,7 +810,7 @@ async fn building(
         customer: staff.customer().map(str::to_string),
         ..Default::default()
     };
-    let views = app.fleet.select(&filter, None);
+    let views = app.fleet().select(&filter, None);
     if views.is_empty() {
         return Err(Problem::not_found(format!(
             "no registered lift is in building {id:?}"
@@ -798,7 +830,7 @@ async fn fleet_summary(State(app): State<AppState>, staff: Staff) -> ApiResult<R
         customer: staff.customer().map(str::to_string),
         ..Default::default()
     };
-    Ok(Json(app.fleet.summary(&filter)).into_response())
+    Ok(Json(app.fleet().summary(&filter)).into_response())
 }
 
 fn dlq_problem(e: hoistway_dlq::Error) -> Problem {
@@ -921,12 +953,13 @@ async fn healthz() -> impl IntoResponse {
 /// Why checkpoints look stuck, if none succeeded for three intervals (a full disk, PostgreSQL
 /// out of reach): readings are still taken, but the log keeps everything since the last one.
 fn checkpoints_behind(app: &AppState) -> Option<String> {
-    let since = app.progress.borrow().last_checkpoint_at.elapsed();
-    (since > app.checkpoint_interval * 3).then(|| {
+    let p = app.processing.as_ref()?;
+    let since = p.progress.borrow().last_checkpoint_at.elapsed();
+    (since > p.checkpoint_interval * 3).then(|| {
         format!(
             "no checkpoint for {} s (one is due every {} s): the log keeps everything since the last one, and ingest answers 503 once it reaches log.max_bytes; hoistway_processor_checkpoint_failures_total and the server's log say why",
             since.as_secs(),
-            app.checkpoint_interval.as_secs()
+            p.checkpoint_interval.as_secs()
         )
     })
 }
@@ -968,10 +1001,24 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     let Some(handle) = &app.metrics else {
         return Problem::not_found("metrics are disabled").into_response();
     };
-    let progress = *app.progress.borrow();
     let end = app.log.durable_end();
     metrics::gauge!("hoistway_log_bytes").set(app.log.size_bytes() as f64);
     metrics::gauge!("hoistway_log_durable_end_offset").set(end as f64);
+    metrics::gauge!("hoistway_lifts_registered").set(app.registry.len() as f64);
+    metrics::gauge!("hoistway_uptime_seconds").set(app.started.elapsed().as_secs_f64());
+    if let Some(p) = &app.processing {
+        processing_gauges(&app, p).await;
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// The gauges of a node that processes: its progress, dead letters, lifts and storage.
+async fn processing_gauges(app: &AppState, p: &crate::Processing) {
+    let progress = *p.progress.borrow();
     metrics::gauge!("hoistway_processor_lag_records")
         .set(app.log.entries_behind(progress.offset) as f64);
     metrics::gauge!("hoistway_processor_offset").set(progress.offset as f64);
@@ -982,10 +1029,8 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
         metrics::gauge!("hoistway_dlq_files").set(files as f64);
         metrics::gauge!("hoistway_dlq_bytes").set(bytes as f64);
     }
-    metrics::gauge!("hoistway_lifts_registered").set(app.registry.len() as f64);
-    metrics::gauge!("hoistway_lifts_with_state").set(app.fleet.lifts_with_state() as f64);
-    metrics::gauge!("hoistway_uptime_seconds").set(app.started.elapsed().as_secs_f64());
-    let status = app.store.status();
+    metrics::gauge!("hoistway_lifts_with_state").set(p.fleet.lifts_with_state() as f64);
+    let status = p.store.status();
     metrics::gauge!("hoistway_store_buffered_rows").set(status.buffered_rows as f64);
     metrics::gauge!("hoistway_store_move_backlog_files").set(status.move_backlog.files as f64);
     metrics::gauge!("hoistway_store_move_backlog_bytes").set(status.move_backlog.bytes as f64);
@@ -995,9 +1040,4 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
         metrics::gauge!("hoistway_store_rows", &labels).set(t.rows as f64);
         metrics::gauge!("hoistway_store_files", &labels).set(t.files as f64);
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
 }

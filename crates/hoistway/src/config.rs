@@ -17,6 +17,8 @@ pub struct Config {
     pub version: u32,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// What this node runs (`serve --role`): `all`, or `ingest` alone (docs/deploy.md).
+    pub roles: String,
     /// Seconds a client has to send a request's line and headers, from its first byte.
     pub header_read_timeout_secs: u64,
     /// Seconds a keep-alive connection may stay idle between requests (lifts post every 10 s).
@@ -433,6 +435,7 @@ impl Default for Config {
             version: CONFIG_VERSION,
             data_dir: PathBuf::from("hoistway-data"),
             listen: "127.0.0.1:8080".parse().unwrap(),
+            roles: "all".into(),
             header_read_timeout_secs: 10,
             keep_alive_idle_secs: 75,
             ingest: IngestConfig::default(),

@@ -12,6 +12,7 @@ mod bench_sql;
 mod bench_storage;
 mod bench_ui;
 mod config;
+mod ingest_node;
 mod offline;
 mod serve;
 mod simulate;
@@ -103,6 +104,10 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// What this node runs: `all` (the default), or `ingest` alone (with cluster.nats and
+    /// cluster.postgres: it takes readings and appends them for the node that processes).
+    #[arg(long)]
+    role: Option<String>,
 }
 
 impl ServeArgs {
@@ -113,6 +118,9 @@ impl ServeArgs {
         }
         if let Some(l) = self.listen {
             c.listen = l;
+        }
+        if let Some(r) = &self.role {
+            c.roles = r.clone();
         }
         Ok(c)
     }

@@ -13,7 +13,7 @@ use hoistway_model::{Clock, SystemClock};
 use hoistway_processor::{CheckpointStore, FileCheckpointStore, Processor, ProcessorConfig, Sink};
 use hoistway_query::{QueryEngine, QueryLimits};
 use hoistway_registry::Registry;
-use hoistway_server::{ApiLimits, AppParts, AppState};
+use hoistway_server::{ApiLimits, AppParts, AppState, Processing};
 use hoistway_store::{HOUR_US, Store, StoreConfig, TierStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -23,8 +23,8 @@ use crate::config::Config;
 /// A started server: its address and the means to stop it.
 pub struct Running {
     pub addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<anyhow::Result<()>>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
@@ -39,6 +39,9 @@ impl Running {
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    if !crate::ingest_node::processes(&config)? {
+        return crate::ingest_node::start(config).await;
+    }
     let started = Instant::now();
     let data = config.data_dir.clone();
     // One server per data dir: a second one would interleave writes to the same log.
@@ -294,39 +297,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let reread_auth = auth.clone();
     let reread_registry = registry.clone();
     let accepting = Arc::new(AtomicBool::new(true));
-    let ingest_rate = (config.auth.devices != hoistway_auth::DeviceMode::Open).then_some(
-        hoistway_server::rate::IngestRate {
-            per_minute: config.auth.ingest_requests_per_minute,
-            burst: config.auth.ingest_burst,
-        },
-    );
+    let ingest_rate = ingest_rate(&config);
     let app = AppState::new(AppParts {
         ingest,
         auth,
         rate: hoistway_server::rate::RateLimits::new(ingest_rate),
         trusted_proxies: config.auth.trusted_proxies.clone(),
         tls: tls.is_some() || !config.auth.trusted_proxies.is_empty(),
-        fleet,
         registry,
         dlq,
         log: log.clone(),
-        store: store.clone(),
-        query,
+        processing: Some(Processing {
+            fleet,
+            store: store.clone(),
+            query,
+            progress: processor.progress(),
+            checkpoint_interval,
+        }),
         alerts: alerts.as_ref().map(|(a, _)| a.clone()),
         backups,
-        progress: processor.progress(),
-        checkpoint_interval,
         clock,
-        limits: ApiLimits {
-            max_body_bytes: config.ingest.max_body_bytes,
-            decode: DecodeLimits {
-                max_decoded_bytes: config.ingest.max_decoded_bytes,
-                max_items: config.ingest.max_readings_per_request,
-            },
-            retry_after_secs: config.ingest.retry_after_secs,
-            dead_letter_max_bytes: (!config.ingest.auto_register)
-                .then_some(config.ingest.dead_letter_max_bytes),
-        },
+        limits: api_limits(&config),
         metrics,
         accepting: accepting.clone(),
         started,
@@ -613,7 +604,7 @@ fn tier_at(raw: &str, config: &Config) -> anyhow::Result<TierStore> {
 
 /// The log: files in the data dir, or the JetStream stream `cluster.nats` names (then without
 /// the file log, which backups and log archiving copy).
-async fn open_log(
+pub(crate) async fn open_log(
     config: &Config,
     data: &std::path::Path,
 ) -> anyhow::Result<(Arc<dyn Log>, Option<Arc<FileLog>>)> {
@@ -785,9 +776,35 @@ pub async fn termination() {
     let _ = ctrl_c.await;
 }
 
+/// The limits of the device API.
+pub(crate) fn api_limits(config: &Config) -> ApiLimits {
+    ApiLimits {
+        max_body_bytes: config.ingest.max_body_bytes,
+        decode: DecodeLimits {
+            max_decoded_bytes: config.ingest.max_decoded_bytes,
+            max_items: config.ingest.max_readings_per_request,
+        },
+        retry_after_secs: config.ingest.retry_after_secs,
+        dead_letter_max_bytes: (!config.ingest.auto_register)
+            .then_some(config.ingest.dead_letter_max_bytes),
+    }
+}
+
+/// Each lift's request rate limit, unless any client may post (`auth.devices = "open"`).
+pub(crate) fn ingest_rate(config: &Config) -> Option<hoistway_server::rate::IngestRate> {
+    (config.auth.devices != hoistway_auth::DeviceMode::Open).then_some(
+        hoistway_server::rate::IngestRate {
+            per_minute: config.auth.ingest_requests_per_minute,
+            burst: config.auth.ingest_burst,
+        },
+    )
+}
+
 /// The PostgreSQL that holds shared state (`cluster.postgres`). Blocks (connects).
 /// `None` when shared state stays in the data dir.
-fn shared_postgres(config: &Config) -> anyhow::Result<Option<hoistway_postgres::Postgres>> {
+pub(crate) fn shared_postgres(
+    config: &Config,
+) -> anyhow::Result<Option<hoistway_postgres::Postgres>> {
     let url = config.cluster.postgres.trim();
     if url.is_empty() {
         return Ok(None);
@@ -871,7 +888,7 @@ fn open_checkpoints(
 
 /// The lift registry: in `pg` (the shared state, [`shared_postgres`]) if given, else
 /// `registry.sqlite3` in the data dir. Blocks.
-fn open_registry(
+pub(crate) fn open_registry(
     config: &Config,
     pg: Option<&hoistway_postgres::Postgres>,
 ) -> anyhow::Result<Registry> {
@@ -894,7 +911,7 @@ pub fn open_authority(
 }
 
 /// [`open_authority`] on the shared state `pg` already open, if any.
-fn open_authority_on(
+pub(crate) fn open_authority_on(
     config: &Config,
     clock: Arc<dyn Clock>,
     pg: Option<&hoistway_postgres::Postgres>,
@@ -921,7 +938,7 @@ fn open_authority_on(
 /// Rereads, every `every` until shutdown, what other nodes change in shared state: signing keys
 /// and lift revocations, and the lift registry. A failed read is warned once per outage; the
 /// node goes on with what it last read.
-async fn reread_shared_periodically(
+pub(crate) async fn reread_shared_periodically(
     auth: Arc<hoistway_auth::Authority>,
     registry: Arc<Registry>,
     every: Duration,

@@ -326,6 +326,87 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
     drop_schema(&postgres, &schema).await;
 }
 
+/// `--role ingest`: a node that only takes readings and appends them to the stream, beside the
+/// node that holds the partition (which takes readings too: two writers on one stream). Two
+/// fleets with outages and resends, one through each node, are counted exactly once each by
+/// the processing node; the ingest node serves only what ingest needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_node_appends_for_the_processing_node_exactly() {
+    let postgres = test_postgres();
+    let schema = scratch_schema("ingestrole");
+    let cluster = Cluster::start(&postgres, &schema);
+    let env = cluster.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let token = admin_token_with_env(&tmp.path().join("processing"), &env);
+    let processing =
+        TestServer::start_with_token(tmp.path().join("processing"), token.clone(), &env);
+    let mut ingest_env = env.clone();
+    ingest_env.push(("HOISTWAY_ROLES", "ingest"));
+    let mut ingest = TestServer::start_with_token(tmp.path().join("ingest"), token, &ingest_env);
+    let lifts = ingest.get("/v1/lifts").await;
+    assert_eq!(lifts.status, 404, "an ingest node serves no lifts");
+    assert!(
+        lifts.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ingest node")),
+        "{:?}",
+        lifts.body
+    );
+    let ready = ingest.get("/readyz").await;
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    assert_eq!(ingest.get("/metrics").await.status, 200);
+
+    let run_for = Duration::from_secs(10);
+    let fleet = |seed: u64, prefix: &str| SimConfig {
+        prefix: prefix.into(),
+        ..fleet_with_outages(run_for, seed)
+    };
+    let mut through_ingest = Simulator::new(fleet(21, "IN-"), ingest.addr);
+    let mut through_processing = Simulator::new(fleet(22, "PR-"), processing.addr);
+    register(&processing, &through_ingest.registry_csv()).await;
+    register(&processing, &through_processing.registry_csv()).await;
+    let stats = [through_ingest.stats(), through_processing.stats()];
+    let (_stop_tx, stop) = watch::channel(false);
+    let runs = [
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                through_ingest.run(Some(run_for), stop).await;
+                through_ingest
+            }
+        }),
+        tokio::spawn(async move {
+            through_processing.run(Some(run_for), stop).await;
+            through_processing
+        }),
+    ];
+    for (run, stats) in runs.into_iter().zip(&stats) {
+        let mut sim = run.await.unwrap();
+        assert!(
+            sim.drain(Duration::from_secs(60)).await,
+            "every buffered reading was acknowledged"
+        );
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+        let ledger = sim.ledger().clone();
+        assert!(
+            ledger.total_readings() > 1_000,
+            "{}",
+            ledger.total_readings()
+        );
+        verified(&processing, &ledger).await;
+        eprintln!("{} readings counted exactly", ledger.total_readings());
+    }
+    tokio::task::block_in_place(|| assert!(ingest.terminate()));
+    let mut processing = processing;
+    tokio::task::block_in_place(|| assert!(processing.terminate()));
+    drop_schema(&postgres, &schema).await;
+}
+
 /// Cluster mode with PostgreSQL out of reach for three lease lengths under a fleet's load: the
 /// holder keeps acknowledging and processing (nobody can take its partition meanwhile), its
 /// checkpoints and lease renewals fail and are retried, and once the database is back it carries

@@ -1,0 +1,168 @@
+//! `hoistway serve --role ingest`: a node that takes readings from lifts and appends them to the
+//! JetStream log, for the node that holds the partition to process. It keeps no state of its
+//! own (accounts, lift credentials and the registry are read from PostgreSQL), so ingest scales
+//! by adding nodes behind the load balancer, and one stopping loses nothing acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hoistway_dlq::DeadLetters;
+use hoistway_ingest::{Sequencer, SequencerConfig};
+use hoistway_model::{Clock, SystemClock};
+use hoistway_server::{AppParts, AppState};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::serve::{self, Running};
+
+/// What a node can run.
+const ROLES: [&str; 4] = ["ingest", "processor", "query", "maintenance"];
+
+/// Whether this node processes (holds the partition, stores, answers queries, does upkeep), as
+/// `roles` says: `all` (the default) or every role does; `ingest` alone does not.
+pub fn processes(config: &Config) -> anyhow::Result<bool> {
+    let mut named: Vec<&str> = config
+        .roles
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .collect();
+    if let Some(unknown) = named.iter().find(|r| **r != "all" && !ROLES.contains(r)) {
+        anyhow::bail!(
+            "unknown role {unknown:?}: roles are all (the default), {}",
+            ROLES.join(", ")
+        );
+    }
+    named.sort_unstable();
+    named.dedup();
+    match named.as_slice() {
+        [] | ["all"] => Ok(true),
+        ["ingest"] => Ok(false),
+        every if every.len() == ROLES.len() => Ok(true),
+        other => anyhow::bail!(
+            "roles {other:?}: a node runs every role (all, the default) or ingest alone for now; processor, query \
+             and maintenance run together on the node that holds the partition (docs/deploy.md)"
+        ),
+    }
+}
+
+/// Starts an ingest node.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let started = Instant::now();
+    anyhow::ensure!(
+        !config.cluster.nats_servers().is_empty() && !config.cluster.postgres.trim().is_empty(),
+        "an ingest node (roles = \"ingest\") needs cluster.nats, where it appends readings for the processing node, \
+         and cluster.postgres, where it reads accounts, lift credentials and the registry"
+    );
+    let data = config.data_dir.clone();
+    let lock = crate::offline::lock_data_dir(&data)?;
+    let metrics = hoistway_server::install_metrics();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (log, _) = serve::open_log(&config, &data).await?;
+    let (registry, auth, dlq) = {
+        let (config, clock) = (config.clone(), clock.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let pg = serve::shared_postgres(&config)?.context("cluster.postgres is set")?;
+            let registry = serve::open_registry(&config, Some(&pg))?;
+            let auth = serve::open_authority_on(&config, clock, Some(&pg))?;
+            // The pending dead letters cap what unregistered lifts may send.
+            let dlq: Arc<dyn DeadLetters> = Arc::new(
+                hoistway_postgres::PgCheckpointStore::open(pg)
+                    .context("cannot open the processor tables in PostgreSQL")?,
+            );
+            Ok((Arc::new(registry), Arc::new(auth), dlq))
+        })
+        .await??
+    };
+    let tls = match config.tls.files()? {
+        None => None,
+        Some(files) => Some(hoistway_server::tls::Reloader::start(files)?),
+    };
+    let acceptors = match &tls {
+        Some((_, acceptors)) => acceptors.clone(),
+        None => hoistway_server::tls::fixed(None),
+    };
+    let seq_config = SequencerConfig {
+        window: config.window(),
+        max_log_bytes: config.log.max_bytes,
+        ..SequencerConfig::default()
+    };
+    // No processor state here to tell resends apart: each request's `duplicates` count is
+    // best-effort, and the processor's dedup decides what counts (docs/device-api.md).
+    let (ingest, sequencer) = Sequencer::new(log.clone(), &seq_config, HashMap::new());
+    let accepting = Arc::new(AtomicBool::new(true));
+    let app = AppState::new(AppParts {
+        ingest,
+        auth: auth.clone(),
+        rate: hoistway_server::rate::RateLimits::new(serve::ingest_rate(&config)),
+        trusted_proxies: config.auth.trusted_proxies.clone(),
+        tls: tls.is_some() || !config.auth.trusted_proxies.is_empty(),
+        registry: registry.clone(),
+        dlq,
+        log,
+        processing: None,
+        alerts: None,
+        backups: None,
+        clock,
+        limits: serve::api_limits(&config),
+        metrics,
+        accepting: accepting.clone(),
+        started,
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let sequencer_task = tokio::spawn(sequencer.run());
+    tokio::spawn(serve::reread_shared_periodically(
+        auth,
+        registry,
+        Duration::from_secs(config.auth.refresh_secs.max(1) as u64),
+        shutdown_rx.clone(),
+    ));
+    let tls_task = tls.map(|(reloader, _)| {
+        tokio::spawn(reloader.watch(
+            Duration::from_secs(config.tls.reload_check_secs.max(1)),
+            shutdown_rx.clone(),
+        ))
+    });
+    let router = hoistway_server::ingest_router(app);
+    tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving (roles: ingest)");
+    // The line tests and scripts wait for; keep its shape.
+    let scheme = if tls_task.is_some() { "https" } else { "http" };
+    println!("hoistway listening on {scheme}://{addr}");
+
+    let limits = hoistway_server::listen::ConnLimits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(config.keep_alive_idle_secs.max(1)),
+        ..Default::default()
+    };
+    let mut serve_shutdown = shutdown_rx;
+    let task = tokio::spawn(async move {
+        let graceful = async move {
+            let _ = serve_shutdown.wait_for(|s| *s).await;
+            accepting.store(false, Ordering::Release);
+        };
+        let served =
+            hoistway_server::listen::serve(listener, router, limits, acceptors, graceful).await;
+        // Every Ingest handle is gone with the router: the sequencer answers what it holds.
+        sequencer_task.await?;
+        if let Some(task) = tls_task {
+            task.await?;
+        }
+        served?;
+        tracing::info!("hoistway stopped cleanly");
+        drop(lock);
+        Ok(())
+    });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+    })
+}
