@@ -94,6 +94,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // best-effort, and the processor's dedup decides what counts (docs/device-api.md).
     let (ingest, sequencer) = Sequencer::new(log.clone(), &seq_config, HashMap::new());
     let accepting = Arc::new(AtomicBool::new(true));
+    let log_view = log.clone();
     let app = AppState::new(AppParts {
         ingest,
         auth: auth.clone(),
@@ -102,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tls: tls.is_some() || !config.auth.trusted_proxies.is_empty(),
         registry: registry.clone(),
         dlq,
-        log,
+        log: log.clone(),
         processing: None,
         alerts: None,
         backups: None,
@@ -125,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_secs(config.auth.refresh_secs.max(1) as u64),
         shutdown_rx.clone(),
     ));
+    tokio::spawn(follow_the_stream(log_view, shutdown_rx.clone()));
     let tls_task = tls.map(|(reloader, _)| {
         tokio::spawn(reloader.watch(
             Duration::from_secs(config.tls.reload_check_secs.max(1)),
@@ -165,4 +167,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// Rereads the stream's bounds every second until shutdown. The byte limit that turns into 503s
+/// counts what every node appended and what the processing node's checkpoints freed; this
+/// node's handle sees only its own appends otherwise, and would go on refusing after the
+/// processing node caught up.
+async fn follow_the_stream(log: Arc<dyn hoistway_log::Log>, mut shutdown: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match log.refresh().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("reading the stream's bounds works again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read the stream's bounds; retrying");
+            }
+            Err(_) => {}
+        }
+    }
 }

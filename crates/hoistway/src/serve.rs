@@ -624,7 +624,14 @@ pub(crate) async fn open_log(
             0,
         );
         js.replicas = config.cluster.nats_replicas.max(1);
-        js.max_bytes = Some(config.log.max_bytes);
+        // Ingest refuses (503) at log.max_bytes; the stream's own limit, an eighth higher, is
+        // the backstop for what several nodes append between two reads of its size.
+        js.max_bytes = Some(
+            config
+                .log
+                .max_bytes
+                .saturating_add(config.log.max_bytes / 8),
+        );
         js.monitors = config.cluster.nats_monitors();
         let log = hoistway_jetstream::JetStreamLog::open(js)
             .await

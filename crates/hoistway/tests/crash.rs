@@ -407,6 +407,80 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
     drop_schema(&postgres, &schema).await;
 }
 
+/// With the processing node stopped, an ingest node keeps acknowledging until the stream reaches
+/// its byte limit, then answers 503 (`/readyz` says why); the lifts keep what they could not
+/// deliver. Once the processing node is back it works the backlog off, the ingest node accepts
+/// again, and every reading is counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_is_full() {
+    let postgres = test_postgres();
+    let schema = scratch_schema("backlog");
+    let mut cluster = Cluster::start(&postgres, &schema);
+    cluster
+        .settings
+        .push(("HOISTWAY_LOG__MAX_BYTES", (1u64 << 20).to_string()));
+    let env = cluster.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let token = admin_token_with_env(&tmp.path().join("processing"), &env);
+    let processing =
+        TestServer::start_with_token(tmp.path().join("processing"), token.clone(), &env);
+    let mut ingest_env = env.clone();
+    ingest_env.push(("HOISTWAY_ROLES", "ingest"));
+    let mut ingest =
+        TestServer::start_with_token(tmp.path().join("ingest"), token.clone(), &ingest_env);
+    let run_for = Duration::from_secs(12);
+    let mut sim = Simulator::new(fleet_with_outages(run_for, 31), ingest.addr);
+    register(&processing, &sim.registry_csv()).await;
+    let mut processing = processing;
+    tokio::task::block_in_place(|| assert!(processing.terminate()));
+
+    let stats = sim.stats();
+    let (_stop_tx, stop) = watch::channel(false);
+    let running = tokio::spawn(async move {
+        sim.run(Some(run_for), stop).await;
+        sim
+    });
+    // Acknowledged while nobody processes, until the stream is full.
+    let addr = ingest.addr;
+    ingest
+        .eventually(
+            "the ingest node to refuse at the stream's byte limit",
+            || async move {
+                let r = http(addr, "GET", "/readyz", &[], Bytes::new()).await;
+                r.status == 503 && String::from_utf8_lossy(&r.body).contains("log")
+            },
+        )
+        .await;
+    let acked_alone = stats.acked.load(Ordering::Relaxed);
+    assert!(
+        acked_alone > 1_000,
+        "only {acked_alone} readings were acknowledged with the processing node stopped"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        stats.failed_requests.load(Ordering::Relaxed) > 0,
+        "no request was refused at the limit"
+    );
+
+    let processing = TestServer::start_with_token(tmp.path().join("processing"), token, &env);
+    let mut sim = running.await.unwrap();
+    assert!(
+        sim.drain(Duration::from_secs(60)).await,
+        "every buffered reading was acknowledged once the processing node was back"
+    );
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+    let ledger = sim.ledger().clone();
+    verified(&processing, &ledger).await;
+    eprintln!(
+        "{acked_alone} readings acknowledged with the processing node stopped; {} in all, counted exactly",
+        ledger.total_readings()
+    );
+    tokio::task::block_in_place(|| assert!(ingest.terminate()));
+    let mut processing = processing;
+    tokio::task::block_in_place(|| assert!(processing.terminate()));
+    drop_schema(&postgres, &schema).await;
+}
+
 /// Cluster mode with PostgreSQL out of reach for three lease lengths under a fleet's load: the
 /// holder keeps acknowledging and processing (nobody can take its partition meanwhile), its
 /// checkpoints and lease renewals fail and are retried, and once the database is back it carries
