@@ -29,18 +29,20 @@ impl LocalNats {
     /// pinned release is installed under `install_dir` on first use (a test passes
     /// `env!("CARGO_TARGET_TMPDIR")`).
     pub fn start(install_dir: &Path, max_payload: Option<usize>) -> io::Result<LocalNats> {
+        let extra = max_payload.map_or(String::new(), |max| format!("max_payload: {max}\n"));
+        Self::start_with(install_dir, free_port()?, &extra)
+    }
+
+    /// A server on `port` whose configuration also holds `extra`.
+    fn start_with(install_dir: &Path, port: u16, extra: &str) -> io::Result<LocalNats> {
         let binary = nats_server(install_dir)?;
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
         let monitor_port = free_port()?;
         let config = dir.path().join("nats.conf");
-        let mut text = format!(
-            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{ store_dir: {:?}, sync_interval: always }}\n",
+        let text = format!(
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{ store_dir: {:?}, sync_interval: always }}\n{extra}",
             dir.path().join("store").display().to_string()
         );
-        if let Some(max) = max_payload {
-            text.push_str(&format!("max_payload: {max}\n"));
-        }
         std::fs::write(&config, text)?;
         let child = spawn(&binary, &config, port)?;
         Ok(LocalNats {
@@ -87,6 +89,57 @@ impl LocalNats {
         self.kill();
         self.child = spawn(&self.binary, &self.config, self.port)?;
         Ok(())
+    }
+}
+
+/// Several servers of one cluster on loopback (`server_name` `n0`, `n1`, …), each with its own
+/// store: streams replicated across them elect a leader among them (a Raft group per stream),
+/// as in production.
+pub struct LocalNatsCluster {
+    pub nodes: Vec<LocalNats>,
+}
+
+impl LocalNatsCluster {
+    /// Starts `n` servers routed to each other.
+    pub fn start(install_dir: &Path, n: usize) -> io::Result<LocalNatsCluster> {
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<io::Result<_>>()?;
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route)| format!("\"nats-route://127.0.0.1:{route}\""))
+            .collect();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, route))| {
+                let extra = format!(
+                    "server_name: n{i}\ncluster {{ name: hoistway-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                    routes.join(", ")
+                );
+                LocalNats::start_with(install_dir, *port, &extra)
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(LocalNatsCluster { nodes })
+    }
+
+    /// Every server's URL (a client fails over between them).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(LocalNats::url).collect()
+    }
+
+    /// The log of `partition`, replicated on every server.
+    pub fn log_config(&self, partition: u32) -> JetStreamConfig {
+        let mut c = JetStreamConfig::new(self.urls(), partition);
+        c.replicas = self.nodes.len();
+        c.monitors = self.nodes.iter().map(LocalNats::monitor_url).collect();
+        c
+    }
+
+    /// The node named `name` (`n0`, …).
+    pub fn node(&mut self, name: &str) -> Option<&mut LocalNats> {
+        let i: usize = name.strip_prefix('n')?.parse().ok()?;
+        self.nodes.get_mut(i)
     }
 }
 

@@ -1,13 +1,13 @@
 //! The JetStream log against private NATS servers (each test starts its own on a free loopback
 //! port with its own store; the machine's shared server is left alone): the `Log` contract,
-//! message splitting, retried publishes, a kill -9 of the server, the byte limit, damaged
-//! messages and unsuitable streams.
+//! message splitting, retried publishes, a kill -9 of the server, the stream's leader killed in
+//! a three-server cluster, the byte limit, damaged messages and unsuitable streams.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hoistway_jetstream::local::LocalNats;
+use hoistway_jetstream::local::{LocalNats, LocalNatsCluster};
 use hoistway_jetstream::message::{self, MAX_RECORDS, MESSAGE_HEADER_LEN, MessageError};
 use hoistway_jetstream::{
     Durability, JetStreamLog, OpenError, ServerReport, offset_of, position_of,
@@ -183,6 +183,115 @@ async fn acknowledged_records_survive_a_kill_9_of_the_server() {
         }
     };
     assert!(after[0] > written.last().unwrap().0);
+}
+
+/// Three servers, the stream on three replicas, appends going on: the stream's leader is killed
+/// with SIGKILL. Appends fail while the others elect a new leader, then go on, and every record
+/// acknowledged before, during or after is in the stream at the offset it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_loses_no_acknowledged_record_when_the_streams_leader_dies() {
+    let mut cluster = LocalNatsCluster::start(tmp(), 3).unwrap();
+    let config = cluster.log_config(0);
+    // The servers elect JetStream's meta leader first.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        match JetStreamLog::open(config.clone()).await {
+            Ok(log) => break Arc::new(log),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "opening on the cluster: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    assert_eq!(
+        log.durability_unverified(),
+        None,
+        "three replicas, each syncing"
+    );
+    let servers: Vec<async_nats::ServerAddr> =
+        cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
+    let client = async_nats::connect(servers).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let leader = async || -> Option<String> {
+        let mut stream = js.get_stream(&config.stream).await.ok()?;
+        stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+    };
+
+    // One writer appending two records at a time, bounded in count and time. An append retries
+    // its publish (with the same message id) while the servers elect a new leader: what the
+    // election costs shows as the longest append, and as failed appends if it outlasts them.
+    let (killed_tx, killed) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn({
+        let log = log.clone();
+        async move {
+            let mut written = Vec::new();
+            let (mut failures, mut longest, mut after_kill) = (0u32, Duration::ZERO, 0);
+            // From the moment the writer saw the kill to its first acknowledged append after.
+            let (mut killed_at, mut resumed) = (None::<Instant>, None::<Duration>);
+            let stop_at = Instant::now() + Duration::from_secs(90);
+            for i in 0..20_000u64 {
+                if after_kill >= 200 || Instant::now() >= stop_at {
+                    break;
+                }
+                let records = vec![payload(i), payload(i + 100_000)];
+                if *killed.borrow() && killed_at.is_none() {
+                    killed_at = Some(Instant::now());
+                }
+                let started = Instant::now();
+                let appended = log.append(records.clone()).await;
+                if *killed.borrow() {
+                    longest = longest.max(started.elapsed());
+                }
+                match appended {
+                    Ok(at) => {
+                        written.extend(at.into_iter().zip(records));
+                        if let Some(at) = killed_at {
+                            after_kill += 1;
+                            resumed.get_or_insert_with(|| at.elapsed());
+                        }
+                    }
+                    Err(e) => {
+                        assert!(e.is_transient(), "{e}");
+                        failures += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (written, failures, longest, after_kill, resumed)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let name = leader().await.expect("the stream has a leader");
+    cluster.node(&name).unwrap().kill();
+    killed_tx.send(true).unwrap();
+    let (written, failures, longest, after_kill, resumed) = writer.await.unwrap();
+    assert_eq!(
+        after_kill, 200,
+        "appends did not go on after the leader died"
+    );
+    let after = leader().await;
+    assert!(
+        after.is_some() && after.as_deref() != Some(name.as_str()),
+        "{after:?}"
+    );
+
+    // A node that opens the log now reads every acknowledged record where it was put.
+    let fresh = JetStreamLog::open(config.clone()).await.unwrap();
+    let stored: std::collections::HashMap<_, _> = read_all(&fresh, 0).await.into_iter().collect();
+    let lost: Vec<_> = written
+        .iter()
+        .filter(|(at, record)| stored.get(at) != Some(record))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        &lost[..1]
+    );
+    eprintln!(
+        "leader {name} killed: appends resumed {resumed:?} after; {} records acknowledged; the longest append after it took {longest:?}, {failures} failed; new leader {after:?}",
+        written.len()
+    );
 }
 
 /// At its byte limit the stream refuses new messages (a transient error: ingest answers 503)

@@ -65,6 +65,30 @@ impl PgManifestStore {
     }
 }
 
+impl PgManifestStore {
+    /// Takes `manifest` as `tier`'s if PostgreSQL holds none yet (a deployment whose tiers were
+    /// on S3 before it moved to the cluster mode keeps its files): `true` if it did.
+    pub async fn adopt(&self, tier: Tier, manifest: &Manifest) -> StoreResult<bool> {
+        let body =
+            serde_json::to_string(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (pg, generation) = (self.pg.clone(), manifest.generation as i64);
+        self.pg
+            .run(async move {
+                let client = pg.client().await?;
+                let n = client
+                    .execute(
+                        "INSERT INTO storage_manifests (tier, generation, body, committed_at)
+                         VALUES ($1, $2, $3, now()) ON CONFLICT (tier) DO NOTHING",
+                        &[&tier.as_str(), &generation, &body],
+                    )
+                    .await?;
+                Ok(n == 1)
+            })
+            .await
+            .map_err(store_error)
+    }
+}
+
 #[async_trait::async_trait]
 impl ManifestStore for PgManifestStore {
     async fn load(&self, tier: Tier) -> StoreResult<Option<Manifest>> {

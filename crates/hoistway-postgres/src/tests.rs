@@ -538,6 +538,24 @@ async fn the_manifest_store_passes_the_conformance_suite_and_is_fenced_by_the_pa
     .await
     .unwrap();
     hoistway_store::manifest::conformance::check(&one, Some(&two)).await;
+    // A manifest from a tier's file is taken only where PostgreSQL holds none.
+    let committed = one.load(Tier::Archive).await.unwrap().unwrap();
+    let mut from_file = committed.clone();
+    from_file.generation = 40;
+    assert!(!one.adopt(Tier::Archive, &from_file).await.unwrap());
+    assert_eq!(one.load(Tier::Archive).await.unwrap().unwrap(), committed);
+    let other_schema = Scratch::new("adopt");
+    let fresh = {
+        let pg = other_schema.connect();
+        tokio::task::spawn_blocking(move || PgManifestStore::open(pg).unwrap())
+            .await
+            .unwrap()
+    };
+    assert!(fresh.adopt(Tier::Archive, &from_file).await.unwrap());
+    assert_eq!(fresh.load(Tier::Archive).await.unwrap().unwrap(), from_file);
+    let mut next = from_file.clone();
+    next.generation = 41;
+    fresh.commit(Tier::Archive, &next).await.unwrap();
 
     let checkpoints = {
         let pg = scratch.connect();

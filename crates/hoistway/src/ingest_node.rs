@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -139,17 +139,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let scheme = if tls_task.is_some() { "https" } else { "http" };
     println!("hoistway listening on {scheme}://{addr}");
 
-    let limits = hoistway_server::listen::ConnLimits {
-        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
-        idle_timeout: Duration::from_secs(config.keep_alive_idle_secs.max(1)),
-        ..Default::default()
-    };
-    let mut serve_shutdown = shutdown_rx;
+    let limits = serve::conn_limits(&config);
+    let graceful = serve::draining(shutdown_rx, accepting);
     let task = tokio::spawn(async move {
-        let graceful = async move {
-            let _ = serve_shutdown.wait_for(|s| *s).await;
-            accepting.store(false, Ordering::Release);
-        };
         let served =
             hoistway_server::listen::serve(listener, router, limits, acceptors, graceful).await;
         // Every Ingest handle is gone with the router: the sequencer answers what it holds.

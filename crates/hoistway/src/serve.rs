@@ -138,6 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 tokio::task::spawn_blocking(move || hoistway_postgres::PgManifestStore::open(pg))
                     .await?
                     .context("cannot open the storage tables in PostgreSQL")?;
+            adopt_tier_manifests(&manifests, &storage).await?;
             storage.manifests = Arc::new(manifests.fenced(PARTITION, epoch));
             storage.first_file_id = epoch << 32;
         } else {
@@ -410,26 +411,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let scheme = if tls_task.is_some() { "https" } else { "http" };
     println!("hoistway listening on {scheme}://{addr}");
 
-    let header_read_timeout_secs = config.header_read_timeout_secs;
-    let keep_alive_idle_secs = config.keep_alive_idle_secs;
-    let mut serve_shutdown = shutdown_rx.clone();
+    let limits = conn_limits(&config);
+    let graceful = draining(shutdown_rx.clone(), accepting);
     let task = tokio::spawn(async move {
-        let graceful = async move {
-            let _ = serve_shutdown.wait_for(|s| *s).await;
-            accepting.store(false, Ordering::Release);
-        };
-        let served = hoistway_server::listen::serve(
-            listener,
-            router,
-            hoistway_server::listen::ConnLimits {
-                header_read_timeout: Duration::from_secs(header_read_timeout_secs.max(1)),
-                idle_timeout: Duration::from_secs(keep_alive_idle_secs.max(1)),
-                ..Default::default()
-            },
-            acceptors,
-            graceful,
-        )
-        .await;
+        let served =
+            hoistway_server::listen::serve(listener, router, limits, acceptors, graceful).await;
         // The router (and with it every Ingest handle) is gone: the sequencer answers what it
         // holds and ends; then the processor drains the log and checkpoints.
         sequencer_task.await?;
@@ -556,6 +542,44 @@ fn open_alerts(
         alerts.dispatcher_wake(),
     );
     Ok((alerts, dispatcher))
+}
+
+/// Moves the manifests of tiers that were used before the cluster mode (files on S3 listed by
+/// `_hoistway/manifest.json` in each tier) to PostgreSQL, once: without them, opening the
+/// tiers would take the files for leftovers and delete them. The file is then renamed, so it
+/// is not mistaken for the current one later.
+async fn adopt_tier_manifests(
+    manifests: &hoistway_postgres::PgManifestStore,
+    storage: &StoreConfig,
+) -> anyhow::Result<()> {
+    use hoistway_store::{ManifestStore, Tier};
+    use object_store::ObjectStoreExt;
+    let files = hoistway_store::TierManifests::new(storage.hot.clone(), storage.archive.clone());
+    for tier in [Tier::Hot, Tier::Archive] {
+        if manifests.load(tier).await?.is_some() {
+            continue;
+        }
+        let Some(manifest) = files.load(tier).await? else {
+            continue;
+        };
+        if manifests.adopt(tier, &manifest).await? {
+            let store = &storage.tier(tier).store;
+            let (from, to) = (
+                object_store::path::Path::from(hoistway_store::manifest::MANIFEST_PATH),
+                object_store::path::Path::from("_hoistway/manifest.moved-to-postgres.json"),
+            );
+            store.rename(&from, &to).await.with_context(|| {
+                format!("cannot rename the {} tier's manifest file", tier.as_str())
+            })?;
+            tracing::info!(
+                tier = tier.as_str(),
+                generation = manifest.generation,
+                files = manifest.files.len(),
+                "moved the tier's manifest from its file to PostgreSQL"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The storage tiers named by the configuration.
@@ -781,6 +805,22 @@ pub async fn termination() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The limits of the HTTP listener's connections.
+pub(crate) fn conn_limits(config: &Config) -> hoistway_server::listen::ConnLimits {
+    hoistway_server::listen::ConnLimits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(config.keep_alive_idle_secs.max(1)),
+        ..Default::default()
+    }
+}
+
+/// The HTTP listener's graceful signal: resolves once shutdown begins, after clearing
+/// `accepting`, so readiness fails before the listener closes.
+pub(crate) async fn draining(mut shutdown: watch::Receiver<bool>, accepting: Arc<AtomicBool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+    accepting.store(false, Ordering::Release);
 }
 
 /// The limits of the device API.

@@ -335,14 +335,8 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
     let postgres = test_postgres();
     let schema = scratch_schema("ingestrole");
     let cluster = Cluster::start(&postgres, &schema);
-    let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
-    let token = admin_token_with_env(&tmp.path().join("processing"), &env);
-    let processing =
-        TestServer::start_with_token(tmp.path().join("processing"), token.clone(), &env);
-    let mut ingest_env = env.clone();
-    ingest_env.push(("HOISTWAY_ROLES", "ingest"));
-    let mut ingest = TestServer::start_with_token(tmp.path().join("ingest"), token, &ingest_env);
+    let (processing, mut ingest) = cluster.processing_and_ingest(tmp.path());
     let lifts = ingest.get("/v1/lifts").await;
     assert_eq!(lifts.status, 404, "an ingest node serves no lifts");
     assert!(
@@ -419,15 +413,8 @@ async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_i
     cluster
         .settings
         .push(("HOISTWAY_LOG__MAX_BYTES", (1u64 << 20).to_string()));
-    let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
-    let token = admin_token_with_env(&tmp.path().join("processing"), &env);
-    let processing =
-        TestServer::start_with_token(tmp.path().join("processing"), token.clone(), &env);
-    let mut ingest_env = env.clone();
-    ingest_env.push(("HOISTWAY_ROLES", "ingest"));
-    let mut ingest =
-        TestServer::start_with_token(tmp.path().join("ingest"), token.clone(), &ingest_env);
+    let (processing, mut ingest) = cluster.processing_and_ingest(tmp.path());
     let run_for = Duration::from_secs(12);
     let mut sim = Simulator::new(fleet_with_outages(run_for, 31), ingest.addr);
     register(&processing, &sim.registry_csv()).await;
@@ -462,7 +449,11 @@ async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_i
         "no request was refused at the limit"
     );
 
-    let processing = TestServer::start_with_token(tmp.path().join("processing"), token, &env);
+    let processing = TestServer::start_with_token(
+        tmp.path().join("processing"),
+        ingest.token.clone(),
+        &cluster.env(),
+    );
     let mut sim = running.await.unwrap();
     assert!(
         sim.drain(Duration::from_secs(60)).await,
@@ -592,6 +583,18 @@ impl Cluster {
             _nats: nats,
             settings,
         }
+    }
+
+    /// A node with every role and an ingest node (`HOISTWAY_ROLES=ingest`), with the data dirs
+    /// `processing` and `ingest` under `dir` and one admin token.
+    fn processing_and_ingest(&self, dir: &Path) -> (TestServer, TestServer) {
+        let env = self.env();
+        let token = admin_token_with_env(&dir.join("processing"), &env);
+        let processing = TestServer::start_with_token(dir.join("processing"), token.clone(), &env);
+        let mut ingest_env = env.clone();
+        ingest_env.push(("HOISTWAY_ROLES", "ingest"));
+        let ingest = TestServer::start_with_token(dir.join("ingest"), token, &ingest_env);
+        (processing, ingest)
     }
 
     fn env(&self) -> Vec<(&str, &str)> {
