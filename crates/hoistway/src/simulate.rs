@@ -17,6 +17,10 @@ pub struct SimulateArgs {
     /// Server to drive, e.g. http://127.0.0.1:8080
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
+    /// The server whose API registers and enrols the lifts and answers `--verify` (default: the
+    /// target). Name a node that processes when the target is an ingest node (`--role ingest`).
+    #[arg(long)]
+    pub api: Option<String>,
     #[arg(long, default_value_t = 1000)]
     pub lifts: usize,
     /// Seconds of device time between two readings of a lift.
@@ -62,6 +66,7 @@ impl SimulateArgs {
     pub fn for_demo(addr: SocketAddr, lifts: usize, speedup: f64) -> Self {
         Self {
             target: format!("http://{addr}"),
+            api: None,
             lifts,
             interval_secs: 10.0,
             speedup,
@@ -131,17 +136,19 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         ..SimConfig::default()
     };
     let mut sim = Simulator::new(config, addr);
+    let api_url = args.api.as_deref().unwrap_or(&args.target);
+    let api = parse_target(api_url)?;
     let token = args
         .operator_token
         .clone()
-        .or_else(|| crate::access::token_for(&args.target));
+        .or_else(|| crate::access::token_for(api_url));
     if !args.no_register {
-        register(addr, token.as_deref(), sim.registry_csv()).await?;
+        register(api, token.as_deref(), sim.registry_csv()).await?;
         match &token {
             // The operator token provisions the fleet as a factory does; each lift exchanges its
             // one-time registration code for its own tokens.
             Some(t) => sim
-                .enrol(addr, t)
+                .enrol(api, t)
                 .await
                 .map_err(|e| anyhow::anyhow!("device registration failed: {e}"))?,
             None => eprintln!(
@@ -203,7 +210,16 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             ledger.total_readings() > 0,
             "no reading was acknowledged, so there is nothing to verify: is the server reachable?"
         );
-        let problems = verify(addr, token.as_deref(), ledger).await;
+        // The processor may still be applying the last readings (on another node, it reads
+        // them from the stream): look again for a while before calling a difference one.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let problems = loop {
+            let problems = verify(api, token.as_deref(), ledger).await;
+            if problems.is_empty() || Instant::now() >= deadline {
+                break problems;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         if problems.is_empty() {
             println!("verified: every lift's counters and accepted seqs match the ledger");
         } else {

@@ -17,6 +17,10 @@ use hoistway_sim::{Ledger, SimConfig, Simulator, verify};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
+/// One crash test at a time: each drives servers hard, and several time leases and failovers in
+/// seconds, which a neighbour's load would upset (a 2 s lease lapsed under one).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn last_segment(data: &std::path::Path) -> std::path::PathBuf {
     let mut segs: Vec<_> = std::fs::read_dir(data.join("log"))
         .unwrap()
@@ -29,6 +33,7 @@ fn last_segment(data: &std::path::Path) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_readings_survive_repeated_kill_9() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut server = TestServer::start(&[
         ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1"),
         ("HOISTWAY_LOG__SEGMENT_BYTES", "262144"),
@@ -111,6 +116,7 @@ async fn acknowledged_readings_survive_repeated_kill_9() {
 /// says the durability of a lone server is unverified, and is not ready while NATS is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_process_dies() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut nats =
         hoistway_jetstream::local::LocalNats::start(Path::new(env!("CARGO_TARGET_TMPDIR")), None)
             .unwrap();
@@ -202,6 +208,7 @@ async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_proc
 /// in the end, and stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let postgres = test_postgres();
     let schema = scratch_schema("takeover");
     let mut cluster = Cluster::start(&postgres, &schema);
@@ -332,6 +339,7 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
 /// the processing node; the ingest node serves only what ingest needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_node_appends_for_the_processing_node_exactly() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let postgres = test_postgres();
     let schema = scratch_schema("ingestrole");
     let cluster = Cluster::start(&postgres, &schema);
@@ -407,6 +415,7 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
 /// again, and every reading is counted exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_is_full() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let postgres = test_postgres();
     let schema = scratch_schema("backlog");
     let mut cluster = Cluster::start(&postgres, &schema);
@@ -478,6 +487,7 @@ async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_i
 /// on. Every acknowledged reading is counted exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (proxy, postgres) = postgres_via_proxy().await;
     let schema = scratch_schema("pgcut");
     let cluster = Cluster::start(&postgres, &schema);
@@ -671,6 +681,7 @@ async fn stored_readings_match_the_ledger(server: &TestServer, ledger: &hoistway
 /// restarts; nothing acknowledged is lost and nothing is stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_survives_crashes_at_flush_and_compaction() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut server = TestServer::start(&[
         ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1"),
         ("HOISTWAY_STORAGE__COMPACT_MIN_FILES", "2"),
@@ -777,6 +788,7 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_readings_and_keeps_every_acknowledged_one() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let disk = SmallDisk::mount("3m");
     let mut server = TestServer::start_in(
         disk.dir.path().join("data"),
@@ -910,6 +922,7 @@ fn segment_versions(data: &Path) -> Vec<u16> {
 /// build, which then ingests more in the new formats and still counts every reading exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_of_the_first_release_opens_and_keeps_counting_exactly() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v0");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -981,6 +994,7 @@ async fn a_data_dir_of_the_first_release_opens_and_keeps_counting_exactly() {
 /// beginning, so that customer's people see the old readings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_of_the_release_before_customer_scopes_opens_with_its_accounts() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -1097,6 +1111,7 @@ async fn a_data_dir_of_the_release_before_customer_scopes_opens_with_its_account
 /// placeholder and the server then starts with every other reading counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_log_entry_stops_the_start_until_an_operator_repairs_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut server = TestServer::start(&[("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "3600")]);
     register(&server, "lift_id,building\nL-1,B1\n").await;
     for seq in 1..=10 {
@@ -1157,6 +1172,7 @@ async fn a_damaged_log_entry_stops_the_start_until_an_operator_repairs_it() {
 /// its offset and version; it is never skipped, which would lose acknowledged readings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_record_of_a_newer_release_stops_the_server_instead_of_being_skipped() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut server = TestServer::start(&[]);
     register(&server, "lift_id,building\nL-1,B1\n").await;
     let body = serde_json::to_string(&reading("L-1", 1, 1)).unwrap();
@@ -1202,6 +1218,7 @@ async fn post_reading(server: &TestServer, seq: u64) -> Reply {
 /// a restart every acknowledged reading is there, counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_fsync_poisons_the_log_and_loses_nothing_acknowledged() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (mut server, trigger) = server_with_fault("FAIL_IO_FSYNC_TRIGGER").await;
     for seq in 1..=5 {
         assert_eq!(post_reading(&server, seq).await.status, 200);
@@ -1257,6 +1274,7 @@ async fn a_failing_fsync_poisons_the_log_and_loses_nothing_acknowledged() {
 /// disk reads again, every reading is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_io_error_reading_the_log_is_reported_not_taken_for_its_end() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let shim = fault_shim();
     let mut server = TestServer::start(&[("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "3600")]);
     register(&server, "lift_id,building\nL-1,B1\n").await;
@@ -1287,6 +1305,7 @@ async fn an_io_error_reading_the_log_is_reported_not_taken_for_its_end() {
 /// an answer computed from fewer rows; once the disk reads again, the same query is right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_io_error_reading_stored_files_fails_the_query_instead_of_dropping_rows() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (mut server, trigger) = server_with_fault("FAIL_IO_PARQUET_READ_TRIGGER").await;
     for seq in 1..=6 {
         assert_eq!(post_reading(&server, seq).await.status, 200);
@@ -1360,6 +1379,7 @@ async fn stored_rows_match_counters(server: &TestServer) {
 /// refuses the damaged backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start(&[
         ("HOISTWAY_PROCESSOR__CHECKPOINT_INTERVAL_SECS", "1"),
         ("HOISTWAY_STORAGE__COMPACT_MIN_FILES", "2"),
@@ -1634,6 +1654,7 @@ async fn run(sim: &mut Simulator, secs: u64) {
 /// moment after the last backup replays the archived log up to that moment and no further.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_point_in_time_restore_replays_the_archived_log_up_to_that_moment() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("backups");
     let target_env = target.to_str().unwrap().to_string();
