@@ -186,3 +186,36 @@ async fn follow_the_stream(log: Arc<dyn hoistway_log::Log>, mut shutdown: watch:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(roles: &str) -> anyhow::Result<bool> {
+        processes(&Config {
+            roles: roles.into(),
+            ..Config::default()
+        })
+    }
+
+    #[test]
+    fn a_node_runs_every_role_or_ingest_alone() {
+        for all in [
+            "",
+            "all",
+            " all ",
+            "ingest,processor,query,maintenance",
+            "maintenance, query,processor ,ingest,ingest",
+        ] {
+            assert!(roles(all).unwrap(), "{all:?}");
+        }
+        assert!(!roles("ingest").unwrap());
+        assert!(!roles(" ingest, ingest").unwrap());
+        let unknown = roles("ingest,writer").unwrap_err().to_string();
+        assert!(unknown.contains("unknown role \"writer\""), "{unknown}");
+        for apart in ["query", "processor,query,maintenance", "ingest,query"] {
+            let refused = roles(apart).unwrap_err().to_string();
+            assert!(refused.contains("ingest alone"), "{apart}: {refused}");
+        }
+    }
+}
