@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hoistway_dlq::DeadLetters;
-use hoistway_ingest::{Sequencer, SequencerConfig};
+use hoistway_ingest::Sequencer;
 use hoistway_model::{Clock, SystemClock};
 use hoistway_server::{AppParts, AppState};
 use tokio::sync::watch;
@@ -77,22 +77,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
         .await??
     };
-    let tls = match config.tls.files()? {
-        None => None,
-        Some(files) => Some(hoistway_server::tls::Reloader::start(files)?),
-    };
-    let acceptors = match &tls {
-        Some((_, acceptors)) => acceptors.clone(),
-        None => hoistway_server::tls::fixed(None),
-    };
-    let seq_config = SequencerConfig {
-        window: config.window(),
-        max_log_bytes: config.log.max_bytes,
-        ..SequencerConfig::default()
-    };
+    let (tls, acceptors) = serve::tls_of(&config)?;
     // No processor state here to tell resends apart: each request's `duplicates` count is
     // best-effort, and the processor's dedup decides what counts (docs/device-api.md).
-    let (ingest, sequencer) = Sequencer::new(log.clone(), &seq_config, HashMap::new());
+    let (ingest, sequencer) = Sequencer::new(
+        log.clone(),
+        &serve::sequencer_config(&config),
+        HashMap::new(),
+    );
     let accepting = Arc::new(AtomicBool::new(true));
     let log_view = log.clone();
     let app = AppState::new(AppParts {
@@ -123,21 +115,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tokio::spawn(serve::reread_shared_periodically(
         auth,
         registry,
-        Duration::from_secs(config.auth.refresh_secs.max(1) as u64),
+        serve::reread_every(&config),
         shutdown_rx.clone(),
     ));
     tokio::spawn(follow_the_stream(log_view, shutdown_rx.clone()));
-    let tls_task = tls.map(|(reloader, _)| {
-        tokio::spawn(reloader.watch(
-            Duration::from_secs(config.tls.reload_check_secs.max(1)),
-            shutdown_rx.clone(),
-        ))
-    });
     let router = hoistway_server::ingest_router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving (roles: ingest)");
-    // The line tests and scripts wait for; keep its shape.
-    let scheme = if tls_task.is_some() { "https" } else { "http" };
-    println!("hoistway listening on {scheme}://{addr}");
+    let tls_task = serve::watch_tls(tls, &config, addr, shutdown_rx.clone());
 
     let limits = serve::conn_limits(&config);
     let graceful = serve::draining(shutdown_rx, accepting);

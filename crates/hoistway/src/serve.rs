@@ -106,14 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     // TLS before anything listens: a server told to use it does not start without it.
-    let tls = match config.tls.files()? {
-        None => None,
-        Some(files) => Some(hoistway_server::tls::Reloader::start(files)?),
-    };
-    let acceptors = match &tls {
-        Some((_, acceptors)) => acceptors.clone(),
-        None => hoistway_server::tls::fixed(None),
-    };
+    let (tls, acceptors) = tls_of(&config)?;
     if config.auth.devices == hoistway_auth::DeviceMode::Open {
         tracing::warn!(
             "auth.devices = \"open\": any client can post readings for any lift; use it only on a closed network"
@@ -218,13 +211,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }))
     });
 
-    let seq_config = SequencerConfig {
-        window: config.window(),
-        max_log_bytes: config.log.max_bytes,
-        ..SequencerConfig::default()
-    };
     let dedup = processor.state().read().dedup_index();
-    let (ingest, sequencer) = Sequencer::new(log.clone(), &seq_config, dedup);
+    let (ingest, sequencer) = Sequencer::new(log.clone(), &sequencer_config(&config), dedup);
     let sequencer = sequencer.with_feed(feed_tx);
     let fleet = processor.fleet(
         clock.clone(),
@@ -333,7 +321,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tokio::spawn(reread_shared_periodically(
         reread_auth,
         reread_registry,
-        Duration::from_secs(config.auth.refresh_secs.max(1) as u64),
+        reread_every(&config),
         shutdown_rx.clone(),
     ));
     // The processor stopping on its own (a corrupt log, a failed checkpoint) stops the server:
@@ -401,15 +389,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .transpose()?;
     let router = hoistway_server::router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving");
-    let tls_task = tls.map(|(reloader, _)| {
-        tokio::spawn(reloader.watch(
-            Duration::from_secs(config.tls.reload_check_secs.max(1)),
-            shutdown_rx.clone(),
-        ))
-    });
-    // The line tests and scripts wait for; keep its shape.
-    let scheme = if tls_task.is_some() { "https" } else { "http" };
-    println!("hoistway listening on {scheme}://{addr}");
+    let tls_task = watch_tls(tls, &config, addr, shutdown_rx.clone());
 
     let limits = conn_limits(&config);
     let graceful = draining(shutdown_rx.clone(), accepting);
@@ -805,6 +785,51 @@ pub async fn termination() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// TLS as configured: its reloader, if any, and the acceptors every listener takes.
+pub(crate) fn tls_of(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<Arc<hoistway_server::tls::Reloader>>,
+    hoistway_server::tls::Acceptors,
+)> {
+    Ok(match config.tls.files()? {
+        None => (None, hoistway_server::tls::fixed(None)),
+        Some(files) => {
+            let (reloader, acceptors) = hoistway_server::tls::Reloader::start(files)?;
+            (Some(reloader), acceptors)
+        }
+    })
+}
+
+/// Starts rereading the TLS files (with TLS) and prints the line tests and scripts wait for
+/// (keep its shape).
+pub(crate) fn watch_tls(
+    reloader: Option<Arc<hoistway_server::tls::Reloader>>,
+    config: &Config,
+    addr: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let every = Duration::from_secs(config.tls.reload_check_secs.max(1));
+    let task = reloader.map(|r| tokio::spawn(r.watch(every, shutdown)));
+    let scheme = if task.is_some() { "https" } else { "http" };
+    println!("hoistway listening on {scheme}://{addr}");
+    task
+}
+
+/// The sequencer's settings: the dedup window and the log's byte limit.
+pub(crate) fn sequencer_config(config: &Config) -> SequencerConfig {
+    SequencerConfig {
+        window: config.window(),
+        max_log_bytes: config.log.max_bytes,
+        ..SequencerConfig::default()
+    }
+}
+
+/// How often shared state (keys, revocations, the registry) is reread.
+pub(crate) fn reread_every(config: &Config) -> Duration {
+    Duration::from_secs(config.auth.refresh_secs.max(1) as u64)
 }
 
 /// The limits of the HTTP listener's connections.

@@ -328,9 +328,7 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
         alerted.len(),
         now.len()
     );
-    let mut third = third;
-    tokio::task::block_in_place(|| assert!(third.terminate()));
-    drop_schema(&postgres, &schema).await;
+    cluster.finish([third]).await;
 }
 
 /// `--role ingest`: a node that only takes readings and appends them to the stream, beside the
@@ -344,7 +342,7 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
     let schema = scratch_schema("ingestrole");
     let cluster = Cluster::start(&postgres, &schema);
     let tmp = tempfile::tempdir().unwrap();
-    let (processing, mut ingest) = cluster.processing_and_ingest(tmp.path());
+    let (processing, ingest) = cluster.processing_and_ingest(tmp.path());
     let lifts = ingest.get("/v1/lifts").await;
     assert_eq!(lifts.status, 404, "an ingest node serves no lifts");
     assert!(
@@ -403,10 +401,7 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
         verified(&processing, &ledger).await;
         eprintln!("{} readings counted exactly", ledger.total_readings());
     }
-    tokio::task::block_in_place(|| assert!(ingest.terminate()));
-    let mut processing = processing;
-    tokio::task::block_in_place(|| assert!(processing.terminate()));
-    drop_schema(&postgres, &schema).await;
+    cluster.finish([ingest, processing]).await;
 }
 
 /// With the processing node stopped, an ingest node keeps acknowledging until the stream reaches
@@ -423,7 +418,7 @@ async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_i
         .settings
         .push(("HOISTWAY_LOG__MAX_BYTES", (1u64 << 20).to_string()));
     let tmp = tempfile::tempdir().unwrap();
-    let (processing, mut ingest) = cluster.processing_and_ingest(tmp.path());
+    let (processing, ingest) = cluster.processing_and_ingest(tmp.path());
     let run_for = Duration::from_secs(12);
     let mut sim = Simulator::new(fleet_with_outages(run_for, 31), ingest.addr);
     register(&processing, &sim.registry_csv()).await;
@@ -475,10 +470,7 @@ async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_i
         "{acked_alone} readings acknowledged with the processing node stopped; {} in all, counted exactly",
         ledger.total_readings()
     );
-    tokio::task::block_in_place(|| assert!(ingest.terminate()));
-    let mut processing = processing;
-    tokio::task::block_in_place(|| assert!(processing.terminate()));
-    drop_schema(&postgres, &schema).await;
+    cluster.finish([ingest, processing]).await;
 }
 
 /// Cluster mode with PostgreSQL out of reach for three lease lengths under a fleet's load: the
@@ -562,8 +554,7 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
         ledger.total_readings(),
         alerts.len()
     );
-    tokio::task::block_in_place(|| assert!(server.terminate()));
-    drop_schema(&test_postgres(), &schema).await;
+    cluster.finish([server]).await;
 }
 
 /// A private NATS server, and the settings of the cluster mode on it with PostgreSQL (`postgres`,
@@ -571,6 +562,8 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
 struct Cluster {
     _nats: hoistway_jetstream::local::LocalNats,
     settings: Vec<(&'static str, String)>,
+    /// The schema of the cluster's tables in the tests' PostgreSQL, dropped by `finish`.
+    schema: String,
 }
 
 impl Cluster {
@@ -592,7 +585,16 @@ impl Cluster {
         Self {
             _nats: nats,
             settings,
+            schema: schema.into(),
         }
+    }
+
+    /// Stops `servers` cleanly (each must exit with success) and drops the cluster's schema.
+    async fn finish(self, servers: impl IntoIterator<Item = TestServer>) {
+        for mut server in servers {
+            tokio::task::block_in_place(|| assert!(server.terminate()));
+        }
+        drop_schema(&test_postgres(), &self.schema).await;
     }
 
     /// A node with every role and an ingest node (`HOISTWAY_ROLES=ingest`), with the data dirs
