@@ -154,6 +154,9 @@ pub struct Engine {
     offline_lifts: HashSet<String>,
     maintenance: HashSet<String>,
     outage: bool,
+    /// Why no lift is declared offline for now (readings may still be on their way: an edge
+    /// region out of contact), if so.
+    absence_held: Option<String>,
 }
 
 impl Engine {
@@ -174,7 +177,21 @@ impl Engine {
             offline_lifts: HashSet::new(),
             maintenance: HashSet::new(),
             outage: false,
+            absence_held: None,
         }
+    }
+
+    /// Holds absence rules (no lift goes offline, an outage neither fires nor clears) while
+    /// `why` is given: readings may still be on their way. Other rules go on.
+    pub fn hold_absence(&mut self, why: Option<String>) {
+        if why != self.absence_held {
+            match &why {
+                Some(why) => tracing::info!(%why, "absence rules wait"),
+                None => tracing::info!("absence rules judge again"),
+            }
+        }
+        metrics::gauge!("hoistway_alerts_absence_held").set(f64::from(u8::from(why.is_some())));
+        self.absence_held = why;
     }
 
     /// Replaces the rules. The state of a rule whose definition changed starts over; an alert
@@ -485,7 +502,9 @@ impl Engine {
             release(&self.rules, &self.maintenance, eval, 0, true, out);
             self.with_held.remove(&id);
         }
-        if now_us - self.started_us < self.config.grace_secs as i64 * US {
+        if now_us - self.started_us < self.config.grace_secs as i64 * US
+            || self.absence_held.is_some()
+        {
             return;
         }
         self.absence(now_us, presence, out);
@@ -986,8 +1005,13 @@ mod tests {
         let mut out = Vec::new();
         engine.tick(T0 + 60 * US, stale(&lifts, 10, T0 + 60 * US), &mut out);
         assert!(out.is_empty(), "{out:?}");
-        // After it, two lifts silent: one alert each.
+        // While readings may be on their way (an edge region out of contact), nothing fires.
         let now = T0 + 200 * US;
+        engine.hold_absence(Some("edge region eu: out of contact".into()));
+        engine.tick(now, stale(&lifts, 2, now), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        engine.hold_absence(None);
+        // After it, two lifts silent: one alert each.
         engine.tick(now, stale(&lifts, 2, now), &mut out);
         assert_eq!(out.len(), 2);
         assert!(

@@ -83,6 +83,9 @@ pub type BaselineSource = Arc<
 /// Every registered lift with the server time of its last reading (`None`: never reported).
 pub type Presence = Arc<dyn Fn() -> Vec<(Arc<LiftInfo>, Option<i64>)> + Send + Sync>;
 
+/// Why absence rules wait for now, if they do (see [`Alerts::set_absence_hold`]).
+pub type AbsenceHold = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 #[derive(Debug, Clone)]
 pub struct AlertsConfig {
     pub engine: EngineConfig,
@@ -143,6 +146,7 @@ pub struct Alerts {
     tick: Duration,
     history: (Duration, Duration),
     baselines: Mutex<Option<BaselineSource>>,
+    absence_hold: Mutex<Option<AbsenceHold>>,
     /// The store's silences, read again when they change.
     silences: Arc<parking_lot::RwLock<Vec<Silence>>>,
     baseline_refresh: Duration,
@@ -228,6 +232,7 @@ impl Alerts {
             history: (config.history, config.outbox_history),
             updates: Mutex::new(Some(tokio::sync::broadcast::channel(1024).0)),
             baselines: Mutex::new(None),
+            absence_hold: Mutex::new(None),
             silences: Arc::new(parking_lot::RwLock::new(store_silences)),
             baseline_refresh: config.baseline_refresh,
             baselines_asked: Mutex::new(Default::default()),
@@ -370,8 +375,12 @@ impl Alerts {
                     let (this, presence) = (self.clone(), presence.clone());
                     let ticked = tokio::task::spawn_blocking(move || {
                         let lifts = presence();
+                        let held = this.absence_hold.lock().as_ref().and_then(|hold| hold());
                         let mut out = Vec::new();
-                        this.engine.lock().tick(this.clock.now_us(), lifts, &mut out);
+                        let mut engine = this.engine.lock();
+                        engine.hold_absence(held);
+                        engine.tick(this.clock.now_us(), lifts, &mut out);
+                        drop(engine);
                         this.pending.lock().extend(out);
                     })
                     .await;
@@ -419,6 +428,12 @@ impl Alerts {
 
     pub fn silences(&self) -> Vec<Silence> {
         self.silences.read().clone()
+    }
+
+    /// What holds absence rules back while it gives a reason (an edge region whose lifts'
+    /// readings may still be on their way).
+    pub fn set_absence_hold(&self, hold: AbsenceHold) {
+        *self.absence_hold.lock() = Some(hold);
     }
 
     /// Where rate rules get their baselines.

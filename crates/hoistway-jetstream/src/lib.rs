@@ -82,6 +82,12 @@ pub struct JetStreamConfig {
     /// The servers' monitoring URLs (`http://nats-1:8222`), read at open to check that each
     /// syncs before acknowledging. Empty: that stays unverified.
     pub monitors: Vec<String>,
+    /// The edge regions (each the JetStream domain of its NATS servers) whose stream of this
+    /// partition this stream takes in: NATS sources them, resuming after an outage. `None`:
+    /// as the stream has them (a node that does not manage them); `Some`: exactly these.
+    pub sources: Option<Vec<String>>,
+    prefix: String,
+    partition: u32,
 }
 
 impl JetStreamConfig {
@@ -107,8 +113,62 @@ impl JetStreamConfig {
             ack_timeout: Duration::from_secs(5),
             publish_attempts: 3,
             monitors: Vec::new(),
+            sources: None,
+            prefix: prefix.to_owned(),
+            partition,
         }
     }
+
+    /// This partition's stream in edge region `region` instead, created in the region's own
+    /// JetStream domain (`<prefix>_<region>_<partition>`, subject `<…>.<region>.<partition>`):
+    /// the processing region's stream takes it in (see [`sources`](Self::sources)).
+    pub fn in_region(mut self, region: &str) -> Self {
+        self.stream = edge_stream(&self.prefix, region, self.partition);
+        self.subject = edge_subject(&self.prefix, region, self.partition);
+        self
+    }
+}
+
+/// Whether `region` can name an edge region: it is a JetStream domain, a subject token and part
+/// of a stream name (letters, digits, `-` and `_`, at most 32).
+pub fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn edge_stream(prefix: &str, region: &str, partition: u32) -> String {
+    format!("{prefix}_{region}_{partition}")
+}
+
+fn edge_subject(prefix: &str, region: &str, partition: u32) -> String {
+    format!(
+        "{}.{region}.{partition}",
+        prefix.to_ascii_lowercase().replace('_', ".")
+    )
+}
+
+/// The edge region (JetStream domain) a source is in, from its API prefix (`$JS.<domain>.API`).
+fn region_of(source: &stream::Source) -> Option<String> {
+    let api = &source.external.as_ref()?.api_prefix;
+    Some(api.strip_prefix("$JS.")?.strip_suffix(".API")?.to_owned())
+}
+
+/// An edge region's stream that this stream takes in.
+#[derive(Debug, Clone)]
+struct Edge {
+    region: String,
+    stream: String,
+    /// Its messages keep their subject here.
+    subject: String,
+}
+
+/// The sequence in its source stream of a message a stream took in, from its
+/// `Nats-Stream-Source` header (`<stream>[:<hash>] <sequence> …`).
+fn source_sequence(header: &str) -> Option<u64> {
+    header.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Why the log could not be opened.
@@ -280,6 +340,13 @@ pub struct JetStreamLog {
     /// (sequence, record count) of messages lately appended or read, newest last.
     counts: std::sync::Mutex<std::collections::VecDeque<(u64, usize)>>,
     durability: Durability,
+    /// The edge regions' streams this one takes in.
+    edges: Vec<Edge>,
+    /// What the server last said about them, and when.
+    seen_sources: std::sync::Mutex<Option<(Instant, Vec<stream::SourceInfo>)>>,
+    /// An edge trim is under way.
+    trimming: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ack_timeout: Duration,
 }
 
 impl JetStreamLog {
@@ -298,8 +365,40 @@ impl JetStreamLog {
         let js = jetstream::ContextBuilder::new()
             .timeout(config.ack_timeout)
             .build(client.clone());
+        let edges_wanted: Option<Vec<Edge>> = config.sources.as_ref().map(|regions| {
+            regions
+                .iter()
+                .map(|r| Edge {
+                    region: r.clone(),
+                    stream: edge_stream(&config.prefix, r, config.partition),
+                    subject: edge_subject(&config.prefix, r, config.partition),
+                })
+                .collect()
+        });
+        let sources_of = |edges: &[Edge]| -> Option<Vec<stream::Source>> {
+            (!edges.is_empty()).then(|| {
+                edges
+                    .iter()
+                    .map(|e| stream::Source {
+                        name: e.stream.clone(),
+                        // From the edge's first message whenever this stream holds none of
+                        // its messages to resume after; by default NATS would start at this
+                        // stream's newest message's time once it was truncated, skipping what
+                        // the edge took meanwhile.
+                        start_sequence: Some(1),
+                        // The region's JetStream API, through the leaf node connection.
+                        external: Some(stream::External {
+                            api_prefix: format!("$JS.{}.API", e.region),
+                            delivery_prefix: None,
+                        }),
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+        };
         let wanted = stream::Config {
             name: config.stream.clone(),
+            sources: edges_wanted.as_deref().and_then(sources_of),
             subjects: vec![config.subject.clone()],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
@@ -322,10 +421,51 @@ impl JetStreamLog {
                 stream: config.stream.clone(),
                 reason: e.to_string(),
             })?;
-        let info = stream.info().await.map_err(|e| OpenError::Stream {
+        let mut info = stream.info().await.map_err(|e| OpenError::Stream {
             stream: config.stream.clone(),
             reason: e.to_string(),
         })?;
+        let source_key = |s: &stream::Source| (s.name.clone(), region_of(s), s.start_sequence);
+        let have_sources: std::collections::BTreeSet<_> = info
+            .config
+            .sources
+            .iter()
+            .flatten()
+            .map(source_key)
+            .collect();
+        if let Some(edges) = &edges_wanted {
+            let want: std::collections::BTreeSet<_> =
+                sources_of(edges).iter().flatten().map(source_key).collect();
+            if want != have_sources {
+                tracing::info!(stream = %config.stream, edges = ?config.sources, "setting the edge regions the stream takes in");
+                let mut changed = info.config.clone();
+                changed.sources = sources_of(edges);
+                js.update_stream(&changed)
+                    .await
+                    .map_err(|e| OpenError::Stream {
+                        stream: config.stream.clone(),
+                        reason: format!("cannot set its sources: {e}"),
+                    })?;
+                info = stream.info().await.map_err(|e| OpenError::Stream {
+                    stream: config.stream.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        let edges: Vec<Edge> = info
+            .config
+            .sources
+            .iter()
+            .flatten()
+            .filter_map(|s| {
+                let region = region_of(s)?;
+                Some(Edge {
+                    subject: edge_subject(&config.prefix, &region, config.partition),
+                    stream: s.name.clone(),
+                    region,
+                })
+            })
+            .collect();
         let have = &info.config;
         if have.max_age != Duration::ZERO {
             return Err(unsuitable(format!(
@@ -375,6 +515,10 @@ impl JetStreamLog {
             appended: tokio::sync::Notify::new(),
             counts: Default::default(),
             durability,
+            edges,
+            seen_sources: Default::default(),
+            trimming: Default::default(),
+            ack_timeout: config.ack_timeout,
         };
         log.read_bounds().await?;
         Ok(log)
@@ -444,6 +588,10 @@ impl JetStreamLog {
     /// message's record count for an exact durable end.
     async fn read_bounds(&self) -> Result<()> {
         let info = self.stream.get_info().await.map_err(unavailable)?;
+        if !self.edges.is_empty() {
+            *self.seen_sources.lock().expect("not poisoned") =
+                Some((Instant::now(), info.sources.clone()));
+        }
         let state = info.state;
         self.bytes.store(state.bytes, Ordering::Relaxed);
         if state.last_sequence == 0 {
@@ -495,6 +643,61 @@ impl JetStreamLog {
             Some(&(_, n)) if index >= n => (seq + 1, 0),
             _ => (seq, index),
         }
+    }
+
+    /// Lets each edge region drop what this stream has taken in from it (its own copy is not
+    /// needed once this stream holds it): the last message from the edge here names its
+    /// sequence there. In the background, one pass at a time: an edge out of reach is tried
+    /// again at the next truncation.
+    fn trim_edges(&self) {
+        if self.edges.is_empty() || self.trimming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (stream, client, edges, timeout, trimming) = (
+            self.stream.clone(),
+            self.client.clone(),
+            self.edges.clone(),
+            self.ack_timeout,
+            self.trimming.clone(),
+        );
+        tokio::spawn(async move {
+            for edge in &edges {
+                let trimmed = async {
+                    let last = stream
+                        .get_last_raw_message_by_subject(&edge.subject)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let seq = last
+                        .headers
+                        .get("Nats-Stream-Source")
+                        .and_then(|h| source_sequence(h.as_str()))
+                        .ok_or("the message has no readable Nats-Stream-Source header")?;
+                    let js = jetstream::ContextBuilder::new()
+                        .domain(edge.region.clone())
+                        .timeout(timeout)
+                        .build(client.clone());
+                    let there = js
+                        .get_stream_no_info(&edge.stream)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    there
+                        .purge()
+                        .sequence(seq)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<u64, String>(seq)
+                };
+                match trimmed.await {
+                    Ok(seq) => {
+                        tracing::debug!(region = %edge.region, below = seq, "edge stream trimmed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(region = %edge.region, error = %e, "edge stream not trimmed")
+                    }
+                }
+            }
+            trimming.store(false, Ordering::Release);
+        });
     }
 
     fn damaged(&self, seq: u64, e: message::MessageError) -> Error {
@@ -617,6 +820,7 @@ impl Log for JetStreamLog {
     }
 
     async fn truncate_before(&self, offset: Offset) -> Result<()> {
+        self.trim_edges();
         let end = self.end.load(Ordering::Acquire);
         if end == 0 {
             return Ok(());
@@ -672,6 +876,26 @@ impl Log for JetStreamLog {
                 self.durability.problems.join("; ")
             )
         })
+    }
+
+    fn sources(&self) -> Vec<hoistway_log::Source> {
+        let seen = self.seen_sources.lock().expect("not poisoned");
+        self.edges
+            .iter()
+            .map(|e| {
+                let info = seen.as_ref().and_then(|(at, infos)| {
+                    infos
+                        .iter()
+                        .find(|i| i.name == e.stream)
+                        .map(|i| (i.lag, i.active.map(|a| a + at.elapsed())))
+                });
+                hoistway_log::Source {
+                    region: e.region.clone(),
+                    backlog: info.map_or(0, |i| i.0),
+                    last_contact: info.and_then(|i| i.1),
+                }
+            })
+            .collect()
     }
 
     fn entries_behind(&self, from: Offset) -> u64 {

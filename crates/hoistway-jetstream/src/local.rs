@@ -20,6 +20,11 @@ pub struct LocalNats {
     port: u16,
     monitor_port: u16,
     config: PathBuf,
+    /// Where leaf nodes (edge regions) connect, for a hub.
+    leaf_port: Option<u16>,
+    /// In a process group of its own, so that a terminal's Ctrl-C reaches only the process
+    /// that started it, which stops it last (`hoistway cluster-demo`).
+    own_group: bool,
     /// Holds the config and the store; removed with the server.
     _dir: tempfile::TempDir,
 }
@@ -30,27 +35,108 @@ impl LocalNats {
     /// `env!("CARGO_TARGET_TMPDIR")`).
     pub fn start(install_dir: &Path, max_payload: Option<usize>) -> io::Result<LocalNats> {
         let extra = max_payload.map_or(String::new(), |max| format!("max_payload: {max}\n"));
-        Self::start_with(install_dir, free_port()?, &extra)
+        let nats = Self::start_with(install_dir, free_port()?, "", &extra, false)?;
+        nats.wait_ready()?;
+        Ok(nats)
     }
 
-    /// A server on `port` whose configuration also holds `extra`.
-    fn start_with(install_dir: &Path, port: u16, extra: &str) -> io::Result<LocalNats> {
+    /// Waits (at most 20 s) until the server says JetStream is ready (its `/healthz`): a
+    /// server that listens may still be starting JetStream, and on a busy machine a client
+    /// that asks too early is told there is none.
+    pub fn wait_ready(&self) -> io::Result<()> {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let answer = (|| -> io::Result<String> {
+                let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.monitor_port))?;
+                conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+                conn.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+                let mut text = String::new();
+                conn.read_to_string(&mut text)?;
+                Ok(text)
+            })();
+            match answer {
+                Ok(text)
+                    if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") =>
+                {
+                    return Ok(());
+                }
+                Ok(text) => last = text.lines().last().unwrap_or_default().to_owned(),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(io::Error::other(format!(
+            "nats-server on {} did not become ready: {last}",
+            self.port
+        )))
+    }
+
+    /// The processing region's server: JetStream domain `domain`, and a port where edge
+    /// regions' servers connect as leaf nodes. Like [`start_leaf`](Self::start_leaf), in a
+    /// process group of its own: a terminal's Ctrl-C reaches only the process that started
+    /// it, which stops the servers after what uses them.
+    pub fn start_hub(install_dir: &Path, domain: &str) -> io::Result<LocalNats> {
+        let leaf_port = free_port()?;
+        let mut nats = Self::start_with(
+            install_dir,
+            free_port()?,
+            &format!(", domain: {domain}"),
+            &format!("leafnodes {{ listen: 127.0.0.1:{leaf_port} }}\n"),
+            true,
+        )?;
+        nats.leaf_port = Some(leaf_port);
+        nats.wait_ready()?;
+        Ok(nats)
+    }
+
+    /// An edge region's server: a leaf node of `hub` with JetStream domain `domain` (the
+    /// region's name), which keeps its streams while the hub is out of reach.
+    pub fn start_leaf(install_dir: &Path, hub: &LocalNats, domain: &str) -> io::Result<LocalNats> {
+        let hub_port = hub
+            .leaf_port
+            .ok_or_else(|| io::Error::other("that server takes no leaf nodes (start_hub)"))?;
+        let nats = Self::start_with(
+            install_dir,
+            free_port()?,
+            &format!(", domain: {domain}"),
+            &format!(
+                "leafnodes {{ reconnect: 1, remotes: [ {{ url: \"nats-leaf://127.0.0.1:{hub_port}\" }} ] }}\n"
+            ),
+            true,
+        )?;
+        nats.wait_ready()?;
+        Ok(nats)
+    }
+
+    /// A server on `port` whose JetStream block also holds `jetstream` and whose configuration
+    /// also holds `extra`.
+    fn start_with(
+        install_dir: &Path,
+        port: u16,
+        jetstream: &str,
+        extra: &str,
+        own_group: bool,
+    ) -> io::Result<LocalNats> {
         let binary = nats_server(install_dir)?;
         let dir = tempfile::tempdir()?;
         let monitor_port = free_port()?;
         let config = dir.path().join("nats.conf");
         let text = format!(
-            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{ store_dir: {:?}, sync_interval: always }}\n{extra}",
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\njetstream {{ store_dir: {:?}, sync_interval: always{jetstream} }}\n{extra}",
             dir.path().join("store").display().to_string()
         );
         std::fs::write(&config, text)?;
-        let child = spawn(&binary, &config, port)?;
+        let child = spawn(&binary, &config, port, own_group)?;
         Ok(LocalNats {
             binary,
             child,
             port,
             monitor_port,
             config,
+            leaf_port: None,
+            own_group,
             _dir: dir,
         })
     }
@@ -87,8 +173,8 @@ impl LocalNats {
     /// The same server again, on the same port and store.
     pub fn restart(&mut self) -> io::Result<()> {
         self.kill();
-        self.child = spawn(&self.binary, &self.config, self.port)?;
-        Ok(())
+        self.child = spawn(&self.binary, &self.config, self.port, self.own_group)?;
+        self.wait_ready()
     }
 }
 
@@ -117,10 +203,14 @@ impl LocalNatsCluster {
                     "server_name: n{i}\ncluster {{ name: hoistway-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
                     routes.join(", ")
                 );
-                LocalNats::start_with(install_dir, *port, &extra)
+                LocalNats::start_with(install_dir, *port, "", &extra, false)
             })
             .collect::<io::Result<_>>()?;
-        Ok(LocalNatsCluster { nodes })
+        let cluster = LocalNatsCluster { nodes };
+        for node in &cluster.nodes {
+            node.wait_ready()?;
+        }
+        Ok(cluster)
     }
 
     /// Every server's URL (a client fails over between them).
@@ -193,8 +283,13 @@ pub fn nats_server(dir: &Path) -> io::Result<PathBuf> {
     Ok(binary)
 }
 
-fn spawn(binary: &Path, config: &Path, port: u16) -> io::Result<Child> {
-    let mut child = Command::new(binary)
+fn spawn(binary: &Path, config: &Path, port: u16, own_group: bool) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(binary);
+    if own_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .arg("-c")
         .arg(config)
         .stdout(Stdio::null())

@@ -493,3 +493,106 @@ fn durability_names_what_falls_short() {
         "JetStream off"
     );
 }
+
+/// Reads `log` until it holds `n` records (polling, as a processor at the end does), at most
+/// `within`.
+async fn read_until(log: &JetStreamLog, n: usize, within: Duration) -> Vec<Bytes> {
+    let deadline = Instant::now() + within;
+    loop {
+        let _ = log.refresh().await;
+        let got: Vec<Bytes> = match log.read(log.start(), usize::MAX).await {
+            Ok(records) => records.into_iter().map(|r| r.payload).collect(),
+            Err(_) => Vec::new(),
+        };
+        if got.len() >= n || Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An edge region (a leaf node with its own JetStream domain) acknowledges once a record is in
+/// its own stream, keeps accepting while the processing region's server is down, and the
+/// processing region's stream takes everything in once it is back; after that the edge drops
+/// what was taken in, and the processing side sees the edge's state.
+#[tokio::test]
+async fn an_edge_region_keeps_accepting_while_the_hub_is_away() {
+    let mut hub = LocalNats::start_hub(tmp(), "hub").unwrap();
+    let edge = LocalNats::start_leaf(tmp(), &hub, "edge1").unwrap();
+    let mut at_edge = edge.log_config(0).in_region("edge1");
+    at_edge.sources = None;
+    let edge_log = JetStreamLog::open(at_edge).await.unwrap();
+    assert_eq!(edge_log.stream_name(), "HOISTWAY_LOG_edge1_0");
+    // The edge takes readings before the processing region's stream takes it in, and that
+    // stream, truncated already, holds nothing of it (NATS would start after its newest
+    // message's time unless told to start at the edge's first).
+    let mut sent = Vec::new();
+    for i in 0..10u64 {
+        let record = payload(i);
+        edge_log.append(vec![record.clone()]).await.unwrap();
+        sent.push(record);
+    }
+    let own = Bytes::from_static(b"from the hub's own ingest");
+    {
+        let before = JetStreamLog::open(hub.log_config(0)).await.unwrap();
+        before.append(vec![own.clone()]).await.unwrap();
+        before.append(vec![own.clone()]).await.unwrap();
+        before.truncate_before(before.durable_end()).await.unwrap();
+        assert!(before.start() > 0);
+    }
+    let mut at_hub = hub.log_config(0);
+    at_hub.sources = Some(vec!["edge1".into()]);
+    let hub_log = JetStreamLog::open(at_hub).await.unwrap();
+    let got = read_until(&hub_log, 11, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 11, "the hub took in {got:?}");
+    let from_edge: Vec<Bytes> = got.iter().filter(|r| **r != own).cloned().collect();
+    assert_eq!(from_edge, sent, "in the edge's order");
+    let sources = hub_log.sources();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert_eq!(sources[0].region, "edge1");
+    assert!(
+        sources[0]
+            .last_contact
+            .is_some_and(|c| c < Duration::from_secs(10)),
+        "{sources:?}"
+    );
+
+    // the processing region goes away; the edge keeps acknowledging
+    hub.kill();
+    for i in 10..20u64 {
+        let record = payload(i);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            edge_log.append(vec![record.clone()]),
+        )
+        .await
+        .expect("the edge acknowledges without the hub")
+        .unwrap();
+        sent.push(record);
+    }
+    hub.restart().unwrap();
+    let got = read_until(&hub_log, 21, Duration::from_secs(30)).await;
+    let from_edge: Vec<Bytes> = got.iter().filter(|r| **r != own).cloned().collect();
+    assert_eq!(
+        from_edge, sent,
+        "everything sent to the edge arrived, once, in order"
+    );
+
+    // once the hub has it, the edge keeps none of it but its last message
+    hub_log.truncate_before(0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        edge_log.refresh().await.unwrap();
+        if edge_log.start() == edge_log.durable_end() - 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge was not trimmed: it starts at {} and ends at {}",
+            edge_log.start(),
+            edge_log.durable_end()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        hub_log.truncate_before(0).await.unwrap();
+    }
+}

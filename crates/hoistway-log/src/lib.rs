@@ -34,6 +34,51 @@ pub struct Record {
     pub payload: Bytes,
 }
 
+/// A stream a log takes records in from, as last seen: an edge region's, whose lifts' readings
+/// wait there while the region is out of reach and arrive once it is back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    /// The edge region.
+    pub region: String,
+    /// Its messages not yet taken in, as last reported (while out of reach, the figure from
+    /// before).
+    pub backlog: u64,
+    /// Time since the last contact with it; `None`: none yet.
+    pub last_contact: Option<Duration>,
+}
+
+impl Source {
+    /// Why this region is out of contact, if it has been for longer than `quiet` (or never
+    /// was in contact): readings it took wait in its stream and arrive when it is back.
+    pub fn out_of_contact(&self, quiet: Duration) -> Option<String> {
+        match self.last_contact {
+            None => Some(format!(
+                "edge region {}: no contact yet; readings it takes wait in its stream",
+                self.region
+            )),
+            Some(ago) if ago > quiet => Some(format!(
+                "edge region {}: out of contact for {} s; readings it took wait in its stream and arrive when it is back",
+                self.region,
+                ago.as_secs()
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// Why readings of this region's lifts may still be on their way, if they may: it is out
+    /// of contact, or catching up.
+    pub fn holding_back(&self, quiet: Duration) -> Option<String> {
+        self.out_of_contact(quiet).or_else(|| {
+            (self.backlog > 0).then(|| {
+                format!(
+                    "edge region {}: {} messages still to take in",
+                    self.region, self.backlog
+                )
+            })
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Writing failed (e.g. the disk is full); nothing of this append is in the log and the
@@ -131,6 +176,10 @@ pub trait Log: Send + Sync + 'static {
     /// on too few replicas, a server release with known durability bugs), if so.
     fn durability_unverified(&self) -> Option<String> {
         None
+    }
+    /// The streams this log takes records in from (edge regions), as last seen.
+    fn sources(&self) -> Vec<Source> {
+        Vec::new()
     }
     /// Log entries from `from` to the durable end: records for a log with consecutive offsets,
     /// messages (appends) for one that packs an append's records into a message.

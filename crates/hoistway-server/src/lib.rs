@@ -122,6 +122,9 @@ pub struct ApiLimits {
     /// Readings of unregistered lifts (which become dead letters) are refused once pending
     /// dead letters take this many bytes; `None`: no cap (auto-registration makes none).
     pub dead_letter_max_bytes: Option<u64>,
+    /// An edge region whose stream the log takes in, out of contact this long, is a warning
+    /// on `/readyz`.
+    pub edge_quiet: std::time::Duration,
 }
 
 impl Default for ApiLimits {
@@ -131,6 +134,7 @@ impl Default for ApiLimits {
             decode: DecodeLimits::default(),
             retry_after_secs: 5,
             dead_letter_max_bytes: Some(1 << 30),
+            edge_quiet: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -988,6 +988,12 @@ async fn readyz(State(app): State<AppState>) -> Response {
                 .into_iter()
                 .chain(app.auth.stale_shared_state())
                 .chain(checkpoints_behind(&app))
+                .chain(
+                    app.log
+                        .sources()
+                        .iter()
+                        .filter_map(|s| s.out_of_contact(app.limits.edge_quiet)),
+                )
                 .collect(),
         })
         .into_response()
@@ -1006,6 +1012,13 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     metrics::gauge!("hoistway_log_durable_end_offset").set(end as f64);
     metrics::gauge!("hoistway_lifts_registered").set(app.registry.len() as f64);
     metrics::gauge!("hoistway_uptime_seconds").set(app.started.elapsed().as_secs_f64());
+    for edge in app.log.sources() {
+        let labels = [("region", edge.region)];
+        metrics::gauge!("hoistway_edge_backlog_messages", &labels).set(edge.backlog as f64);
+        if let Some(ago) = edge.last_contact {
+            metrics::gauge!("hoistway_edge_last_contact_seconds", &labels).set(ago.as_secs_f64());
+        }
+    }
     if let Some(p) = &app.processing {
         processing_gauges(&app, p).await;
     }

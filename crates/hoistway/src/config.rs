@@ -52,6 +52,18 @@ pub struct ClusterSettings {
     /// The log's stream is `<nats_stream>_0` (subject `hoistway.log.0` for the default): another
     /// name keeps several deployments apart on one NATS account.
     pub nats_stream: String,
+    /// This node's edge region, the JetStream domain of the NATS servers `nats` names (a leaf
+    /// node of the processing region's cluster). Readings are acknowledged once in the region's
+    /// own stream, which the processing region takes in. Only ingest nodes run in an edge
+    /// region. Empty: the processing region.
+    pub region: String,
+    /// The edge regions whose streams the processing region's stream takes in, comma-separated
+    /// (their JetStream domains). Set on the processing node; ingest nodes leave the stream's
+    /// list as it is.
+    pub edges: String,
+    /// An edge region out of contact this long shows on `/readyz`, and absence alerts wait
+    /// (its lifts' readings may be in its backlog) until it is back and caught up.
+    pub edge_quiet_secs: u64,
     /// PostgreSQL URL of the shared state (accounts, tokens, lift credentials, signing keys, the
     /// audit log, the lift registry). Empty: SQLite and files in the data dir.
     pub postgres: String,
@@ -66,6 +78,9 @@ impl Default for ClusterSettings {
             nats_replicas: 3,
             nats_monitor: String::new(),
             nats_stream: hoistway_jetstream::DEFAULT_PREFIX.to_string(),
+            region: String::new(),
+            edges: String::new(),
+            edge_quiet_secs: 30,
             postgres: String::new(),
             postgres_schema: "hoistway".to_string(),
         }
@@ -80,6 +95,11 @@ impl ClusterSettings {
 
     pub fn nats_monitors(&self) -> Vec<String> {
         list(&self.nats_monitor)
+    }
+
+    /// The edge regions the processing region's stream takes in.
+    pub fn edge_regions(&self) -> Vec<String> {
+        list(&self.edges)
     }
 }
 
@@ -508,7 +528,16 @@ impl Config {
                     // HOISTWAY_UNSTABLE_*: test hooks, read where they act.
                     .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("unstable_"))
                     .split("__")
-                    .ignore(&["config", "log_level", "log_format", "token"]),
+                    // Read by the CLI, by the private servers of `cluster-demo` and by tests.
+                    .ignore(&[
+                        "config",
+                        "log_level",
+                        "log_format",
+                        "token",
+                        "nats_server",
+                        "pg_bin",
+                        "test_postgres",
+                    ]),
             )
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;

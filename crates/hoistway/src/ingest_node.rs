@@ -52,6 +52,7 @@ pub fn processes(config: &Config) -> anyhow::Result<bool> {
 /// Starts an ingest node.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
+
     anyhow::ensure!(
         !config.cluster.nats_servers().is_empty() && !config.cluster.postgres.trim().is_empty(),
         "an ingest node (roles = \"ingest\") needs cluster.nats, where it appends readings for the processing node, \

@@ -11,6 +11,7 @@ mod bench_pg;
 mod bench_sql;
 mod bench_storage;
 mod bench_ui;
+mod cluster_demo;
 mod config;
 mod ingest_node;
 mod offline;
@@ -54,6 +55,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Serve on a fresh data dir and drive it with a simulated fleet: the quickest look.
     Demo(DemoArgs),
+    /// The cluster mode on this machine: private NATS (a processing and an edge region) and
+    /// PostgreSQL, three processing nodes, an ingest node per region, a simulated fleet each.
+    ClusterDemo(cluster_demo::ClusterDemoArgs),
     /// Log in to a running server (password, then TOTP) and keep the session token.
     Login(access::LoginArgs),
     /// End the stored session.
@@ -196,6 +200,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Simulate(args) => simulate::run(args).await,
             Command::Demo(args) => demo(args).await,
+            Command::ClusterDemo(args) => cluster_demo::run(args).await,
             Command::Login(args) => access::login(args).await,
             Command::Logout(args) => access::logout(args).await,
             Command::Users(args) => access::users(args).await,

@@ -42,6 +42,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if !crate::ingest_node::processes(&config)? {
         return crate::ingest_node::start(config).await;
     }
+    anyhow::ensure!(
+        config.cluster.region.trim().is_empty(),
+        "only ingest nodes run in an edge region (cluster.region = {:?}): set roles = \"ingest\" here, and run processing in the processing region",
+        config.cluster.region.trim()
+    );
     let started = Instant::now();
     let data = config.data_dir.clone();
     // One server per data dir: a second one would interleave writes to the same log.
@@ -239,6 +244,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let query = Arc::new(query);
     if let Some((alerts, _)) = &alerts {
+        // A lift whose readings sit in an edge region's backlog is not silent: absence rules
+        // wait while an edge region is out of contact or catching up.
+        let (log, quiet) = (
+            log.clone(),
+            Duration::from_secs(config.cluster.edge_quiet_secs.max(1)),
+        );
+        alerts.set_absence_hold(Arc::new(move || {
+            log.sources().iter().find_map(|s| s.holding_back(quiet))
+        }));
         // Rate rules compare each lift with its own past hours, from the stored rollups.
         let query = query.clone();
         alerts.set_baseline_source(Arc::new(move |counter, hour_us, weeks| {
@@ -627,6 +641,24 @@ pub(crate) async fn open_log(
             &config.cluster.nats_stream,
             0,
         );
+        let region = config.cluster.region.trim();
+        let edges = config.cluster.edge_regions();
+        for r in edges.iter().map(String::as_str).chain(Some(region)) {
+            anyhow::ensure!(
+                r.is_empty() || hoistway_jetstream::valid_region(r),
+                "{r:?} cannot name an edge region (its JetStream domain): letters, digits, - and _, at most 32"
+            );
+        }
+        if !region.is_empty() {
+            anyhow::ensure!(
+                edges.is_empty(),
+                "cluster.edges is for the processing region; this node is in edge region {region:?} (cluster.region)"
+            );
+            js = js.in_region(region);
+        } else if crate::ingest_node::processes(config)? {
+            // The partition's holder keeps the stream's list of edge regions as configured.
+            js.sources = Some(edges);
+        }
         js.replicas = config.cluster.nats_replicas.max(1);
         // Ingest refuses (503) at log.max_bytes; the stream's own limit, an eighth higher, is
         // the backstop for what several nodes append between two reads of its size.
@@ -859,6 +891,7 @@ pub(crate) fn api_limits(config: &Config) -> ApiLimits {
         retry_after_secs: config.ingest.retry_after_secs,
         dead_letter_max_bytes: (!config.ingest.auto_register)
             .then_some(config.ingest.dead_letter_max_bytes),
+        edge_quiet: Duration::from_secs(config.cluster.edge_quiet_secs.max(1)),
     }
 }
 

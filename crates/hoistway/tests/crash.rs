@@ -404,6 +404,159 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
     cluster.finish([ingest, processing]).await;
 }
 
+/// An edge region (its NATS server a leaf node of the processing region's, with a JetStream
+/// domain of its own; one ingest node) acknowledges readings once they are in the region's own
+/// stream. While the processing region's NATS is down the edge keeps acknowledging, and absence
+/// rules wait; once it is back the processing node takes everything in and the simulator's
+/// ledger matches exactly. Readings sent through both regions count once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_region_keeps_accepting_while_the_processing_region_is_away() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let postgres = test_postgres();
+    let schema = scratch_schema("edge");
+    let installed = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let hub = hoistway_jetstream::local::LocalNats::start_hub(installed, "hub").unwrap();
+    let edge_nats =
+        hoistway_jetstream::local::LocalNats::start_leaf(installed, &hub, "eu").unwrap();
+    let mut cluster = Cluster::on(hub, &postgres, &schema);
+    let tmp = tempfile::tempdir().unwrap();
+    let env = cluster.env_with(&[
+        ("HOISTWAY_CLUSTER__EDGES", "eu"),
+        ("HOISTWAY_CLUSTER__EDGE_QUIET_SECS", "3"),
+        ("HOISTWAY_ALERTS__TICK_SECS", "1"),
+    ]);
+    let token = admin_token_with_env(&tmp.path().join("processing"), &env);
+    let processing =
+        TestServer::start_with_token(tmp.path().join("processing"), token.clone(), &env);
+    let (edge_url, edge_monitor) = (edge_nats.url(), edge_nats.monitor_url());
+    let edge_env = cluster.env_with(&[
+        ("HOISTWAY_CLUSTER__NATS", &edge_url),
+        ("HOISTWAY_CLUSTER__NATS_MONITOR", &edge_monitor),
+        ("HOISTWAY_CLUSTER__REGION", "eu"),
+        ("HOISTWAY_ROLES", "ingest"),
+    ]);
+    let edge = TestServer::start_with_token(tmp.path().join("edge"), token, &edge_env);
+    assert_eq!(edge.get("/readyz").await.status, 200);
+
+    let run_for = Duration::from_secs(14);
+    let mut sim = Simulator::new(
+        SimConfig {
+            prefix: "EU-".into(),
+            ..fleet_with_outages(run_for, 41)
+        },
+        edge.addr,
+    );
+    register(&processing, &sim.registry_csv()).await;
+    let stats = sim.stats();
+    let (_stop_tx, stop) = watch::channel(false);
+    let run = tokio::spawn(async move {
+        sim.run(Some(run_for), stop).await;
+        sim
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| cluster.nats.kill());
+    let before = stats.acked.load(Ordering::Relaxed);
+    // The edge keeps acknowledging; the processing node's absence rules wait.
+    processing
+        .eventually("absence rules wait for the edge region", || async {
+            let metrics = processing.get("/metrics").await;
+            String::from_utf8_lossy(&metrics.body).contains("hoistway_alerts_absence_held 1")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = stats.acked.load(Ordering::Relaxed) - before;
+    assert!(
+        during > 100,
+        "the edge acknowledged {during} readings while the hub was down"
+    );
+    tokio::task::block_in_place(|| cluster.nats.restart().unwrap());
+
+    let mut sim = run.await.unwrap();
+    assert!(
+        sim.drain(Duration::from_secs(60)).await,
+        "every buffered reading was acknowledged"
+    );
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+    let ledger = sim.ledger().clone();
+    verified(&processing, &ledger).await;
+    eprintln!(
+        "{} readings counted exactly, {during} acknowledged by the edge while the hub was down",
+        ledger.total_readings()
+    );
+    processing
+        .eventually("the edge region is in contact and caught up", || async {
+            let ready = processing.get("/readyz").await;
+            let metrics = processing.get("/metrics").await;
+            let metrics = String::from_utf8_lossy(&metrics.body).to_string();
+            ready.status == 200
+                && !String::from_utf8_lossy(&ready.body).contains("edge region")
+                && metrics.contains("hoistway_edge_backlog_messages{region=\"eu\"} 0")
+                && metrics.contains("hoistway_alerts_absence_held 0")
+        })
+        .await;
+
+    // A lift that fails over between regions: what reaches both counts once.
+    register(&processing, "lift_id\nBOTH-1\n").await;
+    for seq in 1..=5 {
+        let body = serde_json::to_string(&reading("BOTH-1", seq, 1)).unwrap();
+        for node in [&edge, &processing] {
+            let r = node.post_json("/v1/telemetry", &body).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+    }
+    processing
+        .eventually("readings through both regions counted once", || async {
+            let s = processing.get("/v1/lifts/BOTH-1/state").await.json();
+            s["readings_total"] == 5 && s["trips_total"] == 5
+        })
+        .await;
+    cluster.finish([edge, processing]).await;
+    drop(edge_nats);
+}
+
+/// `hoistway cluster-demo` brings the cluster up on this machine (private NATS servers for a
+/// processing and an edge region, a private PostgreSQL from the machine's packages, three
+/// processing nodes and an ingest node per region), drives a fleet through each ingest node,
+/// and with `--run-for` exits 0 only if every lift agrees with what was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_demo_counts_every_reading_of_both_regions() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nats =
+        hoistway_jetstream::local::nats_server(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
+    let out = tokio::task::block_in_place(|| {
+        hoistway_with_env(
+            &[
+                "cluster-demo".as_ref(),
+                "--lifts".as_ref(),
+                "60".as_ref(),
+                "--speedup".as_ref(),
+                "20".as_ref(),
+                "--port".as_ref(),
+                "0".as_ref(),
+                "--run-for".as_ref(),
+                "10".as_ref(),
+            ],
+            &[("HOISTWAY_NATS_SERVER", nats.as_os_str())],
+        )
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout
+            .matches("verified: every lift's counters and accepted seqs match the ledger")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    for node in ["p1", "p2", "p3", "ingest", "edge"] {
+        assert!(stdout.contains(&format!("  {node} ")), "{node}: {stdout}");
+    }
+}
+
 /// With the processing node stopped, an ingest node keeps acknowledging until the stream reaches
 /// its byte limit, then answers 503 (`/readyz` says why); the lifts keep what they could not
 /// deliver. Once the processing node is back it works the backlog off, the ingest node accepts
@@ -560,7 +713,7 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
 /// A private NATS server, and the settings of the cluster mode on it with PostgreSQL (`postgres`,
 /// `schema`): the log on JetStream, checkpoints every second, leases of 2 s.
 struct Cluster {
-    _nats: hoistway_jetstream::local::LocalNats,
+    nats: hoistway_jetstream::local::LocalNats,
     settings: Vec<(&'static str, String)>,
     /// The schema of the cluster's tables in the tests' PostgreSQL, dropped by `finish`.
     schema: String,
@@ -573,6 +726,11 @@ impl Cluster {
             None,
         )
         .unwrap();
+        Self::on(nats, postgres, schema)
+    }
+
+    /// A cluster whose log is on `nats`.
+    fn on(nats: hoistway_jetstream::local::LocalNats, postgres: &str, schema: &str) -> Self {
         let settings = vec![
             ("HOISTWAY_CLUSTER__NATS", nats.url()),
             ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1".into()),
@@ -583,7 +741,7 @@ impl Cluster {
             ("HOISTWAY_PROCESSOR__LEASE_SECS", "2".into()),
         ];
         Self {
-            _nats: nats,
+            nats,
             settings,
             schema: schema.into(),
         }
@@ -614,6 +772,17 @@ impl Cluster {
             .iter()
             .map(|(k, v)| (*k, v.as_str()))
             .collect()
+    }
+
+    /// The settings with `changes` made (added, or replacing a setting of the same name).
+    fn env_with<'a>(&'a self, changes: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env: Vec<_> = self
+            .env()
+            .into_iter()
+            .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
+            .collect();
+        env.extend_from_slice(changes);
+        env
     }
 }
 

@@ -1,0 +1,395 @@
+//! `hoistway cluster-demo`: the cluster mode on one machine. Private servers on free loopback
+//! ports (NATS, the pinned release, as a processing region and an edge region joined to it as a
+//! leaf node; PostgreSQL from the machine's packages), three processing nodes (one holds the
+//! partition, two stand by to take it over), an ingest node in each region, and a simulated
+//! fleet through each ingest node. Each node is this binary's `serve`, a process of its own.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hoistway_jetstream::local::{LocalNats, NATS_SERVER_VERSION};
+
+use crate::simulate::SimulateArgs;
+
+#[derive(clap::Args)]
+pub struct ClusterDemoArgs {
+    /// Simulated lifts in each region.
+    #[arg(long, default_value_t = 500)]
+    pub lifts: usize,
+    /// Device time runs this many times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    pub speedup: f64,
+    /// Where the nodes' data dirs and logs and PostgreSQL's files go (default: a new directory
+    /// under the temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The first node's HTTP port; the others take the next four (0: any free ports).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// A PostgreSQL to use (its URL) instead of starting one.
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// Stop after this many seconds and check every lift's counters against what the
+    /// simulators had acknowledged (a check that the cluster works; exits non-zero otherwise).
+    #[arg(long)]
+    pub run_for: Option<u64>,
+}
+
+/// A node's settings (`HOISTWAY_*` variables).
+type Env<'a> = [(&'a str, String)];
+
+/// One `hoistway serve` process.
+struct Node {
+    name: &'static str,
+    what: &'static str,
+    addr: SocketAddr,
+    child: Child,
+}
+
+pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("hoistway-cluster-demo-{}", std::process::id()))
+    });
+    // Not a private temp dir: PostgreSQL runs as its own user and must reach its directory.
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let install = install_dir(&dir);
+    println!(
+        "starting NATS {NATS_SERVER_VERSION} (installed once under {}) and PostgreSQL …",
+        install.display()
+    );
+    let (hub, edge) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let hub = LocalNats::start_hub(&install, "hub")?;
+        let edge = LocalNats::start_leaf(&install, &hub, "edge")?;
+        Ok((hub, edge))
+    })
+    .await?
+    .context("cannot start the NATS servers")?;
+    let (postgres, postgres_url) = match &args.postgres {
+        Some(url) => (None, url.clone()),
+        None => {
+            let at = dir.join("postgres");
+            let pg = tokio::task::spawn_blocking(move || {
+                hoistway_postgres::local::LocalPostgres::start(&at)
+            })
+            .await?
+            .context("cannot start a private PostgreSQL (or name one with --postgres)")?;
+            let url = pg.url();
+            (Some(pg), url)
+        }
+    };
+
+    let common: Vec<(&str, String)> = vec![
+        ("HOISTWAY_CLUSTER__NATS", hub.url()),
+        ("HOISTWAY_CLUSTER__NATS_MONITOR", hub.monitor_url()),
+        ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1".into()),
+        ("HOISTWAY_CLUSTER__POSTGRES", postgres_url.clone()),
+        ("HOISTWAY_PROCESSOR__LEASE_SECS", "5".into()),
+        // One machine: the SQL listeners would collide; SQL is on the HTTP API.
+        ("HOISTWAY_QUERY__POSTGRES_LISTEN", String::new()),
+        ("HOISTWAY_QUERY__FLIGHT_LISTEN", String::new()),
+    ];
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let (password, token) = add_admin(&exe, &dir.join("p1"), &common)?;
+    let ports: Vec<u16> = (0..5)
+        .map(|i| match args.port {
+            0 => free_port(),
+            first => Ok(first + i),
+        })
+        .collect::<std::io::Result<_>>()?;
+    let at = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+    let processing: Vec<(&str, String)> = common
+        .iter()
+        .cloned()
+        .chain([("HOISTWAY_CLUSTER__EDGES", "edge".to_string())])
+        .collect();
+    let ingest: Vec<(&str, String)> = common
+        .iter()
+        .cloned()
+        .chain([("HOISTWAY_ROLES", "ingest".to_string())])
+        .collect();
+    let at_edge: Vec<(&str, String)> = ingest
+        .iter()
+        .filter(|(k, _)| !k.starts_with("HOISTWAY_CLUSTER__NATS"))
+        .cloned()
+        .chain([
+            ("HOISTWAY_CLUSTER__NATS", edge.url()),
+            ("HOISTWAY_CLUSTER__NATS_MONITOR", edge.monitor_url()),
+            ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1".into()),
+            ("HOISTWAY_CLUSTER__REGION", "edge".into()),
+        ])
+        .collect();
+
+    let mut nodes = Vec::new();
+    let result = async {
+        // In this order: the edge's stream exists before the processing region's stream looks
+        // for it (NATS waits longer between later looks), and the first processing node holds
+        // the partition before the others start, which then stand by to take it over.
+        let plan: [(&'static str, &'static str, usize, &Env); 5] = [
+            ("edge", "ingest, edge region", 4, &at_edge),
+            ("ingest", "ingest, processing region", 3, &ingest),
+            ("p1", "processing (holds the partition)", 0, &processing),
+            ("p2", "processing (stands by)", 1, &processing),
+            ("p3", "processing (stands by)", 2, &processing),
+        ];
+        for (i, (name, what, port, env)) in plan.into_iter().enumerate() {
+            nodes.push(spawn(&exe, &dir, name, what, at(port), env)?);
+            if i < 3 {
+                ready(&nodes[i], Duration::from_secs(60)).await?;
+            }
+        }
+        // Listed with the processing nodes first.
+        nodes.rotate_left(2);
+        tell(&args, &dir, &nodes, &postgres_url, &password, &token);
+        let fleet = |target: SocketAddr, prefix: &str, seed: u64| SimulateArgs {
+            api: Some(format!("http://{}", at(0))),
+            prefix: prefix.into(),
+            seed,
+            duration_secs: args.run_for.map(|s| s as f64),
+            verify: args.run_for.is_some(),
+            operator_token: Some(token.clone()),
+            ..SimulateArgs::for_demo(target, args.lifts, args.speedup)
+        };
+        let fleets = [
+            tokio::spawn(crate::simulate::run(fleet(at(3), "HUB-", 1))),
+            tokio::spawn(crate::simulate::run(fleet(at(4), "EDGE-", 2))),
+        ];
+        let status = tokio::spawn(report_status(
+            nodes.iter().map(|n| (n.name, n.addr)).collect(),
+        ));
+        let mut outcome = Ok(());
+        if args.run_for.is_some() {
+            for fleet in fleets {
+                if let Err(e) = fleet.await? {
+                    outcome = Err(e);
+                }
+            }
+        } else {
+            // Until Ctrl-C: what the lifts still hold is not delivered (the nodes stop next).
+            crate::serve::termination().await;
+            for fleet in &fleets {
+                fleet.abort();
+            }
+        }
+        status.abort();
+        outcome
+    }
+    .await;
+    println!("stopping the nodes …");
+    for node in nodes.iter_mut().rev() {
+        stop(node);
+    }
+    drop((hub, edge, postgres));
+    if args.dir.is_none() && result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Where the pinned nats-server is installed, once: the user's cache, else `dir`.
+fn install_dir(dir: &Path) -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map_or_else(|| dir.join("nats"), |cache| cache.join("hoistway"))
+}
+
+/// An admin account with an API token, in the shared state (PostgreSQL).
+fn add_admin(exe: &Path, data: &Path, env: &[(&str, String)]) -> anyhow::Result<(String, String)> {
+    let out = Command::new(exe)
+        .args([
+            "users",
+            "add",
+            "admin",
+            "--role",
+            "admin",
+            "--api-token",
+            "cluster-demo",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .context("cannot run hoistway users add")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "hoistway users add failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_owned)
+            .with_context(|| format!("hoistway users add printed no {prefix:?} line"))
+    };
+    Ok((line("password: ")?, line("api token: ")?))
+}
+
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    name: &'static str,
+    what: &'static str,
+    addr: SocketAddr,
+    env: &[(&str, String)],
+) -> anyhow::Result<Node> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    use std::os::unix::process::CommandExt;
+    // A group of its own: Ctrl-C reaches the demo, which stops the nodes before NATS.
+    let child = Command::new(exe)
+        .process_group(0)
+        .arg("serve")
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .env("HOISTWAY_DATA_DIR", dir.join(name))
+        .env("HOISTWAY_LISTEN", addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start node {name}"))?;
+    Ok(Node {
+        name,
+        what,
+        addr,
+        child,
+    })
+}
+
+/// Waits until `node` answers `/readyz` with 200.
+async fn ready(node: &Node, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if readiness(node.addr).await.as_deref() == Some("ready") {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {} did not become ready at {} (see {}.log)",
+            node.name,
+            node.addr,
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a node's `/readyz` says: `ready`, the reason it is not, or `None` if it does not
+/// answer (a standby does not listen until it holds the partition).
+async fn readiness(addr: SocketAddr) -> Option<String> {
+    let mut conn = hoistway_sim::client::Connection::new(addr);
+    let reply = conn
+        .send(
+            hyper::Method::GET,
+            "/readyz",
+            "application/json",
+            bytes::Bytes::new(),
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
+    Some(if reply.status == hyper::StatusCode::OK {
+        "ready".into()
+    } else {
+        body["detail"].as_str().unwrap_or("not ready").to_owned()
+    })
+}
+
+/// One line every 15 s: which nodes answer.
+async fn report_status(nodes: Vec<(&'static str, SocketAddr)>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let mut parts = Vec::new();
+        for (name, addr) in &nodes {
+            let state = readiness(*addr)
+                .await
+                .unwrap_or_else(|| "not listening".into());
+            parts.push(format!("{name}: {state}"));
+        }
+        println!("[cluster] {}", parts.join(" · "));
+    }
+}
+
+fn tell(
+    args: &ClusterDemoArgs,
+    dir: &Path,
+    nodes: &[Node],
+    postgres: &str,
+    password: &str,
+    token: &str,
+) {
+    println!();
+    println!("the cluster (logs in {}):", dir.display());
+    for node in nodes {
+        println!(
+            "  {:<7} http://{:<16} pid {:<7} {}",
+            node.name,
+            node.addr,
+            node.child.id(),
+            node.what
+        );
+    }
+    println!("  PostgreSQL: {postgres}");
+    println!();
+    println!(
+        "web UI: http://{}/ (log in as admin, password {password}; the first login enrols a TOTP second factor)",
+        nodes[0].addr
+    );
+    println!("API token: export HOISTWAY_TOKEN={token}");
+    println!(
+        "  curl -s -H \"authorization: Bearer $HOISTWAY_TOKEN\" http://{}/v1/fleet/summary",
+        nodes[0].addr
+    );
+    println!(
+        "  curl -s -H \"authorization: Bearer $HOISTWAY_TOKEN\" http://{}/metrics | grep -E 'edge|absence'",
+        nodes[0].addr
+    );
+    println!();
+    println!(
+        "{} lifts report through the processing region's ingest node, {} through the edge region's.",
+        args.lifts, args.lifts
+    );
+    println!(
+        "Try a failover: kill -9 {} (p1); within seconds p2 or p3 takes the partition over and serves on its own address.",
+        nodes[0].child.id()
+    );
+    println!(
+        "(Each node keeps its Parquet files in its own data dir here: the one taking over has the counters, alerts and \
+         everything still in the stream, not p1's stored files. Put the tiers on S3 for that; docs/deploy.md.)"
+    );
+    match args.run_for {
+        Some(s) => println!("running for {s} s, then checking every lift's counters"),
+        None => println!("Ctrl-C stops the demo"),
+    }
+    println!();
+}
+
+/// SIGTERM, then (after 20 s) SIGKILL.
+fn stop(node: &mut Node) {
+    if let Ok(Some(_)) = node.child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(node.child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = node.child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+}
