@@ -143,12 +143,15 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
         // Listed with the processing nodes first.
         nodes.rotate_left(2);
         tell(&args, &dir, &nodes, &postgres_url, &password, &token);
+        // The ledgers of what each fleet had acknowledged, checked at the end against whichever
+        // processing node then holds the partition (p1 may have been killed meanwhile).
+        let ledger = |prefix: &str| dir.join(format!("ledger-{prefix}json"));
         let fleet = |target: SocketAddr, prefix: &str, seed: u64| SimulateArgs {
             api: Some(format!("http://{}", at(0))),
             prefix: prefix.into(),
             seed,
             duration_secs: args.run_for.map(|s| s as f64),
-            verify: args.run_for.is_some(),
+            ledger: args.run_for.map(|_| ledger(prefix)),
             operator_token: Some(token.clone()),
             ..SimulateArgs::for_demo(target, args.lifts, args.speedup)
         };
@@ -165,6 +168,10 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
                 if let Err(e) = fleet.await? {
                     outcome = Err(e);
                 }
+            }
+            if outcome.is_ok() {
+                let holders: Vec<_> = nodes[..3].iter().map(|n| (n.name, n.addr)).collect();
+                outcome = verify_fleets(&holders, &token, &[ledger("HUB-"), ledger("EDGE-")]).await;
             }
         } else {
             // Until Ctrl-C: what the lifts still hold is not delivered (the nodes stop next).
@@ -303,6 +310,51 @@ async fn readiness(addr: SocketAddr) -> Option<String> {
     } else {
         body["detail"].as_str().unwrap_or("not ready").to_owned()
     })
+}
+
+/// Checks each fleet's ledger against the processing node that holds the partition now (for
+/// a while: it may still be taking over or applying the last readings).
+async fn verify_fleets(
+    processing: &[(&'static str, SocketAddr)],
+    token: &str,
+    ledgers: &[PathBuf],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for path in ledgers {
+        let ledger: hoistway_sim::Ledger = serde_json::from_slice(
+            &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        )?;
+        anyhow::ensure!(ledger.total_readings() > 0, "no reading was acknowledged");
+        loop {
+            let mut holder = None;
+            for (name, addr) in processing {
+                if readiness(*addr).await.as_deref() == Some("ready") {
+                    holder = Some((*name, *addr));
+                }
+            }
+            let problems = match holder {
+                Some((_, addr)) => hoistway_sim::verify(addr, Some(token), &ledger).await,
+                None => vec!["no processing node holds the partition".to_string()],
+            };
+            if problems.is_empty() {
+                println!(
+                    "verified on {}: {} readings of {} lifts, each counted exactly once",
+                    holder.map_or("?", |h| h.0),
+                    ledger.total_readings(),
+                    ledger.lifts.len()
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                for p in problems.iter().take(20) {
+                    eprintln!("mismatch: {p}");
+                }
+                anyhow::bail!("{} differences from {}", problems.len(), path.display());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
 }
 
 /// One line every 15 s: which nodes answer.

@@ -516,45 +516,89 @@ async fn an_edge_region_keeps_accepting_while_the_processing_region_is_away() {
 
 /// `hoistway cluster-demo` brings the cluster up on this machine (private NATS servers for a
 /// processing and an edge region, a private PostgreSQL from the machine's packages, three
-/// processing nodes and an ingest node per region), drives a fleet through each ingest node,
-/// and with `--run-for` exits 0 only if every lift agrees with what was acknowledged.
+/// processing nodes and an ingest node per region) and drives a fleet through each ingest node.
+/// The processing node holding the partition is killed (-9) mid-run: a standby takes over, and
+/// with `--run-for` the demo exits 0 only if every lift of both fleets agrees, on the new holder,
+/// with what was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cluster_demo_counts_every_reading_of_both_regions() {
+async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover() {
     let _one = ONE_AT_A_TIME.lock().await;
     let nats =
         hoistway_jetstream::local::nats_server(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
-    let out = tokio::task::block_in_place(|| {
-        hoistway_with_env(
-            &[
-                "cluster-demo".as_ref(),
-                "--lifts".as_ref(),
-                "60".as_ref(),
-                "--speedup".as_ref(),
-                "20".as_ref(),
-                "--port".as_ref(),
-                "0".as_ref(),
-                "--run-for".as_ref(),
-                "10".as_ref(),
-            ],
-            &[("HOISTWAY_NATS_SERVER", nats.as_os_str())],
-        )
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_hoistway"))
+        .args([
+            "cluster-demo",
+            "--lifts",
+            "60",
+            "--speedup",
+            "20",
+            "--port",
+            "0",
+        ])
+        .args(["--run-for", "16"])
+        .env("HOISTWAY_NATS_SERVER", &nats)
+        .env("HOISTWAY_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = demo.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
     });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stdout
-            .matches("verified: every lift's counters and accepted seqs match the ledger")
-            .count(),
-        2,
-        "{stdout}"
-    );
+    let mut seen = Vec::new();
+    let holder = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no failover hint in {seen:#?}"));
+        seen.push(line.clone());
+        if let Some(rest) = line.strip_prefix("Try a failover: kill -9 ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &holder])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let status = loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            demo.kill().unwrap();
+            panic!("the demo did not end: {seen:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    reader.join().unwrap();
+    seen.extend(lines.try_iter());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut demo.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stdout = seen.join("\n");
+    assert!(status.success(), "{stdout}\n{stderr}");
     for node in ["p1", "p2", "p3", "ingest", "edge"] {
         assert!(stdout.contains(&format!("  {node} ")), "{node}: {stdout}");
     }
+    let verified: Vec<&str> = seen
+        .iter()
+        .filter(|l| l.starts_with("verified on "))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(verified.len(), 2, "{stdout}");
+    assert!(
+        verified.iter().all(|l| !l.starts_with("verified on p1")),
+        "a standby holds the partition after p1 was killed: {verified:?}"
+    );
 }
 
 /// With the processing node stopped, an ingest node keeps acknowledging until the stream reaches
