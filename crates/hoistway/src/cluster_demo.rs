@@ -357,18 +357,51 @@ async fn verify_fleets(
     Ok(())
 }
 
-/// One line every 15 s: which nodes answer.
+/// A line whenever another processing node holds the partition (with how long none did), and
+/// every 15 s one with what each node's `/readyz` says.
 async fn report_status(nodes: Vec<(&'static str, SocketAddr)>) {
+    let mut holder = Some("p1");
+    let mut without_since: Option<Instant> = None;
+    let mut next_line = Instant::now() + Duration::from_secs(15);
     loop {
-        tokio::time::sleep(Duration::from_secs(15)).await;
-        let mut parts = Vec::new();
-        for (name, addr) in &nodes {
-            let state = readiness(*addr)
-                .await
-                .unwrap_or_else(|| "not listening".into());
-            parts.push(format!("{name}: {state}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut now_holder = None;
+        for (name, addr) in nodes.iter().filter(|(n, _)| n.starts_with('p')) {
+            if readiness(*addr).await.as_deref() == Some("ready") {
+                now_holder = Some(*name);
+                break;
+            }
         }
-        println!("[cluster] {}", parts.join(" · "));
+        if now_holder != holder {
+            match (holder, now_holder) {
+                (Some(was), None) => {
+                    without_since = Some(Instant::now());
+                    println!(
+                        "[cluster] {was} stopped answering: a standby takes the partition over once its lease lapses"
+                    );
+                }
+                (_, Some(now)) => println!(
+                    "[cluster] {now} holds the partition now{}",
+                    without_since.take().map_or(String::new(), |t| format!(
+                        " (after {:.1} s without a holder)",
+                        t.elapsed().as_secs_f64()
+                    ))
+                ),
+                (None, None) => {}
+            }
+            holder = now_holder;
+        }
+        if Instant::now() >= next_line {
+            next_line += Duration::from_secs(15);
+            let mut parts = Vec::new();
+            for (name, addr) in &nodes {
+                let state = readiness(*addr)
+                    .await
+                    .unwrap_or_else(|| "not listening".into());
+                parts.push(format!("{name}: {state}"));
+            }
+            println!("[cluster] {}", parts.join(" · "));
+        }
     }
 }
 

@@ -599,6 +599,11 @@ async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover
         verified.iter().all(|l| !l.starts_with("verified on p1")),
         "a standby holds the partition after p1 was killed: {verified:?}"
     );
+    let takeover = seen
+        .iter()
+        .find(|l| l.contains("holds the partition now (after"))
+        .unwrap_or_else(|| panic!("no takeover reported: {stdout}"));
+    eprintln!("{takeover}");
 }
 
 /// With the processing node stopped, an ingest node keeps acknowledging until the stream reaches
