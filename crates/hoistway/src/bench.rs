@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// dir unless HOISTWAY_NATS_SERVER names one).
     #[arg(long)]
     pub(crate) jetstream_only: bool,
+    /// Run only the edge region phase: an edge takes appends while the processing region's
+    /// NATS server is down, then the time until that server's stream has taken them in.
+    #[arg(long)]
+    pub(crate) edge_only: bool,
 }
 
 pub(crate) struct Proc {
@@ -494,6 +498,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.jetstream_only {
         return crate::bench_jetstream::run(&tmp, &args).await;
+    }
+    if args.edge_only {
+        return crate::bench_jetstream::edge(&tmp, &args).await;
     }
 
     // 1. One reading per request: hoistway vs a bare axum handler vs PostgreSQL, at each
