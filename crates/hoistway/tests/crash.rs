@@ -174,12 +174,7 @@ async fn with_the_log_on_jetstream_nothing_acknowledged_is_lost_when_either_proc
         }
     }
     let mut sim = running.await.unwrap();
-    assert!(
-        sim.drain(Duration::from_secs(60)).await,
-        "every buffered reading was acknowledged"
-    );
-    let ledger = sim.ledger().clone();
-    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+    let ledger = drained(&mut sim).await;
     assert!(
         stats.failed_requests.load(Ordering::Relaxed) > 0,
         "the kills never hit a request"
@@ -240,7 +235,6 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
     config.request_timeout = Duration::from_secs(3);
     let mut sim = Simulator::new(config, balancer.addr);
     register(&first, &sim.registry_csv()).await;
-    let stats = sim.stats();
     let (_stop_tx, stop) = watch::channel(false);
     let running = tokio::spawn(async move {
         sim.run(Some(run_for), stop).await;
@@ -294,12 +288,7 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
     balancer.set_target(third.addr);
 
     let mut sim = running.await.unwrap();
-    assert!(
-        sim.drain(Duration::from_secs(60)).await,
-        "every buffered reading was acknowledged"
-    );
-    let ledger = sim.ledger().clone();
-    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+    let ledger = drained(&mut sim).await;
     assert!(
         ledger.total_readings() > 3_000,
         "{}",
@@ -370,7 +359,6 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
     let mut through_processing = Simulator::new(fleet(22, "PR-"), processing.addr);
     register(&processing, &through_ingest.registry_csv()).await;
     register(&processing, &through_processing.registry_csv()).await;
-    let stats = [through_ingest.stats(), through_processing.stats()];
     let (_stop_tx, stop) = watch::channel(false);
     let runs = [
         tokio::spawn({
@@ -385,14 +373,9 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
             through_processing
         }),
     ];
-    for (run, stats) in runs.into_iter().zip(&stats) {
+    for run in runs {
         let mut sim = run.await.unwrap();
-        assert!(
-            sim.drain(Duration::from_secs(60)).await,
-            "every buffered reading was acknowledged"
-        );
-        assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
-        let ledger = sim.ledger().clone();
+        let ledger = drained(&mut sim).await;
         assert!(
             ledger.total_readings() > 1_000,
             "{}",
@@ -472,12 +455,7 @@ async fn an_edge_region_keeps_accepting_while_the_processing_region_is_away() {
     tokio::task::block_in_place(|| cluster.nats.restart().unwrap());
 
     let mut sim = run.await.unwrap();
-    assert!(
-        sim.drain(Duration::from_secs(60)).await,
-        "every buffered reading was acknowledged"
-    );
-    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
-    let ledger = sim.ledger().clone();
+    let ledger = drained(&mut sim).await;
     verified(&processing, &ledger).await;
     eprintln!(
         "{} readings counted exactly, {during} acknowledged by the edge while the hub was down",
@@ -661,18 +639,82 @@ async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_i
         &cluster.env(),
     );
     let mut sim = running.await.unwrap();
-    assert!(
-        sim.drain(Duration::from_secs(60)).await,
-        "every buffered reading was acknowledged once the processing node was back"
-    );
-    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
-    let ledger = sim.ledger().clone();
+    let ledger = drained(&mut sim).await;
     verified(&processing, &ledger).await;
     eprintln!(
         "{acked_alone} readings acknowledged with the processing node stopped; {} in all, counted exactly",
         ledger.total_readings()
     );
     cluster.finish([ingest, processing]).await;
+}
+
+/// PostgreSQL itself crashes under a fleet's load (a private server stopped `immediate`: its
+/// processes quit at once, nothing is flushed or checkpointed, and the next start recovers from
+/// the WAL) and starts again 5 s later: the holder keeps acknowledging meanwhile, then
+/// checkpoints again, and every acknowledged reading is counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_in_postgres_a_crash_of_postgres_loses_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Readable by the postgres user, which the server runs as when the tests run as root.
+    let pg_dir = tempfile::Builder::new()
+        .prefix("hoistway-pg-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let mut pg = tokio::task::block_in_place(|| {
+        hoistway_postgres::local::LocalPostgres::start(&pg_dir.path().join("pg"))
+    })
+    .unwrap();
+    let cluster = Cluster::start(&pg.url(), "pgcrash");
+    let env = cluster.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let token = admin_token_with_env(&tmp.path().join("data"), &env);
+    let mut server = TestServer::start_with_token(tmp.path().join("data"), token, &env);
+    let run_for = Duration::from_secs(12);
+    let mut sim = Simulator::new(fleet_with_outages(run_for, 19), server.addr);
+    register(&server, &sim.registry_csv()).await;
+    let stats = sim.stats();
+    let (_stop_tx, stop) = watch::channel(false);
+    let running = tokio::spawn(async move {
+        sim.run(Some(run_for), stop).await;
+        sim
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::task::block_in_place(|| pg.crash()).unwrap();
+    let acked_before = stats.acked.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let acked_during = stats.acked.load(Ordering::Relaxed) - acked_before;
+    tokio::task::block_in_place(|| pg.start_again()).unwrap();
+    assert!(
+        acked_during > 1_000,
+        "only {acked_during} readings were acknowledged while PostgreSQL was down"
+    );
+    let mut sim = running.await.unwrap();
+    let ledger = drained(&mut sim).await;
+    verified(&server, &ledger).await;
+    assert!(
+        tokio::task::block_in_place(|| server.wait_exit(Duration::from_millis(200))).is_none(),
+        "the holder stopped"
+    );
+    let addr = server.addr;
+    server
+        .eventually("checkpoints again", || async move {
+            let r = http(addr, "GET", "/readyz", &[], Bytes::new()).await;
+            r.status == 200 && !String::from_utf8_lossy(&r.body).contains("no checkpoint for")
+        })
+        .await;
+    // A restart from what PostgreSQL recovered: still exact.
+    tokio::task::block_in_place(|| {
+        server.kill9();
+        server.spawn();
+    });
+    verified(&server, &ledger).await;
+    eprintln!(
+        "{} readings, {acked_during} acknowledged while PostgreSQL was down",
+        ledger.total_readings()
+    );
+    cluster.finish([server]).await;
 }
 
 /// Cluster mode with PostgreSQL out of reach for three lease lengths under a fleet's load: the
@@ -717,12 +759,7 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
         "only {acked_during} readings were acknowledged while PostgreSQL was out of reach"
     );
     let mut sim = running.await.unwrap();
-    assert!(
-        sim.drain(Duration::from_secs(60)).await,
-        "every buffered reading was acknowledged"
-    );
-    let ledger = sim.ledger().clone();
-    assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
+    let ledger = drained(&mut sim).await;
     verified(&server, &ledger).await;
     assert!(
         tokio::task::block_in_place(|| server.wait_exit(Duration::from_millis(200))).is_none(),
@@ -764,8 +801,9 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
 struct Cluster {
     nats: hoistway_jetstream::local::LocalNats,
     settings: Vec<(&'static str, String)>,
-    /// The schema of the cluster's tables in the tests' PostgreSQL, dropped by `finish`.
+    /// The schema of the cluster's tables in its PostgreSQL, dropped by `finish`.
     schema: String,
+    postgres: String,
 }
 
 impl Cluster {
@@ -793,6 +831,7 @@ impl Cluster {
             nats,
             settings,
             schema: schema.into(),
+            postgres: postgres.into(),
         }
     }
 
@@ -801,7 +840,7 @@ impl Cluster {
         for mut server in servers {
             tokio::task::block_in_place(|| assert!(server.terminate()));
         }
-        drop_schema(&test_postgres(), &self.schema).await;
+        drop_schema(&self.postgres, &self.schema).await;
     }
 
     /// A node with every role and an ingest node (`HOISTWAY_ROLES=ingest`), with the data dirs
@@ -948,13 +987,7 @@ async fn storage_survives_crashes_at_flush_and_compaction() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let mut sim = running.await.unwrap();
-    assert!(sim.drain(Duration::from_secs(60)).await);
-    assert_eq!(
-        sim.stats().rejected.load(Ordering::Relaxed),
-        0,
-        "the server rejected simulated readings"
-    );
-    let ledger = sim.ledger().clone();
+    let ledger = drained(&mut sim).await;
     assert!(ledger.total_readings() > 3_000);
     verified(&server, &ledger).await;
     stored_readings_match_the_ledger(&server, &ledger).await;
@@ -1102,6 +1135,21 @@ fn merge_ledgers(earlier: &Ledger, later: &Ledger) -> Ledger {
         m.seqs = t.seqs.clone();
     }
     merged
+}
+
+/// Delivers what the simulator still holds (all of it must be acknowledged) and checks that the
+/// server rejected none of its readings; returns its ledger.
+async fn drained(sim: &mut Simulator) -> Ledger {
+    assert!(
+        sim.drain(Duration::from_secs(60)).await,
+        "every buffered reading was acknowledged"
+    );
+    assert_eq!(
+        sim.stats().rejected.load(Ordering::Relaxed),
+        0,
+        "the server rejected simulated readings"
+    );
+    sim.ledger().clone()
 }
 
 /// Waits (at most a minute) until the server's state matches the ledger for every lift.
@@ -1670,9 +1718,7 @@ async fn backups_taken_during_ingest_and_compaction_restore_exactly() {
     );
     assert!(first["copied_files"].as_u64().unwrap() > 0, "{first}");
     let mut sim = running.await.unwrap();
-    assert!(sim.drain(Duration::from_secs(60)).await);
-    assert_eq!(sim.stats().rejected.load(Ordering::Relaxed), 0);
-    let ledger = sim.ledger().clone();
+    let ledger = drained(&mut sim).await;
     verified(&server, &ledger).await;
     // Quiet storage (everything flushed, nothing left to compact), so the third backup finds
     // every file in place.
