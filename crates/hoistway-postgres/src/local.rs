@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 pub struct LocalPostgres {
     bin: PathBuf,
     data: PathBuf,
+    log: PathBuf,
     port: u16,
     /// The user the programs run as (`postgres` when this process is root).
     run_as: Option<String>,
@@ -35,6 +36,7 @@ impl LocalPostgres {
         let mut pg = LocalPostgres {
             bin,
             data,
+            log: dir.join("postgres.log"),
             port,
             run_as,
             running: false,
@@ -52,26 +54,49 @@ impl LocalPostgres {
                 "--no-instructions".as_ref(),
             ],
         )?;
+        pg.start_again()?;
+        Ok(pg)
+    }
+
+    /// Starts the server (again, after [`crash`](Self::crash) or [`stop`](Self::stop)) on
+    /// the same port and files; it recovers from its WAL as after a power cut.
+    pub fn start_again(&mut self) -> io::Result<()> {
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
-            port = pg.port
+            port = self.port
         );
-        let log = dir.join("postgres.log");
-        pg.run(
+        self.run(
             "pg_ctl",
             &[
                 "-D".as_ref(),
-                pg.data.as_os_str(),
+                self.data.as_os_str(),
                 "-l".as_ref(),
-                log.as_os_str(),
+                self.log.as_os_str(),
                 "-o".as_ref(),
                 options.as_ref(),
                 "-w".as_ref(),
                 "start".as_ref(),
             ],
         )?;
-        pg.running = true;
-        Ok(pg)
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stops the server as a crash does (`immediate`: every process quits at once, nothing is
+    /// flushed or checkpointed; the next start recovers from the WAL).
+    pub fn crash(&mut self) -> io::Result<()> {
+        self.running = false;
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                self.data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        )
     }
 
     /// The URL of its `postgres` database, as user `postgres`.
