@@ -298,10 +298,13 @@ async fn a_cluster_loses_no_acknowledged_record_when_the_streams_leader_dies() {
 /// and drops none it holds; truncation makes room again.
 #[tokio::test]
 async fn the_byte_limit_refuses_appends_and_drops_nothing() {
-    let nats = LocalNats::start(tmp(), None).unwrap();
+    // Each step says what failed: this test once failed in CI where the output kept no line.
+    let nats = LocalNats::start(tmp(), None).expect("a NATS server");
     let mut config = nats.log_config(0);
     config.max_bytes = Some(32 * 1024);
-    let log = JetStreamLog::open(config).await.unwrap();
+    let log = JetStreamLog::open(config)
+        .await
+        .unwrap_or_else(|e| panic!("opening the stream: {e}"));
     let mut written = Vec::new();
     let refused = loop {
         assert!(written.len() < 1000, "the limit never refused an append");
@@ -312,10 +315,18 @@ async fn the_byte_limit_refuses_appends_and_drops_nothing() {
         }
     };
     assert!(refused.is_transient(), "{refused}");
-    assert!(written.len() >= 20, "{} accepted", written.len());
+    assert!(
+        written.len() >= 20,
+        "{} accepted before {refused}",
+        written.len()
+    );
     assert_eq!(read_all(&log, 0).await, written);
-    log.truncate_before(log.durable_end()).await.unwrap();
-    log.append(vec![payload(1)]).await.unwrap();
+    log.truncate_before(log.durable_end())
+        .await
+        .unwrap_or_else(|e| panic!("truncating: {e}"));
+    log.append(vec![payload(1)])
+        .await
+        .unwrap_or_else(|e| panic!("appending after the truncation: {e}"));
 }
 
 #[tokio::test]
