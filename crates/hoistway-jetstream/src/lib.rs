@@ -165,6 +165,33 @@ struct Edge {
     subject: String,
 }
 
+impl Edge {
+    fn new(prefix: &str, region: &str, partition: u32) -> Self {
+        Edge {
+            region: region.to_owned(),
+            stream: edge_stream(prefix, region, partition),
+            subject: edge_subject(prefix, region, partition),
+        }
+    }
+
+    /// How this stream sources it.
+    fn as_source(&self) -> stream::Source {
+        stream::Source {
+            name: self.stream.clone(),
+            // From the edge's first message whenever this stream holds none of its messages
+            // to resume after; by default NATS would start at this stream's newest message's
+            // time once it was truncated, skipping what the edge took meanwhile.
+            start_sequence: Some(1),
+            // The region's JetStream API, through the leaf node connection.
+            external: Some(stream::External {
+                api_prefix: format!("$JS.{}.API", self.region),
+                delivery_prefix: None,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// The sequence in its source stream of a message a stream took in, from its
 /// `Nats-Stream-Source` header (`<stream>[:<hash>] <sequence> …`).
 fn source_sequence(header: &str) -> Option<u64> {
@@ -368,33 +395,11 @@ impl JetStreamLog {
         let edges_wanted: Option<Vec<Edge>> = config.sources.as_ref().map(|regions| {
             regions
                 .iter()
-                .map(|r| Edge {
-                    region: r.clone(),
-                    stream: edge_stream(&config.prefix, r, config.partition),
-                    subject: edge_subject(&config.prefix, r, config.partition),
-                })
+                .map(|r| Edge::new(&config.prefix, r, config.partition))
                 .collect()
         });
         let sources_of = |edges: &[Edge]| -> Option<Vec<stream::Source>> {
-            (!edges.is_empty()).then(|| {
-                edges
-                    .iter()
-                    .map(|e| stream::Source {
-                        name: e.stream.clone(),
-                        // From the edge's first message whenever this stream holds none of
-                        // its messages to resume after; by default NATS would start at this
-                        // stream's newest message's time once it was truncated, skipping what
-                        // the edge took meanwhile.
-                        start_sequence: Some(1),
-                        // The region's JetStream API, through the leaf node connection.
-                        external: Some(stream::External {
-                            api_prefix: format!("$JS.{}.API", e.region),
-                            delivery_prefix: None,
-                        }),
-                        ..Default::default()
-                    })
-                    .collect()
-            })
+            (!edges.is_empty()).then(|| edges.iter().map(Edge::as_source).collect())
         };
         let wanted = stream::Config {
             name: config.stream.clone(),
@@ -458,11 +463,9 @@ impl JetStreamLog {
             .iter()
             .flatten()
             .filter_map(|s| {
-                let region = region_of(s)?;
                 Some(Edge {
-                    subject: edge_subject(&config.prefix, &region, config.partition),
                     stream: s.name.clone(),
-                    region,
+                    ..Edge::new(&config.prefix, &region_of(s)?, config.partition)
                 })
             })
             .collect();
