@@ -52,7 +52,6 @@ pub fn processes(config: &Config) -> anyhow::Result<bool> {
 /// Starts an ingest node.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let started = Instant::now();
-
     anyhow::ensure!(
         !config.cluster.nats_servers().is_empty() && !config.cluster.postgres.trim().is_empty(),
         "an ingest node (roles = \"ingest\") needs cluster.nats, where it appends readings for the processing node, \
@@ -201,6 +200,36 @@ mod tests {
         for apart in ["query", "processor,query,maintenance", "ingest,query"] {
             let refused = roles(apart).unwrap_err().to_string();
             assert!(refused.contains("ingest alone"), "{apart}: {refused}");
+        }
+    }
+
+    #[test]
+    fn a_node_is_in_an_edge_region_or_the_processing_region() {
+        use crate::serve::{Regions, regions};
+        let node = |region: &str, edges: &str| {
+            let mut config = Config::default();
+            config.cluster.region = region.into();
+            config.cluster.edges = edges.into();
+            regions(&config)
+        };
+        assert_eq!(node("", "").unwrap(), Regions::Processing(vec![]));
+        assert_eq!(
+            node(" ", "eu, ap-south_2").unwrap(),
+            Regions::Processing(vec!["eu".into(), "ap-south_2".into()])
+        );
+        assert_eq!(node(" eu ", "").unwrap(), Regions::Edge("eu".into()));
+        let both = node("eu", "ap").unwrap_err().to_string();
+        assert!(
+            both.contains("cluster.edges is for the processing region"),
+            "{both}"
+        );
+        for bad in ["eu.west", "eu west", "hub*", &"x".repeat(33)] {
+            let refused = node(bad, "").unwrap_err().to_string();
+            assert!(
+                refused.contains("cannot name an edge region"),
+                "{bad}: {refused}"
+            );
+            assert!(node("", bad).is_err(), "{bad}");
         }
     }
 }

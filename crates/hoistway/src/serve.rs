@@ -641,23 +641,13 @@ pub(crate) async fn open_log(
             &config.cluster.nats_stream,
             0,
         );
-        let region = config.cluster.region.trim();
-        let edges = config.cluster.edge_regions();
-        for r in edges.iter().map(String::as_str).chain(Some(region)) {
-            anyhow::ensure!(
-                r.is_empty() || hoistway_jetstream::valid_region(r),
-                "{r:?} cannot name an edge region (its JetStream domain): letters, digits, - and _, at most 32"
-            );
-        }
-        if !region.is_empty() {
-            anyhow::ensure!(
-                edges.is_empty(),
-                "cluster.edges is for the processing region; this node is in edge region {region:?} (cluster.region)"
-            );
-            js = js.in_region(region);
-        } else if crate::ingest_node::processes(config)? {
+        match regions(config)? {
+            Regions::Edge(region) => js = js.in_region(&region),
             // The partition's holder keeps the stream's list of edge regions as configured.
-            js.sources = Some(edges);
+            Regions::Processing(edges) if crate::ingest_node::processes(config)? => {
+                js.sources = Some(edges)
+            }
+            Regions::Processing(_) => {}
         }
         js.replicas = config.cluster.nats_replicas.max(1);
         // Ingest refuses (503) at log.max_bytes; the stream's own limit, an eighth higher, is
@@ -691,6 +681,10 @@ pub(crate) async fn open_log(
         }
         return Ok((Arc::new(log), None));
     }
+    anyhow::ensure!(
+        matches!(regions(config)?, Regions::Processing(edges) if edges.is_empty()),
+        "cluster.region and cluster.edges are for the log on NATS JetStream (cluster.nats)"
+    );
     let mut log_config = FileLogConfig::new(data.join("log"));
     log_config.segment_bytes = config.log.segment_bytes;
     log_config.write_version = config.log.segment_format;
@@ -708,6 +702,34 @@ pub(crate) async fn open_log(
     );
     let file_log = Arc::new(file_log);
     Ok((file_log.clone(), Some(file_log)))
+}
+
+/// Which region a node is in, as `cluster.region` and `cluster.edges` say.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Regions {
+    /// An edge region's (its name).
+    Edge(String),
+    /// The processing region's, which takes these edge regions in.
+    Processing(Vec<String>),
+}
+
+pub(crate) fn regions(config: &Config) -> anyhow::Result<Regions> {
+    let region = config.cluster.region.trim();
+    let edges = config.cluster.edge_regions();
+    for r in edges.iter().map(String::as_str).chain(Some(region)) {
+        anyhow::ensure!(
+            r.is_empty() || hoistway_jetstream::valid_region(r),
+            "{r:?} cannot name an edge region (its JetStream domain): letters, digits, - and _, at most 32"
+        );
+    }
+    if region.is_empty() {
+        return Ok(Regions::Processing(edges));
+    }
+    anyhow::ensure!(
+        edges.is_empty(),
+        "cluster.edges is for the processing region; this node is in edge region {region:?} (cluster.region)"
+    );
+    Ok(Regions::Edge(region.to_owned()))
 }
 
 /// Where an archive or a backup lives.
