@@ -82,6 +82,10 @@ pub struct ProcessorConfig {
     pub read_batch_bytes: usize,
     /// The checkpoint format written ([`checkpoint::VERSION_MIN`] to [`checkpoint::VERSION`]).
     pub checkpoint_format: u32,
+    /// With the sequencer's feed: how long the feed stays quiet before the log is read for
+    /// records the feed does not carry (another writer's: ingest nodes, edge regions). Records
+    /// between two fed groups are read at once; this bounds the wait when no group comes.
+    pub idle_read_after: Duration,
 }
 
 impl Default for ProcessorConfig {
@@ -93,6 +97,7 @@ impl Default for ProcessorConfig {
             auto_register: false,
             read_batch_bytes: 1 << 20,
             checkpoint_format: checkpoint::VERSION,
+            idle_read_after: Duration::from_millis(500),
         }
     }
 }
@@ -560,7 +565,7 @@ impl Processor {
                             // The sequencer is gone: nothing new will be appended.
                             None => self.feed = None,
                         },
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => quiet = true,
+                        _ = tokio::time::sleep(self.config.idle_read_after) => quiet = true,
                         _ = shutdown.changed() => {}
                     },
                     None => tokio::select! {

@@ -176,6 +176,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         checkpoint_interval,
         auto_register: config.ingest.auto_register,
         checkpoint_format: config.processor.checkpoint_format,
+        // Other nodes append to a stream too (ingest nodes, edge regions): look for their
+        // records sooner than for a group the feed dropped.
+        idle_read_after: Duration::from_millis(if config.cluster.nats_servers().is_empty() {
+            500
+        } else {
+            100
+        }),
         ..Default::default()
     };
     let (feed_tx, feed_rx) = hoistway_ingest::feed(1024);
