@@ -86,17 +86,7 @@ impl LocalPostgres {
     /// flushed or checkpointed; the next start recovers from the WAL).
     pub fn crash(&mut self) -> io::Result<()> {
         self.running = false;
-        self.run(
-            "pg_ctl",
-            &[
-                "-D".as_ref(),
-                self.data.as_os_str(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-w".as_ref(),
-                "stop".as_ref(),
-            ],
-        )
+        self.pg_ctl_stop("immediate")
     }
 
     /// The URL of its `postgres` database, as user `postgres`.
@@ -114,13 +104,18 @@ impl LocalPostgres {
             return Ok(());
         }
         self.running = false;
+        self.pg_ctl_stop("fast")
+    }
+
+    /// `pg_ctl stop` in shutdown `mode`, waiting until it is down.
+    fn pg_ctl_stop(&self, mode: &str) -> io::Result<()> {
         self.run(
             "pg_ctl",
             &[
                 "-D".as_ref(),
                 self.data.as_os_str(),
                 "-m".as_ref(),
-                "fast".as_ref(),
+                mode.as_ref(),
                 "-w".as_ref(),
                 "stop".as_ref(),
             ],

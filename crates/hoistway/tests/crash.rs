@@ -650,8 +650,8 @@ async fn with_the_processing_node_stopped_ingest_acknowledges_until_the_stream_i
 
 /// PostgreSQL itself crashes under a fleet's load (a private server stopped `immediate`: its
 /// processes quit at once, nothing is flushed or checkpointed, and the next start recovers from
-/// the WAL) and starts again 5 s later: the holder keeps acknowledging meanwhile, then
-/// checkpoints again, and every acknowledged reading is counted exactly once.
+/// the WAL) and starts again 5 s later: as in [`through_a_postgres_outage`], and a restart of the
+/// holder from what PostgreSQL recovered is still exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_in_postgres_a_crash_of_postgres_loses_nothing() {
     use std::os::unix::fs::PermissionsExt;
@@ -662,77 +662,85 @@ async fn with_checkpoints_in_postgres_a_crash_of_postgres_loses_nothing() {
         .permissions(std::fs::Permissions::from_mode(0o755))
         .tempdir()
         .unwrap();
-    let mut pg = tokio::task::block_in_place(|| {
+    let pg = tokio::task::block_in_place(|| {
         hoistway_postgres::local::LocalPostgres::start(&pg_dir.path().join("pg"))
     })
     .unwrap();
-    let cluster = Cluster::start(&pg.url(), "pgcrash");
-    let env = cluster.env();
+    let pg = std::sync::Mutex::new(pg);
+    let cluster = Cluster::start(&pg.lock().unwrap().url(), "pgcrash");
     let tmp = tempfile::tempdir().unwrap();
-    let token = admin_token_with_env(&tmp.path().join("data"), &env);
-    let mut server = TestServer::start_with_token(tmp.path().join("data"), token, &env);
-    let run_for = Duration::from_secs(12);
-    let mut sim = Simulator::new(fleet_with_outages(run_for, 19), server.addr);
-    register(&server, &sim.registry_csv()).await;
-    let stats = sim.stats();
-    let (_stop_tx, stop) = watch::channel(false);
-    let running = tokio::spawn(async move {
-        sim.run(Some(run_for), stop).await;
-        sim
-    });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    tokio::task::block_in_place(|| pg.crash()).unwrap();
-    let acked_before = stats.acked.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let acked_during = stats.acked.load(Ordering::Relaxed) - acked_before;
-    tokio::task::block_in_place(|| pg.start_again()).unwrap();
-    assert!(
-        acked_during > 1_000,
-        "only {acked_during} readings were acknowledged while PostgreSQL was down"
-    );
-    let mut sim = running.await.unwrap();
-    let ledger = drained(&mut sim).await;
-    verified(&server, &ledger).await;
-    assert!(
-        tokio::task::block_in_place(|| server.wait_exit(Duration::from_millis(200))).is_none(),
-        "the holder stopped"
-    );
-    let addr = server.addr;
-    server
-        .eventually("checkpoints again", || async move {
-            let r = http(addr, "GET", "/readyz", &[], Bytes::new()).await;
-            r.status == 200 && !String::from_utf8_lossy(&r.body).contains("no checkpoint for")
-        })
-        .await;
-    // A restart from what PostgreSQL recovered: still exact.
+    let outage = through_a_postgres_outage(
+        &cluster,
+        tmp.path(),
+        19,
+        || pg.lock().unwrap().crash().unwrap(),
+        || pg.lock().unwrap().start_again().unwrap(),
+    )
+    .await;
+    let mut server = outage.server;
     tokio::task::block_in_place(|| {
         server.kill9();
         server.spawn();
     });
-    verified(&server, &ledger).await;
-    eprintln!(
-        "{} readings, {acked_during} acknowledged while PostgreSQL was down",
-        ledger.total_readings()
-    );
+    verified(&server, &outage.ledger).await;
     cluster.finish([server]).await;
 }
 
-/// Cluster mode with PostgreSQL out of reach for three lease lengths under a fleet's load: the
-/// holder keeps acknowledging and processing (nobody can take its partition meanwhile), its
-/// checkpoints and lease renewals fail and are retried, and once the database is back it carries
-/// on. Every acknowledged reading is counted exactly once.
+/// Cluster mode with PostgreSQL's connections cut for three lease lengths under a fleet's load
+/// (a proxy in between): as in [`through_a_postgres_outage`], and alerting, in PostgreSQL too,
+/// caught up with the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (proxy, postgres) = postgres_via_proxy().await;
-    let schema = scratch_schema("pgcut");
-    let cluster = Cluster::start(&postgres, &schema);
-    let env = cluster.env();
+    let cluster = Cluster::start(&postgres, &scratch_schema("pgcut"));
     let tmp = tempfile::tempdir().unwrap();
-    let token = admin_token_with_env(&tmp.path().join("data"), &env);
-    let mut server = TestServer::start_with_token(tmp.path().join("data"), token, &env);
+    let outage = through_a_postgres_outage(
+        &cluster,
+        tmp.path(),
+        17,
+        || proxy.set_cut(true),
+        || proxy.set_cut(false),
+    )
+    .await;
+    let alerts = alert_ids(&outage.server).await;
+    eprintln!(
+        "{} readings, {} acknowledged during the outage; checkpoints caught up {:?} after it; {} alerts",
+        outage.ledger.total_readings(),
+        outage.acked_during,
+        outage.caught_up,
+        alerts.len()
+    );
+    cluster.finish([outage.server]).await;
+}
+
+/// What [`through_a_postgres_outage`] leaves.
+struct Outage {
+    server: TestServer,
+    ledger: Ledger,
+    /// Readings acknowledged while PostgreSQL was away.
+    acked_during: u64,
+    /// From PostgreSQL's return until checkpoints were current again.
+    caught_up: Duration,
+}
+
+/// A processing node of `cluster` (data dir under `dir`) under a fleet's load while PostgreSQL
+/// goes away for 6 s (`away`, then `back`): the node keeps acknowledging and stays ready, saying
+/// that checkpoints are behind; its lease renewals and checkpoints fail and are retried; it
+/// stays the holder (nobody can claim meanwhile), every acknowledged reading is counted exactly
+/// once, and checkpoints catch up.
+async fn through_a_postgres_outage(
+    cluster: &Cluster,
+    dir: &Path,
+    seed: u64,
+    away: impl FnOnce(),
+    back: impl FnOnce(),
+) -> Outage {
+    let env = cluster.env();
+    let token = admin_token_with_env(&dir.join("data"), &env);
+    let mut server = TestServer::start_with_token(dir.join("data"), token, &env);
     let run_for = Duration::from_secs(12);
-    let mut sim = Simulator::new(fleet_with_outages(run_for, 17), server.addr);
+    let mut sim = Simulator::new(fleet_with_outages(run_for, seed), server.addr);
     register(&server, &sim.registry_csv()).await;
     let stats = sim.stats();
     let (_stop_tx, stop) = watch::channel(false);
@@ -741,7 +749,7 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
         sim
     });
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    proxy.set_cut(true);
+    tokio::task::block_in_place(away);
     let acked_before = stats.acked.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let acked_during = stats.acked.load(Ordering::Relaxed) - acked_before;
@@ -752,11 +760,11 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
         ready.status == 200 && body.contains("no checkpoint for"),
         "{body}"
     );
-    proxy.set_cut(false);
-    let back = Instant::now();
+    tokio::task::block_in_place(back);
+    let back_at = Instant::now();
     assert!(
         acked_during > 1_000,
-        "only {acked_during} readings were acknowledged while PostgreSQL was out of reach"
+        "only {acked_during} readings were acknowledged while PostgreSQL was away"
     );
     let mut sim = running.await.unwrap();
     let ledger = drained(&mut sim).await;
@@ -772,7 +780,7 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
             r.status == 200 && !String::from_utf8_lossy(&r.body).contains("no checkpoint for")
         })
         .await;
-    let caught_up = back.elapsed();
+    let caught_up = back_at.elapsed();
     let metrics = String::from_utf8(server.get("/metrics").await.body.to_vec()).unwrap();
     let count = |name: &str| -> f64 {
         metrics
@@ -785,15 +793,12 @@ async fn with_checkpoints_in_postgres_an_outage_of_postgres_loses_nothing() {
             && count("hoistway_processor_checkpoint_failures_total") > 0.0,
         "the outage went unnoticed: {metrics}"
     );
-    // Alerting is in PostgreSQL too, and caught up with the rest.
-    let alerts = alert_ids(&server).await;
-    eprintln!(
-        "{} readings, {acked_during} acknowledged during the outage; checkpoints caught up \
-         {caught_up:?} after it; {} alerts",
-        ledger.total_readings(),
-        alerts.len()
-    );
-    cluster.finish([server]).await;
+    Outage {
+        server,
+        ledger,
+        acked_during,
+        caught_up,
+    }
 }
 
 /// A private NATS server, and the settings of the cluster mode on it with PostgreSQL (`postgres`,
