@@ -106,18 +106,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         started,
     });
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let sequencer_task = tokio::spawn(sequencer.run());
-    tokio::spawn(serve::reread_shared_periodically(
-        auth,
-        registry,
-        serve::reread_every(&config),
-        shutdown_rx.clone(),
-    ));
+    let serve::Listening {
+        listener,
+        addr,
+        shutdown,
+        shutdown_rx,
+        sequencer_task,
+    } = serve::listen(&config, sequencer, auth, registry).await?;
     tokio::spawn(follow_the_stream(log_view, shutdown_rx.clone()));
     let router = hoistway_server::ingest_router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving (roles: ingest)");

@@ -333,18 +333,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         started,
     });
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let sequencer_task = tokio::spawn(sequencer.run());
-    tokio::spawn(reread_shared_periodically(
-        reread_auth,
-        reread_registry,
-        reread_every(&config),
-        shutdown_rx.clone(),
-    ));
+    let Listening {
+        listener,
+        addr,
+        shutdown,
+        shutdown_rx,
+        sequencer_task,
+    } = listen(&config, sequencer, reread_auth, reread_registry).await?;
     // The processor stopping on its own (a corrupt log, a failed checkpoint) stops the server:
     // acknowledging readings nobody applies would hide the failure.
     let processor_task = stops_server_on_error(
@@ -709,6 +704,44 @@ pub(crate) async fn open_log(
     );
     let file_log = Arc::new(file_log);
     Ok((file_log.clone(), Some(file_log)))
+}
+
+/// A node listening, with its sequencer and the reread of shared state started.
+pub(crate) struct Listening {
+    pub listener: tokio::net::TcpListener,
+    pub addr: SocketAddr,
+    pub shutdown: watch::Sender<bool>,
+    pub shutdown_rx: watch::Receiver<bool>,
+    pub sequencer_task: JoinHandle<()>,
+}
+
+/// Listens on `config.listen`, starts the sequencer (the log's single writer here) and the
+/// periodic reread of what other nodes change (auth, registry); both node kinds do this.
+pub(crate) async fn listen(
+    config: &Config,
+    sequencer: Sequencer,
+    auth: Arc<hoistway_auth::Authority>,
+    registry: Arc<Registry>,
+) -> anyhow::Result<Listening> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let sequencer_task = tokio::spawn(sequencer.run());
+    tokio::spawn(reread_shared_periodically(
+        auth,
+        registry,
+        reread_every(config),
+        shutdown_rx.clone(),
+    ));
+    Ok(Listening {
+        listener,
+        addr,
+        shutdown,
+        shutdown_rx,
+        sequencer_task,
+    })
 }
 
 /// Which region a node is in, as `cluster.region` and `cluster.edges` say.
