@@ -52,6 +52,10 @@ pub fn check(store: &dyn AlertStore) {
     }];
     let s = 1_000_000;
 
+    // A follower starts at the newest event and then reads each one recorded after it.
+    let (start, none) = store.events_since(None, 10).unwrap();
+    assert!(none.is_empty());
+
     // Firing, re-firing while open, replaying a key.
     let fire = change(ChangeKind::Fire, "k1", "L1", "acme", 10 * s);
     assert_eq!(apply(store, &fire, &routes), Some(EventKind::Fired));
@@ -93,6 +97,18 @@ pub fn check(store: &dyn AlertStore) {
         })
         .unwrap();
     assert_eq!(acked.unwrap().state, AlertState::Acknowledged);
+    let (cursor, first) = store.events_since(Some(start), 2).unwrap();
+    let kinds = |events: &[crate::AlertEvent]| events.iter().map(|e| e.kind).collect::<Vec<_>>();
+    assert_eq!(kinds(&first), [EventKind::Fired, EventKind::Refired]);
+    assert!(first.iter().all(|e| e.alert_id == id));
+    let (cursor, rest) = store.events_since(Some(cursor), 10).unwrap();
+    assert_eq!(kinds(&rest), [EventKind::Acknowledged]);
+    assert_eq!(rest[0].by, "olga");
+    assert_eq!(
+        store.events_since(Some(cursor), 10).unwrap(),
+        (cursor, vec![])
+    );
+    assert_eq!(store.events_since(None, 10).unwrap(), (cursor, vec![]));
     let again = store
         .transact(&mut |tx| lifecycle::act(tx, id, false, "olga", "", 31 * s, &routes).map(|_| ()));
     assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");

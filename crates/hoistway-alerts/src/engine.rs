@@ -196,6 +196,16 @@ impl Engine {
 
     /// Replaces the rules. The state of a rule whose definition changed starts over; an alert
     /// it has open stays open (a fire of the same condition counts as a re-fire).
+    /// Whether `rules` (as the store lists them) are the ones this engine evaluates.
+    pub fn has_rules(&self, rules: &[Rule]) -> bool {
+        let mut enabled = rules.iter().filter(|r| r.enabled);
+        self.rules.len() == rules.iter().filter(|r| r.enabled).count()
+            && self
+                .rules
+                .iter()
+                .all(|r| enabled.next().is_some_and(|e| **r == *e))
+    }
+
     pub fn set_rules(&mut self, rules: Vec<Rule>) {
         let old: HashMap<String, Arc<Rule>> = self
             .rules

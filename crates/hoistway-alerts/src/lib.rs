@@ -154,6 +154,9 @@ pub struct Alerts {
     baselines_asked: Mutex<std::collections::HashMap<String, i64>>,
     /// `None` once shut down: subscribers' streams end.
     updates: Mutex<Option<tokio::sync::broadcast::Sender<Arc<AlertUpdate>>>>,
+    /// Set by [`Alerts::follow`]: the change stream carries what the store records, this
+    /// node's own acts included (so they are not published twice).
+    following: std::sync::atomic::AtomicBool,
 }
 
 /// One step of an alert, as the change stream tells it.
@@ -236,6 +239,7 @@ impl Alerts {
             silences: Arc::new(parking_lot::RwLock::new(store_silences)),
             baseline_refresh: config.baseline_refresh,
             baselines_asked: Mutex::new(Default::default()),
+            following: Default::default(),
         };
         alerts.publish_gauges();
         Ok(alerts)
@@ -353,6 +357,62 @@ impl Alerts {
         }
     }
 
+    /// For a node whose engine does not run (a query node): every `every`, publishes on the
+    /// change stream each alert event the store recorded since (whichever node recorded it),
+    /// until shutdown; then ends the streams.
+    pub async fn follow(self: Arc<Self>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+        self.following
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut cursor = None;
+        let mut failing = false;
+        loop {
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.publish_recorded(cursor)).await {
+                Ok(Ok(next)) => {
+                    cursor = Some(next);
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("reading alert changes works again");
+                    }
+                }
+                Ok(Err(e)) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read alert changes; retrying");
+                }
+                Ok(Err(_)) => {}
+                Err(e) => tracing::error!(error = %e, "reading alert changes failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => {
+                    self.end_streams();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Publishes the events recorded after `cursor` (none without one); returns the next cursor.
+    fn publish_recorded(&self, cursor: Option<i64>) -> Result<i64> {
+        let (next, events) = self.store.events_since(cursor, 1000)?;
+        for event in &events {
+            if let Some(alert) = self.store.alert(event.alert_id)? {
+                self.publish(AlertUpdate {
+                    event: event.kind,
+                    alert,
+                });
+            }
+        }
+        if !events.is_empty() {
+            self.publish_gauges();
+        }
+        Ok(next)
+    }
+
+    /// Ends the change streams (at shutdown), so that open ones do not hold it up.
+    pub fn end_streams(&self) {
+        self.updates.lock().take();
+    }
+
     fn publish_gauges(&self) {
         publish_gauges(&*self.store);
     }
@@ -374,6 +434,9 @@ impl Alerts {
                     // 200,000 lifts to look at: off the async runtime.
                     let (this, presence) = (self.clone(), presence.clone());
                     let ticked = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = this.reread_shared() {
+                            tracing::warn!(error = %e, "cannot read the alert rules and silences again; going on with those read last");
+                        }
                         let lifts = presence();
                         let held = this.absence_hold.lock().as_ref().and_then(|hold| hold());
                         let mut out = Vec::new();
@@ -400,8 +463,7 @@ impl Alerts {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             if *shutdown.borrow() {
-                // Ends the change streams, so that open ones do not hold the shutdown.
-                self.updates.lock().take();
+                self.end_streams();
                 return;
             }
         }
@@ -582,10 +644,12 @@ impl Alerts {
         } else {
             store::EventKind::Acknowledged
         };
-        self.publish(AlertUpdate {
-            event,
-            alert: alert.clone(),
-        });
+        if !self.following.load(std::sync::atomic::Ordering::Acquire) {
+            self.publish(AlertUpdate {
+                event,
+                alert: alert.clone(),
+            });
+        }
         Ok(alert)
     }
 
@@ -604,6 +668,21 @@ impl Alerts {
         let deleted = self.store.delete_rule(id)?;
         self.reload_rules()?;
         Ok(deleted)
+    }
+
+    /// Takes the rules and silences as the store has them now: changes made through another
+    /// node (a query node's API, in the cluster mode) reach this one's engine. Blocks.
+    pub fn reread_shared(&self) -> Result<()> {
+        let rules = self.store.rules()?;
+        let silences = self.store.silences()?;
+        if *self.silences.read() != silences {
+            *self.silences.write() = silences;
+        }
+        let mut engine = self.engine.lock();
+        if !engine.has_rules(&rules) {
+            engine.set_rules(rules);
+        }
+        Ok(())
     }
 
     fn reload_rules(&self) -> Result<()> {
@@ -870,6 +949,94 @@ mod tests {
                 (E::Escalated, "L1".to_string()),
             ]
         );
+    }
+
+    /// Rules and silences changed through another node's API reach the evaluating node at its
+    /// next reread.
+    #[tokio::test]
+    async fn rules_and_silences_changed_elsewhere_reach_the_engine() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(SqliteAlertStore::in_memory().unwrap());
+        let open = || {
+            Alerts::open(
+                store.clone(),
+                AlertsConfig::default(),
+                vec![],
+                clock.clone(),
+            )
+        };
+        let (evaluating, elsewhere) = (open().unwrap(), open().unwrap());
+        let mut changed = rule::default_rules().remove(0);
+        changed.severity = Severity::Info;
+        assert!(!elsewhere.put_rule(&changed).unwrap(), "replaced");
+        let silence = elsewhere
+            .add_silence(Silence {
+                id: 0,
+                rule: None,
+                scope: Default::default(),
+                starts_us: T0,
+                ends_us: T0 + 3_600_000_000,
+                by: "olga".into(),
+                reason: "lift works".into(),
+            })
+            .unwrap();
+        let rules = store.rules().unwrap();
+        assert!(!evaluating.engine.lock().has_rules(&rules));
+        assert!(evaluating.silences().is_empty());
+        evaluating.reread_shared().unwrap();
+        assert!(evaluating.engine.lock().has_rules(&rules));
+        assert_eq!(evaluating.silences(), vec![silence]);
+        assert!(elsewhere.delete_rule(&changed.id).unwrap());
+        evaluating.reread_shared().unwrap();
+        assert!(evaluating.engine.lock().has_rules(&store.rules().unwrap()));
+        assert!(!evaluating.engine.lock().has_rules(&rules));
+    }
+
+    /// A node that follows the store (a query node) publishes what the evaluating node records,
+    /// and its own acts once, from the store.
+    #[tokio::test]
+    async fn a_follower_publishes_each_recorded_change_once() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Arc::new(SqliteAlertStore::in_memory().unwrap());
+        let open = || {
+            Alerts::open(
+                store.clone(),
+                AlertsConfig::default(),
+                vec![],
+                clock.clone(),
+            )
+        };
+        let (evaluating, follower) = (open().unwrap(), open().unwrap());
+        follower
+            .following
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut updates = follower.subscribe();
+        let cursor = follower.publish_recorded(None).unwrap();
+        let mut r = reading("L1", 1, 20.0);
+        r.events = vec![EventKind::Entrapment];
+        evaluating.accept(&SinkBatch {
+            offset: 0,
+            items: vec![item(r, &lift("L1", "acme"))].into(),
+        });
+        evaluating.flush().await.unwrap();
+        let id = store.list(&AlertQuery::default()).unwrap()[0].id;
+        follower.act(id, false, "olga", "").unwrap();
+        assert!(updates.try_recv().is_err(), "nothing until read back");
+        let cursor = follower.publish_recorded(Some(cursor)).unwrap();
+        let mut seen = Vec::new();
+        while let Ok(u) = updates.try_recv() {
+            seen.push((u.event, u.alert.lift_id.clone(), u.alert.state));
+        }
+        use store::EventKind as E;
+        assert_eq!(
+            seen,
+            vec![
+                (E::Fired, "L1".to_string(), AlertState::Acknowledged),
+                (E::Acknowledged, "L1".to_string(), AlertState::Acknowledged),
+            ]
+        );
+        assert_eq!(follower.publish_recorded(Some(cursor)).unwrap(), cursor);
+        assert!(updates.try_recv().is_err());
     }
 
     #[tokio::test]

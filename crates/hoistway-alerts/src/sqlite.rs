@@ -276,6 +276,33 @@ impl AlertStore for SqliteAlertStore {
         )
     }
 
+    fn events_since(&self, cursor: Option<i64>, limit: usize) -> Result<(i64, Vec<AlertEvent>)> {
+        let conn = self.conn.lock();
+        let Some(cursor) = cursor else {
+            let newest: i64 = conn
+                .query_row("SELECT coalesce(max(id), 0) FROM alert_events", [], |r| {
+                    r.get(0)
+                })
+                .map_err(storage)?;
+            return Ok((newest, Vec::new()));
+        };
+        let mut stmt = conn
+            .prepare_cached("SELECT id, body FROM alert_events WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(storage)?;
+        let rows: Vec<(i64, String)> = stmt
+            .query_map(rusqlite::params![cursor, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(storage)?;
+        let next = rows.last().map_or(cursor, |r| r.0);
+        let events = rows
+            .iter()
+            .map(|(_, b)| from_json(b))
+            .collect::<Result<_>>()?;
+        Ok((next, events))
+    }
+
     fn open_counts(&self, customer: Option<&str>) -> Result<Vec<(Severity, u64)>> {
         let conn = self.conn.lock();
         let mut stmt = conn

@@ -381,6 +381,10 @@ pub trait AlertStore: Send + Sync + 'static {
     fn list(&self, query: &AlertQuery) -> Result<Vec<Alert>>;
     /// The events of an alert, oldest first.
     fn events(&self, alert_id: i64) -> Result<Vec<AlertEvent>>;
+    /// Events of every alert recorded after `cursor`, oldest first, at most `limit`, with the
+    /// cursor to pass next; without a cursor, none and the cursor of the newest event (where a
+    /// reader starts following). For nodes that show changes recorded by another one.
+    fn events_since(&self, cursor: Option<i64>, limit: usize) -> Result<(i64, Vec<AlertEvent>)>;
     /// Open alerts by severity: all, or one customer's.
     fn open_counts(&self, customer: Option<&str>) -> Result<Vec<(Severity, u64)>>;
     /// Open alerts of one rule (the engine's start: which lifts are offline).

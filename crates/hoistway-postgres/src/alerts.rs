@@ -454,6 +454,35 @@ impl AlertStore for PgAlertStore {
         )
     }
 
+    fn events_since(
+        &self,
+        cursor: Option<i64>,
+        limit: usize,
+    ) -> AlertResult<(i64, Vec<AlertEvent>)> {
+        // Transactions take the store's advisory lock, so ids commit in order: a reader past
+        // an id never misses a lower one committed later.
+        let Some(cursor) = cursor else {
+            let rows = self
+                .rows("SELECT coalesce(max(id), 0)::bigint FROM alert_events", &[])
+                .map_err(storage)?;
+            return Ok((rows.first().map_or(0, |r| r.get(0)), Vec::new()));
+        };
+        let limit = limit as i64;
+        let rows = self
+            .rows(
+                "SELECT id, body FROM alert_events WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&cursor, &limit],
+            )
+            .map_err(storage)?;
+        let next = rows.last().map_or(cursor, |r| r.get(0));
+        let events = rows
+            .iter()
+            .map(|r| from_json("alert_events", r.get(1)))
+            .collect::<crate::Result<_>>()
+            .map_err(storage)?;
+        Ok((next, events))
+    }
+
     fn open_counts(&self, customer: Option<&str>) -> AlertResult<Vec<(Severity, u64)>> {
         let rows = self
             .rows(

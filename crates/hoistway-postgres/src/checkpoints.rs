@@ -18,6 +18,7 @@ use hoistway_dlq::{
     DeadLetter, DeadLetterQueue, DeadLetters, DlqFile, count_reasons, decode_lines, encode_lines,
 };
 use hoistway_processor::checkpoint;
+use hoistway_processor::state::FleetState;
 use hoistway_processor::store::{CheckpointStore, Claim, Claimed, Commit, Lease, StoreError};
 
 use crate::{Error, Postgres};
@@ -226,7 +227,39 @@ impl PgCheckpointStore {
     }
 }
 
+impl PgCheckpointStore {
+    fn decode(&self, partition: u16, bytes: &[u8]) -> Result<FleetState, StoreError> {
+        checkpoint::decode(bytes).map_err(|why| {
+            StoreError::Unreadable(format!(
+                "the checkpoint of partition {partition} in the PostgreSQL schema {:?} is unreadable: {why}",
+                self.pg.schema()
+            ))
+        })
+    }
+}
+
 impl CheckpointStore for PgCheckpointStore {
+    fn latest(&self, partition: u16, known: Option<u64>) -> Result<Option<FleetState>, StoreError> {
+        let p = i32::from(partition);
+        let known = known.map(|o| o as i64);
+        let bytes = self
+            .pg
+            .block(async {
+                let client = self.pg.client().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT state FROM processor_partitions
+                         WHERE partition = $1 AND state IS NOT NULL
+                           AND checkpoint_offset IS DISTINCT FROM $2",
+                        &[&p, &known],
+                    )
+                    .await?;
+                Ok::<_, Error>(row.map(|r| r.get::<_, Vec<u8>>(0)))
+            })
+            .map_err(store_error)?;
+        bytes.map(|b| self.decode(partition, &b)).transpose()
+    }
+
     fn claim(&self, partition: u16, lease: &Lease) -> Result<Claimed, StoreError> {
         let p = i32::from(partition);
         let ttl = lease.ttl.as_secs_f64();
@@ -272,15 +305,9 @@ impl CheckpointStore for PgCheckpointStore {
                 });
             }
         };
-        let state = match bytes {
-            None => None,
-            Some(bytes) => Some(checkpoint::decode(&bytes).map_err(|why| {
-                StoreError::Unreadable(format!(
-                    "the checkpoint of partition {partition} in the PostgreSQL schema {:?} is unreadable: {why}",
-                    self.pg.schema()
-                ))
-            })?),
-        };
+        let state = bytes
+            .map(|bytes| self.decode(partition, &bytes))
+            .transpose()?;
         Ok(Claimed::Granted(Claim {
             epoch: epoch as u64,
             state,

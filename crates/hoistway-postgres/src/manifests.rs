@@ -110,6 +110,26 @@ impl ManifestStore for PgManifestStore {
         body.map(|b| Manifest::decode(b.as_bytes())).transpose()
     }
 
+    async fn load_newer(&self, tier: Tier, known: u64) -> StoreResult<Option<Manifest>> {
+        let pg = self.pg.clone();
+        let known = known as i64;
+        let body = self
+            .pg
+            .run(async move {
+                let client = pg.client().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT body FROM storage_manifests WHERE tier = $1 AND generation <> $2",
+                        &[&tier.as_str(), &known],
+                    )
+                    .await?;
+                Ok::<_, Error>(row.map(|r| r.get::<_, String>(0)))
+            })
+            .await
+            .map_err(store_error)?;
+        body.map(|b| Manifest::decode(b.as_bytes())).transpose()
+    }
+
     async fn commit(&self, tier: Tier, manifest: &Manifest) -> StoreResult<()> {
         let body =
             serde_json::to_string(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -103,6 +103,10 @@ pub fn check<S: CheckpointStore + DeadLetters>(store: &S) {
             dead: Some((0, 4, &letters)),
         })
         .unwrap();
+    // A reader sees the last checkpoint without claiming anything, and nothing when it has it.
+    assert_eq!(store.latest(0, None).unwrap(), Some(s5.clone()));
+    assert_eq!(store.latest(0, Some(3)).unwrap(), Some(s5.clone()));
+    assert_eq!(store.latest(0, Some(5)).unwrap(), None, "unchanged");
     let listed = store.list().unwrap();
     assert_eq!(listed.len(), 1);
     let batch = &listed[0];
@@ -176,6 +180,11 @@ pub fn check<S: CheckpointStore + DeadLetters>(store: &S) {
         .renew(0, second.epoch, Duration::from_secs(60))
         .unwrap();
     store.release(0, second.epoch).unwrap();
+    assert_eq!(
+        store.latest(0, Some(5)).unwrap(),
+        Some(s9.clone()),
+        "a fenced commit is never read"
+    );
     let third = granted(store, 0, "three");
     assert_eq!(third.state, Some(s9), "a fenced commit leaves the state");
     commit(store, 0, third.epoch, &state(10, &[1]));

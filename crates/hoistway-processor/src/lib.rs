@@ -31,7 +31,7 @@ use hoistway_ingest::record::decode_record;
 use hoistway_ingest::{DurableRecord, Feed, LogBatch, RecordError};
 use hoistway_log::{Log, Offset, Record};
 use hoistway_model::{Clock, DedupWindow};
-use hoistway_registry::Registry;
+use hoistway_registry::{LiftInfo, Registry};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -722,13 +722,51 @@ fn apply_blocking(
     let mut dead = Vec::new();
     let mut delta = Progress::default();
     let mut batches: Vec<SinkBatch> = Vec::new();
-    {
-        let mut guard = state.write();
-        for input in records {
-            let (offset, decoded) = match input {
+    // Each reading's lift, looked up before the state lock is taken.
+    let lifts_of = |batch: &LogBatch| -> Vec<Option<Arc<LiftInfo>>> {
+        batch
+            .readings
+            .iter()
+            .map(|r| registry.get(r.lift_id.as_str()))
+            .collect()
+    };
+    let mut decoded: Vec<_> = records
+        .into_iter()
+        .map(|input| {
+            let (offset, batch) = match input {
                 Input::Encoded(record) => (record.offset, decode_record(&record.payload)),
                 Input::Decoded(fed) => (fed.offset, Ok(fed.batch)),
             };
+            let lifts = batch.as_ref().map_or_else(|_| Vec::new(), lifts_of);
+            (offset, batch, lifts)
+        })
+        .collect();
+    // A lift this node does not know may have been registered through another node since it
+    // last read the registry (a standby that just took the partition over, a lift added on a
+    // query node): read it again before dead-lettering, at most once a second.
+    if !auto_register
+        && decoded
+            .iter()
+            .any(|(_, _, lifts)| lifts.iter().any(Option::is_none))
+    {
+        match registry.refresh_if_older(Duration::from_secs(1)) {
+            Ok(0) => {}
+            Ok(_) => {
+                for (_, batch, lifts) in &mut decoded {
+                    if let Ok(batch) = batch {
+                        *lifts = lifts_of(batch);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot read the lift registry again; readings of lifts it does not list are dead-lettered"
+            ),
+        }
+    }
+    {
+        let mut guard = state.write();
+        for (offset, decoded, lifts) in decoded {
             // Offsets increase; with several writers they need not be consecutive.
             debug_assert!(offset >= guard.offset);
             let batch: LogBatch = match decoded {
@@ -747,8 +785,8 @@ fn apply_blocking(
                 }
             };
             let mut items = Vec::with_capacity(batch.readings.len());
-            for reading in batch.readings {
-                let lift = match registry.get(reading.lift_id.as_str()) {
+            for (reading, lift) in batch.readings.into_iter().zip(lifts) {
+                let lift = match lift {
                     Some(lift) => lift,
                     None if auto_register => registry.insert_if_absent(&reading.lift_id)?,
                     None => {
@@ -811,7 +849,6 @@ mod tests {
     use hoistway_ingest::record::{encode_reading, encode_record};
     use hoistway_log::{FileLog, FileLogConfig};
     use hoistway_model::{LiftId, Reading};
-    use hoistway_registry::LiftInfo;
 
     use crate::state::tests::reading;
 
@@ -912,6 +949,49 @@ mod tests {
                 && i.lift.building == "B1"
                 && i.lift.model == "M9")
         );
+    }
+
+    /// A lift registered through another node since this one read the registry (a standby
+    /// that waited, a lift added on a query node) counts: the registry is read again before a
+    /// reading is dead-lettered as unregistered. One that nobody registered is dead-lettered.
+    #[tokio::test]
+    async fn a_lift_registered_elsewhere_meanwhile_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = FileLog::open(FileLogConfig::new(dir.path().join("log"))).unwrap();
+        let log: Arc<dyn Log> = Arc::new(log);
+        let path = dir.path().join("registry.sqlite3");
+        let here = Arc::new(Registry::open(&path).unwrap());
+        let elsewhere = Registry::open(&path).unwrap();
+        let dlq = Arc::new(DeadLetterQueue::open(dir.path().join("dlq")).unwrap());
+        let store = Arc::new(FileCheckpointStore::new(dir.path().join("state"), dlq));
+        let claim = claim_partition(store.clone(), 0, lease()).await.unwrap();
+        let mut processor = Processor::recover(
+            ProcessorConfig::default(),
+            log.clone(),
+            here.clone(),
+            store,
+            claim,
+            vec![],
+        )
+        .await
+        .unwrap();
+        elsewhere
+            .upsert(LiftInfo::new(LiftId::new("L1").unwrap()))
+            .unwrap();
+        assert!(!here.contains("L1"), "not read yet");
+        // Past the once-a-second limit on reading it again.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut stranger = reading(1, 1);
+        stranger.lift_id = LiftId::new("NOBODY").unwrap();
+        log.append(vec![record(&[reading(1, 1), stranger])])
+            .await
+            .unwrap();
+        assert_eq!(processor.step().await.unwrap(), 1);
+        let state = processor.state().read().clone();
+        assert_eq!(state.lifts[&LiftId::new("L1").unwrap()].readings_total, 1);
+        assert!(!state.lifts.contains_key(&LiftId::new("NOBODY").unwrap()));
+        let progress = *processor.progress().borrow();
+        assert_eq!((progress.applied, progress.dead_lettered), (1, 1));
     }
 
     /// A sink whose finish waits until let through, and fails while `fail` is set.
@@ -1040,6 +1120,13 @@ mod tests {
         fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
             self.0.commit(commit)
         }
+        fn latest(
+            &self,
+            partition: u16,
+            known: Option<Offset>,
+        ) -> Result<Option<FleetState>, StoreError> {
+            self.0.latest(partition, known)
+        }
         fn describe(&self) -> String {
             self.0.describe()
         }
@@ -1093,6 +1180,13 @@ mod tests {
         }
         fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
             self.inner.commit(commit)
+        }
+        fn latest(
+            &self,
+            partition: u16,
+            known: Option<Offset>,
+        ) -> Result<Option<FleetState>, StoreError> {
+            self.inner.latest(partition, known)
         }
         fn describe(&self) -> String {
             "flaky".into()

@@ -124,6 +124,16 @@ pub trait CheckpointStore: Send + Sync {
     /// ([`StoreError::Fenced`]); a failed commit leaves the previous checkpoint as it was.
     fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError>;
 
+    /// The last checkpoint's state, for a reader that does not hold the partition (a query
+    /// node): `None` when none was committed yet, or when the last one is at offset `known`
+    /// (the one the reader has), so polling moves the state only when it changed. Claims
+    /// nothing and fences no one.
+    fn latest(
+        &self,
+        partition: u16,
+        known: Option<Offset>,
+    ) -> Result<Option<FleetState>, StoreError>;
+
     /// Where it keeps them, for logs and messages.
     fn describe(&self) -> String;
 }
@@ -166,6 +176,13 @@ impl FileCheckpointStore {
         }
     }
 
+    fn read(&self) -> Result<Option<FleetState>, StoreError> {
+        checkpoint::read(&self.dir).map_err(|e| match e {
+            crate::Error::Checkpoint(message) => StoreError::Unreadable(message),
+            other => StoreError::Failed(other.to_string()),
+        })
+    }
+
     fn only_partition_0(partition: u16) -> Result<(), StoreError> {
         if partition == 0 {
             Ok(())
@@ -181,10 +198,7 @@ impl CheckpointStore for FileCheckpointStore {
     fn claim(&self, partition: u16, _lease: &Lease) -> Result<Claimed, StoreError> {
         Self::only_partition_0(partition)?;
         std::fs::create_dir_all(&self.dir)?;
-        let state = checkpoint::read(&self.dir).map_err(|e| match e {
-            crate::Error::Checkpoint(message) => StoreError::Unreadable(message),
-            other => StoreError::Failed(other.to_string()),
-        })?;
+        let state = self.read()?;
         // Dead letters are written before the checkpoint that covers them: any from its
         // offset on belong to a commit that did not finish, and replay writes them again.
         let discarded = self
@@ -228,6 +242,16 @@ impl CheckpointStore for FileCheckpointStore {
             return Err(StoreError::Failed(e.to_string()));
         }
         Ok(())
+    }
+
+    fn latest(
+        &self,
+        partition: u16,
+        known: Option<Offset>,
+    ) -> Result<Option<FleetState>, StoreError> {
+        Self::only_partition_0(partition)?;
+        let state = self.read()?;
+        Ok(state.filter(|s| Some(s.offset) != known))
     }
 
     fn describe(&self) -> String {

@@ -155,8 +155,9 @@ impl LiftFilter {
 pub struct Registry {
     store: Arc<dyn RegistryStore>,
     lifts: RwLock<Catalog>,
-    /// The store revision `lifts` reflects; held while changes are applied.
-    rev: Mutex<i64>,
+    /// The store revision `lifts` reflects, and when it was last read; held while changes
+    /// are applied.
+    rev: Mutex<(i64, std::time::Instant)>,
 }
 
 /// The registered lifts in memory, indexed by id and by building (a building's page and the
@@ -285,15 +286,17 @@ impl Registry {
         Ok(Self {
             store,
             lifts: RwLock::new(lifts),
-            rev: Mutex::new(stored.rev),
+            rev: Mutex::new((stored.rev, std::time::Instant::now())),
         })
     }
 
     /// Takes every change written since the revision last read: this node's writes and, with a
     /// shared store, other nodes'. Returns how many lifts changed. Blocking.
     pub fn refresh(&self) -> Result<usize> {
-        let mut rev = self.rev.lock();
+        let mut guard = self.rev.lock();
+        let (rev, read_at) = &mut *guard;
         let (changed, newest) = self.store.changed_since(*rev)?;
+        *read_at = std::time::Instant::now();
         let n = changed.len();
         if n > 0 {
             let mut lifts = self.lifts.write();
@@ -307,6 +310,15 @@ impl Registry {
         }
         *rev = newest.max(*rev);
         Ok(n)
+    }
+
+    /// [`refresh`](Self::refresh), unless the store was read less than `every` ago: for a
+    /// lookup that missed, where another node may have just registered the lift.
+    pub fn refresh_if_older(&self, every: std::time::Duration) -> Result<usize> {
+        if self.rev.lock().1.elapsed() < every {
+            return Ok(0);
+        }
+        self.refresh()
     }
 
     pub fn get(&self, lift_id: &str) -> Option<Arc<LiftInfo>> {

@@ -428,12 +428,15 @@ pub async fn storage_status(State(app): State<AppState>) -> ApiResult<Response> 
 
 /// `POST /v1/storage/maintain`: run compaction, tier moves and retention now.
 #[utoipa::path(post, path = "/v1/storage/maintain", summary = "Run storage upkeep now",
-    responses((status = 200, description = "What compaction, tier moves and retention did", body = hoistway_store::MaintenanceReport)))]
+    responses(
+        (status = 200, description = "What compaction, tier moves and retention did", body = hoistway_store::MaintenanceReport),
+        (status = 409, description = "Upkeep runs on the node that holds the partition, not on a query node", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn storage_maintain(State(app): State<AppState>) -> ApiResult<Response> {
-    let report = app
-        .store()
-        .maintain()
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+    let report = app.store().maintain().await.map_err(|e| match e {
+        // A query node's store, or another writer committed first.
+        hoistway_store::Error::Conflict(m) => Problem::conflict(m),
+        e => Problem::internal(&e),
+    })?;
     Ok(Json(report).into_response())
 }

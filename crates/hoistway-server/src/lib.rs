@@ -66,6 +66,7 @@ pub struct AppParts {
     pub dlq: Arc<dyn DeadLetters>,
     pub log: Arc<dyn Log>,
     /// `None` on an ingest node (`--role ingest`), which then serves only [`ingest_router`].
+    /// A query node has one that reads the holder's state and storage.
     pub processing: Option<Processing>,
     /// `None` when alerting is off (and on an ingest node).
     pub alerts: Option<Arc<hoistway_alerts::Alerts>>,
@@ -76,6 +77,9 @@ pub struct AppParts {
     pub metrics: Option<PrometheusHandle>,
     /// Cleared when shutdown begins, so readiness fails before the listener closes.
     pub accepting: Arc<AtomicBool>,
+    /// Whether this node takes readings: its readiness then needs the log and room in it. A
+    /// query node that takes none stays ready for staff with the log out of reach (a warning).
+    pub takes_readings: bool,
     pub started: Instant,
 }
 
@@ -148,6 +152,11 @@ impl AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     layered(routes::routes(), state)
+}
+
+/// What a query node serves (`--role query`): the whole API but `POST /v1/telemetry`.
+pub fn query_router(state: AppState) -> Router {
+    layered(routes::routes_taking(false), state)
 }
 
 /// What an ingest node serves (`--role ingest`): readings from lifts, the device flow that

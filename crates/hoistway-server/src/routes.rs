@@ -130,6 +130,12 @@ pub(crate) fn ingest_routes() -> Routes {
 
 /// Every route, with the access it needs (docs/security.md has the same table in prose).
 pub(crate) fn routes() -> Routes {
+    routes_taking(true)
+}
+
+/// Every route, less `POST /v1/telemetry` unless `readings` (a query node that does not take
+/// readings).
+pub(crate) fn routes_taking(readings: bool) -> Routes {
     use Access::{Device, Public, Staff};
     const VIEWER: Access = Access::Role(Role::Viewer);
     const OPERATOR: Access = Access::Role(Role::Operator);
@@ -143,76 +149,81 @@ pub(crate) fn routes() -> Routes {
         router: Router::new(),
         rules: Rules::new(),
         api: crate::openapi::frame(),
-    }
-    .add(Device, routes!(telemetry))
-    .add(Public, routes!(auth::device_authorization))
-    .add(Public, routes!(auth::token))
-    .add(Public, routes!(auth::login))
-    .add(Staff, routes!(auth::logout))
-    .add(Staff, routes!(auth::me))
-    .add(Staff, routes!(auth::totp_enrol))
-    .add(Staff, routes!(auth::totp_confirm))
-    .add(Staff, routes!(auth::tokens))
-    .add(Staff, routes!(auth::token_create))
-    .add(Staff, routes!(auth::token_revoke))
-    .add(Staff, routes!(auth::sessions_revoke))
-    .add(FLEET_ADMIN, routes!(auth::keys))
-    .add(FLEET_ADMIN, routes!(auth::keys_rotate))
-    .add(ADMIN, routes!(auth::audit))
-    .add(ADMIN, routes!(auth::users))
-    .add(ADMIN, routes!(auth::user_create))
-    .add(ADMIN, routes!(auth::user_update))
-    .add(ADMIN, routes!(auth::user_delete))
-    .add(ADMIN, routes!(auth::user_totp_reset))
-    .add(ADMIN, routes!(auth::user_sessions_revoke))
-    .add(FLEET_OPERATOR, routes!(auth::devices))
-    .add(FLEET_OPERATOR, routes!(auth::device_request))
-    .add(FLEET_OPERATOR, routes!(auth::device))
-    .add(FLEET_OPERATOR, routes!(auth::device_approve))
-    .add(FLEET_OPERATOR, routes!(auth::device_deny))
-    .add(FLEET_OPERATOR, routes!(auth::device_provision))
-    .add(FLEET_OPERATOR, routes!(auth::device_revoke))
-    .add(FLEET_ADMIN, routes!(auth::device_mode))
-    .add(VIEWER, routes!(list_lifts))
-    .add(FLEET_OPERATOR, routes!(create_lift))
-    .add(FLEET_OPERATOR, routes!(import_lifts))
-    .add(VIEWER, routes!(get_lift))
-    .add(VIEWER, routes!(lift_assignments))
-    .add(OPERATOR, routes!(put_lift))
-    .add(OPERATOR, routes!(patch_lift))
-    .add(FLEET_OPERATOR, routes!(delete_lift))
-    .add(VIEWER, routes!(lift_state))
-    .add(VIEWER, routes!(lift_state_stream))
-    .add(VIEWER, routes!(crate::analytics::lift_readings))
-    .add(VIEWER, routes!(crate::analytics::sql))
-    // Exports need the operator role; `query.export_role = "admin"` raises that in the handler.
-    .add(OPERATOR, routes!(crate::analytics::sql_export))
-    .add(FLEET_VIEWER, routes!(crate::analytics::storage_status))
-    .add(FLEET_ADMIN, routes!(crate::analytics::storage_maintain))
-    .add(FLEET_ADMIN, routes!(crate::backup::take))
-    .add(VIEWER, routes!(building))
-    .add(VIEWER, routes!(fleet_summary))
-    .add(VIEWER, routes!(dlq_list))
-    .add(VIEWER, routes!(dlq_show))
-    .add(FLEET_OPERATOR, routes!(dlq_replay))
-    .add(VIEWER, routes!(crate::alerts::list))
-    .add(VIEWER, routes!(crate::alerts::show))
-    .add(VIEWER, routes!(crate::alerts::counts))
-    .add(VIEWER, routes!(crate::alerts::stream))
-    .add(OPERATOR, routes!(crate::alerts::acknowledge))
-    .add(OPERATOR, routes!(crate::alerts::resolve))
-    .add(FLEET_VIEWER, routes!(crate::alerts::rules))
-    .add(FLEET_ADMIN, routes!(crate::alerts::put_rule))
-    .add(FLEET_ADMIN, routes!(crate::alerts::delete_rule))
-    .add(FLEET_VIEWER, routes!(crate::alerts::silences))
-    .add(FLEET_OPERATOR, routes!(crate::alerts::add_silence))
-    .add(FLEET_OPERATOR, routes!(crate::alerts::delete_silence))
-    .add(FLEET_OPERATOR, routes!(crate::alerts::notifications))
-    .add(FLEET_OPERATOR, routes!(crate::alerts::replay))
-    .add(Public, routes!(healthz))
-    .add(Public, routes!(readyz))
-    .add(FLEET_VIEWER, routes!(metrics_text))
-    .add(Public, routes!(crate::openapi::serve));
+    };
+    let t = if readings {
+        t.add(Device, routes!(telemetry))
+    } else {
+        t
+    };
+    let t = t
+        .add(Public, routes!(auth::device_authorization))
+        .add(Public, routes!(auth::token))
+        .add(Public, routes!(auth::login))
+        .add(Staff, routes!(auth::logout))
+        .add(Staff, routes!(auth::me))
+        .add(Staff, routes!(auth::totp_enrol))
+        .add(Staff, routes!(auth::totp_confirm))
+        .add(Staff, routes!(auth::tokens))
+        .add(Staff, routes!(auth::token_create))
+        .add(Staff, routes!(auth::token_revoke))
+        .add(Staff, routes!(auth::sessions_revoke))
+        .add(FLEET_ADMIN, routes!(auth::keys))
+        .add(FLEET_ADMIN, routes!(auth::keys_rotate))
+        .add(ADMIN, routes!(auth::audit))
+        .add(ADMIN, routes!(auth::users))
+        .add(ADMIN, routes!(auth::user_create))
+        .add(ADMIN, routes!(auth::user_update))
+        .add(ADMIN, routes!(auth::user_delete))
+        .add(ADMIN, routes!(auth::user_totp_reset))
+        .add(ADMIN, routes!(auth::user_sessions_revoke))
+        .add(FLEET_OPERATOR, routes!(auth::devices))
+        .add(FLEET_OPERATOR, routes!(auth::device_request))
+        .add(FLEET_OPERATOR, routes!(auth::device))
+        .add(FLEET_OPERATOR, routes!(auth::device_approve))
+        .add(FLEET_OPERATOR, routes!(auth::device_deny))
+        .add(FLEET_OPERATOR, routes!(auth::device_provision))
+        .add(FLEET_OPERATOR, routes!(auth::device_revoke))
+        .add(FLEET_ADMIN, routes!(auth::device_mode))
+        .add(VIEWER, routes!(list_lifts))
+        .add(FLEET_OPERATOR, routes!(create_lift))
+        .add(FLEET_OPERATOR, routes!(import_lifts))
+        .add(VIEWER, routes!(get_lift))
+        .add(VIEWER, routes!(lift_assignments))
+        .add(OPERATOR, routes!(put_lift))
+        .add(OPERATOR, routes!(patch_lift))
+        .add(FLEET_OPERATOR, routes!(delete_lift))
+        .add(VIEWER, routes!(lift_state))
+        .add(VIEWER, routes!(lift_state_stream))
+        .add(VIEWER, routes!(crate::analytics::lift_readings))
+        .add(VIEWER, routes!(crate::analytics::sql))
+        // Exports need the operator role; `query.export_role = "admin"` raises that in the handler.
+        .add(OPERATOR, routes!(crate::analytics::sql_export))
+        .add(FLEET_VIEWER, routes!(crate::analytics::storage_status))
+        .add(FLEET_ADMIN, routes!(crate::analytics::storage_maintain))
+        .add(FLEET_ADMIN, routes!(crate::backup::take))
+        .add(VIEWER, routes!(building))
+        .add(VIEWER, routes!(fleet_summary))
+        .add(VIEWER, routes!(dlq_list))
+        .add(VIEWER, routes!(dlq_show))
+        .add(FLEET_OPERATOR, routes!(dlq_replay))
+        .add(VIEWER, routes!(crate::alerts::list))
+        .add(VIEWER, routes!(crate::alerts::show))
+        .add(VIEWER, routes!(crate::alerts::counts))
+        .add(VIEWER, routes!(crate::alerts::stream))
+        .add(OPERATOR, routes!(crate::alerts::acknowledge))
+        .add(OPERATOR, routes!(crate::alerts::resolve))
+        .add(FLEET_VIEWER, routes!(crate::alerts::rules))
+        .add(FLEET_ADMIN, routes!(crate::alerts::put_rule))
+        .add(FLEET_ADMIN, routes!(crate::alerts::delete_rule))
+        .add(FLEET_VIEWER, routes!(crate::alerts::silences))
+        .add(FLEET_OPERATOR, routes!(crate::alerts::add_silence))
+        .add(FLEET_OPERATOR, routes!(crate::alerts::delete_silence))
+        .add(FLEET_OPERATOR, routes!(crate::alerts::notifications))
+        .add(FLEET_OPERATOR, routes!(crate::alerts::replay))
+        .add(Public, routes!(healthz))
+        .add(Public, routes!(readyz))
+        .add(FLEET_VIEWER, routes!(metrics_text))
+        .add(Public, routes!(crate::openapi::serve));
     let router = t
         .router
         .fallback(crate::ui::serve)
@@ -970,22 +981,25 @@ fn checkpoints_behind(app: &AppState) -> Option<String> {
 ))]
 async fn readyz(State(app): State<AppState>) -> Response {
     let mut problems = Vec::new();
+    let mut log_problems = Vec::new();
     if !app.accepting.load(Ordering::Acquire) {
         problems.push("shutting down".to_string());
     }
     if let Some(why) = app.log.poisoned().or_else(|| app.log.unavailable()) {
-        problems.push(format!("log: {why}"));
+        log_problems.push(format!("log: {why}"));
     }
     if let Some(e) = app.ingest.backlogged() {
-        problems.push(e.to_string());
+        log_problems.push(e.to_string());
+    }
+    if app.takes_readings {
+        problems.append(&mut log_problems);
     }
     if problems.is_empty() {
         Json(Health {
             status: "ready",
-            warnings: app
-                .log
-                .durability_unverified()
+            warnings: log_problems
                 .into_iter()
+                .chain(app.log.durability_unverified())
                 .chain(app.auth.stale_shared_state())
                 .chain(checkpoints_behind(&app))
                 .chain(

@@ -241,6 +241,8 @@ pub struct Store {
     /// Copies in progress (backups) of the files of a snapshot: no removed file is deleted
     /// while one runs.
     file_pins: Arc<std::sync::atomic::AtomicUsize>,
+    /// Opened by [`Store::open_reader`]: it reads what the writer commits and changes nothing.
+    reader: bool,
 }
 
 /// Keeps removed files from being deleted while it lives; see [`Store::pin_files`].
@@ -284,16 +286,7 @@ impl Store {
         ] {
             metrics::counter!(counter).increment(0);
         }
-        let mut hot = config
-            .manifests
-            .load(Tier::Hot)
-            .await?
-            .unwrap_or_else(Manifest::new);
-        let archive = config
-            .manifests
-            .load(Tier::Archive)
-            .await?
-            .unwrap_or_else(Manifest::new);
+        let (mut hot, archive) = Self::load_manifests(&config).await?;
         let archived: HashSet<u64> = archive.files.iter().map(|f| f.id).collect();
         let moved: Vec<u64> = hot
             .files
@@ -325,7 +318,61 @@ impl Store {
             .chain([hot.next_file_id, config.first_file_id, 1])
             .max()
             .unwrap_or(1);
-        Ok(Self {
+        Ok(Self::new(config, clock, hot, archive, next_file_id, false))
+    }
+
+    /// Opens the store for reading only (a query node, beside the node that holds the
+    /// partition and writes): loads both manifests, changes nothing and deletes nothing.
+    /// [`reload`](Self::reload) takes the writer's later commits; flushes and upkeep are refused.
+    pub async fn open_reader(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        let (hot, archive) = Self::load_manifests(&config).await?;
+        Ok(Self::new(config, clock, hot, archive, 0, true))
+    }
+
+    /// Reads both manifests again where the writer committed since (a reader's view of its
+    /// commits); returns whether either changed.
+    pub async fn reload(&self) -> Result<bool> {
+        let known = {
+            let visible = self.visible.read();
+            (visible.hot.generation, visible.archive.generation)
+        };
+        // Hot first: a move to the archive commits the archive, then the hot tier, so a file
+        // being moved is read in both (and kept in the archive only), never in neither.
+        let manifests = &self.config.manifests;
+        let hot = manifests.load_newer(Tier::Hot, known.0).await?;
+        let archive = manifests.load_newer(Tier::Archive, known.1).await?;
+        if hot.is_none() && archive.is_none() {
+            return Ok(false);
+        }
+        let mut visible = self.visible.write();
+        if let Some(archive) = archive {
+            visible.archive = Arc::new(archive);
+        }
+        let mut hot = hot.unwrap_or_else(|| (*visible.hot).clone());
+        let archived: HashSet<u64> = visible.archive.files.iter().map(|f| f.id).collect();
+        hot.files.retain(|f| !archived.contains(&f.id));
+        visible.hot = Arc::new(hot);
+        Ok(true)
+    }
+
+    async fn load_manifests(config: &StoreConfig) -> Result<(Manifest, Manifest)> {
+        let hot = config.manifests.load(Tier::Hot).await?;
+        let archive = config.manifests.load(Tier::Archive).await?;
+        Ok((
+            hot.unwrap_or_else(Manifest::new),
+            archive.unwrap_or_else(Manifest::new),
+        ))
+    }
+
+    fn new(
+        config: StoreConfig,
+        clock: Arc<dyn Clock>,
+        hot: Manifest,
+        archive: Manifest,
+        next_file_id: u64,
+        reader: bool,
+    ) -> Self {
+        Self {
             next_file_id: Arc::new(AtomicU64::new(next_file_id)),
             file_pins: Arc::default(),
             config,
@@ -339,7 +386,18 @@ impl Store {
             }),
             commit: tokio::sync::Mutex::new(()),
             flush_slot: Arc::new(tokio::sync::Mutex::new(())),
-        })
+            reader,
+        }
+    }
+
+    /// Refuses a change on a store opened by [`open_reader`](Self::open_reader).
+    fn writable(&self) -> Result<()> {
+        if self.reader {
+            return Err(Error::Conflict(
+                "this node reads storage and does not write it: flushes and upkeep run on the node that holds the partition".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -463,6 +521,7 @@ impl Store {
     }
 
     async fn finish_flush(&self, batches: Vec<RecordBatch>, through: Offset) -> Result<FlushStats> {
+        self.writable()?;
         let _commit = self.commit.lock().await;
         let started = Instant::now();
         // Read under the commit lock: compaction may have changed it since the buffers were taken.

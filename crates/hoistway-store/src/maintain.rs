@@ -41,6 +41,7 @@ pub struct MaintenanceReport {
 impl Store {
     /// One pass of upkeep. Safe to run while ingest flushes and queries run.
     pub async fn maintain(&self) -> Result<MaintenanceReport> {
+        self.writable()?;
         let mut report = MaintenanceReport::default();
         let now = self.clock.now_us();
         self.expire(now, &mut report).await?;

@@ -209,6 +209,12 @@ pub trait ManifestStore: Send + Sync + std::fmt::Debug {
     /// The committed manifest of `tier`, if one was ever committed.
     async fn load(&self, tier: Tier) -> Result<Option<Manifest>>;
 
+    /// The committed manifest of `tier` unless it is still generation `known` (a reader
+    /// polling for the writer's commits moves a manifest only when it changed).
+    async fn load_newer(&self, tier: Tier, known: u64) -> Result<Option<Manifest>> {
+        Ok(self.load(tier).await?.filter(|m| m.generation != known))
+    }
+
     /// Commits `manifest` as `tier`'s if the committed one is still the generation before it
     /// (`manifest.generation - 1`; 0 when none was committed), else [`Error::Conflict`] and
     /// nothing changes. Durable when it returns `Ok`.
@@ -330,6 +336,12 @@ pub mod conformance {
             None,
             "tiers are apart"
         );
+        assert_eq!(store.load_newer(Tier::Hot, 1).await.unwrap(), None);
+        assert_eq!(
+            store.load_newer(Tier::Hot, 0).await.unwrap().as_ref(),
+            Some(&hot)
+        );
+        assert_eq!(store.load_newer(Tier::Archive, 0).await.unwrap(), None);
 
         // Only the generation after the committed one.
         for generation in [1, 3] {

@@ -203,6 +203,63 @@ async fn files_no_manifest_lists_are_removed_on_open() {
     assert_eq!(stored_keys(&f, &store).len(), 30);
 }
 
+/// A query node's store: it sees what the writer committed once it reloads, never deletes a
+/// file the writer has not committed yet, and refuses to flush or do upkeep.
+#[tokio::test]
+async fn a_reader_follows_the_writer_and_changes_nothing() {
+    let f = Fixture::new();
+    let writer = f.open().await;
+    // Three days old: upkeep moves it to the archive below.
+    let first = fleet(3, 10, DAY0 - 3 * DAY_US);
+    writer.buffer(0, &first);
+    writer.flush(1).await.unwrap();
+    // A file the writer is still writing (not in a manifest yet).
+    let writing = f
+        .hot()
+        .join("readings/date=2026-11-23/f000000000999.parquet");
+    std::fs::create_dir_all(writing.parent().unwrap()).unwrap();
+    std::fs::write(&writing, b"half a file").unwrap();
+    let reader = Arc::new(
+        Store::open_reader(f.config(), f.clock.clone())
+            .await
+            .unwrap(),
+    );
+    assert!(writing.exists(), "a reader deletes nothing");
+    assert_eq!(stored_keys(&f, &reader), keys_of(&first));
+    assert!(!reader.reload().await.unwrap(), "nothing new");
+
+    let second = fleet(3, 5, DAY0 + HOUR_US);
+    writer.buffer(1, &second);
+    writer.flush(2).await.unwrap();
+    assert_eq!(
+        stored_keys(&f, &reader),
+        keys_of(&first),
+        "until it reloads"
+    );
+    assert!(reader.reload().await.unwrap());
+    let mut both = first.clone();
+    both.extend(second);
+    assert_eq!(stored_keys(&f, &reader), keys_of(&both));
+    assert_eq!(reader.committed_offset(), 2);
+
+    reader.buffer(2, &fleet(1, 1, DAY0));
+    let refused = reader.flush(3).await.unwrap_err().to_string();
+    assert!(refused.contains("does not write"), "{refused}");
+    let refused = reader.maintain().await.unwrap_err().to_string();
+    assert!(refused.contains("does not write"), "{refused}");
+    assert_eq!(
+        writer.snapshot().hot.generation,
+        reader.snapshot().hot.generation
+    );
+
+    // The writer moves the old date to the archive: the reader sees each reading once.
+    assert_eq!(writer.maintain().await.unwrap().moved_files, 2);
+    assert!(reader.reload().await.unwrap());
+    assert_eq!(stored_keys(&f, &reader), keys_of(&both));
+    let archived = reader.snapshot().archive.files.len();
+    assert_eq!(archived, 2, "readings and rollups of one date");
+}
+
 #[tokio::test]
 async fn late_readings_are_stored_under_their_event_date() {
     let f = Fixture::new();

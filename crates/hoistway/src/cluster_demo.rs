@@ -93,17 +93,36 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
     ];
     let exe = std::env::current_exe().context("cannot find this program")?;
     let (password, token) = add_admin(&exe, &dir.join("p1"), &common)?;
-    let ports: Vec<u16> = (0..5)
+    let ports: Vec<u16> = (0..6)
         .map(|i| match args.port {
             0 => free_port(),
             first => Ok(first + i),
         })
         .collect::<std::io::Result<_>>()?;
     let at = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+    // The storage tiers every processing node and the query node share: on one machine a
+    // directory stands in for S3, and the catalog of its files is in PostgreSQL.
+    let storage = [
+        (
+            "HOISTWAY_STORAGE__HOT_URL",
+            path_text(&dir.join("store/hot"))?,
+        ),
+        (
+            "HOISTWAY_STORAGE__ARCHIVE_URL",
+            path_text(&dir.join("store/archive"))?,
+        ),
+    ];
     let processing: Vec<(&str, String)> = common
         .iter()
         .cloned()
+        .chain(storage.clone())
         .chain([("HOISTWAY_CLUSTER__EDGES", "edge".to_string())])
+        .collect();
+    let query: Vec<(&str, String)> = common
+        .iter()
+        .cloned()
+        .chain(storage)
+        .chain([("HOISTWAY_ROLES", "query".to_string())])
         .collect();
     let ingest: Vec<(&str, String)> = common
         .iter()
@@ -127,20 +146,26 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
         // In this order: the edge's stream exists before the processing region's stream looks
         // for it (NATS waits longer between later looks), and the first processing node holds
         // the partition before the others start, which then stand by to take it over.
-        let plan: [(&'static str, &'static str, usize, &Env); 5] = [
+        let plan: [(&'static str, &'static str, usize, &Env); 6] = [
             ("edge", "ingest, edge region", 4, &at_edge),
             ("ingest", "ingest, processing region", 3, &ingest),
             ("p1", "processing (holds the partition)", 0, &processing),
             ("p2", "processing (stands by)", 1, &processing),
             ("p3", "processing (stands by)", 2, &processing),
+            (
+                "query",
+                "query: the API, the UI and SQL, whoever holds the partition",
+                5,
+                &query,
+            ),
         ];
         for (i, (name, what, port, env)) in plan.into_iter().enumerate() {
             nodes.push(spawn(&exe, &dir, name, what, at(port), env)?);
-            if i < 3 {
+            if i < 3 || name == "query" {
                 ready(&nodes[i], Duration::from_secs(60)).await?;
             }
         }
-        // Listed with the processing nodes first.
+        // Listed with the processing nodes first, then the query node.
         nodes.rotate_left(2);
         tell(&args, &dir, &nodes, &postgres_url, &password, &token);
         // The ledgers of what each fleet had acknowledged, checked at the end against whichever
@@ -171,7 +196,13 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
             }
             if outcome.is_ok() {
                 let holders: Vec<_> = nodes[..3].iter().map(|n| (n.name, n.addr)).collect();
-                outcome = verify_fleets(&holders, &token, &[ledger("HUB-"), ledger("EDGE-")]).await;
+                outcome = verify_fleets(
+                    &holders,
+                    (nodes[3].name, nodes[3].addr),
+                    &token,
+                    &[ledger("HUB-"), ledger("EDGE-")],
+                )
+                .await;
             }
         } else {
             // Until Ctrl-C: what the lifts still hold is not delivered (the nodes stop next).
@@ -193,6 +224,12 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
+}
+
+fn path_text(path: &Path) -> anyhow::Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -313,9 +350,11 @@ async fn readiness(addr: SocketAddr) -> Option<String> {
 }
 
 /// Checks each fleet's ledger against the processing node that holds the partition now (for
-/// a while: it may still be taking over or applying the last readings).
+/// a while: it may still be taking over or applying the last readings), then against the query
+/// node (which shows the holder's checkpoints).
 async fn verify_fleets(
     processing: &[(&'static str, SocketAddr)],
+    query: (&'static str, SocketAddr),
     token: &str,
     ledgers: &[PathBuf],
 ) -> anyhow::Result<()> {
@@ -325,36 +364,57 @@ async fn verify_fleets(
             &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
         )?;
         anyhow::ensure!(ledger.total_readings() > 0, "no reading was acknowledged");
-        loop {
+        let holder = || async {
             let mut holder = None;
             for (name, addr) in processing {
                 if readiness(*addr).await.as_deref() == Some("ready") {
                     holder = Some((*name, *addr));
                 }
             }
-            let problems = match holder {
-                Some((_, addr)) => hoistway_sim::verify(addr, Some(token), &ledger).await,
-                None => vec!["no processing node holds the partition".to_string()],
-            };
-            if problems.is_empty() {
-                println!(
-                    "verified on {}: {} readings of {} lifts, each counted exactly once",
-                    holder.map_or("?", |h| h.0),
-                    ledger.total_readings(),
-                    ledger.lifts.len()
-                );
-                break;
-            }
-            if Instant::now() >= deadline {
-                for p in problems.iter().take(20) {
-                    eprintln!("mismatch: {p}");
-                }
-                anyhow::bail!("{} differences from {}", problems.len(), path.display());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            holder
+        };
+        verify_on(holder, token, &ledger, path, deadline).await?;
+        verify_on(|| async { Some(query) }, token, &ledger, path, deadline).await?;
     }
     Ok(())
+}
+
+/// Checks `ledger` on the node `which` names (asked again at each try) until it agrees or the
+/// deadline passes.
+async fn verify_on<F, Fut>(
+    which: F,
+    token: &str,
+    ledger: &hoistway_sim::Ledger,
+    path: &Path,
+    deadline: Instant,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<(&'static str, SocketAddr)>>,
+{
+    loop {
+        let node = which().await;
+        let problems = match node {
+            Some((_, addr)) => hoistway_sim::verify(addr, Some(token), ledger).await,
+            None => vec!["no processing node holds the partition".to_string()],
+        };
+        if problems.is_empty() {
+            println!(
+                "verified on {}: {} readings of {} lifts, each counted exactly once",
+                node.map_or("?", |h| h.0),
+                ledger.total_readings(),
+                ledger.lifts.len()
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            for p in problems.iter().take(20) {
+                eprintln!("mismatch: {p}");
+            }
+            anyhow::bail!("{} differences from {}", problems.len(), path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A line whenever another processing node holds the partition (with how long none did), and
@@ -426,14 +486,19 @@ fn tell(
     }
     println!("  PostgreSQL: {postgres}");
     println!();
+    let query = nodes
+        .iter()
+        .find(|n| n.name == "query")
+        .unwrap_or(&nodes[0]);
     println!(
-        "web UI: http://{}/ (log in as admin, password {password}; the first login enrols a TOTP second factor)",
-        nodes[0].addr
+        "web UI: http://{}/ on the query node, up whoever holds the partition (log in as admin, password {password}; \
+         the first login enrols a TOTP second factor)",
+        query.addr
     );
     println!("API token: export HOISTWAY_TOKEN={token}");
     println!(
         "  curl -s -H \"authorization: Bearer $HOISTWAY_TOKEN\" http://{}/v1/fleet/summary",
-        nodes[0].addr
+        query.addr
     );
     println!(
         "  curl -s -H \"authorization: Bearer $HOISTWAY_TOKEN\" http://{}/metrics | grep -E 'edge|absence'",
@@ -449,8 +514,8 @@ fn tell(
         nodes[0].child.id()
     );
     println!(
-        "(Each node keeps its Parquet files in its own data dir here: the one taking over has the counters, alerts and \
-         everything still in the stream, not p1's stored files. Put the tiers on S3 for that; docs/deploy.md.)"
+        "(The processing nodes and the query node share the storage tiers in {}: here a directory stands in for S3.)",
+        dir.join("store").display()
     );
     match args.run_for {
         Some(s) => println!("running for {s} s, then checking every lift's counters"),

@@ -21,9 +21,22 @@ use crate::serve::{self, Running};
 /// What a node can run.
 const ROLES: [&str; 4] = ["ingest", "processor", "query", "maintenance"];
 
-/// Whether this node processes (holds the partition, stores, answers queries, does upkeep), as
-/// `roles` says: `all` (the default) or every role does; `ingest` alone does not.
-pub fn processes(config: &Config) -> anyhow::Result<bool> {
+/// What a node runs, as `roles` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Every role (`all`, the default): holds the partition (or stands by for it), processes,
+    /// stores, answers queries and does upkeep.
+    Processing,
+    /// `ingest`: takes readings from lifts and appends them to the shared log.
+    Ingest,
+    /// `query`: the API, the UI and SQL from the shared state and storage, without holding the
+    /// partition; with `ingest` too (`ingest,query`) it also takes readings.
+    Query { ingest: bool },
+}
+
+/// Which kind of node `roles` makes: `all` (the default) or every role, `ingest`, `query`, or
+/// `ingest,query`.
+pub fn node_kind(config: &Config) -> anyhow::Result<NodeKind> {
     let mut named: Vec<&str> = config
         .roles
         .split(',')
@@ -39,11 +52,13 @@ pub fn processes(config: &Config) -> anyhow::Result<bool> {
     named.sort_unstable();
     named.dedup();
     match named.as_slice() {
-        [] | ["all"] => Ok(true),
-        ["ingest"] => Ok(false),
-        every if every.len() == ROLES.len() => Ok(true),
+        [] | ["all"] => Ok(NodeKind::Processing),
+        ["ingest"] => Ok(NodeKind::Ingest),
+        ["query"] => Ok(NodeKind::Query { ingest: false }),
+        ["ingest", "query"] => Ok(NodeKind::Query { ingest: true }),
+        every if every.len() == ROLES.len() => Ok(NodeKind::Processing),
         other => anyhow::bail!(
-            "roles {other:?}: a node runs every role (all, the default) or ingest alone for now; processor, query \
+            "roles {other:?}: a node runs every role (all, the default), ingest, query, or ingest,query; processor \
              and maintenance run together on the node that holds the partition (docs/deploy.md)"
         ),
     }
@@ -103,6 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         limits: serve::api_limits(&config),
         metrics,
         accepting: accepting.clone(),
+        takes_readings: true,
         started,
     });
 
@@ -170,15 +186,15 @@ async fn follow_the_stream(log: Arc<dyn hoistway_log::Log>, mut shutdown: watch:
 mod tests {
     use super::*;
 
-    fn roles(roles: &str) -> anyhow::Result<bool> {
-        processes(&Config {
+    fn roles(roles: &str) -> anyhow::Result<NodeKind> {
+        node_kind(&Config {
             roles: roles.into(),
             ..Config::default()
         })
     }
 
     #[test]
-    fn a_node_runs_every_role_or_ingest_alone() {
+    fn a_node_runs_every_role_ingest_or_query() {
         for all in [
             "",
             "all",
@@ -186,15 +202,20 @@ mod tests {
             "ingest,processor,query,maintenance",
             "maintenance, query,processor ,ingest,ingest",
         ] {
-            assert!(roles(all).unwrap(), "{all:?}");
+            assert_eq!(roles(all).unwrap(), NodeKind::Processing, "{all:?}");
         }
-        assert!(!roles("ingest").unwrap());
-        assert!(!roles(" ingest, ingest").unwrap());
+        assert_eq!(roles("ingest").unwrap(), NodeKind::Ingest);
+        assert_eq!(roles(" ingest, ingest").unwrap(), NodeKind::Ingest);
+        assert_eq!(roles("query").unwrap(), NodeKind::Query { ingest: false });
+        assert_eq!(
+            roles("query, ingest").unwrap(),
+            NodeKind::Query { ingest: true }
+        );
         let unknown = roles("ingest,writer").unwrap_err().to_string();
         assert!(unknown.contains("unknown role \"writer\""), "{unknown}");
-        for apart in ["query", "processor,query,maintenance", "ingest,query"] {
+        for apart in ["processor", "processor,query,maintenance", "maintenance"] {
             let refused = roles(apart).unwrap_err().to_string();
-            assert!(refused.contains("ingest alone"), "{apart}: {refused}");
+            assert!(refused.contains("run together"), "{apart}: {refused}");
         }
     }
 

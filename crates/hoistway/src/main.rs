@@ -15,6 +15,7 @@ mod cluster_demo;
 mod config;
 mod ingest_node;
 mod offline;
+mod query_node;
 mod serve;
 mod simulate;
 mod sql;
@@ -108,8 +109,9 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// What this node runs: `all` (the default), or `ingest` alone (with cluster.nats and
-    /// cluster.postgres: it takes readings and appends them for the node that processes).
+    /// What this node runs: `all` (the default); with cluster.nats and cluster.postgres, `ingest`
+    /// (takes readings and appends them for the node that processes), `query` (the API, the UI
+    /// and SQL from the shared state) or `ingest,query`.
     #[arg(long)]
     role: Option<String>,
 }

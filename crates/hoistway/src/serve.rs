@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::ingest_node::NodeKind;
 
 /// A started server: its address and the means to stop it.
 pub struct Running {
@@ -39,8 +40,10 @@ impl Running {
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    if !crate::ingest_node::processes(&config)? {
-        return crate::ingest_node::start(config).await;
+    match crate::ingest_node::node_kind(&config)? {
+        NodeKind::Processing => {}
+        NodeKind::Ingest => return crate::ingest_node::start(config).await,
+        NodeKind::Query { ingest } => return crate::query_node::start(config, ingest).await,
     }
     anyhow::ensure!(
         config.cluster.region.trim().is_empty(),
@@ -118,17 +121,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
 
-    // Analytics (SQL, compaction, flush encoding) run here, at a lower priority than the acks.
-    let threads = match config.query.threads {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
-    let analytics = hoistway_query::runtime::AnalyticsRuntime::new(threads, config.query.nice)
-        .context("cannot start the analytics runtime")?;
+    let analytics = analytics_runtime(&config)?;
     let mut storage = store_config(&config)?;
     storage.work = Some(analytics.handle().clone());
     if let Some(pg) = pg.as_ref().filter(|_| checkpoints_in_postgres(&config)) {
-        if storage.hot.local_dir.is_none() && storage.archive.local_dir.is_none() {
+        if shared_tiers(&config) {
             // The catalog beside the checkpoints, written only while this server holds the
             // partition; file ids above any the previous holder could still be writing.
             let pg = pg.clone();
@@ -141,8 +138,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             storage.first_file_id = epoch << 32;
         } else {
             tracing::warn!(
-                "a storage tier is on this machine's disk: a standby that takes the partition over will not have its Parquet files \
-                 (put both on S3, storage.hot_url and storage.archive_url, and the manifests go to PostgreSQL)"
+                "a storage tier is in this node's data dir: a standby that takes the partition over will not have its Parquet files, \
+                 and no query node can read them (name both tiers, storage.hot_url and storage.archive_url: S3, or a directory all of them share)"
             );
         }
     }
@@ -231,25 +228,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_secs(config.processor.silent_after_secs),
     );
     let fleet_for_alerts = fleet.clone();
-    let mut query = QueryEngine::new(
+    let query = query_engine(
+        &config,
         store.clone(),
         fleet.clone(),
-        QueryLimits {
-            max_rows: config.query.max_rows.max(1),
-            timeout: Duration::from_secs(config.query.timeout_secs.max(1)),
-            memory_bytes: config.query.memory_mb.max(16) << 20,
-            export_role: config.query.export_role,
-            export_max_bytes: config.query.export_max_mb.saturating_mul(1024 * 1024),
-        },
-    )
-    .context("cannot start the query engine")?
-    .with_audit(auth.clone())
-    .with_runtime(analytics.clone())
-    .with_test_functions(config.query.test_functions);
-    if let Some((alerts, _)) = &alerts {
-        query = query.with_alerts(alerts.store().clone());
-    }
-    let query = Arc::new(query);
+        auth.clone(),
+        &analytics,
+        alerts.as_ref().map(|(a, _)| a.store().clone()),
+    )?;
     if let Some((alerts, _)) = &alerts {
         // A lift whose readings sit in an edge region's backlog is not silent: absence rules
         // wait while an edge region is out of contact or catching up.
@@ -275,35 +261,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             })
         }));
     }
-    let postgres_listener = match config.query.postgres_listen.trim() {
-        "" => None,
-        listen => Some(
-            tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen for postgres clients on {listen}"))?,
-        ),
-    };
-    let flight_listener = match config.query.flight_listen.trim() {
-        "" => None,
-        listen => Some(
-            tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen for Flight SQL clients on {listen}"))?,
-        ),
-    };
-    let flight_service = flight_listener
-        .is_some()
-        .then(|| {
-            hoistway_flightsql::Service::new(
-                query.clone(),
-                auth.clone(),
-                config.query.postgres_plain_passwords,
-            )
-        })
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("cannot set up Flight SQL: {e}"))?;
-    let postgres_query = query.clone();
-    let postgres_auth = auth.clone();
+    let sql_endpoints = SqlEndpoints::bind(&config, &query, &auth).await?;
     let reread_auth = auth.clone();
     let reread_registry = registry.clone();
     let accepting = Arc::new(AtomicBool::new(true));
@@ -330,6 +288,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         limits: api_limits(&config),
         metrics,
         accepting: accepting.clone(),
+        takes_readings: true,
         started,
     });
 
@@ -376,33 +335,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tokio::spawn(dispatcher.run(shutdown_rx.clone())),
         )
     });
-    let postgres_task = postgres_listener
-        .map(|listener| {
-            let pg_addr = listener.local_addr()?;
-            tracing::info!(addr = %pg_addr, "postgres wire protocol listening");
-            anyhow::Ok(tokio::spawn(hoistway_pgwire::serve(
-                listener,
-                postgres_query,
-                postgres_auth,
-                config.query.postgres_plain_passwords,
-                acceptors.clone(),
-                shutdown_rx.clone(),
-            )))
-        })
-        .transpose()?;
-    let flight_task = flight_listener
-        .zip(flight_service)
-        .map(|(listener, service)| {
-            let flight_addr = listener.local_addr()?;
-            tracing::info!(addr = %flight_addr, "Arrow Flight SQL listening");
-            anyhow::Ok(tokio::spawn(hoistway_flightsql::serve(
-                listener,
-                service,
-                acceptors.clone(),
-                shutdown_rx.clone(),
-            )))
-        })
-        .transpose()?;
+    let sql_tasks = sql_endpoints.serve(&acceptors, &shutdown_rx)?;
     let router = hoistway_server::router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving");
     let tls_task = watch_tls(tls, &config, addr, shutdown_rx.clone());
@@ -435,17 +368,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             writer.await?;
             dispatcher.await?;
         }
-        if let Some(task) = postgres_task {
-            task.await?;
-        }
-        // gRPC clients keep connections open; past a few seconds they are cut with the process.
-        if let Some(task) = flight_task
-            && tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-        {
-            tracing::warn!("Flight SQL clients still connected at shutdown");
-        }
+        sql_tasks.finish().await?;
         if let Some(task) = tls_task {
             task.await?;
         }
@@ -500,7 +423,30 @@ fn open_alerts(
                 .context("cannot open the alert store")?,
         ),
     };
-    let alerts_config = hoistway_alerts::AlertsConfig {
+    let alerts_config = alerts_config(config);
+    let schedule = alerts_config.retry_schedule.clone();
+    let alerts = Arc::new(
+        hoistway_alerts::Alerts::open(store.clone(), alerts_config, file_rules, clock.clone())
+            .context("cannot open alerting")?,
+    );
+    let mut channels = std::collections::HashMap::new();
+    for channel in &settings.channels {
+        channels.insert(channel.name().to_string(), channel.build()?);
+    }
+    let dispatcher = hoistway_alerts::notify::Dispatcher::new(
+        store,
+        channels,
+        schedule,
+        clock,
+        alerts.dispatcher_wake(),
+    );
+    Ok((alerts, dispatcher))
+}
+
+/// Alerting's settings from the config.
+pub(crate) fn alerts_config(config: &Config) -> hoistway_alerts::AlertsConfig {
+    let settings = &config.alerts;
+    hoistway_alerts::AlertsConfig {
         engine: hoistway_alerts::EngineConfig {
             silent_after_secs: config.processor.silent_after_secs,
             grace_secs: settings.grace_secs,
@@ -520,24 +466,7 @@ fn open_alerts(
         baseline_refresh: Duration::from_secs(settings.baseline_refresh_secs.max(1)),
         history: Duration::from_secs(settings.history_days.max(1) * 86_400),
         outbox_history: Duration::from_secs(settings.outbox_days.max(1) * 86_400),
-    };
-    let schedule = alerts_config.retry_schedule.clone();
-    let alerts = Arc::new(
-        hoistway_alerts::Alerts::open(store.clone(), alerts_config, file_rules, clock.clone())
-            .context("cannot open alerting")?,
-    );
-    let mut channels = std::collections::HashMap::new();
-    for channel in &settings.channels {
-        channels.insert(channel.name().to_string(), channel.build()?);
     }
-    let dispatcher = hoistway_alerts::notify::Dispatcher::new(
-        store,
-        channels,
-        schedule,
-        clock,
-        alerts.dispatcher_wake(),
-    );
-    Ok((alerts, dispatcher))
 }
 
 /// Moves the manifests of tiers that were used before the cluster mode (files on S3 listed by
@@ -579,7 +508,7 @@ async fn adopt_tier_manifests(
 }
 
 /// The storage tiers named by the configuration.
-fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
+pub(crate) fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
     let settings = &config.storage;
     let hot = if settings.hot_url.trim().is_empty() {
         let hot_dir = if settings.hot_dir.is_empty() {
@@ -646,7 +575,9 @@ pub(crate) async fn open_log(
         match regions(config)? {
             Regions::Edge(region) => js = js.in_region(&region),
             // The partition's holder keeps the stream's list of edge regions as configured.
-            Regions::Processing(edges) if crate::ingest_node::processes(config)? => {
+            Regions::Processing(edges)
+                if crate::ingest_node::node_kind(config)? == NodeKind::Processing =>
+            {
                 js.sources = Some(edges)
             }
             Regions::Processing(_) => {}
@@ -751,6 +682,153 @@ pub(crate) enum Regions {
     Edge(String),
     /// The processing region's, which takes these edge regions in.
     Processing(Vec<String>),
+}
+
+/// The query engine over `store` and `fleet`, on the analytics runtime, with the audit log and
+/// (when alerting is on) the alert tables.
+pub(crate) fn query_engine(
+    config: &Config,
+    store: Arc<Store>,
+    fleet: hoistway_processor::Fleet,
+    auth: Arc<hoistway_auth::Authority>,
+    analytics: &hoistway_query::runtime::AnalyticsRuntime,
+    alerts: Option<Arc<dyn hoistway_alerts::AlertStore>>,
+) -> anyhow::Result<Arc<QueryEngine>> {
+    let mut query = QueryEngine::new(
+        store,
+        fleet,
+        QueryLimits {
+            max_rows: config.query.max_rows.max(1),
+            timeout: Duration::from_secs(config.query.timeout_secs.max(1)),
+            memory_bytes: config.query.memory_mb.max(16) << 20,
+            export_role: config.query.export_role,
+            export_max_bytes: config.query.export_max_mb.saturating_mul(1024 * 1024),
+        },
+    )
+    .context("cannot start the query engine")?
+    .with_audit(auth)
+    .with_runtime(analytics.clone())
+    .with_test_functions(config.query.test_functions);
+    if let Some(alerts) = alerts {
+        query = query.with_alerts(alerts);
+    }
+    Ok(Arc::new(query))
+}
+
+/// The analytics runtime: SQL, compaction and flush encoding, at a lower priority than the
+/// acks.
+pub(crate) fn analytics_runtime(
+    config: &Config,
+) -> anyhow::Result<hoistway_query::runtime::AnalyticsRuntime> {
+    let threads = match config.query.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    hoistway_query::runtime::AnalyticsRuntime::new(threads, config.query.nice)
+        .context("cannot start the analytics runtime")
+}
+
+/// SQL besides HTTP, where configured: the PostgreSQL wire protocol (`query.postgres_listen`)
+/// and Arrow Flight SQL (`query.flight_listen`), bound before the server says it listens.
+pub(crate) struct SqlEndpoints {
+    postgres: Option<(
+        tokio::net::TcpListener,
+        Arc<QueryEngine>,
+        Arc<hoistway_auth::Authority>,
+        hoistway_pgwire::PlainPasswords,
+    )>,
+    flight: Option<(tokio::net::TcpListener, hoistway_flightsql::Service)>,
+}
+
+/// The running SQL endpoints, to wait for at shutdown.
+pub(crate) struct SqlTasks {
+    postgres: Option<JoinHandle<()>>,
+    flight: Option<JoinHandle<()>>,
+}
+
+impl SqlEndpoints {
+    pub(crate) async fn bind(
+        config: &Config,
+        query: &Arc<QueryEngine>,
+        auth: &Arc<hoistway_auth::Authority>,
+    ) -> anyhow::Result<Self> {
+        let plain = config.query.postgres_plain_passwords;
+        let postgres = match config.query.postgres_listen.trim() {
+            "" => None,
+            listen => Some((
+                tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen for postgres clients on {listen}"))?,
+                query.clone(),
+                auth.clone(),
+                plain,
+            )),
+        };
+        let flight = match config.query.flight_listen.trim() {
+            "" => None,
+            listen => Some((
+                tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen for Flight SQL clients on {listen}"))?,
+                hoistway_flightsql::Service::new(query.clone(), auth.clone(), plain)
+                    .map_err(|e| anyhow::anyhow!("cannot set up Flight SQL: {e}"))?,
+            )),
+        };
+        Ok(Self { postgres, flight })
+    }
+
+    pub(crate) fn serve(
+        self,
+        acceptors: &hoistway_server::tls::Acceptors,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<SqlTasks> {
+        let postgres = self
+            .postgres
+            .map(|(listener, query, auth, plain)| {
+                let addr = listener.local_addr()?;
+                tracing::info!(%addr, "postgres wire protocol listening");
+                anyhow::Ok(tokio::spawn(hoistway_pgwire::serve(
+                    listener,
+                    query,
+                    auth,
+                    plain,
+                    acceptors.clone(),
+                    shutdown.clone(),
+                )))
+            })
+            .transpose()?;
+        let flight = self
+            .flight
+            .map(|(listener, service)| {
+                let addr = listener.local_addr()?;
+                tracing::info!(%addr, "Arrow Flight SQL listening");
+                anyhow::Ok(tokio::spawn(hoistway_flightsql::serve(
+                    listener,
+                    service,
+                    acceptors.clone(),
+                    shutdown.clone(),
+                )))
+            })
+            .transpose()?;
+        Ok(SqlTasks { postgres, flight })
+    }
+}
+
+impl SqlTasks {
+    pub(crate) async fn finish(self) -> anyhow::Result<()> {
+        if let Some(task) = self.postgres {
+            task.await?;
+        }
+        // gRPC clients keep connections open; past a few seconds they are cut with the process.
+        if let Some(task) = self.flight
+            && tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!("Flight SQL clients still connected at shutdown");
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn regions(config: &Config) -> anyhow::Result<Regions> {
@@ -1000,13 +1078,20 @@ fn stops_server_on_error<E: std::fmt::Display + Send + 'static>(
 /// Whether the processor's checkpoints (and with them dead letters and alerts) are in
 /// PostgreSQL: with the log on JetStream and `cluster.postgres`, so that another machine can
 /// take over. A log of files keeps them beside it, in the data dir.
-fn checkpoints_in_postgres(config: &Config) -> bool {
+/// Whether both storage tiers are named by URL (S3, or a directory every node shares), not
+/// kept in the data dir: in the cluster mode the holder's files are then every node's, and
+/// their catalog is in PostgreSQL beside the checkpoints.
+pub(crate) fn shared_tiers(config: &Config) -> bool {
+    !config.storage.hot_url.trim().is_empty() && !config.storage.archive_url.trim().is_empty()
+}
+
+pub(crate) fn checkpoints_in_postgres(config: &Config) -> bool {
     !config.cluster.nats.trim().is_empty() && !config.cluster.postgres.trim().is_empty()
 }
 
 /// The partition a server processes: a standalone server (and, until partitions are spread over
 /// several streams, a cluster) has one.
-const PARTITION: u16 = 0;
+pub(crate) const PARTITION: u16 = 0;
 
 /// Names this process in the partition's lease, for the messages of those waiting for it.
 fn holder_name() -> String {

@@ -229,6 +229,10 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
     // The admin account lives in PostgreSQL: made once, valid on every machine.
     let token = admin_token_with_env(&machine(1), &env);
     let first = TestServer::start_with_token(machine(1), token.clone(), &env);
+    // A query node: the API, the UI and SQL from PostgreSQL and S3, whoever holds the partition.
+    let mut query_env = env.clone();
+    query_env.push(("HOISTWAY_ROLES", "query"));
+    let query = TestServer::start_with_token(machine(4), token.clone(), &query_env);
     let balancer = CutProxy::start(first.addr);
     let run_for = Duration::from_secs(14);
     let mut config = fleet_with_outages(run_for, 13);
@@ -311,13 +315,37 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
         alerted.iter().all(|id| now.contains(id)),
         "alerts of the first holder are gone: {alerted:?} then {now:?}"
     );
+
+    // The query node served through both takeovers and shows what the last holder committed:
+    // every lift's counters and every stored reading, and the same alerts.
+    let since = Instant::now();
+    verified(&query, &ledger).await;
+    let caught_up = since.elapsed();
+    stored_readings_match_the_ledger(&query, &ledger).await;
+    assert_eq!(alert_ids(&query).await, now);
+    let ready = query.get("/readyz").await;
+    assert_eq!(
+        ready.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    let posted = query.post_json("/v1/telemetry", "{}").await;
+    assert_eq!(posted.status, 404, "a query node takes no readings");
+    let upkeep = query.post_json("/v1/storage/maintain", "{}").await;
+    assert_eq!(
+        upkeep.status,
+        409,
+        "{:?}",
+        String::from_utf8_lossy(&upkeep.body)
+    );
     eprintln!(
-        "{} readings; taken over {takeover:?} after SIGSTOP and {failover:?} after SIGKILL (lease 2 s); {} alerts, then {}; {files} hot files on S3",
+        "{} readings; taken over {takeover:?} after SIGSTOP and {failover:?} after SIGKILL (lease 2 s); {} alerts, then {}; {files} hot files on S3; the query node agreed {caught_up:?} after the ledger was drained",
         ledger.total_readings(),
         alerted.len(),
         now.len()
     );
-    cluster.finish([third]).await;
+    cluster.finish([third, query]).await;
 }
 
 /// `--role ingest`: a node that only takes readings and appends them to the stream, beside the
@@ -494,10 +522,10 @@ async fn an_edge_region_keeps_accepting_while_the_processing_region_is_away() {
 
 /// `hoistway cluster-demo` brings the cluster up on this machine (private NATS servers for a
 /// processing and an edge region, a private PostgreSQL from the machine's packages, three
-/// processing nodes and an ingest node per region) and drives a fleet through each ingest node.
-/// The processing node holding the partition is killed (-9) mid-run: a standby takes over, and
-/// with `--run-for` the demo exits 0 only if every lift of both fleets agrees, on the new holder,
-/// with what was acknowledged.
+/// processing nodes, a query node and an ingest node per region) and drives a fleet through each
+/// ingest node. The processing node holding the partition is killed (-9) mid-run: a standby
+/// takes over, and with `--run-for` the demo exits 0 only if every lift of both fleets agrees,
+/// on the new holder and on the query node, with what was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -564,7 +592,7 @@ async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover
     std::io::Read::read_to_string(&mut demo.stderr.take().unwrap(), &mut stderr).unwrap();
     let stdout = seen.join("\n");
     assert!(status.success(), "{stdout}\n{stderr}");
-    for node in ["p1", "p2", "p3", "ingest", "edge"] {
+    for node in ["p1", "p2", "p3", "query", "ingest", "edge"] {
         assert!(stdout.contains(&format!("  {node} ")), "{node}: {stdout}");
     }
     let verified: Vec<&str> = seen
@@ -572,10 +600,18 @@ async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover
         .filter(|l| l.starts_with("verified on "))
         .map(String::as_str)
         .collect();
-    assert_eq!(verified.len(), 2, "{stdout}");
+    assert_eq!(verified.len(), 4, "{stdout}");
     assert!(
         verified.iter().all(|l| !l.starts_with("verified on p1")),
         "a standby holds the partition after p1 was killed: {verified:?}"
+    );
+    assert_eq!(
+        verified
+            .iter()
+            .filter(|l| l.starts_with("verified on query:"))
+            .count(),
+        2,
+        "the query node shows both fleets: {verified:?}"
     );
     let takeover = seen
         .iter()
