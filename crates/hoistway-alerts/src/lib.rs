@@ -951,10 +951,8 @@ mod tests {
         );
     }
 
-    /// Rules and silences changed through another node's API reach the evaluating node at its
-    /// next reread.
-    #[tokio::test]
-    async fn rules_and_silences_changed_elsewhere_reach_the_engine() {
+    /// Alerting on two nodes over one store.
+    fn two_nodes() -> (Arc<SqliteAlertStore>, Alerts, Alerts) {
         let clock = Arc::new(ManualClock::new(T0));
         let store = Arc::new(SqliteAlertStore::in_memory().unwrap());
         let open = || {
@@ -964,8 +962,17 @@ mod tests {
                 vec![],
                 clock.clone(),
             )
+            .unwrap()
         };
-        let (evaluating, elsewhere) = (open().unwrap(), open().unwrap());
+        let (a, b) = (open(), open());
+        (store, a, b)
+    }
+
+    /// Rules and silences changed through another node's API reach the evaluating node at its
+    /// next reread.
+    #[tokio::test]
+    async fn rules_and_silences_changed_elsewhere_reach_the_engine() {
+        let (store, evaluating, elsewhere) = two_nodes();
         let mut changed = rule::default_rules().remove(0);
         changed.severity = Severity::Info;
         assert!(!elsewhere.put_rule(&changed).unwrap(), "replaced");
@@ -996,17 +1003,7 @@ mod tests {
     /// and its own acts once, from the store.
     #[tokio::test]
     async fn a_follower_publishes_each_recorded_change_once() {
-        let clock = Arc::new(ManualClock::new(T0));
-        let store = Arc::new(SqliteAlertStore::in_memory().unwrap());
-        let open = || {
-            Alerts::open(
-                store.clone(),
-                AlertsConfig::default(),
-                vec![],
-                clock.clone(),
-            )
-        };
-        let (evaluating, follower) = (open().unwrap(), open().unwrap());
+        let (store, evaluating, follower) = two_nodes();
         follower
             .following
             .store(true, std::sync::atomic::Ordering::Release);

@@ -87,11 +87,9 @@ impl PgManifestStore {
             .await
             .map_err(store_error)
     }
-}
 
-#[async_trait::async_trait]
-impl ManifestStore for PgManifestStore {
-    async fn load(&self, tier: Tier) -> StoreResult<Option<Manifest>> {
+    /// `tier`'s manifest, unless it is still generation `known`.
+    async fn read(&self, tier: Tier, known: Option<i64>) -> StoreResult<Option<Manifest>> {
         let pg = self.pg.clone();
         let body = self
             .pg
@@ -99,27 +97,8 @@ impl ManifestStore for PgManifestStore {
                 let client = pg.client().await?;
                 let row = client
                     .query_opt(
-                        "SELECT body FROM storage_manifests WHERE tier = $1",
-                        &[&tier.as_str()],
-                    )
-                    .await?;
-                Ok::<_, Error>(row.map(|r| r.get::<_, String>(0)))
-            })
-            .await
-            .map_err(store_error)?;
-        body.map(|b| Manifest::decode(b.as_bytes())).transpose()
-    }
-
-    async fn load_newer(&self, tier: Tier, known: u64) -> StoreResult<Option<Manifest>> {
-        let pg = self.pg.clone();
-        let known = known as i64;
-        let body = self
-            .pg
-            .run(async move {
-                let client = pg.client().await?;
-                let row = client
-                    .query_opt(
-                        "SELECT body FROM storage_manifests WHERE tier = $1 AND generation <> $2",
+                        "SELECT body FROM storage_manifests
+                         WHERE tier = $1 AND generation IS DISTINCT FROM $2",
                         &[&tier.as_str(), &known],
                     )
                     .await?;
@@ -128,6 +107,17 @@ impl ManifestStore for PgManifestStore {
             .await
             .map_err(store_error)?;
         body.map(|b| Manifest::decode(b.as_bytes())).transpose()
+    }
+}
+
+#[async_trait::async_trait]
+impl ManifestStore for PgManifestStore {
+    async fn load(&self, tier: Tier) -> StoreResult<Option<Manifest>> {
+        self.read(tier, None).await
+    }
+
+    async fn load_newer(&self, tier: Tier, known: u64) -> StoreResult<Option<Manifest>> {
+        self.read(tier, Some(known as i64)).await
     }
 
     async fn commit(&self, tier: Tier, manifest: &Manifest) -> StoreResult<()> {
