@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// NATS server is down, then the time until that server's stream has taken them in.
     #[arg(long)]
     pub(crate) edge_only: bool,
+    /// Run only the cluster comparison: one ingest node and three processing nodes (on a NATS
+    /// server and a PostgreSQL of the benchmark's own) against a standalone server, then a
+    /// SIGKILL of the node holding the partition.
+    #[arg(long)]
+    pub(crate) cluster_only: bool,
 }
 
 pub(crate) struct Proc {
@@ -333,6 +338,11 @@ static TOKENS: std::sync::LazyLock<
     parking_lot::Mutex<std::collections::HashMap<SocketAddr, String>>,
 > = std::sync::LazyLock::new(Default::default);
 
+/// Uses `token` for the benchmark's own reads from the server at `addr`.
+pub(crate) fn remember_token(addr: SocketAddr, token: &str) {
+    TOKENS.lock().insert(addr, token.to_string());
+}
+
 pub(crate) fn staff_connection(addr: SocketAddr) -> Connection {
     Connection::new(addr).with_bearer(TOKENS.lock().get(&addr).cloned())
 }
@@ -501,6 +511,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.edge_only {
         return crate::bench_jetstream::edge(&tmp, &args).await;
+    }
+    if args.cluster_only {
+        return crate::bench_cluster::run(&tmp, &args).await;
     }
 
     // 1. One reading per request: hoistway vs a bare axum handler vs PostgreSQL, at each

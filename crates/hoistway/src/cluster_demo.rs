@@ -42,11 +42,11 @@ pub struct ClusterDemoArgs {
 type Env<'a> = [(&'a str, String)];
 
 /// One `hoistway serve` process.
-struct Node {
-    name: &'static str,
+pub(crate) struct Node {
+    pub(crate) name: &'static str,
     what: &'static str,
-    addr: SocketAddr,
-    child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) child: Child,
 }
 
 pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
@@ -226,20 +226,20 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
     result
 }
 
-fn path_text(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn path_text(path: &Path) -> anyhow::Result<String> {
     path.to_str()
         .map(str::to_string)
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// Where the pinned nats-server is installed, once: the user's cache, else `dir`.
-fn install_dir(dir: &Path) -> PathBuf {
+pub(crate) fn install_dir(dir: &Path) -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
@@ -247,7 +247,11 @@ fn install_dir(dir: &Path) -> PathBuf {
 }
 
 /// An admin account with an API token, in the shared state (PostgreSQL).
-fn add_admin(exe: &Path, data: &Path, env: &[(&str, String)]) -> anyhow::Result<(String, String)> {
+pub(crate) fn add_admin(
+    exe: &Path,
+    data: &Path,
+    env: &[(&str, String)],
+) -> anyhow::Result<(String, String)> {
     let out = Command::new(exe)
         .args([
             "users",
@@ -279,7 +283,7 @@ fn add_admin(exe: &Path, data: &Path, env: &[(&str, String)]) -> anyhow::Result<
     Ok((line("password: ")?, line("api token: ")?))
 }
 
-fn spawn(
+pub(crate) fn spawn(
     exe: &Path,
     dir: &Path,
     name: &'static str,
@@ -310,7 +314,7 @@ fn spawn(
 }
 
 /// Waits until `node` answers `/readyz` with 200.
-async fn ready(node: &Node, within: Duration) -> anyhow::Result<()> {
+pub(crate) async fn ready(node: &Node, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
         if readiness(node.addr).await.as_deref() == Some("ready") {
@@ -329,7 +333,7 @@ async fn ready(node: &Node, within: Duration) -> anyhow::Result<()> {
 
 /// What a node's `/readyz` says: `ready`, the reason it is not, or `None` if it does not
 /// answer (a standby does not listen until it holds the partition).
-async fn readiness(addr: SocketAddr) -> Option<String> {
+pub(crate) async fn readiness(addr: SocketAddr) -> Option<String> {
     let mut conn = hoistway_sim::client::Connection::new(addr);
     let reply = conn
         .send(
@@ -525,7 +529,7 @@ fn tell(
 }
 
 /// SIGTERM, then (after 20 s) SIGKILL.
-fn stop(node: &mut Node) {
+pub(crate) fn stop(node: &mut Node) {
     if let Ok(Some(_)) = node.child.try_wait() {
         return;
     }

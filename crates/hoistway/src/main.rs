@@ -6,6 +6,7 @@ mod alerts;
 mod backup;
 mod bench;
 mod bench_alerts;
+mod bench_cluster;
 mod bench_jetstream;
 mod bench_pg;
 mod bench_sql;
