@@ -366,6 +366,10 @@ pub struct JetStreamLog {
     appended: tokio::sync::Notify,
     /// (sequence, record count) of messages lately appended or read, newest last.
     counts: std::sync::Mutex<std::collections::VecDeque<(u64, usize)>>,
+    /// Payloads of messages fetched ahead of the last read, by sequence. A message never
+    /// changes once in the stream, so these are what a fetch would return; they spare a reader
+    /// that stopped inside a window (at `max_bytes`) fetching the rest of it again.
+    ahead: std::sync::Mutex<std::collections::BTreeMap<u64, Bytes>>,
     durability: Durability,
     /// The edge regions' streams this one takes in.
     edges: Vec<Edge>,
@@ -517,6 +521,7 @@ impl JetStreamLog {
             bytes: AtomicU64::new(0),
             appended: tokio::sync::Notify::new(),
             counts: Default::default(),
+            ahead: Default::default(),
             durability,
             edges,
             seen_sources: Default::default(),
@@ -775,28 +780,63 @@ impl Log for JetStreamLog {
             self.first_needed(seq, index)
         };
         let (last, _) = position_of(self.end.load(Ordering::Acquire) - 1);
-        let mut messages = futures::stream::iter(first..=last)
-            .map(|seq| async move { self.get(seq).await.map(|m| (seq, m)) })
-            .buffered(READ_AHEAD);
         let mut out = Vec::new();
         let mut bytes = 0;
-        while let Some((seq, m)) = messages.try_next().await? {
-            if !out.is_empty() && bytes >= max_bytes {
-                break;
-            }
-            let records = message::decode(&m.payload).map_err(|e| self.damaged(seq, e))?;
-            self.learn_count(seq, records.len());
-            let from_index = if seq == first { skip } else { 0 };
-            for (i, payload) in records.into_iter().enumerate().skip(from_index) {
-                if !out.is_empty() && bytes + payload.len() > max_bytes {
-                    return Ok(out);
+        let mut seq = first;
+        'windows: while seq <= last {
+            // A window of messages: those not fetched ahead before, side by side.
+            let window = seq..=last.min(seq + READ_AHEAD as u64 - 1);
+            let missing: Vec<u64> = {
+                let ahead = self.ahead.lock().expect("not poisoned");
+                window.clone().filter(|s| !ahead.contains_key(s)).collect()
+            };
+            let fetched = futures::stream::iter(missing)
+                .map(|seq| async move { self.get(seq).await.map(|m| (seq, m)) })
+                .buffered(READ_AHEAD)
+                .try_collect::<Vec<_>>()
+                .await?;
+            let mut messages = Vec::with_capacity(READ_AHEAD);
+            {
+                let mut ahead = self.ahead.lock().expect("not poisoned");
+                for (s, m) in fetched {
+                    ahead.insert(s, m.payload);
                 }
-                bytes += payload.len();
-                out.push(Record {
-                    offset: offset_of(seq, i),
-                    payload,
-                });
+                for s in window {
+                    match ahead.get(&s) {
+                        Some(payload) => messages.push((s, payload.clone())),
+                        // Let go by a reader elsewhere in the stream meanwhile: the next
+                        // window fetches it again.
+                        None => break,
+                    }
+                }
             }
+            for (s, message) in messages {
+                if !out.is_empty() && bytes >= max_bytes {
+                    break 'windows;
+                }
+                // Decoded only when reached: a damaged message further on fails the read
+                // that gets to it, not one that stops before.
+                let records = message::decode(&message).map_err(|e| self.damaged(s, e))?;
+                self.learn_count(s, records.len());
+                let from_index = if s == first { skip } else { 0 };
+                for (i, payload) in records.into_iter().enumerate().skip(from_index) {
+                    if !out.is_empty() && bytes + payload.len() > max_bytes {
+                        break 'windows;
+                    }
+                    bytes += payload.len();
+                    out.push(Record {
+                        offset: offset_of(s, i),
+                        payload,
+                    });
+                }
+                seq = s + 1;
+            }
+        }
+        // Keep what the next read from here needs: the message it starts in and those after.
+        let mut ahead = self.ahead.lock().expect("not poisoned");
+        ahead.retain(|&s, _| s >= seq);
+        while ahead.len() > 2 * READ_AHEAD {
+            ahead.pop_last();
         }
         Ok(out)
     }
