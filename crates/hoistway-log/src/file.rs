@@ -538,28 +538,6 @@ impl Inner {
         }
     }
 
-    /// Syncs the active segment through the records written so far and moves the durable end
-    /// there; a failed sync poisons the log. The caller holds `sync_lock`.
-    fn sync_written(&self) -> Result<()> {
-        let (file, end) = {
-            let w = self.writer.lock();
-            (w.file.clone(), w.next)
-        };
-        if *self.durable.borrow() >= end {
-            return Ok(());
-        }
-        if let Err(e) = file.sync_data() {
-            return Err(self.poison(format!("fsync failed: {e}")));
-        }
-        self.advance_mark(&file, end);
-        self.durable.send_if_modified(|d| {
-            let moved = *d < end;
-            *d = (*d).max(end);
-            moved
-        });
-        Ok(())
-    }
-
     fn check_poison(&self) -> Result<()> {
         match &*self.poison.lock() {
             Some(why) => Err(Error::Poisoned(why.clone())),
@@ -817,14 +795,32 @@ impl FileLog {
             if *self.inner.durable.borrow() >= offset {
                 return Ok(());
             }
-            let end = self.inner.writer.lock().next;
+            let (file, end) = {
+                let w = self.inner.writer.lock();
+                (w.file.clone(), w.next)
+            };
             if offset > end {
                 return Err(Error::BeyondEnd { offset, end });
             }
             let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || inner.sync_written())
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            let synced = tokio::task::spawn_blocking(move || {
+                file.sync_data()?;
+                inner.advance_mark(&file, end);
+                Ok(())
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match synced {
+                Ok(()) => {
+                    self.inner.durable.send_if_modified(|d| {
+                        let moved = *d < end;
+                        *d = (*d).max(end);
+                        moved
+                    });
+                }
+                Err(e) => return Err(self.inner.poison(format!("fsync failed: {e}"))),
+            }
         }
     }
 }
@@ -833,21 +829,7 @@ impl FileLog {
 impl Log for FileLog {
     async fn append(&self, records: Vec<Bytes>) -> Result<Vec<Offset>> {
         let n = records.len() as u64;
-        let inner = self.inner.clone();
-        // One trip to the blocking pool for the write and, unless another caller's sync is
-        // running (which `wait_durable` then waits for), the sync that makes it durable.
-        let first = tokio::task::spawn_blocking(move || -> Result<Offset> {
-            if n == 0 {
-                return Ok(inner.writer.lock().next);
-            }
-            let first = inner.append_blocking(records)?;
-            if let Ok(_one_sync_at_a_time) = inner.sync_lock.try_lock() {
-                inner.sync_written()?;
-            }
-            Ok(first)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let first = self.append_unsynced(records).await?;
         self.wait_durable(first + n).await?;
         Ok((first..first + n).collect())
     }
