@@ -178,6 +178,17 @@ impl Load {
             tokens: None,
         }
     }
+
+    /// Closed loop, batches of 1,000 readings on at most 8 connections, their seqs above the
+    /// single-reading phases'.
+    pub(crate) fn batches(args: &BenchArgs) -> Self {
+        Self {
+            connections: args.connections.min(8),
+            batch: 1000,
+            seq_base: 2_000_000,
+            ..Self::single(args)
+        }
+    }
 }
 
 pub(crate) struct LoadResult {
@@ -422,16 +433,7 @@ pub(crate) async fn batch_phase(
     args: &BenchArgs,
 ) -> anyhow::Result<(LoadResult, f64)> {
     let t = Instant::now();
-    let run = load(
-        addr,
-        Load {
-            connections: args.connections.min(8),
-            batch: 1000,
-            seq_base: 2_000_000,
-            ..Load::single(args)
-        },
-    )
-    .await;
+    let run = load(addr, Load::batches(args)).await;
     wait_processed(addr).await?;
     let e2e = run.readings as f64 / t.elapsed().as_secs_f64();
     Ok((run, e2e))

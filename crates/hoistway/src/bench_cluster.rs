@@ -89,16 +89,7 @@ async fn phases(to: SocketAddr, holder: SocketAddr, args: &BenchArgs) -> anyhow:
     wait_applied(holder, single.readings).await?;
     let single_e2e = single.readings as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let run = load(
-        to,
-        Load {
-            connections: args.connections.min(8),
-            batch: 1000,
-            seq_base: 2_000_000,
-            ..Load::single(args)
-        },
-    )
-    .await;
+    let run = load(to, Load::batches(args)).await;
     let acknowledged = single.readings + run.readings;
     wait_applied(holder, acknowledged).await?;
     let batched = run.readings as f64 / t.elapsed().as_secs_f64();
