@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hoistway_log::{Log, Offset};
+use hoistway_model::partition::{MAX_PARTITIONS, partition_of};
 use hoistway_model::{DedupWindow, LiftDedup, LiftId, Reading, Seen};
 use tokio::sync::{mpsc, oneshot};
 
@@ -56,7 +57,8 @@ pub struct IngestOutcome {
     pub accepted: usize,
     /// Readings whose `(lift_id, epoch, seq)` was already accepted: not an error.
     pub duplicates: usize,
-    /// The log record holding the accepted readings, if any were.
+    /// The log record holding the accepted readings, if any were (with several partitions, the
+    /// record in the lowest partition that took some).
     pub offset: Option<Offset>,
 }
 
@@ -78,27 +80,32 @@ struct Request {
     reply: oneshot::Sender<Result<IngestOutcome, IngestError>>,
 }
 
-/// Cloneable handle that request handlers submit readings through.
+/// Cloneable handle that request handlers submit readings through: in front of one partition's
+/// sequencer, or of several ([`Ingest::partitioned`]).
 #[derive(Clone)]
 pub struct Ingest {
+    parts: Arc<[Part]>,
+}
+
+/// One partition's sequencer, as a handle sees it.
+#[derive(Clone)]
+struct Part {
     tx: mpsc::Sender<Request>,
     log: Arc<dyn Log>,
     max_log_bytes: u64,
 }
 
-impl Ingest {
-    /// Appends the new ones among `readings` and returns once they are durable.
-    pub async fn submit(&self, readings: Vec<Reading>) -> Result<IngestOutcome, IngestError> {
-        self.send(readings, false).await
+type Reply = oneshot::Receiver<Result<IngestOutcome, IngestError>>;
+
+impl Part {
+    fn refused(&self) -> Option<IngestError> {
+        if let Some(why) = self.log.poisoned() {
+            return Some(hoistway_log::Error::Poisoned(why).into());
+        }
+        self.backlogged()
     }
 
-    /// Sends readings again (from the dead-letter queue), skipping the head dedup index.
-    pub async fn replay(&self, readings: Vec<Reading>) -> Result<IngestOutcome, IngestError> {
-        self.send(readings, true).await
-    }
-
-    /// Whether a submit now would be refused as backlogged.
-    pub fn backlogged(&self) -> Option<IngestError> {
+    fn backlogged(&self) -> Option<IngestError> {
         let log_bytes = self.log.size_bytes();
         (log_bytes >= self.max_log_bytes).then_some(IngestError::Backlogged {
             log_bytes,
@@ -106,20 +113,8 @@ impl Ingest {
         })
     }
 
-    async fn send(
-        &self,
-        readings: Vec<Reading>,
-        replay: bool,
-    ) -> Result<IngestOutcome, IngestError> {
-        if readings.is_empty() {
-            return Ok(IngestOutcome::default());
-        }
-        if let Some(why) = self.log.poisoned() {
-            return Err(hoistway_log::Error::Poisoned(why).into());
-        }
-        if let Some(e) = self.backlogged() {
-            return Err(e);
-        }
+    /// Queues `readings` for this partition's sequencer; the reply comes once they are durable.
+    async fn queue(&self, readings: Vec<Reading>, replay: bool) -> Result<Reply, IngestError> {
         let encoded = readings.iter().map(encode_reading).collect();
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -131,7 +126,95 @@ impl Ingest {
             })
             .await
             .map_err(|_| IngestError::Closed)?;
-        rx.await.map_err(|_| IngestError::Closed)?
+        Ok(rx)
+    }
+}
+
+impl Ingest {
+    /// One handle over several partitions' sequencers, `parts[p]` (a handle from
+    /// [`Sequencer::new`]) appending to partition `p`'s log. A request's readings are split by
+    /// [`partition_of`] over `parts.len()` partitions, each part goes to its sequencer (so one
+    /// lift's readings stay in order in one log), and the request is answered once every part
+    /// is durable. If one part fails, the parts that did not are in their logs: the device
+    /// resends the whole request, and what was already accepted counts once (the processors'
+    /// dedup), as after any failed request.
+    pub fn partitioned(parts: Vec<Ingest>) -> Self {
+        assert!(
+            !parts.is_empty() && parts.len() <= usize::from(MAX_PARTITIONS),
+            "ingest has 1 to {MAX_PARTITIONS} partitions, not {}",
+            parts.len()
+        );
+        Self {
+            parts: parts.iter().flat_map(|i| i.parts.iter().cloned()).collect(),
+        }
+    }
+
+    /// How many partitions readings are spread over.
+    pub fn partitions(&self) -> u16 {
+        self.parts.len() as u16
+    }
+
+    /// Appends the new ones among `readings` and returns once they are durable.
+    pub async fn submit(&self, readings: Vec<Reading>) -> Result<IngestOutcome, IngestError> {
+        self.send(readings, false).await
+    }
+
+    /// Sends readings again (from the dead-letter queue), skipping the head dedup index.
+    pub async fn replay(&self, readings: Vec<Reading>) -> Result<IngestOutcome, IngestError> {
+        self.send(readings, true).await
+    }
+
+    /// Whether a submit now would be refused as backlogged (any partition's log at its limit:
+    /// which partitions a request needs is known only from its readings).
+    pub fn backlogged(&self) -> Option<IngestError> {
+        self.parts.iter().find_map(Part::backlogged)
+    }
+
+    async fn send(
+        &self,
+        readings: Vec<Reading>,
+        replay: bool,
+    ) -> Result<IngestOutcome, IngestError> {
+        if readings.is_empty() {
+            return Ok(IngestOutcome::default());
+        }
+        if let [part] = &self.parts[..] {
+            if let Some(e) = part.refused() {
+                return Err(e);
+            }
+            let reply = part.queue(readings, replay).await?;
+            return reply.await.map_err(|_| IngestError::Closed)?;
+        }
+        let count = self.partitions();
+        let mut split: Vec<Vec<Reading>> = vec![Vec::new(); self.parts.len()];
+        for r in readings {
+            split[usize::from(partition_of(&r.lift_id, count))].push(r);
+        }
+        // Refused before anything is queued, where that is known in advance.
+        let used = || split.iter().zip(&self.parts[..]).filter(|(r, _)| !r.is_empty());
+        if let Some(e) = used().find_map(|(_, part)| part.refused()) {
+            return Err(e);
+        }
+        // Every part queued first, so the sequencers work on them at once.
+        let mut replies = Vec::new();
+        for (readings, part) in split.into_iter().zip(&self.parts[..]) {
+            if !readings.is_empty() {
+                replies.push(part.queue(readings, replay).await?);
+            }
+        }
+        let mut merged = IngestOutcome::default();
+        let mut failed = None;
+        for reply in replies {
+            match reply.await.map_err(|_| IngestError::Closed)? {
+                Ok(outcome) => {
+                    merged.accepted += outcome.accepted;
+                    merged.duplicates += outcome.duplicates;
+                    merged.offset = merged.offset.or(outcome.offset);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        failed.map_or(Ok(merged), Err)
     }
 }
 
@@ -163,9 +246,11 @@ impl Sequencer {
     ) -> (Ingest, Sequencer) {
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let ingest = Ingest {
-            tx,
-            log: log.clone(),
-            max_log_bytes: config.max_log_bytes,
+            parts: Arc::new([Part {
+                tx,
+                log: log.clone(),
+                max_log_bytes: config.max_log_bytes,
+            }]),
         };
         let sequencer = Sequencer {
             rx,
@@ -306,5 +391,123 @@ impl Sequencer {
                 offset: record_index.map(|i| offsets[i]),
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hoistway_log::{FileLog, FileLogConfig};
+    use hoistway_model::{Direction, DoorState};
+
+    use super::*;
+    use crate::record::decode_record;
+
+    fn reading(lift: &str, seq: u64) -> Reading {
+        Reading {
+            lift_id: LiftId::new(lift).unwrap(),
+            epoch: 1,
+            seq,
+            ts_us: 1_764_400_000_000_000 + seq as i64,
+            received_us: 1_764_400_000_000_000 + seq as i64,
+            floor: 0,
+            direction: Direction::Idle,
+            door: DoorState::Closed,
+            load_kg: None,
+            speed_mps: None,
+            motor_temp_c: None,
+            vibration_mm_s: None,
+            trips: 0,
+            door_cycles: 0,
+            faults: Vec::new(),
+            events: Vec::new(),
+            extra: Default::default(),
+        }
+    }
+
+    async fn lifts_in(log: &dyn Log) -> Vec<(String, u64)> {
+        let records = log.read(log.start(), usize::MAX).await.unwrap();
+        records
+            .iter()
+            .flat_map(|r| decode_record(&r.payload).unwrap().readings)
+            .map(|r| (r.lift_id.to_string(), r.seq))
+            .collect()
+    }
+
+    /// Several partitions: each reading goes to its lift's partition's log, in order; a
+    /// request is answered with every part's counts; a partition whose log is full refuses
+    /// the requests that need it, and only those, before anything is appended.
+    #[tokio::test]
+    async fn readings_are_split_by_partition_and_answered_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut logs: Vec<Arc<dyn Log>> = Vec::new();
+        let mut handles = Vec::new();
+        let mut tasks = Vec::new();
+        for p in 0..3 {
+            let (log, _) = FileLog::open(FileLogConfig::new(dir.path().join(format!("{p}")))).unwrap();
+            let log: Arc<dyn Log> = Arc::new(log);
+            let config = SequencerConfig {
+                // Partition 2 refuses once anything is in its log.
+                max_log_bytes: if p == 2 { log.size_bytes() + 1 } else { 1 << 30 },
+                ..Default::default()
+            };
+            let (ingest, sequencer) = Sequencer::new(log.clone(), &config, HashMap::new());
+            tasks.push(tokio::spawn(sequencer.run()));
+            logs.push(log);
+            handles.push(ingest);
+        }
+        let ingest = Ingest::partitioned(handles);
+        assert_eq!(ingest.partitions(), 3);
+        let lifts: Vec<String> = (0..30).map(|i| format!("L-{i}")).collect();
+        let of = |lift: &str| partition_of(&LiftId::new(lift).unwrap(), 3);
+        // Two readings per lift, in one request.
+        let readings: Vec<Reading> = (1..=2)
+            .flat_map(|seq| lifts.iter().map(move |l| reading(l, seq)))
+            .collect();
+        let outcome = ingest.submit(readings.clone()).await.unwrap();
+        assert_eq!((outcome.accepted, outcome.duplicates), (60, 0));
+        for (p, log) in logs.iter().enumerate() {
+            let want: Vec<(String, u64)> = readings
+                .iter()
+                .filter(|r| usize::from(of(r.lift_id.as_str())) == p)
+                .map(|r| (r.lift_id.to_string(), r.seq))
+                .collect();
+            assert!(!want.is_empty(), "partition {p} has lifts");
+            assert_eq!(lifts_in(log.as_ref()).await, want, "partition {p}");
+        }
+        // Resent: every partition's head dedup knows its own.
+        let in_two = lifts.iter().find(|l| of(l) == 2).unwrap();
+        let elsewhere: Vec<Reading> = lifts
+            .iter()
+            .filter(|l| of(l) != 2)
+            .map(|l| reading(l, 1))
+            .collect();
+        let again = ingest.submit(elsewhere.clone()).await.unwrap();
+        assert_eq!((again.accepted, again.duplicates), (0, elsewhere.len()));
+        // Partition 2's log is at its limit: a request with one of its lifts is refused whole.
+        let before: Vec<_> = every_log(&logs).await;
+        let mut mixed = vec![reading(in_two, 3)];
+        mixed.extend(lifts.iter().filter(|l| of(l) != 2).map(|l| reading(l, 3)));
+        assert!(matches!(
+            ingest.submit(mixed).await,
+            Err(IngestError::Backlogged { .. })
+        ));
+        assert_eq!(every_log(&logs).await, before, "nothing was appended");
+        let fine = ingest
+            .submit(lifts.iter().filter(|l| of(l) != 2).map(|l| reading(l, 3)).collect())
+            .await
+            .unwrap();
+        assert_eq!(fine.accepted, elsewhere.len());
+        drop(ingest);
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+
+    async fn every_log(logs: &[Arc<dyn Log>]) -> Vec<Vec<(String, u64)>> {
+        let mut all = Vec::new();
+        for log in logs {
+            all.push(lifts_in(log.as_ref()).await);
+        }
+        all
     }
 }

@@ -229,7 +229,8 @@ impl PgCheckpointStore {
 
 impl PgCheckpointStore {
     fn decode(&self, partition: u16, bytes: &[u8]) -> Result<FleetState, StoreError> {
-        checkpoint::decode(bytes).map_err(|why| {
+        let decoded = checkpoint::decode_partition(bytes, partition).map(|(state, _)| state);
+        decoded.map_err(|why| {
             StoreError::Unreadable(format!(
                 "the checkpoint of partition {partition} in the PostgreSQL schema {:?} is unreadable: {why}",
                 self.pg.schema()

@@ -20,6 +20,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod checkpoints;
+pub mod layout;
 pub mod local;
 pub mod manifests;
 pub mod registry;

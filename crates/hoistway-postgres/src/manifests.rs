@@ -1,5 +1,7 @@
-//! [`ManifestStore`] in PostgreSQL: the storage catalog every node reads, one row per tier in
-//! `storage_manifests` (the manifest as JSON, as the file holds it, and its generation).
+//! [`ManifestStore`] in PostgreSQL: the storage catalog every node reads, one row per partition
+//! and tier in `storage_manifests` (the manifest as JSON, as the file holds it, and its
+//! generation). Each partition's holder writes its own files (under `partitions/<p>/` in the
+//! tiers when there are several) and lists them in its own rows.
 //!
 //! A commit is a compare-and-swap on the generation. A store opened [`PgManifestStore::fenced`]
 //! also checks, in the same transaction and under a share lock of the partition's row, that the
@@ -16,13 +18,21 @@ use crate::{Error, Postgres};
 pub const COMPONENT: &str = "storage";
 
 /// `MIGRATIONS[n]` takes the storage tables from version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE storage_manifests (
         tier text PRIMARY KEY,
         generation bigint NOT NULL,
         body text NOT NULL,
         committed_at timestamptz NOT NULL);
-"];
+",
+    // Version 2: a catalog per partition; what was there is partition 0's.
+    "
+    ALTER TABLE storage_manifests ADD COLUMN partition integer NOT NULL DEFAULT 0;
+    ALTER TABLE storage_manifests DROP CONSTRAINT storage_manifests_pkey;
+    ALTER TABLE storage_manifests ADD PRIMARY KEY (partition, tier);
+",
+];
 
 fn store_error(e: Error) -> StoreError {
     match e {
@@ -31,10 +41,11 @@ fn store_error(e: Error) -> StoreError {
     }
 }
 
-/// Both tiers' manifests, shared by every node given `pg`.
+/// Both tiers' manifests of one partition, shared by every node given `pg`.
 #[derive(Clone)]
 pub struct PgManifestStore {
     pg: Postgres,
+    partition: u16,
     /// Commits only while this epoch holds this partition (`processor_partitions`).
     fence: Option<(u16, u64)>,
 }
@@ -43,23 +54,39 @@ impl std::fmt::Debug for PgManifestStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgManifestStore")
             .field("schema", &self.pg.schema())
+            .field("partition", &self.partition)
             .field("fence", &self.fence)
             .finish()
     }
 }
 
 impl PgManifestStore {
-    /// Opens the storage tables of `pg`, creating or migrating them. Blocks.
+    /// Opens the storage tables of `pg`, creating or migrating them: partition 0's catalog.
+    /// Blocks.
     pub fn open(pg: Postgres) -> crate::Result<Self> {
         pg.migrate(COMPONENT, MIGRATIONS)?;
-        Ok(Self { pg, fence: None })
+        Ok(Self {
+            pg,
+            partition: 0,
+            fence: None,
+        })
     }
 
-    /// The same store, committing only while `epoch` is `partition`'s epoch in the processor
-    /// tables (see `PgCheckpointStore`): what a partition's holder writes through.
+    /// Partition `partition`'s catalog, read-only until [`PgManifestStore::fenced`].
+    pub fn of_partition(&self, partition: u16) -> Self {
+        Self {
+            pg: self.pg.clone(),
+            partition,
+            fence: None,
+        }
+    }
+
+    /// Partition `partition`'s catalog, committing only while `epoch` is its epoch in the
+    /// processor tables (see `PgCheckpointStore`): what a partition's holder writes through.
     pub fn fenced(&self, partition: u16, epoch: u64) -> Self {
         Self {
             pg: self.pg.clone(),
+            partition,
             fence: Some((partition, epoch)),
         }
     }
@@ -72,14 +99,15 @@ impl PgManifestStore {
         let body =
             serde_json::to_string(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (pg, generation) = (self.pg.clone(), manifest.generation as i64);
+        let partition = i32::from(self.partition);
         self.pg
             .run(async move {
                 let client = pg.client().await?;
                 let n = client
                     .execute(
-                        "INSERT INTO storage_manifests (tier, generation, body, committed_at)
-                         VALUES ($1, $2, $3, now()) ON CONFLICT (tier) DO NOTHING",
-                        &[&tier.as_str(), &generation, &body],
+                        "INSERT INTO storage_manifests (partition, tier, generation, body, committed_at)
+                         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (partition, tier) DO NOTHING",
+                        &[&partition, &tier.as_str(), &generation, &body],
                     )
                     .await?;
                 Ok(n == 1)
@@ -91,6 +119,7 @@ impl PgManifestStore {
     /// `tier`'s manifest, unless it is still generation `known`.
     async fn read(&self, tier: Tier, known: Option<i64>) -> StoreResult<Option<Manifest>> {
         let pg = self.pg.clone();
+        let partition = i32::from(self.partition);
         let body = self
             .pg
             .run(async move {
@@ -98,8 +127,8 @@ impl PgManifestStore {
                 let row = client
                     .query_opt(
                         "SELECT body FROM storage_manifests
-                         WHERE tier = $1 AND generation IS DISTINCT FROM $2",
-                        &[&tier.as_str(), &known],
+                         WHERE partition = $1 AND tier = $2 AND generation IS DISTINCT FROM $3",
+                        &[&partition, &tier.as_str(), &known],
                     )
                     .await?;
                 Ok::<_, Error>(row.map(|r| r.get::<_, String>(0)))
@@ -125,6 +154,7 @@ impl ManifestStore for PgManifestStore {
             serde_json::to_string(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (pg, fence) = (self.pg.clone(), self.fence);
         let generation = manifest.generation as i64;
+        let partition = i32::from(self.partition);
         self.pg
             .run(async move {
                 let mut client = pg.client().await?;
@@ -139,25 +169,25 @@ impl ManifestStore for PgManifestStore {
                 }
                 let written = if generation == 1 {
                     tx.execute(
-                        "INSERT INTO storage_manifests (tier, generation, body, committed_at)
-                         VALUES ($1, $2, $3, now()) ON CONFLICT (tier) DO NOTHING",
-                        &[&tier.as_str(), &generation, &body],
+                        "INSERT INTO storage_manifests (partition, tier, generation, body, committed_at)
+                         VALUES ($1, $2, $3, $4, now()) ON CONFLICT (partition, tier) DO NOTHING",
+                        &[&partition, &tier.as_str(), &generation, &body],
                     )
                     .await?
                 } else {
                     tx.execute(
                         "UPDATE storage_manifests
-                         SET generation = $2::bigint, body = $3, committed_at = now()
-                         WHERE tier = $1 AND generation = $2::bigint - 1",
-                        &[&tier.as_str(), &generation, &body],
+                         SET generation = $3::bigint, body = $4, committed_at = now()
+                         WHERE partition = $1 AND tier = $2 AND generation = $3::bigint - 1",
+                        &[&partition, &tier.as_str(), &generation, &body],
                     )
                     .await?
                 };
                 if written == 0 {
                     let committed: Option<i64> = tx
                         .query_opt(
-                            "SELECT generation FROM storage_manifests WHERE tier = $1",
-                            &[&tier.as_str()],
+                            "SELECT generation FROM storage_manifests WHERE partition = $1 AND tier = $2",
+                            &[&partition, &tier.as_str()],
                         )
                         .await?
                         .map(|r| r.get(0));
@@ -176,7 +206,8 @@ impl ManifestStore for PgManifestStore {
 
     fn describe(&self) -> String {
         format!(
-            "the storage_manifests table of the PostgreSQL schema {:?}",
+            "partition {}'s rows of the storage_manifests table of the PostgreSQL schema {:?}",
+            self.partition,
             self.pg.schema()
         )
     }

@@ -412,7 +412,13 @@ fn nodes_claiming_a_partition_at_once_get_distinct_epochs() {
     let mut sorted = epochs.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, [1, 2, 3, 4], "{epochs:?}");
-    let state = hoistway_processor::checkpoint::encode(&Default::default()).unwrap();
+    let state = hoistway_processor::checkpoint::encode_partition(
+        &Default::default(),
+        hoistway_processor::checkpoint::VERSION,
+        7,
+        8,
+    )
+    .unwrap();
     for (store, epoch) in stores.iter().zip(&epochs) {
         let outcome = store.commit(&Commit {
             partition: 7,
@@ -586,9 +592,12 @@ async fn the_manifest_store_passes_the_conformance_suite_and_is_fenced_by_the_pa
         })
     };
     put(b"before").unwrap();
+    // Partition 3's catalog is its own: empty, beside partition 0's from the suite.
     let holder = one.fenced(3, first);
-    let mut hot = holder.load(Tier::Hot).await.unwrap().unwrap();
-    hot.generation += 1;
+    assert!(holder.load(Tier::Hot).await.unwrap().is_none());
+    let partition_0 = one.load(Tier::Hot).await.unwrap().unwrap();
+    let mut hot = Manifest::new();
+    hot.generation = 1;
     hot.log_offset = 100;
     holder.commit(Tier::Hot, &hot).await.unwrap();
 
@@ -622,8 +631,32 @@ async fn the_manifest_store_passes_the_conformance_suite_and_is_fenced_by_the_pa
     );
     next.commit(Tier::Hot, &late).await.unwrap();
     assert_eq!(
-        one.load(Tier::Hot).await.unwrap().unwrap().log_offset,
+        one.of_partition(3)
+            .load(Tier::Hot)
+            .await
+            .unwrap()
+            .unwrap()
+            .log_offset,
         200,
         "every node reads the new holder's commit"
     );
+    assert_eq!(
+        one.load(Tier::Hot).await.unwrap().unwrap(),
+        partition_0,
+        "partition 0's catalog is untouched"
+    );
+}
+
+/// The first node records the partition count; later ones read it, whatever they were told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_count_is_recorded_once() {
+    let scratch = Scratch::new("layout");
+    let (a, b) = (scratch.connect(), scratch.connect());
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(crate::layout::settle_partitions(&a, 4).unwrap(), 4);
+        assert_eq!(crate::layout::settle_partitions(&b, 1).unwrap(), 4);
+        assert_eq!(crate::layout::settle_partitions(&a, 4).unwrap(), 4);
+    })
+    .await
+    .unwrap();
 }

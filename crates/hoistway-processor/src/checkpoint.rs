@@ -10,7 +10,8 @@
 //! - version 1: `offset u64, lifts map<LiftId, LiftState>`;
 //! - version 2: `partitions u16, offsets [(partition u16, offset u64)], lifts` — the partition
 //!   count of the deployment (see [`hoistway_model::partition`]) and one log offset per
-//!   partition the state covers. A standalone server runs partition 0 of 1.
+//!   partition the state covers. A standalone server runs partition 0 of 1; in a cluster of N
+//!   partitions each partition's processor writes its own checkpoint, partition `p` of N.
 //!
 //! Each version is pinned by `tests/golden/checkpoint-v{N}.hex`: a change to [`FleetState`] (or
 //! to the model types in it) fails those tests. Then bump [`VERSION`] and keep a decoder for the
@@ -38,7 +39,7 @@ pub const VERSION_MIN: u32 = 1;
 const HEADER: usize = 24;
 pub const FILE_NAME: &str = "checkpoint.bin";
 
-/// The partition this standalone processor owns.
+/// The partition a standalone processor owns.
 const PARTITION: u16 = 0;
 
 #[derive(Serialize)]
@@ -79,17 +80,33 @@ pub fn encode(state: &FleetState) -> Result<Vec<u8>> {
     encode_version(state, VERSION)
 }
 
-/// `state` in format `version` ([`VERSION_MIN`] to [`VERSION`]).
+/// `state` in format `version` ([`VERSION_MIN`] to [`VERSION`]), as a standalone server's.
 pub fn encode_version(state: &FleetState, version: u32) -> Result<Vec<u8>> {
+    encode_partition(state, version, PARTITION, STANDALONE_PARTITIONS)
+}
+
+/// `state` of partition `partition` of `partitions`, in format `version` (format 1 knows one
+/// partition only).
+pub fn encode_partition(
+    state: &FleetState,
+    version: u32,
+    partition: u16,
+    partitions: u16,
+) -> Result<Vec<u8>> {
     let body = match version {
-        1 => postcard::to_stdvec(&BodyV1Ref {
+        1 if partitions == STANDALONE_PARTITIONS => postcard::to_stdvec(&BodyV1Ref {
             offset: state.offset,
             lifts: &state.lifts,
         }),
+        1 => {
+            return Err(Error::Checkpoint(format!(
+                "checkpoint format 1 holds one partition; with {partitions} partitions write format 2 or newer"
+            )));
+        }
         2 => postcard::to_stdvec(&BodyV2Ref {
-            partitions: STANDALONE_PARTITIONS,
+            partitions,
             offsets: &[PartitionOffset {
-                partition: PARTITION,
+                partition,
                 offset: state.offset,
             }],
             lifts: &state.lifts,
@@ -133,8 +150,24 @@ pub fn read(dir: &Path) -> Result<Option<FleetState>> {
         .map_err(|why| Error::Checkpoint(format!("{} is unreadable: {why}", path.display())))
 }
 
-/// A checkpoint file's state; the error says what is wrong with the bytes.
+/// A standalone server's checkpoint's state (partition 0 of 1); the error says what is wrong
+/// with the bytes.
 pub fn decode(bytes: &[u8]) -> std::result::Result<FleetState, String> {
+    let (state, partitions) = decode_partition(bytes, PARTITION)?;
+    if partitions != STANDALONE_PARTITIONS {
+        return Err(format!(
+            "it covers partition {PARTITION} of {partitions}, but this server runs partition {PARTITION} of {STANDALONE_PARTITIONS} (standalone)"
+        ));
+    }
+    Ok(state)
+}
+
+/// The state of partition `partition`'s checkpoint and the partition count it was written
+/// with; the error says what is wrong with the bytes (a checkpoint of another partition too).
+pub fn decode_partition(
+    bytes: &[u8],
+    partition: u16,
+) -> std::result::Result<(FleetState, u16), String> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err("bad header".into());
     }
@@ -154,26 +187,31 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<FleetState, String> {
         return Err("checksum mismatch".into());
     }
     match version {
-        1 => {
+        1 if partition == PARTITION => {
             let v1: BodyV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-            Ok(FleetState {
+            let state = FleetState {
                 offset: v1.offset,
                 lifts: v1.lifts,
-            })
+            };
+            Ok((state, STANDALONE_PARTITIONS))
         }
+        1 => Err(format!(
+            "it is a standalone server's (format 1, partition {PARTITION}), not partition {partition}'s"
+        )),
         _ => {
             let v2: BodyV2 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
             match v2.offsets.as_slice() {
-                [PartitionOffset { partition, offset }]
-                    if v2.partitions == STANDALONE_PARTITIONS && *partition == PARTITION =>
+                [PartitionOffset { partition: p, offset }]
+                    if *p == partition && partition < v2.partitions =>
                 {
-                    Ok(FleetState {
+                    let state = FleetState {
                         offset: *offset,
                         lifts: v2.lifts,
-                    })
+                    };
+                    Ok((state, v2.partitions))
                 }
                 other => Err(format!(
-                    "it covers partitions {:?} of {}, but this server runs partition {PARTITION} of {STANDALONE_PARTITIONS} (standalone)",
+                    "it covers partitions {:?} of {}, but this is partition {partition}'s",
                     other.iter().map(|p| p.partition).collect::<Vec<_>>(),
                     v2.partitions
                 )),
@@ -286,5 +324,27 @@ mod tests {
         bytes.extend_from_slice(&body);
         let message = decode(&bytes).unwrap_err();
         assert!(message.contains("partitions [5] of 32"), "{message}");
+        // Read as partition 5's, it is; as another partition's, it is refused.
+        let (read, partitions) = decode_partition(&bytes, 5).unwrap();
+        assert_eq!((read.offset, partitions), (9, 32));
+        assert_eq!(read.lifts.len(), state.lifts.len());
+        let message = decode_partition(&bytes, 4).unwrap_err();
+        assert!(message.contains("this is partition 4's"), "{message}");
+    }
+
+    /// Each partition of a cluster writes its own checkpoint, which reads back as that
+    /// partition's; format 1 knows one partition only.
+    #[test]
+    fn a_partition_writes_and_reads_its_own_checkpoint() {
+        let state = sample();
+        let bytes = encode_partition(&state, VERSION, 2, 3).unwrap();
+        let (read, partitions) = decode_partition(&bytes, 2).unwrap();
+        assert_eq!((read.offset, partitions), (state.offset, 3));
+        assert!(decode(&bytes).is_err(), "not a standalone checkpoint");
+        assert!(decode_partition(&bytes, 0).is_err());
+        assert!(encode_partition(&state, 1, 0, 3).is_err());
+        let standalone = encode_partition(&state, 1, 0, 1).unwrap();
+        assert_eq!(decode(&standalone).unwrap().offset, state.offset);
+        assert!(decode_partition(&standalone, 1).is_err());
     }
 }

@@ -67,13 +67,23 @@ fn letter(offset: u64, seq: u64) -> DeadLetter {
     DeadLetter::new(Reason::UnregisteredLift, offset, reading("L-STRANGER", seq))
 }
 
+/// `state` as partition `partition`'s checkpoint: partition 0 as a standalone server's, others
+/// as one of [`CLUSTER_PARTITIONS`].
+fn encoded(state: &FleetState, partition: u16) -> Vec<u8> {
+    let partitions = if partition == 0 { 1 } else { CLUSTER_PARTITIONS };
+    checkpoint::encode_partition(state, checkpoint::VERSION, partition, partitions).unwrap()
+}
+
+/// The partition count of the cases on partitions other than 0.
+const CLUSTER_PARTITIONS: u16 = 8;
+
 fn commit(store: &dyn CheckpointStore, partition: u16, epoch: u64, state: &FleetState) {
     store
         .commit(&Commit {
             partition,
             epoch,
             offset: state.offset,
-            state: &checkpoint::encode(state).unwrap(),
+            state: &encoded(state, partition),
             dead: None,
         })
         .unwrap();
@@ -221,7 +231,7 @@ pub fn check_shared<S: CheckpointStore + DeadLetters>(a: &S, b: &S) {
         partition: 2,
         epoch: b2.epoch,
         offset: 7,
-        state: &checkpoint::encode(&s2).unwrap(),
+        state: &encoded(&s2, 2),
         dead: Some((0, 6, &letters)),
     })
     .unwrap();
@@ -234,7 +244,7 @@ pub fn check_shared<S: CheckpointStore + DeadLetters>(a: &S, b: &S) {
             partition: 1,
             epoch: a1.epoch,
             offset: 4,
-            state: &checkpoint::encode(&state(4, &[1, 2])).unwrap(),
+            state: &encoded(&state(4, &[1, 2]), 1),
             dead: None,
         }),
         Err(StoreError::Fenced { partition: 1, .. })

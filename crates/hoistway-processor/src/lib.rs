@@ -73,8 +73,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
-    /// The partition processed (a standalone server has one, partition 0).
+    /// The partition processed (a standalone server has one, partition 0)…
     pub partition: u16,
+    /// … of this many (recorded in each checkpoint).
+    pub partitions: u16,
     pub window: DedupWindow,
     pub checkpoint_interval: Duration,
     /// Register unknown lifts on their first reading instead of dead-lettering them.
@@ -92,6 +94,7 @@ impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
             partition: 0,
+            partitions: 1,
             window: DedupWindow::default(),
             checkpoint_interval: Duration::from_secs(10),
             auto_register: false,
@@ -415,11 +418,16 @@ impl Processor {
             .take()
             .map(|first| (first, std::mem::take(&mut self.pending_dead)));
         let state = self.state.clone();
-        let format = self.config.checkpoint_format;
-        let bytes =
-            tokio::task::spawn_blocking(move || checkpoint::encode_version(&state.read(), format))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let (format, partition, partitions) = (
+            self.config.checkpoint_format,
+            self.config.partition,
+            self.config.partitions,
+        );
+        let bytes = tokio::task::spawn_blocking(move || {
+            checkpoint::encode_partition(&state.read(), format, partition, partitions)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         let store = self.store.clone();
         let (partition, epoch) = (self.config.partition, self.epoch);
         let log = self.log.clone();

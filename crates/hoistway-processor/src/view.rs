@@ -6,7 +6,8 @@ use std::time::Duration;
 use hoistway_model::time::format_micros;
 use hoistway_model::{Clock, Direction, DoorState};
 use hoistway_registry::{LiftFilter, LiftInfo, Registry};
-use parking_lot::RwLock;
+use hoistway_model::partition::partition_of_str;
+use parking_lot::{RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{FleetState, LiftState};
@@ -104,10 +105,11 @@ pub struct Page {
     pub next_after: Option<String>,
 }
 
-/// Shared, read-only handle on fleet state.
+/// Shared, read-only handle on fleet state: one [`FleetState`] per partition, each lift looked
+/// up in its own.
 #[derive(Clone)]
 pub struct Fleet {
-    state: Arc<RwLock<FleetState>>,
+    parts: Arc<[Arc<RwLock<FleetState>>]>,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     silent_after_us: i64,
@@ -128,19 +130,66 @@ fn contains_ignoring_case(hay: &str, needle: &str) -> bool {
     }
 }
 
+/// Every partition's state, read-locked together: one consistent look at the fleet.
+struct States<'a>(Vec<RwLockReadGuard<'a, FleetState>>);
+
+impl States<'_> {
+    fn get(&self, lift_id: &str) -> Option<&LiftState> {
+        let part = match self.0.len() {
+            1 => 0,
+            n => partition_of_str(lift_id, n as u16) as usize,
+        };
+        self.0[part].lifts.get(lift_id)
+    }
+
+    fn lift_ids(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .flat_map(|part| part.lifts.keys().map(|id| id.as_str()))
+    }
+}
+
 impl Fleet {
+    /// The fleet of one partition (a standalone server's).
     pub fn new(
         state: Arc<RwLock<FleetState>>,
         registry: Arc<Registry>,
         clock: Arc<dyn Clock>,
         silent_after: Duration,
     ) -> Self {
+        Self::partitioned(vec![state], registry, clock, silent_after)
+    }
+
+    /// The fleet over several partitions, `parts[p]` holding the lifts
+    /// [`partition_of`](hoistway_model::partition::partition_of) puts in partition `p` of
+    /// `parts.len()`.
+    pub fn partitioned(
+        parts: Vec<Arc<RwLock<FleetState>>>,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        silent_after: Duration,
+    ) -> Self {
+        assert!(
+            !parts.is_empty() && parts.len() <= usize::from(hoistway_model::partition::MAX_PARTITIONS),
+            "a fleet has 1 to {} partitions, not {}",
+            hoistway_model::partition::MAX_PARTITIONS,
+            parts.len()
+        );
         Self {
-            state,
+            parts: parts.into(),
             registry,
             clock,
             silent_after_us: silent_after.as_micros() as i64,
         }
+    }
+
+    /// How many partitions the fleet is spread over.
+    pub fn partitions(&self) -> u16 {
+        self.parts.len() as u16
+    }
+
+    fn read(&self) -> States<'_> {
+        States(self.parts.iter().map(|part| part.read()).collect())
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -151,12 +200,11 @@ impl Fleet {
     /// reported): what absence rules need, by the same clock the lift status uses.
     pub fn presence(&self) -> Vec<(Arc<LiftInfo>, Option<i64>)> {
         let lifts = self.registry.list(&LiftFilter::default());
-        let fleet = self.state.read();
+        let fleet = self.read();
         lifts
             .into_iter()
             .map(|info| {
                 let last = fleet
-                    .lifts
                     .get(info.lift_id.as_str())
                     .map(|s| s.last_received_us);
                 (info, last)
@@ -223,8 +271,8 @@ impl Fleet {
 
     fn one(&self, lift_id: &str, with_ranges: bool) -> Option<LiftView> {
         let info = self.registry.get(lift_id);
-        let fleet = self.state.read();
-        let state = fleet.lifts.get(lift_id);
+        let fleet = self.read();
+        let state = fleet.get(lift_id);
         if info.is_none() && state.is_none() {
             return None;
         }
@@ -274,9 +322,9 @@ impl Fleet {
         loop {
             let (infos, more) = self.registry.page(&filter, cursor.as_deref(), chunk, keep);
             {
-                let fleet = self.state.read();
+                let fleet = self.read();
                 for info in &infos {
-                    let state = fleet.lifts.get(info.lift_id.as_str());
+                    let state = fleet.get(info.lift_id.as_str());
                     if q.status.is_some_and(|s| s != self.status(state, now)) {
                         continue;
                     }
@@ -303,11 +351,11 @@ impl Fleet {
     pub fn select(&self, filter: &LiftFilter, lift_ids: Option<&[String]>) -> Vec<LiftView> {
         let now = self.clock.now_us();
         let infos = self.registry.select(filter, lift_ids);
-        let fleet = self.state.read();
+        let fleet = self.read();
         infos
             .iter()
             .map(|info| {
-                let state = fleet.lifts.get(info.lift_id.as_str());
+                let state = fleet.get(info.lift_id.as_str());
                 self.view(Some(info), info.lift_id.as_str(), state, now)
             })
             .collect()
@@ -317,13 +365,13 @@ impl Fleet {
     pub fn summary(&self, filter: &LiftFilter) -> FleetSummary {
         let now = self.clock.now_us();
         let infos = self.registry.all(filter);
-        let fleet = self.state.read();
+        let fleet = self.read();
         let mut s = FleetSummary {
             lifts: infos.len() as u64,
             ..Default::default()
         };
         for info in &infos {
-            let state = fleet.lifts.get(info.lift_id.as_str());
+            let state = fleet.get(info.lift_id.as_str());
             match self.status(state, now) {
                 LiftStatus::NeverReported => s.never_reported += 1,
                 LiftStatus::Reporting => s.reporting += 1,
@@ -338,9 +386,8 @@ impl Fleet {
             filter.building.is_none() && filter.site.is_none() && filter.customer.is_none();
         if whole_fleet {
             s.unregistered_with_state = fleet
-                .lifts
-                .keys()
-                .filter(|k| !self.registry.contains(k.as_str()))
+                .lift_ids()
+                .filter(|id| !self.registry.contains(id))
                 .count() as u64;
         }
         s
@@ -348,6 +395,63 @@ impl Fleet {
 
     /// Number of lifts with state.
     pub fn lifts_with_state(&self) -> usize {
-        self.state.read().lifts.len()
+        self.parts.iter().map(|part| part.read().lifts.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hoistway_model::partition::partition_of;
+    use hoistway_model::{DedupWindow, LiftId, ManualClock};
+
+    use super::*;
+    use crate::state::tests::reading;
+
+    /// With several partitions each lift is looked up in its own partition's state, and the
+    /// lists and counts cover all of them.
+    #[test]
+    fn a_fleet_over_several_partitions_finds_each_lift_in_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(dir.path().join("registry.sqlite3")).unwrap());
+        let parts: Vec<_> = (0..4)
+            .map(|_| Arc::new(RwLock::new(FleetState::default())))
+            .collect();
+        let ids: Vec<String> = (0..40).map(|i| format!("L-{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let lift = LiftId::new(id).unwrap();
+            registry.upsert(LiftInfo::new(lift.clone())).unwrap();
+            // Every other lift has reported, into its partition's state.
+            if i % 2 == 0 {
+                let part = partition_of(&lift, 4) as usize;
+                let mut r = reading(1, 1);
+                r.lift_id = lift.clone();
+                parts[part].write().apply(&r, &DedupWindow::default());
+            }
+        }
+        let used: std::collections::HashSet<_> = ids
+            .iter()
+            .map(|id| partition_of(&LiftId::new(id).unwrap(), 4))
+            .collect();
+        assert_eq!(used.len(), 4, "the ids spread over every partition");
+        let clock = Arc::new(ManualClock::new(0));
+        let fleet = Fleet::partitioned(parts, registry, clock, Duration::from_secs(3600));
+        assert_eq!(fleet.partitions(), 4);
+        assert_eq!(fleet.lifts_with_state(), 20);
+        for (i, id) in ids.iter().enumerate() {
+            let view = fleet.lift(id).unwrap();
+            assert_eq!(view.readings_total, u64::from(i % 2 == 0), "{id}");
+        }
+        let summary = fleet.summary(&LiftFilter::default());
+        assert_eq!(
+            (summary.lifts, summary.readings_total, summary.never_reported),
+            (40, 20, 20)
+        );
+        let page = fleet.list(&ListQuery {
+            status: Some(LiftStatus::NeverReported),
+            ..Default::default()
+        });
+        assert_eq!(page.items.len(), 20);
+        let presence = fleet.presence();
+        assert_eq!(presence.iter().filter(|(_, last)| last.is_some()).count(), 20);
     }
 }

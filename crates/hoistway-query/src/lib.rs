@@ -34,7 +34,7 @@ use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use hoistway_processor::Fleet;
 use hoistway_store::scan::tier_url;
-use hoistway_store::{Kind, Store, Tier};
+use hoistway_store::{Kind, Stores, Tier};
 
 pub use output::{Format, StreamEncoder, encode};
 use tables::{LazyTable, StoredTable};
@@ -184,7 +184,7 @@ impl QueryResult {
 }
 
 pub struct QueryEngine {
-    store: Arc<Store>,
+    stores: Stores,
     fleet: Fleet,
     limits: QueryLimits,
     runtime: Arc<RuntimeEnv>,
@@ -647,18 +647,20 @@ fn rows_to_batch<T: serde::Serialize>(
 }
 
 impl QueryEngine {
-    pub fn new(store: Arc<Store>, fleet: Fleet, limits: QueryLimits) -> Result<Self> {
+    /// The engine over `stores` (one store, or every partition's of a node) and `fleet`.
+    pub fn new(stores: impl Into<Stores>, fleet: Fleet, limits: QueryLimits) -> Result<Self> {
+        let stores = stores.into();
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes)))
             .build_arc()?;
         for tier in [Tier::Hot, Tier::Archive] {
             runtime.register_object_store(
                 tier_url(tier).as_ref(),
-                store.config().tier(tier).store.clone(),
+                stores.tier(tier).store.clone(),
             );
         }
         Ok(Self {
-            store,
+            stores,
             fleet,
             limits,
             runtime,
@@ -714,7 +716,7 @@ impl QueryEngine {
         };
         state
             .config_mut()
-            .set_extension(Arc::new(self.store.snapshot()));
+            .set_extension(Arc::new(self.stores.snapshot()));
         state.config_mut().set_extension(Arc::new(caller.clone()));
         Ok(SessionContext::new_with_state(state))
     }

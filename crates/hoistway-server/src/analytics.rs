@@ -423,7 +423,7 @@ fn buckets(
 #[utoipa::path(get, path = "/v1/storage/status", summary = "Get storage status per tier",
     responses((status = 200, description = "Rows, bytes and files per tier", body = hoistway_store::StoreStatus)))]
 pub async fn storage_status(State(app): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(app.store().status()).into_response())
+    Ok(Json(app.stores().status()).into_response())
 }
 
 /// `POST /v1/storage/maintain`: run compaction, tier moves and retention now.
@@ -433,7 +433,7 @@ pub async fn storage_status(State(app): State<AppState>) -> ApiResult<Response> 
         (status = 409, description = "Upkeep runs on the node that holds the partition, not on a query node", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn storage_maintain(State(app): State<AppState>) -> ApiResult<Response> {
-    let report = app.store().maintain().await.map_err(|e| match e {
+    let report = app.stores().maintain().await.map_err(|e| match e {
         // A query node's store, or another writer committed first.
         hoistway_store::Error::Conflict(m) => Problem::conflict(m),
         e => Problem::internal(&e),

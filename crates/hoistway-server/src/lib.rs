@@ -64,7 +64,8 @@ pub struct AppParts {
     pub tls: bool,
     pub registry: Arc<Registry>,
     pub dlq: Arc<dyn DeadLetters>,
-    pub log: Arc<dyn Log>,
+    /// Each partition's log, in partition order (one: a standalone server's).
+    pub logs: Vec<Arc<dyn Log>>,
     /// `None` on an ingest node (`--role ingest`), which then serves only [`ingest_router`].
     /// A query node has one that reads the holder's state and storage.
     pub processing: Option<Processing>,
@@ -83,12 +84,13 @@ pub struct AppParts {
     pub started: Instant,
 }
 
-/// What a node that processes the log has: its partition's state, storage and queries.
+/// What a node that processes the log has: its partitions' state, storage and queries.
 pub struct Processing {
     pub fleet: Fleet,
-    pub store: Arc<hoistway_store::Store>,
+    pub stores: hoistway_store::Stores,
     pub query: Arc<hoistway_query::QueryEngine>,
-    pub progress: watch::Receiver<Progress>,
+    /// Each partition's processor's progress, in partition order.
+    pub progress: Vec<watch::Receiver<Progress>>,
     /// How often the processor checkpoints: `/readyz` warns when none succeeded for three times
     /// as long.
     pub checkpoint_interval: std::time::Duration,
@@ -107,8 +109,8 @@ impl AppParts {
         &self.processing().fleet
     }
 
-    pub(crate) fn store(&self) -> &Arc<hoistway_store::Store> {
-        &self.processing().store
+    pub(crate) fn stores(&self) -> &hoistway_store::Stores {
+        &self.processing().stores
     }
 
     pub(crate) fn query(&self) -> &Arc<hoistway_query::QueryEngine> {

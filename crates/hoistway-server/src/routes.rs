@@ -965,7 +965,11 @@ async fn healthz() -> impl IntoResponse {
 /// out of reach): readings are still taken, but the log keeps everything since the last one.
 fn checkpoints_behind(app: &AppState) -> Option<String> {
     let p = app.processing.as_ref()?;
-    let since = p.progress.borrow().last_checkpoint_at.elapsed();
+    let since = p
+        .progress
+        .iter()
+        .map(|progress| progress.borrow().last_checkpoint_at.elapsed())
+        .max()?;
     (since > p.checkpoint_interval * 3).then(|| {
         format!(
             "no checkpoint for {} s (one is due every {} s): the log keeps everything since the last one, and ingest answers 503 once it reaches log.max_bytes; hoistway_processor_checkpoint_failures_total and the server's log say why",
@@ -985,8 +989,13 @@ async fn readyz(State(app): State<AppState>) -> Response {
     if !app.accepting.load(Ordering::Acquire) {
         problems.push("shutting down".to_string());
     }
-    if let Some(why) = app.log.poisoned().or_else(|| app.log.unavailable()) {
-        log_problems.push(format!("log: {why}"));
+    for (partition, log) in app.logs.iter().enumerate() {
+        if let Some(why) = log.poisoned().or_else(|| log.unavailable()) {
+            log_problems.push(match app.logs.len() {
+                1 => format!("log: {why}"),
+                _ => format!("partition {partition}'s log: {why}"),
+            });
+        }
     }
     if let Some(e) = app.ingest.backlogged() {
         log_problems.push(e.to_string());
@@ -999,15 +1008,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
             status: "ready",
             warnings: log_problems
                 .into_iter()
-                .chain(app.log.durability_unverified())
+                // Every partition's stream is set up alike: the first one's says it.
+                .chain(app.logs[0].durability_unverified())
                 .chain(app.auth.stale_shared_state())
                 .chain(checkpoints_behind(&app))
-                .chain(
-                    app.log
-                        .sources()
-                        .iter()
-                        .filter_map(|s| s.out_of_contact(app.limits.edge_quiet)),
-                )
+                .chain(edges(&app).filter_map(|s| s.out_of_contact(app.limits.edge_quiet)))
                 .collect(),
         })
         .into_response()
@@ -1021,12 +1026,15 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     let Some(handle) = &app.metrics else {
         return Problem::not_found("metrics are disabled").into_response();
     };
-    let end = app.log.durable_end();
-    metrics::gauge!("hoistway_log_bytes").set(app.log.size_bytes() as f64);
-    metrics::gauge!("hoistway_log_durable_end_offset").set(end as f64);
+    let bytes: u64 = app.logs.iter().map(|log| log.size_bytes()).sum();
+    metrics::gauge!("hoistway_log_bytes").set(bytes as f64);
+    for (partition, log) in app.logs.iter().enumerate() {
+        partition_gauge(app.logs.len(), partition, "hoistway_log_durable_end_offset")
+            .set(log.durable_end() as f64);
+    }
     metrics::gauge!("hoistway_lifts_registered").set(app.registry.len() as f64);
     metrics::gauge!("hoistway_uptime_seconds").set(app.started.elapsed().as_secs_f64());
-    for edge in app.log.sources() {
+    for edge in edges(&app) {
         let labels = [("region", edge.region)];
         metrics::gauge!("hoistway_edge_backlog_messages", &labels).set(edge.backlog as f64);
         if let Some(ago) = edge.last_contact {
@@ -1043,21 +1051,60 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The edge regions, over every partition (each partition's stream takes in that partition's
+/// stream of every edge region): a region's backlog is its partitions' together, its last
+/// contact the longest ago.
+fn edges(app: &AppState) -> impl Iterator<Item = hoistway_log::Source> + use<> {
+    let mut regions: std::collections::BTreeMap<String, hoistway_log::Source> = Default::default();
+    for source in app.logs.iter().flat_map(|log| log.sources()) {
+        match regions.get_mut(&source.region) {
+            None => {
+                regions.insert(source.region.clone(), source);
+            }
+            Some(seen) => {
+                seen.backlog += source.backlog;
+                seen.last_contact = match (seen.last_contact, source.last_contact) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+        }
+    }
+    regions.into_values()
+}
+
+/// A gauge of one partition: labelled `partition` where there are several.
+fn partition_gauge(partitions: usize, partition: usize, name: &'static str) -> metrics::Gauge {
+    if partitions == 1 {
+        metrics::gauge!(name)
+    } else {
+        metrics::gauge!(name, "partition" => partition.to_string())
+    }
+}
+
 /// The gauges of a node that processes: its progress, dead letters, lifts and storage.
 async fn processing_gauges(app: &AppState, p: &crate::Processing) {
-    let progress = *p.progress.borrow();
-    metrics::gauge!("hoistway_processor_lag_records")
-        .set(app.log.entries_behind(progress.offset) as f64);
-    metrics::gauge!("hoistway_processor_offset").set(progress.offset as f64);
-    metrics::gauge!("hoistway_processor_checkpoint_age_seconds")
+    let partitions = p.progress.len();
+    for (partition, (progress, log)) in p.progress.iter().zip(&app.logs).enumerate() {
+        let progress = *progress.borrow();
+        partition_gauge(partitions, partition, "hoistway_processor_lag_records")
+            .set(log.entries_behind(progress.offset) as f64);
+        partition_gauge(partitions, partition, "hoistway_processor_offset")
+            .set(progress.offset as f64);
+        partition_gauge(
+            partitions,
+            partition,
+            "hoistway_processor_checkpoint_age_seconds",
+        )
         .set(progress.last_checkpoint_at.elapsed().as_secs_f64());
+    }
     let dlq = app.dlq.clone();
     if let Ok((files, bytes)) = tokio::task::spawn_blocking(move || dlq.size()).await {
         metrics::gauge!("hoistway_dlq_files").set(files as f64);
         metrics::gauge!("hoistway_dlq_bytes").set(bytes as f64);
     }
     metrics::gauge!("hoistway_lifts_with_state").set(p.fleet.lifts_with_state() as f64);
-    let status = p.store.status();
+    let status = p.stores.status();
     metrics::gauge!("hoistway_store_buffered_rows").set(status.buffered_rows as f64);
     metrics::gauge!("hoistway_store_move_backlog_files").set(status.move_backlog.files as f64);
     metrics::gauge!("hoistway_store_move_backlog_bytes").set(status.move_backlog.bytes as f64);

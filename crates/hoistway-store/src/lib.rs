@@ -15,6 +15,7 @@
 
 pub mod maintain;
 pub mod manifest;
+mod partitioned;
 pub mod rollup;
 pub mod scan;
 pub mod schema;
@@ -39,6 +40,7 @@ use parking_lot::RwLock;
 
 pub use maintain::MaintenanceReport;
 pub use manifest::{FileEntry, Kind, Manifest, ManifestStore, Tier, TierManifests};
+pub use partitioned::{Stores, partition_dir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -195,9 +197,60 @@ impl Snapshot {
     }
 }
 
+/// Rows, bytes and files per tier and kind over the (hot, archive) manifests of one or more
+/// partitions; hot files whose newest row is before `cutoff` are the move backlog.
+fn status_of(
+    catalogs: &[(Arc<Manifest>, Arc<Manifest>)],
+    buffered_rows: u64,
+    cutoff: i64,
+) -> StoreStatus {
+    let mut tiers = Vec::new();
+    for tier in [Tier::Hot, Tier::Archive] {
+        let manifests = catalogs.iter().map(|(hot, archive)| match tier {
+            Tier::Hot => hot,
+            Tier::Archive => archive,
+        });
+        for kind in Kind::ALL {
+            let files: Vec<&FileEntry> = manifests
+                .clone()
+                .flat_map(|m| m.files.iter().filter(|f| f.kind == kind))
+                .collect();
+            let dates: std::collections::BTreeSet<&str> =
+                files.iter().map(|f| f.date.as_str()).collect();
+            tiers.push(TierStatus {
+                tier,
+                kind,
+                files: files.len() as u64,
+                rows: files.iter().map(|f| f.rows).sum(),
+                bytes: files.iter().map(|f| f.bytes).sum(),
+                dates: dates.len() as u64,
+                oldest: dates.first().map(|d| d.to_string()),
+                newest: dates.last().map(|d| d.to_string()),
+            });
+        }
+    }
+    let mut move_backlog = Backlog::default();
+    let hot_files = catalogs.iter().flat_map(|(hot, _)| hot.files.iter());
+    for f in hot_files.filter(|f| f.max_ts_us < cutoff) {
+        move_backlog.files += 1;
+        if f.kind == Kind::Readings {
+            move_backlog.readings += f.rows;
+        }
+        move_backlog.bytes += f.bytes;
+    }
+    StoreStatus {
+        log_offset: 0,
+        buffered_rows,
+        move_backlog,
+        tiers,
+    }
+}
+
 /// Rows, bytes and files per tier and kind, for `hoistway storage status`.
 #[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct StoreStatus {
+    /// Every reading from log records before this offset is in a file (with several
+    /// partitions, each has its own: 0).
     pub log_offset: u64,
     pub buffered_rows: u64,
     pub tiers: Vec<TierStatus>,
@@ -432,61 +485,30 @@ impl Store {
     }
 
     pub fn status(&self) -> StoreStatus {
-        // Counting buffered rows needs no Arrow conversion of the open buffer.
-        let (snapshot, buffered_rows) = {
-            let visible = self.visible.read();
-            let batched: usize = visible
-                .flushing
-                .iter()
-                .chain(&visible.sealed)
-                .map(|b| b.num_rows())
-                .sum();
-            (
-                Snapshot {
-                    hot: visible.hot.clone(),
-                    archive: visible.archive.clone(),
-                    buffer: Vec::new(),
-                },
-                (batched + visible.open.len()) as u64,
-            )
-        };
-        let mut tiers = Vec::new();
-        for (tier, manifest) in [
-            (Tier::Hot, &snapshot.hot),
-            (Tier::Archive, &snapshot.archive),
-        ] {
-            for kind in Kind::ALL {
-                let files: Vec<&FileEntry> =
-                    manifest.files.iter().filter(|f| f.kind == kind).collect();
-                let dates: std::collections::BTreeSet<&str> =
-                    files.iter().map(|f| f.date.as_str()).collect();
-                tiers.push(TierStatus {
-                    tier,
-                    kind,
-                    files: files.len() as u64,
-                    rows: files.iter().map(|f| f.rows).sum(),
-                    bytes: files.iter().map(|f| f.bytes).sum(),
-                    dates: dates.len() as u64,
-                    oldest: dates.first().map(|d| d.to_string()),
-                    newest: dates.last().map(|d| d.to_string()),
-                });
-            }
-        }
-        let cutoff = self.clock.now_us() - self.config.hot_retention_us;
-        let mut move_backlog = Backlog::default();
-        for f in snapshot.hot.files.iter().filter(|f| f.max_ts_us < cutoff) {
-            move_backlog.files += 1;
-            if f.kind == Kind::Readings {
-                move_backlog.readings += f.rows;
-            }
-            move_backlog.bytes += f.bytes;
-        }
-        StoreStatus {
-            log_offset: snapshot.hot.log_offset,
+        let (manifests, buffered_rows) = self.catalog();
+        let mut status = status_of(
+            &[manifests.clone()],
             buffered_rows,
-            move_backlog,
-            tiers,
-        }
+            self.clock.now_us() - self.config.hot_retention_us,
+        );
+        status.log_offset = manifests.0.log_offset;
+        status
+    }
+
+    /// Both tiers' manifests as visible now, and how many readings wait in memory (counted
+    /// without an Arrow conversion of the open buffer).
+    fn catalog(&self) -> ((Arc<Manifest>, Arc<Manifest>), u64) {
+        let visible = self.visible.read();
+        let batched: usize = visible
+            .flushing
+            .iter()
+            .chain(&visible.sealed)
+            .map(|b| b.num_rows())
+            .sum();
+        (
+            (visible.hot.clone(), visible.archive.clone()),
+            (batched + visible.open.len()) as u64,
+        )
     }
 
     /// Writes every buffered reading to committed files and records `through` as covered.

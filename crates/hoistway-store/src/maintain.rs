@@ -38,6 +38,20 @@ pub struct MaintenanceReport {
     pub deleted_garbage: u64,
 }
 
+impl MaintenanceReport {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Self) {
+        self.compactions += other.compactions;
+        self.compacted_input_files += other.compacted_input_files;
+        self.compacted_output_files += other.compacted_output_files;
+        self.moved_files += other.moved_files;
+        self.moved_bytes += other.moved_bytes;
+        self.expired_files += other.expired_files;
+        self.expired_rows += other.expired_rows;
+        self.deleted_garbage += other.deleted_garbage;
+    }
+}
+
 impl Store {
     /// One pass of upkeep. Safe to run while ingest flushes and queries run.
     pub async fn maintain(&self) -> Result<MaintenanceReport> {

@@ -113,7 +113,11 @@ fn read_file(path: &Path) -> Vec<RecordBatch> {
 
 /// Every committed readings row in both tiers, as (lift, seq) pairs, checked sorted per file.
 fn stored_keys(f: &Fixture, store: &Store) -> Vec<(String, i64)> {
-    let snapshot = store.snapshot();
+    snapshot_keys(f, &store.snapshot())
+}
+
+/// [`stored_keys`] of a snapshot, its paths from the fixture's tiers' roots.
+fn snapshot_keys(f: &Fixture, snapshot: &hoistway_store::Snapshot) -> Vec<(String, i64)> {
     let mut keys = Vec::new();
     for (tier, root) in [(Tier::Hot, f.hot()), (Tier::Archive, f.archive())] {
         for file in snapshot.files(tier, Kind::Readings) {
@@ -184,6 +188,67 @@ async fn flushed_readings_are_committed_sorted_and_replays_are_skipped() {
     let mut expected = readings.clone();
     expected.extend(more);
     assert_eq!(stored_keys(&f, &store), keys_of(&expected));
+}
+
+/// Several partitions' stores over the same tiers: each writes under its own directory with a
+/// catalog of its own (file ids repeat across them), none takes another's files for leftovers
+/// when it opens, and `Stores` reads them as one: every file from the tiers' roots, every
+/// buffer, the status of all.
+#[tokio::test]
+async fn partitions_keep_their_own_files_and_read_as_one() {
+    use hoistway_model::partition::partition_of;
+    let f = Fixture::new();
+    let root = f.config();
+    let open = |p: u16| {
+        let (config, clock) = (root.of_partition(p, 3).unwrap(), f.clock.clone());
+        async move { Arc::new(Store::open(config, clock).await.unwrap()) }
+    };
+    let mut parts = Vec::new();
+    for p in 0..3 {
+        parts.push(open(p).await);
+    }
+    let flushed = fleet(30, 10, DAY0);
+    let buffered = fleet(30, 1, DAY0 + HOUR_US);
+    let of = |r: &Reading| usize::from(partition_of(&r.lift_id, 3));
+    for (offset, r) in flushed.iter().enumerate() {
+        parts[of(r)].buffer(offset as u64, std::slice::from_ref(r));
+    }
+    for store in &parts {
+        store.flush(flushed.len() as u64).await.unwrap();
+    }
+    for (i, r) in buffered.iter().enumerate() {
+        parts[of(r)].buffer((flushed.len() + i) as u64, std::slice::from_ref(r));
+    }
+    // Reopening one partition's store leaves the others' files alone.
+    drop(parts.remove(0));
+    parts.insert(0, open(0).await);
+    for r in buffered.iter().filter(|r| of(r) == 0) {
+        parts[0].buffer(flushed.len() as u64, std::slice::from_ref(r));
+    }
+
+    let stores = hoistway_store::Stores::partitioned(&root, parts.clone());
+    let snapshot = stores.snapshot();
+    assert_eq!(snapshot_keys(&f, &snapshot), keys_of(&flushed));
+    let files: Vec<_> = snapshot.files(Tier::Hot, Kind::Readings).collect();
+    for p in 0..3 {
+        let dir = format!("{}/", hoistway_store::partition_dir(p));
+        assert!(files.iter().any(|file| file.path.starts_with(&dir)), "{files:?}");
+    }
+    let mut ids: Vec<u64> = files.iter().map(|file| file.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert!(ids.len() < files.len(), "each partition numbers its files from 1");
+    let rows: usize = snapshot.buffer.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, buffered.len());
+    let status = stores.status();
+    assert_eq!(status.buffered_rows, buffered.len() as u64);
+    let hot = status
+        .tiers
+        .iter()
+        .find(|t| t.tier == Tier::Hot && t.kind == Kind::Readings)
+        .unwrap();
+    assert_eq!(hot.rows, flushed.len() as u64);
+    assert_eq!(hot.files, files.len() as u64);
 }
 
 #[tokio::test]

@@ -70,6 +70,11 @@ pub struct ClusterSettings {
     pub postgres: String,
     /// The schema Hoistway's tables live in.
     pub postgres_schema: String,
+    /// How many partitions readings are spread over by lift (1 to 1024): one JetStream stream,
+    /// one processor, one checkpoint and one storage catalog each. Fixed when the cluster's
+    /// first node starts (recorded in PostgreSQL); every node must be given the same. Several
+    /// need `nats` and `postgres`.
+    pub partitions: u16,
 }
 
 impl Default for ClusterSettings {
@@ -84,6 +89,7 @@ impl Default for ClusterSettings {
             edge_quiet_secs: 30,
             postgres: String::new(),
             postgres_schema: "hoistway".to_string(),
+            partitions: 1,
         }
     }
 }

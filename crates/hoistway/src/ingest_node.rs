@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hoistway_dlq::DeadLetters;
-use hoistway_ingest::Sequencer;
+use hoistway_ingest::{Ingest, Sequencer};
 use hoistway_model::{Clock, SystemClock};
 use hoistway_server::{AppParts, AppState};
 use tokio::sync::watch;
@@ -72,15 +72,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "an ingest node (roles = \"ingest\") needs cluster.nats, where it appends readings for the processing node, \
          and cluster.postgres, where it reads accounts, lift credentials and the registry"
     );
+    let partitions = serve::partitions(&config, false)?;
     let data = config.data_dir.clone();
     let lock = crate::offline::lock_data_dir(&data)?;
     let metrics = hoistway_server::install_metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (log, _) = serve::open_log(&config, &data).await?;
     let (registry, auth, dlq) = {
         let (config, clock) = (config.clone(), clock.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let pg = serve::shared_postgres(&config)?.context("cluster.postgres is set")?;
+            serve::settle_partitions(&config, Some(&pg))?;
             let registry = serve::open_registry(&config, Some(&pg))?;
             let auth = serve::open_authority_on(&config, clock, Some(&pg))?;
             // The pending dead letters cap what unregistered lifts may send.
@@ -93,15 +94,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await??
     };
     let (tls, acceptors) = serve::tls_of(&config)?;
-    // No processor state here to tell resends apart: each request's `duplicates` count is
-    // best-effort, and the processor's dedup decides what counts (docs/device-api.md).
-    let (ingest, sequencer) = Sequencer::new(
-        log.clone(),
-        &serve::sequencer_config(&config),
-        HashMap::new(),
-    );
+    let (logs, ingest, sequencers) = partitioned_ingest(&config, partitions).await?;
     let accepting = Arc::new(AtomicBool::new(true));
-    let log_view = log.clone();
     let app = AppState::new(AppParts {
         ingest,
         auth: auth.clone(),
@@ -110,7 +104,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tls: tls.is_some() || !config.auth.trusted_proxies.is_empty(),
         registry: registry.clone(),
         dlq,
-        log: log.clone(),
+        logs: logs.clone(),
         processing: None,
         alerts: None,
         backups: None,
@@ -128,8 +122,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         shutdown_rx,
         sequencer_task,
-    } = serve::listen(&config, sequencer, auth, registry).await?;
-    tokio::spawn(follow_the_stream(log_view, shutdown_rx.clone()));
+    } = serve::listen(&config, sequencers, auth, registry).await?;
+    for log in logs {
+        tokio::spawn(follow_the_stream(log, shutdown_rx.clone()));
+    }
     let router = hoistway_server::ingest_router(app);
     tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "hoistway is serving (roles: ingest)");
     let tls_task = serve::watch_tls(tls, &config, addr, shutdown_rx.clone());
@@ -154,6 +150,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// Each partition's log, and the ingest handle over their sequencers, for a node that holds no
+/// partition: no processor state here to tell resends apart, so each request's `duplicates`
+/// count is best-effort, and the processors' dedup decides what counts (docs/device-api.md).
+pub(crate) async fn partitioned_ingest(
+    config: &Config,
+    partitions: u16,
+) -> anyhow::Result<(Vec<Arc<dyn hoistway_log::Log>>, Ingest, Vec<Sequencer>)> {
+    let (mut logs, mut ingests, mut sequencers) = (Vec::new(), Vec::new(), Vec::new());
+    for partition in 0..partitions {
+        let (log, _) = serve::open_log(config, &config.data_dir, partition).await?;
+        let (ingest, sequencer) =
+            Sequencer::new(log.clone(), &serve::sequencer_config(config), HashMap::new());
+        logs.push(log);
+        ingests.push(ingest);
+        sequencers.push(sequencer);
+    }
+    Ok((logs, Ingest::partitioned(ingests), sequencers))
 }
 
 /// Rereads the stream's bounds every second until shutdown. The byte limit that turns into 503s

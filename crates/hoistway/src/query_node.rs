@@ -9,13 +9,11 @@
 //! and counters as of the last checkpoint, stored readings as of the last flush (the holder's
 //! buffer is not visible here). Flushes, upkeep and backups run on the holder only.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hoistway_ingest::Sequencer;
 use hoistway_log::Offset;
 use hoistway_model::{Clock, SystemClock};
 use hoistway_processor::{CheckpointStore, Fleet, FleetState, Progress};
@@ -25,7 +23,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::serve::{self, PARTITION, Running};
+use crate::serve::{self, Running};
 
 /// How often a query node reads the holder's checkpoint and the storage catalog again.
 const REREAD: Duration = Duration::from_secs(1);
@@ -42,6 +40,7 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         config.cluster.region.trim().is_empty(),
         "a query node runs in the processing region (cluster.region is for ingest nodes in an edge region)"
     );
+    let partitions = serve::partitions(&config, true)?;
     let data = config.data_dir.clone();
     let lock = crate::offline::lock_data_dir(&data)?;
     let metrics = hoistway_server::install_metrics();
@@ -54,38 +53,53 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
          storage.archive_url, the same on every node (S3, or a directory they all share)"
     );
     storage.work = Some(analytics.handle().clone());
-    let (log, _) = serve::open_log(&config, &data).await?;
     let shared = {
         let (config, clock) = (config.clone(), clock.clone());
         tokio::task::spawn_blocking(move || Shared::open(&config, clock)).await??
     };
-    storage.manifests = shared.manifests.clone();
-    let store = Arc::new(
-        Store::open_reader(storage, clock.clone())
-            .await
-            .context("cannot read the storage catalog")?,
-    );
-    let state = Arc::new(RwLock::new(FleetState::default()));
-    let (progress_tx, progress) = watch::channel(Progress::default());
-    let mut follow = Follow {
-        checkpoints: shared.checkpoints.clone(),
-        store: store.clone(),
-        log: log.clone(),
-        state: state.clone(),
-        progress: progress_tx,
-        known: None,
-        failing: false,
-    };
-    follow.once().await?;
-    let fleet = Fleet::new(
-        state,
+    // Readings taken here (with the ingest role, and dead letters replayed) go to the shared
+    // streams; the holders' dedup decides what counts, as on an ingest node.
+    let (logs, ingest_handle, sequencers) =
+        crate::ingest_node::partitioned_ingest(&config, partitions).await?;
+    // Each partition's holder's state and catalog, followed.
+    let (mut follows, mut stores, mut states, mut progress) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (partition, log) in (0..partitions).zip(&logs) {
+        let mut storage = storage.of_partition(partition, partitions)?;
+        storage.manifests = Arc::new(shared.manifests.of_partition(partition));
+        let store = Arc::new(
+            Store::open_reader(storage, clock.clone())
+                .await
+                .with_context(|| format!("cannot read partition {partition}'s storage catalog"))?,
+        );
+        let state = Arc::new(RwLock::new(FleetState::default()));
+        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let mut follow = Follow {
+            partition,
+            checkpoints: shared.checkpoints.clone(),
+            store: store.clone(),
+            log: log.clone(),
+            state: state.clone(),
+            progress: progress_tx,
+            known: None,
+            failing: false,
+        };
+        follow.once().await?;
+        follows.push(follow);
+        stores.push(store);
+        states.push(state);
+        progress.push(progress_rx);
+    }
+    let stores = hoistway_store::Stores::partitioned(&storage, stores);
+    let fleet = Fleet::partitioned(
+        states,
         shared.registry.clone(),
         clock.clone(),
         Duration::from_secs(config.processor.silent_after_secs),
     );
     let query = serve::query_engine(
         &config,
-        store.clone(),
+        stores.clone(),
         fleet.clone(),
         shared.auth.clone(),
         &analytics,
@@ -93,13 +107,6 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
     )?;
     let (tls, acceptors) = serve::tls_of(&config)?;
     let sql_endpoints = serve::SqlEndpoints::bind(&config, &query, &shared.auth).await?;
-    // Readings taken here (with the ingest role, and dead letters replayed) go to the shared
-    // stream; the holder's dedup decides what counts, as on an ingest node.
-    let (ingest_handle, sequencer) = Sequencer::new(
-        log.clone(),
-        &serve::sequencer_config(&config),
-        HashMap::new(),
-    );
     let accepting = Arc::new(AtomicBool::new(true));
     let app = AppState::new(AppParts {
         ingest: ingest_handle,
@@ -109,10 +116,10 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         tls: tls.is_some() || !config.auth.trusted_proxies.is_empty(),
         registry: shared.registry.clone(),
         dlq: shared.checkpoints.clone(),
-        log: log.clone(),
+        logs,
         processing: Some(Processing {
             fleet,
-            store,
+            stores,
             query,
             progress,
             // The holder checkpoints this often; state read here is older than that only when
@@ -139,12 +146,15 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         sequencer_task,
     } = serve::listen(
         &config,
-        sequencer,
+        sequencers,
         shared.auth.clone(),
         shared.registry.clone(),
     )
     .await?;
-    let follow_task = tokio::spawn(follow.run(shutdown_rx.clone()));
+    let follow_tasks: Vec<_> = follows
+        .into_iter()
+        .map(|follow| tokio::spawn(follow.run(shutdown_rx.clone())))
+        .collect();
     // The change stream of alerts (the UI's live list) carries what the holder records.
     let alerts_task = shared
         .alerts
@@ -166,7 +176,9 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         let served =
             hoistway_server::listen::serve(listener, router, limits, acceptors, graceful).await;
         sequencer_task.await?;
-        follow_task.await?;
+        for task in follow_tasks {
+            task.await?;
+        }
         if let Some(task) = alerts_task {
             task.await?;
         }
@@ -192,7 +204,7 @@ struct Shared {
     registry: Arc<hoistway_registry::Registry>,
     auth: Arc<hoistway_auth::Authority>,
     checkpoints: Arc<hoistway_postgres::PgCheckpointStore>,
-    manifests: Arc<dyn hoistway_store::ManifestStore>,
+    manifests: hoistway_postgres::PgManifestStore,
     alerts: Option<Arc<hoistway_alerts::Alerts>>,
 }
 
@@ -200,16 +212,15 @@ impl Shared {
     /// Blocks (connects, migrates).
     fn open(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let pg = serve::shared_postgres(config)?.context("cluster.postgres is set")?;
+        serve::settle_partitions(config, Some(&pg))?;
         let registry = Arc::new(serve::open_registry(config, Some(&pg))?);
         let auth = Arc::new(serve::open_authority_on(config, clock.clone(), Some(&pg))?);
         let checkpoints = Arc::new(
             hoistway_postgres::PgCheckpointStore::open(pg.clone())
                 .context("cannot open the processor tables in PostgreSQL")?,
         );
-        let manifests = Arc::new(
-            hoistway_postgres::PgManifestStore::open(pg.clone())
-                .context("cannot open the storage tables in PostgreSQL")?,
-        );
+        let manifests = hoistway_postgres::PgManifestStore::open(pg.clone())
+            .context("cannot open the storage tables in PostgreSQL")?;
         // Alerts as the holder records them: lists, acknowledgements, rules and silences
         // (the holder's engine rereads those); rules are evaluated and notifications sent
         // only there.
@@ -235,9 +246,10 @@ impl Shared {
     }
 }
 
-/// Keeps a query node's view up to date: the holder's last checkpoint (lift state and
-/// counters), the storage catalog, and the stream's bounds.
+/// Keeps a query node's view of one partition up to date: its holder's last checkpoint (lift
+/// state and counters), its storage catalog, and its stream's bounds.
 struct Follow {
+    partition: u16,
     checkpoints: Arc<hoistway_postgres::PgCheckpointStore>,
     store: Arc<Store>,
     log: Arc<dyn hoistway_log::Log>,
@@ -259,6 +271,7 @@ impl Follow {
                 Ok(()) if self.failing => {
                     self.failing = false;
                     tracing::info!(
+                        partition = self.partition,
                         "reading the holder's state and the storage catalog works again"
                     );
                 }
@@ -266,6 +279,7 @@ impl Follow {
                 Err(e) if !self.failing => {
                     self.failing = true;
                     tracing::warn!(
+                        partition = self.partition,
                         error = format!("{e:#}"),
                         "cannot read the holder's state or the storage catalog; showing what was read last"
                     );
@@ -277,8 +291,8 @@ impl Follow {
 
     /// One reread. The state moves only when the holder committed a newer checkpoint.
     async fn once(&mut self) -> anyhow::Result<()> {
-        let (checkpoints, known) = (self.checkpoints.clone(), self.known);
-        let latest = tokio::task::spawn_blocking(move || checkpoints.latest(PARTITION, known))
+        let (checkpoints, known, partition) = (self.checkpoints.clone(), self.known, self.partition);
+        let latest = tokio::task::spawn_blocking(move || checkpoints.latest(partition, known))
             .await?
             .context("cannot read the holder's checkpoint")?;
         let now = Instant::now();

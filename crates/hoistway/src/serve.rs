@@ -50,6 +50,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "only ingest nodes run in an edge region (cluster.region = {:?}): set roles = \"ingest\" here, and run processing in the processing region",
         config.cluster.region.trim()
     );
+    let partitions = partitions(&config, true)?;
     let started = Instant::now();
     let data = config.data_dir.clone();
     // One server per data dir: a second one would interleave writes to the same log.
@@ -58,7 +59,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = hoistway_server::install_metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-    let (log, file_log) = open_log(&config, &data).await?;
+    let mut logs = Vec::with_capacity(usize::from(partitions));
+    let mut file_log = None;
+    for partition in 0..partitions {
+        let (log, file) = open_log(&config, &data, partition).await?;
+        logs.push(log);
+        file_log = file_log.or(file);
+    }
     // Pins the log before anything can truncate it: no segment goes before it is archived.
     let archiver = if config.backup.log_archive {
         let file_log = file_log.clone().context(
@@ -85,6 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             // One pool for all the shared state.
             let pg = shared_postgres(&config)?;
+            settle_partitions(&config, pg.as_ref())?;
             let registry = open_registry(&config, pg.as_ref())?;
             Ok((
                 registry,
@@ -96,16 +104,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await??
     };
     let (registry, auth) = (Arc::new(registry), Arc::new(auth));
-    // The partition is this server's once claimed: with checkpoints in PostgreSQL, a standby
-    // waits here until the holder's lease ends or lapses.
     let lease = hoistway_processor::Lease {
         holder: holder_name(),
         ttl: Duration::from_secs(config.processor.lease_secs.max(1)),
     };
-    let claim = hoistway_processor::claim_partition(checkpoints.clone(), PARTITION, lease.clone())
-        .await
-        .context("cannot claim the partition")?;
-    let epoch = claim.epoch;
+    // A partition is this server's once claimed, and it holds every one: with checkpoints in
+    // PostgreSQL, a standby waits at the first until the holder's leases end or lapse. (One
+    // claimed early is not renewed until all are; if it lapsed meanwhile and another node took
+    // it, this one is fenced at its first checkpoint and stops.)
+    let mut claims = Vec::with_capacity(usize::from(partitions));
+    for partition in 0..partitions {
+        let claim =
+            hoistway_processor::claim_partition(checkpoints.clone(), partition, lease.clone())
+                .await
+                .with_context(|| format!("cannot claim partition {partition}"))?;
+        claims.push(claim);
+    }
     if !config.cluster.postgres.trim().is_empty() {
         tracing::info!(
             schema = %config.cluster.postgres_schema,
@@ -124,18 +138,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let analytics = analytics_runtime(&config)?;
     let mut storage = store_config(&config)?;
     storage.work = Some(analytics.handle().clone());
+    let mut catalog = None;
     if let Some(pg) = pg.as_ref().filter(|_| checkpoints_in_postgres(&config)) {
         if shared_tiers(&config) {
-            // The catalog beside the checkpoints, written only while this server holds the
-            // partition; file ids above any the previous holder could still be writing.
+            // The catalogs beside the checkpoints, each written only while this server holds
+            // its partition.
             let pg = pg.clone();
             let manifests =
                 tokio::task::spawn_blocking(move || hoistway_postgres::PgManifestStore::open(pg))
                     .await?
                     .context("cannot open the storage tables in PostgreSQL")?;
-            adopt_tier_manifests(&manifests, &storage).await?;
-            storage.manifests = Arc::new(manifests.fenced(PARTITION, epoch));
-            storage.first_file_id = epoch << 32;
+            if partitions == 1 {
+                adopt_tier_manifests(&manifests, &storage).await?;
+            }
+            catalog = Some(manifests);
         } else {
             tracing::warn!(
                 "a storage tier is in this node's data dir: a standby that takes the partition over will not have its Parquet files, \
@@ -143,24 +159,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             );
         }
     }
-    tracing::info!(manifests = %storage.manifests.describe(), "storage catalog");
-    let store = Arc::new(
-        Store::open(storage, clock.clone())
-            .await
-            .context("cannot open storage")?,
-    );
-    let mut sinks: Vec<Arc<dyn Sink>> = if config.storage.enabled {
-        vec![store.clone()]
-    } else {
-        Vec::new()
-    };
     let alerts = if config.alerts.enabled {
+        // One partition (see `partitions`): its epoch fences alerting's writes.
+        let epoch = claims[0].epoch;
         let (data, config, clock, pg) = (data.clone(), config.clone(), clock.clone(), pg.clone());
         let alerts = tokio::task::spawn_blocking(move || {
             open_alerts(&data, &config, clock, pg.as_ref().map(|pg| (pg, epoch)))
         })
         .await??;
-        sinks.push(alerts.0.clone());
         Some(alerts)
     } else {
         None
@@ -168,7 +174,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let checkpoint_interval = Duration::from_secs(config.processor.checkpoint_interval_secs.max(1));
     let pconfig = ProcessorConfig {
-        partition: PARTITION,
         window: config.window(),
         checkpoint_interval,
         auto_register: config.ingest.auto_register,
@@ -182,18 +187,63 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }),
         ..Default::default()
     };
-    let (feed_tx, feed_rx) = hoistway_ingest::feed(1024);
-    let processor = Processor::recover(
-        pconfig,
-        log.clone(),
-        registry.clone(),
-        checkpoints.clone(),
-        claim,
-        sinks,
-    )
-    .await
-    .context("cannot recover processor state")?
-    .with_feed(feed_rx);
+    // Each partition: its storage, its processor recovered from its checkpoint, and the
+    // sequencer in front of its log.
+    let mut held = Vec::with_capacity(usize::from(partitions));
+    for (partition, claim) in (0..partitions).zip(claims) {
+        let epoch = claim.epoch;
+        let mut storage = storage.of_partition(partition, partitions)?;
+        if let Some(catalog) = &catalog {
+            // File ids above any the previous holder could still be writing.
+            storage.manifests = Arc::new(catalog.fenced(partition, epoch));
+            storage.first_file_id = epoch << 32;
+        }
+        tracing::info!(partition, manifests = %storage.manifests.describe(), "storage catalog");
+        let store = Arc::new(
+            Store::open(storage, clock.clone())
+                .await
+                .with_context(|| format!("cannot open partition {partition}'s storage"))?,
+        );
+        let mut sinks: Vec<Arc<dyn Sink>> = if config.storage.enabled {
+            vec![store.clone()]
+        } else {
+            Vec::new()
+        };
+        if let Some((alerts, _)) = &alerts {
+            sinks.push(alerts.clone());
+        }
+        let (feed_tx, feed_rx) = hoistway_ingest::feed(1024);
+        let log = logs[usize::from(partition)].clone();
+        let processor = Processor::recover(
+            ProcessorConfig {
+                partition,
+                partitions,
+                ..pconfig.clone()
+            },
+            log.clone(),
+            registry.clone(),
+            checkpoints.clone(),
+            claim,
+            sinks,
+        )
+        .await
+        .with_context(|| format!("cannot recover partition {partition}'s processor state"))?
+        .with_feed(feed_rx);
+        let dedup = processor.state().read().dedup_index();
+        let (ingest, sequencer) = Sequencer::new(log, &sequencer_config(&config), dedup);
+        held.push(Held {
+            partition,
+            epoch,
+            store,
+            processor,
+            ingest,
+            sequencer: Some(sequencer.with_feed(feed_tx)),
+        });
+    }
+    let stores = hoistway_store::Stores::partitioned(
+        &storage,
+        held.iter().map(|h| h.store.clone()).collect(),
+    );
     // A backup copies the log's files: with the log on JetStream, NATS backs the stream up.
     let backups = file_log.map(|file_log| {
         let s3 = config.storage.s3.clone();
@@ -201,8 +251,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::new(hoistway_backup::Backups::new(hoistway_backup::Sources {
             data_dir: data.clone(),
             log: file_log.clone(),
-            gate: processor.checkpoint_gate(),
-            store: store.clone(),
+            // A file log: one partition.
+            gate: held[0].processor.checkpoint_gate(),
+            store: held[0].store.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             resolve: Box::new(move |to| {
                 let to = match to.trim() {
@@ -220,17 +271,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }))
     });
 
-    let dedup = processor.state().read().dedup_index();
-    let (ingest, sequencer) = Sequencer::new(log.clone(), &sequencer_config(&config), dedup);
-    let sequencer = sequencer.with_feed(feed_tx);
-    let fleet = processor.fleet(
+    let fleet = hoistway_processor::Fleet::partitioned(
+        held.iter().map(|h| h.processor.state().clone()).collect(),
+        registry.clone(),
         clock.clone(),
         Duration::from_secs(config.processor.silent_after_secs),
     );
     let fleet_for_alerts = fleet.clone();
     let query = query_engine(
         &config,
-        store.clone(),
+        stores.clone(),
         fleet.clone(),
         auth.clone(),
         &analytics,
@@ -239,12 +289,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some((alerts, _)) = &alerts {
         // A lift whose readings sit in an edge region's backlog is not silent: absence rules
         // wait while an edge region is out of contact or catching up.
-        let (log, quiet) = (
-            log.clone(),
+        let (logs, quiet) = (
+            logs.clone(),
             Duration::from_secs(config.cluster.edge_quiet_secs.max(1)),
         );
         alerts.set_absence_hold(Arc::new(move || {
-            log.sources().iter().find_map(|s| s.holding_back(quiet))
+            logs.iter()
+                .flat_map(|log| log.sources())
+                .find_map(|s| s.holding_back(quiet))
         }));
         // Rate rules compare each lift with its own past hours, from the stored rollups.
         let query = query.clone();
@@ -266,20 +318,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let reread_registry = registry.clone();
     let accepting = Arc::new(AtomicBool::new(true));
     let ingest_rate = ingest_rate(&config);
+    let (sequencers, ingests): (Vec<_>, Vec<_>) = held
+        .iter_mut()
+        .map(|h| (h.sequencer.take(), h.ingest.clone()))
+        .unzip();
     let app = AppState::new(AppParts {
-        ingest,
+        ingest: hoistway_ingest::Ingest::partitioned(ingests),
         auth,
         rate: hoistway_server::rate::RateLimits::new(ingest_rate),
         trusted_proxies: config.auth.trusted_proxies.clone(),
         tls: tls.is_some() || !config.auth.trusted_proxies.is_empty(),
         registry,
         dlq,
-        log: log.clone(),
+        logs: logs.clone(),
         processing: Some(Processing {
             fleet,
-            store: store.clone(),
+            stores: stores.clone(),
             query,
-            progress: processor.progress(),
+            progress: held.iter().map(|h| h.processor.progress()).collect(),
             checkpoint_interval,
         }),
         alerts: alerts.as_ref().map(|(a, _)| a.clone()),
@@ -298,28 +354,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         shutdown_rx,
         sequencer_task,
-    } = listen(&config, sequencer, reread_auth, reread_registry).await?;
-    // The processor stopping on its own (a corrupt log, a failed checkpoint) stops the server:
-    // acknowledging readings nobody applies would hide the failure.
-    let processor_task = stops_server_on_error(
-        processor.run(shutdown_rx.clone()),
-        "processor failed",
-        shutdown.clone(),
-    );
-    // Losing the partition's lease stops the server, as the processor stopping does.
-    let lease_task = stops_server_on_error(
-        hoistway_processor::keep_lease(
-            checkpoints.clone(),
-            PARTITION,
-            epoch,
-            lease.ttl,
-            shutdown_rx.clone(),
-        ),
-        "the partition's lease is lost",
-        shutdown.clone(),
-    );
+    } = listen(
+        &config,
+        sequencers.into_iter().flatten().collect(),
+        reread_auth,
+        reread_registry,
+    )
+    .await?;
+    let mut partition_tasks = Vec::with_capacity(held.len());
+    for h in held {
+        // A processor stopping on its own (a corrupt log, a failed checkpoint) stops the
+        // server: acknowledging readings nobody applies would hide the failure.
+        let processor_task = stops_server_on_error(
+            h.processor.run(shutdown_rx.clone()),
+            "processor failed",
+            shutdown.clone(),
+        );
+        // Losing a partition's lease stops the server, as a processor stopping does.
+        let lease_task = stops_server_on_error(
+            hoistway_processor::keep_lease(
+                checkpoints.clone(),
+                h.partition,
+                h.epoch,
+                lease.ttl,
+                shutdown_rx.clone(),
+            ),
+            "a partition's lease is lost",
+            shutdown.clone(),
+        );
+        partition_tasks.push((h.partition, h.epoch, processor_task, lease_task));
+    }
     let maintenance_task = analytics.handle().spawn(maintain_periodically(
-        store,
+        stores,
         Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
         shutdown_rx.clone(),
     ));
@@ -345,18 +411,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let task = tokio::spawn(async move {
         let served =
             hoistway_server::listen::serve(listener, router, limits, acceptors, graceful).await;
-        // The router (and with it every Ingest handle) is gone: the sequencer answers what it
-        // holds and ends; then the processor drains the log and checkpoints.
+        // The router (and with it every Ingest handle) is gone: the sequencers answer what
+        // they hold and end; then each processor drains its log and checkpoints.
         sequencer_task.await?;
-        let processed = processor_task.await?;
-        let leased = lease_task.await?;
-        if processed.is_ok() && leased.is_ok() {
-            // After the last checkpoint: a standby takes over now, not when the lease lapses.
-            let store = checkpoints.clone();
-            match tokio::task::spawn_blocking(move || store.release(PARTITION, epoch)).await? {
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot end the partition's lease"),
+        let mut failed = None;
+        for (partition, epoch, processor_task, lease_task) in partition_tasks {
+            let processed = processor_task.await?;
+            let leased = lease_task.await?;
+            if processed.is_ok() && leased.is_ok() {
+                // After the last checkpoint: a standby takes over now, not when the lease
+                // lapses.
+                let store = checkpoints.clone();
+                match tokio::task::spawn_blocking(move || store.release(partition, epoch)).await? {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "cannot end the partition's lease")
+                    }
+                }
             }
+            let failure = processed
+                .err()
+                .map(anyhow::Error::from)
+                .or(leased.err().map(anyhow::Error::from));
+            failed = failed.or(failure);
         }
         maintenance_task.await?;
         if let Some((archiver, task)) = archive_task {
@@ -373,8 +450,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             task.await?;
         }
         served?;
-        processed?;
-        leased?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         drop(analytics);
         tracing::info!("hoistway stopped cleanly");
         drop(lock);
@@ -385,6 +463,63 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// One partition this node holds, until its tasks start.
+struct Held {
+    partition: u16,
+    epoch: u64,
+    store: Arc<Store>,
+    processor: Processor,
+    ingest: hoistway_ingest::Ingest,
+    /// Taken when the node starts listening.
+    sequencer: Option<Sequencer>,
+}
+
+/// The partition count the configuration names, checked: several need the log on JetStream
+/// and the checkpoints in PostgreSQL, and (for now) alerting off on the nodes that would run
+/// it (`alerting`: processing and query nodes).
+pub(crate) fn partitions(config: &Config, alerting: bool) -> anyhow::Result<u16> {
+    let n = config.cluster.partitions;
+    anyhow::ensure!(
+        (1..=hoistway_model::partition::MAX_PARTITIONS).contains(&n),
+        "cluster.partitions = {n}: a cluster has 1 to {} partitions",
+        hoistway_model::partition::MAX_PARTITIONS
+    );
+    if n > 1 {
+        anyhow::ensure!(
+            checkpoints_in_postgres(config),
+            "cluster.partitions = {n} needs cluster.nats and cluster.postgres: each partition is a JetStream stream, \
+             with its checkpoint, lease and storage catalog in PostgreSQL (a standalone server has one partition)"
+        );
+        anyhow::ensure!(
+            !(alerting && config.alerts.enabled),
+            "alerting runs with one partition for now: with cluster.partitions = {n}, set alerts.enabled = false \
+             (docs/deploy.md, \"Several partitions\")"
+        );
+    }
+    Ok(n)
+}
+
+/// Records the partition count in PostgreSQL when this is the cluster's first node, and refuses
+/// a count other than the one recorded: streams, checkpoints and catalogs are laid out by it.
+/// Blocks.
+pub(crate) fn settle_partitions(
+    config: &Config,
+    pg: Option<&hoistway_postgres::Postgres>,
+) -> anyhow::Result<()> {
+    let (Some(pg), configured) = (pg, config.cluster.partitions) else {
+        return Ok(());
+    };
+    let recorded = hoistway_postgres::layout::settle_partitions(pg, configured)
+        .context("cannot read the cluster's partition count in PostgreSQL")?;
+    anyhow::ensure!(
+        recorded == configured,
+        "this cluster spreads readings over {recorded} partition(s) (recorded in PostgreSQL when it first ran), \
+         and this node has cluster.partitions = {configured}: give every node the recorded count (changing it \
+         would move lifts to partitions that do not hold their state)"
+    );
+    Ok(())
 }
 
 /// Alerting over `<data>/alerts/alerts.sqlite3` (in the cluster mode, where the processor's
@@ -556,6 +691,7 @@ fn tier_at(raw: &str, config: &Config) -> anyhow::Result<TierStore> {
 pub(crate) async fn open_log(
     config: &Config,
     data: &std::path::Path,
+    partition: u16,
 ) -> anyhow::Result<(Arc<dyn Log>, Option<Arc<FileLog>>)> {
     let servers = config.cluster.nats_servers();
     if !servers.is_empty() {
@@ -570,7 +706,7 @@ pub(crate) async fn open_log(
         let mut js = hoistway_jetstream::JetStreamConfig::named(
             servers.clone(),
             &config.cluster.nats_stream,
-            0,
+            u32::from(partition),
         );
         match regions(config)? {
             Regions::Edge(region) => js = js.in_region(&region),
@@ -585,12 +721,8 @@ pub(crate) async fn open_log(
         js.replicas = config.cluster.nats_replicas.max(1);
         // Ingest refuses (503) at log.max_bytes; the stream's own limit, an eighth higher, is
         // the backstop for what several nodes append between two reads of its size.
-        js.max_bytes = Some(
-            config
-                .log
-                .max_bytes
-                .saturating_add(config.log.max_bytes / 8),
-        );
+        let max_bytes = log_max_bytes(config);
+        js.max_bytes = Some(max_bytes.saturating_add(max_bytes / 8));
         js.monitors = config.cluster.nats_monitors();
         let log = hoistway_jetstream::JetStreamLog::open(js)
             .await
@@ -617,6 +749,10 @@ pub(crate) async fn open_log(
     anyhow::ensure!(
         matches!(regions(config)?, Regions::Processing(edges) if edges.is_empty()),
         "cluster.region and cluster.edges are for the log on NATS JetStream (cluster.nats)"
+    );
+    anyhow::ensure!(
+        partition == 0,
+        "a log of files holds one partition"
     );
     let mut log_config = FileLogConfig::new(data.join("log"));
     log_config.segment_bytes = config.log.segment_bytes;
@@ -646,11 +782,12 @@ pub(crate) struct Listening {
     pub sequencer_task: JoinHandle<()>,
 }
 
-/// Listens on `config.listen`, starts the sequencer (the log's single writer here) and the
+/// Listens on `config.listen`, starts the sequencers (each the single writer of its
+/// partition's log here) and the
 /// periodic reread of what other nodes change (auth, registry); both node kinds do this.
 pub(crate) async fn listen(
     config: &Config,
-    sequencer: Sequencer,
+    sequencers: Vec<Sequencer>,
     auth: Arc<hoistway_auth::Authority>,
     registry: Arc<Registry>,
 ) -> anyhow::Result<Listening> {
@@ -659,7 +796,17 @@ pub(crate) async fn listen(
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let sequencer_task = tokio::spawn(sequencer.run());
+    let sequencer_task = tokio::spawn(async move {
+        let running: Vec<_> = sequencers
+            .into_iter()
+            .map(|s| tokio::spawn(s.run()))
+            .collect();
+        for task in running {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a sequencer failed");
+            }
+        }
+    });
     tokio::spawn(reread_shared_periodically(
         auth,
         registry,
@@ -688,14 +835,14 @@ pub(crate) enum Regions {
 /// (when alerting is on) the alert tables.
 pub(crate) fn query_engine(
     config: &Config,
-    store: Arc<Store>,
+    stores: hoistway_store::Stores,
     fleet: hoistway_processor::Fleet,
     auth: Arc<hoistway_auth::Authority>,
     analytics: &hoistway_query::runtime::AnalyticsRuntime,
     alerts: Option<Arc<dyn hoistway_alerts::AlertStore>>,
 ) -> anyhow::Result<Arc<QueryEngine>> {
     let mut query = QueryEngine::new(
-        store,
+        stores,
         fleet,
         QueryLimits {
             max_rows: config.query.max_rows.max(1),
@@ -921,7 +1068,7 @@ pub(crate) fn backup_target(
 
 /// Runs storage upkeep on an interval until shutdown. A failed pass is logged and retried.
 async fn maintain_periodically(
-    store: Arc<Store>,
+    store: hoistway_store::Stores,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -990,13 +1137,18 @@ pub(crate) fn watch_tls(
     task
 }
 
-/// The sequencer's settings: the dedup window and the log's byte limit.
+/// A sequencer's settings: the dedup window and its partition's log's byte limit.
 pub(crate) fn sequencer_config(config: &Config) -> SequencerConfig {
     SequencerConfig {
         window: config.window(),
-        max_log_bytes: config.log.max_bytes,
+        max_log_bytes: log_max_bytes(config),
         ..SequencerConfig::default()
     }
+}
+
+/// Each partition's log's byte limit: `log.max_bytes` shared evenly (lifts spread evenly).
+pub(crate) fn log_max_bytes(config: &Config) -> u64 {
+    config.log.max_bytes / u64::from(config.cluster.partitions.max(1))
 }
 
 /// How often shared state (keys, revocations, the registry) is reread.

@@ -415,6 +415,112 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
     cluster.finish([ingest, processing]).await;
 }
 
+/// Three partitions (`cluster.partitions = 3`): readings spread over three streams by lift, each
+/// with its processor, checkpoint, lease and storage catalog. A fleet with outages and resends
+/// posts through an ingest node; the processing node holding every partition is killed with
+/// SIGKILL mid-run and a standby takes all three over. The standby and a query node then agree
+/// with the simulator's ledger exactly, in counters and in stored rows, and every partition took
+/// readings. A node configured with another count refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let postgres = test_postgres();
+    let schema = scratch_schema("partitions");
+    let mut cluster = Cluster::start(&postgres, &schema);
+    let s3 = S3Server::start("hoistway-partitions").await;
+    cluster.settings.extend([
+        ("HOISTWAY_CLUSTER__PARTITIONS", "3".into()),
+        ("HOISTWAY_ALERTS__ENABLED", "false".into()),
+        (
+            "HOISTWAY_STORAGE__HOT_URL",
+            "s3://hoistway-partitions/hot".into(),
+        ),
+        (
+            "HOISTWAY_STORAGE__ARCHIVE_URL",
+            "s3://hoistway-partitions/archive".into(),
+        ),
+        ("HOISTWAY_STORAGE__S3__ENDPOINT", s3.endpoint()),
+        ("HOISTWAY_STORAGE__S3__REGION", "us-east-1".into()),
+        ("HOISTWAY_STORAGE__S3__ACCESS_KEY_ID", "test".into()),
+        ("HOISTWAY_STORAGE__S3__SECRET_ACCESS_KEY", "test".into()),
+        ("HOISTWAY_STORAGE__S3__ALLOW_HTTP", "true".into()),
+    ]);
+    let env = cluster.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
+    let (first, ingest) = cluster.processing_and_ingest(&machine(1));
+    let token = first.token.clone();
+    let mut query_env = env.clone();
+    query_env.push(("HOISTWAY_ROLES", "query"));
+    let query = TestServer::start_with_token(machine(4), token.clone(), &query_env);
+
+    // The count is the cluster's: a node told otherwise does not start.
+    let other: Vec<(&str, &std::ffi::OsStr)> = cluster
+        .env_with(&[("HOISTWAY_CLUSTER__PARTITIONS", "2")])
+        .into_iter()
+        .map(|(k, v)| (k, v.as_ref()))
+        .collect();
+    let refused = serve_refused(&machine(5), &other);
+    assert!(
+        refused.contains("over 3 partition(s)") && refused.contains("cluster.partitions = 2"),
+        "{refused}"
+    );
+
+    let run_for = Duration::from_secs(12);
+    let mut sim = Simulator::new(fleet_with_outages(run_for, 31), ingest.addr);
+    register(&first, &sim.registry_csv()).await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let running = tokio::spawn(async move {
+        sim.run(Some(run_for), stop).await;
+        sim
+    });
+    let standby = {
+        let (token, env) = (token.clone(), cluster.settings.clone());
+        let path = machine(2);
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            TestServer::start_with_token(path, token, &env)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!standby.is_finished(), "the standby took partitions that were held");
+    let metrics = first.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for p in 0..3 {
+        let line = format!("hoistway_processor_offset{{partition=\"{p}\"}}");
+        let offset = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(offset.is_some_and(|o| o > 0.0), "partition {p} took nothing: {offset:?}");
+    }
+    let mut first = first;
+    tokio::task::block_in_place(|| first.kill9());
+    let killed = Instant::now();
+    let second = standby.await.unwrap();
+    let failover = killed.elapsed();
+    assert_eq!(second.failed_starts, 0, "the standby failed to take over");
+
+    let mut sim = running.await.unwrap();
+    let ledger = drained(&mut sim).await;
+    assert!(
+        ledger.total_readings() > 2_000,
+        "{}",
+        ledger.total_readings()
+    );
+    verified(&second, &ledger).await;
+    stored_readings_match_the_ledger(&second, &ledger).await;
+    verified(&query, &ledger).await;
+    stored_readings_match_the_ledger(&query, &ledger).await;
+    let summary = query.get("/v1/fleet/summary").await.json();
+    assert_eq!(summary["lifts"], 300, "{summary}");
+    eprintln!(
+        "{} readings over 3 partitions; taken over {failover:?} after SIGKILL (lease 2 s)",
+        ledger.total_readings()
+    );
+    cluster.finish([ingest, second, query]).await;
+}
+
 /// An edge region (its NATS server a leaf node of the processing region's, with a JetStream
 /// domain of its own; one ingest node) acknowledges readings once they are in the region's own
 /// stream. While the processing region's NATS is down the edge keeps acknowledging, and absence
