@@ -191,7 +191,12 @@ impl Ingest {
             split[usize::from(partition_of(&r.lift_id, count))].push(r);
         }
         // Refused before anything is queued, where that is known in advance.
-        let used = || split.iter().zip(&self.parts[..]).filter(|(r, _)| !r.is_empty());
+        let used = || {
+            split
+                .iter()
+                .zip(&self.parts[..])
+                .filter(|(r, _)| !r.is_empty())
+        };
         if let Some(e) = used().find_map(|(_, part)| part.refused()) {
             return Err(e);
         }
@@ -443,11 +448,16 @@ mod tests {
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
         for p in 0..3 {
-            let (log, _) = FileLog::open(FileLogConfig::new(dir.path().join(format!("{p}")))).unwrap();
+            let (log, _) =
+                FileLog::open(FileLogConfig::new(dir.path().join(format!("{p}")))).unwrap();
             let log: Arc<dyn Log> = Arc::new(log);
             let config = SequencerConfig {
                 // Partition 2 refuses once anything is in its log.
-                max_log_bytes: if p == 2 { log.size_bytes() + 1 } else { 1 << 30 },
+                max_log_bytes: if p == 2 {
+                    log.size_bytes() + 1
+                } else {
+                    1 << 30
+                },
                 ..Default::default()
             };
             let (ingest, sequencer) = Sequencer::new(log.clone(), &config, HashMap::new());
@@ -493,7 +503,13 @@ mod tests {
         ));
         assert_eq!(every_log(&logs).await, before, "nothing was appended");
         let fine = ingest
-            .submit(lifts.iter().filter(|l| of(l) != 2).map(|l| reading(l, 3)).collect())
+            .submit(
+                lifts
+                    .iter()
+                    .filter(|l| of(l) != 2)
+                    .map(|l| reading(l, 3))
+                    .collect(),
+            )
             .await
             .unwrap();
         assert_eq!(fine.accepted, elsewhere.len());

@@ -33,10 +33,7 @@ pub fn settle_partitions(pg: &Postgres, partitions: u16) -> Result<u16> {
             .get(0);
         let processed = has_processed
             && client
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM processor_partitions)",
-                    &[],
-                )
+                .query_one("SELECT EXISTS (SELECT 1 FROM processor_partitions)", &[])
                 .await?
                 .get::<_, bool>(0);
         let count = if processed { 1 } else { i64::from(partitions) };

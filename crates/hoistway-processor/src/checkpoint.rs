@@ -201,9 +201,12 @@ pub fn decode_partition(
         _ => {
             let v2: BodyV2 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
             match v2.offsets.as_slice() {
-                [PartitionOffset { partition: p, offset }]
-                    if *p == partition && partition < v2.partitions =>
-                {
+                [
+                    PartitionOffset {
+                        partition: p,
+                        offset,
+                    },
+                ] if *p == partition && partition < v2.partitions => {
                     let state = FleetState {
                         offset: *offset,
                         lifts: v2.lifts,

@@ -70,7 +70,11 @@ fn letter(offset: u64, seq: u64) -> DeadLetter {
 /// `state` as partition `partition`'s checkpoint: partition 0 as a standalone server's, others
 /// as one of [`CLUSTER_PARTITIONS`].
 fn encoded(state: &FleetState, partition: u16) -> Vec<u8> {
-    let partitions = if partition == 0 { 1 } else { CLUSTER_PARTITIONS };
+    let partitions = if partition == 0 {
+        1
+    } else {
+        CLUSTER_PARTITIONS
+    };
     checkpoint::encode_partition(state, checkpoint::VERSION, partition, partitions).unwrap()
 }
 

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hoistway_model::partition::partition_of_str;
 use hoistway_model::time::format_micros;
 use hoistway_model::{Clock, Direction, DoorState};
 use hoistway_registry::{LiftFilter, LiftInfo, Registry};
-use hoistway_model::partition::partition_of_str;
 use parking_lot::{RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
@@ -170,7 +170,8 @@ impl Fleet {
         silent_after: Duration,
     ) -> Self {
         assert!(
-            !parts.is_empty() && parts.len() <= usize::from(hoistway_model::partition::MAX_PARTITIONS),
+            !parts.is_empty()
+                && parts.len() <= usize::from(hoistway_model::partition::MAX_PARTITIONS),
             "a fleet has 1 to {} partitions, not {}",
             hoistway_model::partition::MAX_PARTITIONS,
             parts.len()
@@ -204,9 +205,7 @@ impl Fleet {
         lifts
             .into_iter()
             .map(|info| {
-                let last = fleet
-                    .get(info.lift_id.as_str())
-                    .map(|s| s.last_received_us);
+                let last = fleet.get(info.lift_id.as_str()).map(|s| s.last_received_us);
                 (info, last)
             })
             .collect()
@@ -443,7 +442,11 @@ mod tests {
         }
         let summary = fleet.summary(&LiftFilter::default());
         assert_eq!(
-            (summary.lifts, summary.readings_total, summary.never_reported),
+            (
+                summary.lifts,
+                summary.readings_total,
+                summary.never_reported
+            ),
             (40, 20, 20)
         );
         let page = fleet.list(&ListQuery {
@@ -452,6 +455,9 @@ mod tests {
         });
         assert_eq!(page.items.len(), 20);
         let presence = fleet.presence();
-        assert_eq!(presence.iter().filter(|(_, last)| last.is_some()).count(), 20);
+        assert_eq!(
+            presence.iter().filter(|(_, last)| last.is_some()).count(),
+            20
+        );
     }
 }

@@ -654,10 +654,7 @@ impl QueryEngine {
             .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes)))
             .build_arc()?;
         for tier in [Tier::Hot, Tier::Archive] {
-            runtime.register_object_store(
-                tier_url(tier).as_ref(),
-                stores.tier(tier).store.clone(),
-            );
+            runtime.register_object_store(tier_url(tier).as_ref(), stores.tier(tier).store.clone());
         }
         Ok(Self {
             stores,

@@ -487,7 +487,7 @@ impl Store {
     pub fn status(&self) -> StoreStatus {
         let (manifests, buffered_rows) = self.catalog();
         let mut status = status_of(
-            &[manifests.clone()],
+            std::slice::from_ref(&manifests),
             buffered_rows,
             self.clock.now_us() - self.config.hot_retention_us,
         );

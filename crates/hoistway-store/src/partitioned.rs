@@ -78,7 +78,10 @@ impl Stores {
 
     /// `parts[p]` opened on [`StoreConfig::of_partition`]`(p, parts.len())` of `tiers`.
     pub fn partitioned(tiers: &StoreConfig, parts: Vec<Arc<Store>>) -> Self {
-        assert!(!parts.is_empty(), "a node has at least one partition's store");
+        assert!(
+            !parts.is_empty(),
+            "a node has at least one partition's store"
+        );
         let several = parts.len() > 1;
         Self {
             hot: tiers.hot.clone(),

@@ -232,12 +232,18 @@ async fn partitions_keep_their_own_files_and_read_as_one() {
     let files: Vec<_> = snapshot.files(Tier::Hot, Kind::Readings).collect();
     for p in 0..3 {
         let dir = format!("{}/", hoistway_store::partition_dir(p));
-        assert!(files.iter().any(|file| file.path.starts_with(&dir)), "{files:?}");
+        assert!(
+            files.iter().any(|file| file.path.starts_with(&dir)),
+            "{files:?}"
+        );
     }
     let mut ids: Vec<u64> = files.iter().map(|file| file.id).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert!(ids.len() < files.len(), "each partition numbers its files from 1");
+    assert!(
+        ids.len() < files.len(),
+        "each partition numbers its files from 1"
+    );
     let rows: usize = snapshot.buffer.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, buffered.len());
     let status = stores.status();

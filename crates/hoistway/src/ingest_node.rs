@@ -162,8 +162,11 @@ pub(crate) async fn partitioned_ingest(
     let (mut logs, mut ingests, mut sequencers) = (Vec::new(), Vec::new(), Vec::new());
     for partition in 0..partitions {
         let (log, _) = serve::open_log(config, &config.data_dir, partition).await?;
-        let (ingest, sequencer) =
-            Sequencer::new(log.clone(), &serve::sequencer_config(config), HashMap::new());
+        let (ingest, sequencer) = Sequencer::new(
+            log.clone(),
+            &serve::sequencer_config(config),
+            HashMap::new(),
+        );
         logs.push(log);
         ingests.push(ingest);
         sequencers.push(sequencer);

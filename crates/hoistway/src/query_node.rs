@@ -291,7 +291,8 @@ impl Follow {
 
     /// One reread. The state moves only when the holder committed a newer checkpoint.
     async fn once(&mut self) -> anyhow::Result<()> {
-        let (checkpoints, known, partition) = (self.checkpoints.clone(), self.known, self.partition);
+        let (checkpoints, known, partition) =
+            (self.checkpoints.clone(), self.known, self.partition);
         let latest = tokio::task::spawn_blocking(move || checkpoints.latest(partition, known))
             .await?
             .context("cannot read the holder's checkpoint")?;

@@ -750,10 +750,7 @@ pub(crate) async fn open_log(
         matches!(regions(config)?, Regions::Processing(edges) if edges.is_empty()),
         "cluster.region and cluster.edges are for the log on NATS JetStream (cluster.nats)"
     );
-    anyhow::ensure!(
-        partition == 0,
-        "a log of files holds one partition"
-    );
+    anyhow::ensure!(partition == 0, "a log of files holds one partition");
     let mut log_config = FileLogConfig::new(data.join("log"));
     log_config.segment_bytes = config.log.segment_bytes;
     log_config.write_version = config.log.segment_format;

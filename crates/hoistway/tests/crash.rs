@@ -208,21 +208,7 @@ async fn with_checkpoints_in_postgres_a_standby_takes_over_exactly() {
     let schema = scratch_schema("takeover");
     let mut cluster = Cluster::start(&postgres, &schema);
     let s3 = S3Server::start("hoistway-cluster").await;
-    cluster.settings.extend([
-        (
-            "HOISTWAY_STORAGE__HOT_URL",
-            "s3://hoistway-cluster/hot".into(),
-        ),
-        (
-            "HOISTWAY_STORAGE__ARCHIVE_URL",
-            "s3://hoistway-cluster/archive".into(),
-        ),
-        ("HOISTWAY_STORAGE__S3__ENDPOINT", s3.endpoint()),
-        ("HOISTWAY_STORAGE__S3__REGION", "us-east-1".into()),
-        ("HOISTWAY_STORAGE__S3__ACCESS_KEY_ID", "test".into()),
-        ("HOISTWAY_STORAGE__S3__SECRET_ACCESS_KEY", "test".into()),
-        ("HOISTWAY_STORAGE__S3__ALLOW_HTTP", "true".into()),
-    ]);
+    cluster.store_on(&s3, "hoistway-cluster");
     let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
     let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
@@ -428,22 +414,10 @@ async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
     let schema = scratch_schema("partitions");
     let mut cluster = Cluster::start(&postgres, &schema);
     let s3 = S3Server::start("hoistway-partitions").await;
+    cluster.store_on(&s3, "hoistway-partitions");
     cluster.settings.extend([
         ("HOISTWAY_CLUSTER__PARTITIONS", "3".into()),
         ("HOISTWAY_ALERTS__ENABLED", "false".into()),
-        (
-            "HOISTWAY_STORAGE__HOT_URL",
-            "s3://hoistway-partitions/hot".into(),
-        ),
-        (
-            "HOISTWAY_STORAGE__ARCHIVE_URL",
-            "s3://hoistway-partitions/archive".into(),
-        ),
-        ("HOISTWAY_STORAGE__S3__ENDPOINT", s3.endpoint()),
-        ("HOISTWAY_STORAGE__S3__REGION", "us-east-1".into()),
-        ("HOISTWAY_STORAGE__S3__ACCESS_KEY_ID", "test".into()),
-        ("HOISTWAY_STORAGE__S3__SECRET_ACCESS_KEY", "test".into()),
-        ("HOISTWAY_STORAGE__S3__ALLOW_HTTP", "true".into()),
     ]);
     let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
@@ -483,7 +457,10 @@ async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
         })
     };
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(!standby.is_finished(), "the standby took partitions that were held");
+    assert!(
+        !standby.is_finished(),
+        "the standby took partitions that were held"
+    );
     let metrics = first.get("/metrics").await;
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     for p in 0..3 {
@@ -492,7 +469,10 @@ async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
             .lines()
             .find_map(|l| l.strip_prefix(line.as_str()))
             .and_then(|v| v.trim().parse::<f64>().ok());
-        assert!(offset.is_some_and(|o| o > 0.0), "partition {p} took nothing: {offset:?}");
+        assert!(
+            offset.is_some_and(|o| o > 0.0),
+            "partition {p} took nothing: {offset:?}"
+        );
     }
     let mut first = first;
     tokio::task::block_in_place(|| first.kill9());
@@ -629,9 +609,11 @@ async fn an_edge_region_keeps_accepting_while_the_processing_region_is_away() {
 /// `hoistway cluster-demo` brings the cluster up on this machine (private NATS servers for a
 /// processing and an edge region, a private PostgreSQL from the machine's packages, three
 /// processing nodes, a query node and an ingest node per region) and drives a fleet through each
-/// ingest node. The processing node holding the partition is killed (-9) mid-run: a standby
-/// takes over, and with `--run-for` the demo exits 0 only if every lift of both fleets agrees,
-/// on the new holder and on the query node, with what was acknowledged.
+/// ingest node, over two partitions (so each region has a stream per partition, and each
+/// partition's stream takes in its edge stream). The processing node holding the partitions is
+/// killed (-9) mid-run: a standby takes both over, and with `--run-for` the demo exits 0 only if
+/// every lift of both fleets agrees, on the new holder and on the query node, with what was
+/// acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -647,7 +629,7 @@ async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover
             "--port",
             "0",
         ])
-        .args(["--run-for", "16"])
+        .args(["--run-for", "16", "--partitions", "2"])
         .env("HOISTWAY_NATS_SERVER", &nats)
         .env("HOISTWAY_LOG_LEVEL", "warn")
         .stdout(std::process::Stdio::piped())
@@ -983,6 +965,22 @@ impl Cluster {
             schema: schema.into(),
             postgres: postgres.into(),
         }
+    }
+
+    /// Puts both storage tiers in `bucket` of `s3` (their manifests then go to PostgreSQL).
+    fn store_on(&mut self, s3: &S3Server, bucket: &str) {
+        self.settings.extend([
+            ("HOISTWAY_STORAGE__HOT_URL", format!("s3://{bucket}/hot")),
+            (
+                "HOISTWAY_STORAGE__ARCHIVE_URL",
+                format!("s3://{bucket}/archive"),
+            ),
+            ("HOISTWAY_STORAGE__S3__ENDPOINT", s3.endpoint()),
+            ("HOISTWAY_STORAGE__S3__REGION", "us-east-1".into()),
+            ("HOISTWAY_STORAGE__S3__ACCESS_KEY_ID", "test".into()),
+            ("HOISTWAY_STORAGE__S3__SECRET_ACCESS_KEY", "test".into()),
+            ("HOISTWAY_STORAGE__S3__ALLOW_HTTP", "true".into()),
+        ]);
     }
 
     /// Stops `servers` cleanly (each must exit with success) and drops the cluster's schema.
