@@ -263,9 +263,16 @@ impl Engine {
     }
 
     pub fn snapshot(&self, offset: u64) -> Snapshot {
+        self.snapshot_of(offset, |_| true)
+    }
+
+    /// The snapshot of the lifts `keep` selects (one partition's, say): per-lift state of those
+    /// only, and the fleet-wide outage flag.
+    pub fn snapshot_of(&self, offset: u64, keep: impl Fn(&str) -> bool) -> Snapshot {
         let mut lifts: Vec<_> = self
             .lifts
             .iter()
+            .filter(|(id, _)| keep(id))
             .filter(|(_, e)| e.levels.iter().any(|(_, l)| *l != Level::default()))
             .map(|(id, e)| {
                 let levels = e
@@ -278,9 +285,19 @@ impl Engine {
             })
             .collect();
         lifts.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut offline: Vec<_> = self.offline.iter().cloned().collect();
+        let mut offline: Vec<_> = self
+            .offline
+            .iter()
+            .filter(|(_, lift)| keep(lift))
+            .cloned()
+            .collect();
         offline.sort();
-        let mut maintenance: Vec<_> = self.maintenance.iter().cloned().collect();
+        let mut maintenance: Vec<_> = self
+            .maintenance
+            .iter()
+            .filter(|lift| keep(lift))
+            .cloned()
+            .collect();
         maintenance.sort();
         Snapshot {
             version: SNAPSHOT_VERSION,
@@ -292,6 +309,8 @@ impl Engine {
         }
     }
 
+    /// Takes a snapshot's state in (several, one partition's each, add up; the outage flag is
+    /// set if any says so).
     pub fn restore(&mut self, snapshot: Snapshot) {
         for (lift, last, levels) in snapshot.lifts {
             let eval = self.lifts.entry(lift).or_default();
@@ -300,7 +319,7 @@ impl Engine {
         }
         self.set_offline(snapshot.offline);
         self.maintenance.extend(snapshot.maintenance);
-        self.outage = snapshot.outage;
+        self.outage |= snapshot.outage;
     }
 
     /// Evaluates one accepted reading. `now_us` is the server clock (for the reorder wait).

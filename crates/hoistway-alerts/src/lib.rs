@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use hoistway_log::Offset;
 use hoistway_model::Clock;
+use hoistway_model::partition::partition_of_str;
 use hoistway_processor::{Sink, SinkBatch, SinkError};
 use hoistway_registry::LiftInfo;
 use parking_lot::Mutex;
@@ -101,6 +102,10 @@ pub struct AlertsConfig {
     pub history: Duration,
     /// Delivered and dead notifications are kept this long.
     pub outbox_history: Duration,
+    /// The partitions readings come from (`cluster.partitions`): each partition's processor
+    /// hands its readings to [`Alerts::partition`]'s sink, and the engine's snapshot is kept
+    /// per partition, beside that partition's checkpoint.
+    pub partitions: u16,
 }
 
 impl Default for AlertsConfig {
@@ -117,11 +122,21 @@ impl Default for AlertsConfig {
             baseline_refresh: Duration::from_secs(900),
             history: Duration::from_secs(1827 * 86_400),
             outbox_history: Duration::from_secs(30 * 86_400),
+            partitions: 1,
         }
     }
 }
 
 const SNAPSHOT: &str = "engine_snapshot";
+
+/// Where partition `partition`'s engine snapshot is kept, of `partitions`.
+fn snapshot_key(partition: u16, partitions: u16) -> String {
+    if partitions <= 1 {
+        SNAPSHOT.to_string()
+    } else {
+        format!("{SNAPSHOT}/{partition}")
+    }
+}
 const SEEDED: &str = "default_rules_seeded";
 
 /// The alerting service.
@@ -137,8 +152,9 @@ pub struct Alerts {
     routes: Vec<Route>,
     escalations: Vec<Escalation>,
     clock: Arc<dyn Clock>,
-    /// Records below this offset were evaluated before the last snapshot (skipped on replay).
-    skip_below: Offset,
+    /// Per partition: its records below this offset were evaluated before its last snapshot
+    /// (skipped on replay).
+    skip_below: Vec<Offset>,
     /// Serialises writes of changes (the writer task and checkpoints).
     flush_lock: Arc<tokio::sync::Mutex<()>>,
     wake_writer: Arc<Notify>,
@@ -186,8 +202,12 @@ impl Alerts {
         }
         let rules = store.rules()?;
         let mut engine = Engine::new(config.engine.clone(), rules.clone(), clock.now_us());
-        let mut skip_below = 0;
-        if let Some(bytes) = store.meta(SNAPSHOT)? {
+        let partitions = config.partitions.max(1);
+        let mut skip_below = vec![0; usize::from(partitions)];
+        for (partition, skip) in (0..partitions).zip(&mut skip_below) {
+            let Some(bytes) = store.meta(&snapshot_key(partition, partitions))? else {
+                continue;
+            };
             let snapshot: engine::Snapshot = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Storage(format!("unreadable engine snapshot: {e}")))?;
             if snapshot.version > engine::SNAPSHOT_VERSION {
@@ -197,7 +217,7 @@ impl Alerts {
                     engine::SNAPSHOT_VERSION
                 )));
             }
-            skip_below = snapshot.offset;
+            *skip = snapshot.offset;
             engine.restore(snapshot);
         }
         for rule in rules
@@ -277,10 +297,11 @@ impl Alerts {
     }
 
     /// Writes `changes` (and a snapshot) in one transaction; on failure puts them back.
+    /// Records `changes`, and a partition's engine snapshot (its key and bytes) with them.
     async fn write(
         &self,
         changes: Vec<engine::Evaluated>,
-        snapshot: Option<Vec<u8>>,
+        snapshot: Option<(String, Vec<u8>)>,
     ) -> Result<()> {
         let store = self.store.clone();
         let routes = self.routes.clone();
@@ -301,8 +322,8 @@ impl Alerts {
                         .into_iter()
                         .map(|(alert, event)| AlertUpdate { event, alert })
                         .collect();
-                    if let Some(bytes) = &snapshot {
-                        tx.put_meta(SNAPSHOT, bytes)?;
+                    if let Some((key, bytes)) = &snapshot {
+                        tx.put_meta(key, bytes)?;
                     }
                     Ok(())
                 })
@@ -771,13 +792,25 @@ fn spawn_evaluator(
     Ok((tx, done_rx))
 }
 
-impl Sink for Alerts {
-    fn name(&self) -> &'static str {
-        "alerts"
+impl Alerts {
+    /// The sink partition `partition`'s processor hands its readings to (with one partition,
+    /// the `Alerts` itself is that sink). One engine evaluates every partition's readings, so
+    /// absence and the fleet-wide outage guard see the whole fleet; at each partition's
+    /// checkpoint the snapshot of that partition's lifts is written, at its offset.
+    pub fn partition(self: &Arc<Self>, partition: u16) -> Arc<dyn Sink> {
+        assert!(
+            usize::from(partition) < self.skip_below.len(),
+            "partition {partition} of {}",
+            self.skip_below.len()
+        );
+        Arc::new(PartitionSink {
+            alerts: self.clone(),
+            partition,
+        })
     }
 
-    fn accept(&self, batch: &SinkBatch) {
-        if batch.offset < self.skip_below {
+    fn accept_from(&self, partition: u16, batch: &SinkBatch) {
+        if batch.offset < self.skip_below[usize::from(partition)] {
             return;
         }
         // Only readings that counted reach the rules (the engine passes over the others); a
@@ -796,10 +829,15 @@ impl Sink for Alerts {
         }
     }
 
-    /// Takes the engine's snapshot at `through` and the changes found below it; the finish
-    /// writes both in one transaction (holding off other flushes until then, so changes are
-    /// written in the order they were found).
-    fn prepare(self: Arc<Self>, through: Offset) -> hoistway_processor::Prepare {
+    /// Takes the engine's snapshot of `partition`'s lifts at `through` (its processor applies
+    /// nothing meanwhile) and the changes found so far; the finish writes both in one
+    /// transaction (holding off other flushes until then, so changes are written in the order
+    /// they were found).
+    fn prepare_for(
+        self: Arc<Self>,
+        partition: u16,
+        through: Offset,
+    ) -> hoistway_processor::Prepare {
         Box::pin(async move {
             // Everything accepted below `through` is evaluated before the snapshot says so.
             self.evaluated_all()
@@ -809,16 +847,60 @@ impl Sink for Alerts {
             let (changes, snapshot) = {
                 let engine = self.engine.lock();
                 let changes = std::mem::take(&mut *self.pending.lock());
-                (changes, engine.snapshot(through))
+                let partitions = self.skip_below.len() as u16;
+                let snapshot = if partitions == 1 {
+                    engine.snapshot(through)
+                } else {
+                    engine.snapshot_of(through, |lift| {
+                        partition_of_str(lift, partitions) == partition
+                    })
+                };
+                (changes, (snapshot_key(partition, partitions), snapshot))
             };
             Ok(Box::pin(async move {
                 let _guard = guard;
+                let (key, snapshot) = snapshot;
                 let bytes = serde_json::to_vec(&snapshot).expect("snapshot serialises");
-                self.write(changes, Some(bytes))
+                self.write(changes, Some((key, bytes)))
                     .await
                     .map_err(|e| SinkError::new("alerts", through, e))
             }) as hoistway_processor::Finish)
         })
+    }
+}
+
+/// One partition's processor's sink into the shared [`Alerts`] ([`Alerts::partition`]).
+struct PartitionSink {
+    alerts: Arc<Alerts>,
+    partition: u16,
+}
+
+impl Sink for PartitionSink {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn accept(&self, batch: &SinkBatch) {
+        self.alerts.accept_from(self.partition, batch);
+    }
+
+    fn prepare(self: Arc<Self>, through: Offset) -> hoistway_processor::Prepare {
+        self.alerts.clone().prepare_for(self.partition, through)
+    }
+}
+
+/// With one partition, alerting is its sink.
+impl Sink for Alerts {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn accept(&self, batch: &SinkBatch) {
+        self.accept_from(0, batch);
+    }
+
+    fn prepare(self: Arc<Self>, through: Offset) -> hoistway_processor::Prepare {
+        self.prepare_for(0, through)
     }
 }
 
@@ -1185,5 +1267,69 @@ mod tests {
         let fired = store.list(&AlertQuery::default()).unwrap();
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].rule, "motor-hot");
+    }
+
+    /// Two partitions, one engine: each partition's checkpoint writes the snapshot of its own
+    /// lifts at its own offset, and after a restart each partition's replay is skipped up to its
+    /// own snapshot only.
+    #[tokio::test]
+    async fn each_partition_keeps_its_own_snapshot() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store: Arc<dyn AlertStore> = Arc::new(SqliteAlertStore::in_memory().unwrap());
+        let config = AlertsConfig {
+            partitions: 2,
+            ..AlertsConfig::default()
+        };
+        let of = |id: &str| partition_of_str(id, 2);
+        let a = (0..)
+            .map(|i| format!("A{i}"))
+            .find(|id| of(id) == 0)
+            .unwrap();
+        let b = (0..)
+            .map(|i| format!("B{i}"))
+            .find(|id| of(id) == 1)
+            .unwrap();
+        let hot = |id: &str, seq| SinkBatch {
+            offset: seq,
+            items: vec![item(reading(id, seq, 95.0), &lift(id, "acme"))].into(),
+        };
+        let alerts =
+            Arc::new(Alerts::open(store.clone(), config.clone(), vec![], clock.clone()).unwrap());
+        let (zero, one) = (alerts.partition(0), alerts.partition(1));
+        for seq in 1..=2 {
+            zero.accept(&hot(&a, seq));
+            one.accept(&hot(&b, seq));
+        }
+        // Partition 0 checkpoints through its record 3; partition 1 does not get to.
+        zero.prepare(3).await.unwrap().await.unwrap();
+        assert!(store.meta("engine_snapshot/0").unwrap().is_some());
+        assert!(store.meta("engine_snapshot/1").unwrap().is_none());
+        drop(one);
+
+        // A restart replays both partitions from their checkpoints: partition 0's records 1
+        // and 2 are in its snapshot (skipped, the lift's count restored), partition 1's are
+        // evaluated again. Each lift's third hot reading fires the rule once.
+        let again = Arc::new(Alerts::open(store.clone(), config, vec![], clock).unwrap());
+        let (zero, one) = (again.partition(0), again.partition(1));
+        for seq in 1..=2 {
+            zero.accept(&hot(&a, seq));
+            one.accept(&hot(&b, seq));
+        }
+        again.flush().await.unwrap();
+        assert!(store.list(&AlertQuery::default()).unwrap().is_empty());
+        zero.accept(&hot(&a, 3));
+        one.accept(&hot(&b, 3));
+        again.flush().await.unwrap();
+        let mut fired: Vec<_> = store
+            .list(&AlertQuery::default())
+            .unwrap()
+            .into_iter()
+            .map(|alert| (alert.lift_id, alert.rule))
+            .collect();
+        fired.sort();
+        assert_eq!(
+            fired,
+            [(a, "motor-hot".to_string()), (b, "motor-hot".to_string())]
+        );
     }
 }

@@ -36,8 +36,7 @@ pub struct ClusterDemoArgs {
     /// simulators had acknowledged (a check that the cluster works; exits non-zero otherwise).
     #[arg(long)]
     pub run_for: Option<u64>,
-    /// Partitions readings are spread over (`cluster.partitions`); with more than one,
-    /// alerting is off (it runs with one partition for now).
+    /// Partitions readings are spread over (`cluster.partitions`).
     #[arg(long, default_value_t = 1)]
     pub partitions: u16,
 }
@@ -85,7 +84,7 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
         }
     };
 
-    let mut common: Vec<(&str, String)> = vec![
+    let common: Vec<(&str, String)> = vec![
         ("HOISTWAY_CLUSTER__PARTITIONS", args.partitions.to_string()),
         ("HOISTWAY_CLUSTER__NATS", hub.url()),
         ("HOISTWAY_CLUSTER__NATS_MONITOR", hub.monitor_url()),
@@ -96,9 +95,6 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
         ("HOISTWAY_QUERY__POSTGRES_LISTEN", String::new()),
         ("HOISTWAY_QUERY__FLIGHT_LISTEN", String::new()),
     ];
-    if args.partitions > 1 {
-        common.push(("HOISTWAY_ALERTS__ENABLED", "false".into()));
-    }
     let exe = std::env::current_exe().context("cannot find this program")?;
     let (password, token) = add_admin(&exe, &dir.join("p1"), &common)?;
     let ports: Vec<u16> = (0..6)

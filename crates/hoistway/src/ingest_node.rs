@@ -72,7 +72,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "an ingest node (roles = \"ingest\") needs cluster.nats, where it appends readings for the processing node, \
          and cluster.postgres, where it reads accounts, lift credentials and the registry"
     );
-    let partitions = serve::partitions(&config, false)?;
+    let partitions = serve::partitions(&config)?;
     let data = config.data_dir.clone();
     let lock = crate::offline::lock_data_dir(&data)?;
     let metrics = hoistway_server::install_metrics();

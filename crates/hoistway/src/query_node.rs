@@ -40,7 +40,7 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         config.cluster.region.trim().is_empty(),
         "a query node runs in the processing region (cluster.region is for ingest nodes in an edge region)"
     );
-    let partitions = serve::partitions(&config, true)?;
+    let partitions = serve::partitions(&config)?;
     let data = config.data_dir.clone();
     let lock = crate::offline::lock_data_dir(&data)?;
     let metrics = hoistway_server::install_metrics();

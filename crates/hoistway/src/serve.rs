@@ -50,7 +50,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "only ingest nodes run in an edge region (cluster.region = {:?}): set roles = \"ingest\" here, and run processing in the processing region",
         config.cluster.region.trim()
     );
-    let partitions = partitions(&config, true)?;
+    let partitions = partitions(&config)?;
     let started = Instant::now();
     let data = config.data_dir.clone();
     // One server per data dir: a second one would interleave writes to the same log.
@@ -160,7 +160,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
     let alerts = if config.alerts.enabled {
-        // One partition (see `partitions`): its epoch fences alerting's writes.
+        // This node holds every partition or none: the first one's epoch fences alerting's
+        // writes (a standby claims it first).
         let epoch = claims[0].epoch;
         let (data, config, clock, pg) = (data.clone(), config.clone(), clock.clone(), pg.clone());
         let alerts = tokio::task::spawn_blocking(move || {
@@ -210,7 +211,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Vec::new()
         };
         if let Some((alerts, _)) = &alerts {
-            sinks.push(alerts.clone());
+            sinks.push(alerts.partition(partition));
         }
         let (feed_tx, feed_rx) = hoistway_ingest::feed(1024);
         let log = logs[usize::from(partition)].clone();
@@ -477,9 +478,8 @@ struct Held {
 }
 
 /// The partition count the configuration names, checked: several need the log on JetStream
-/// and the checkpoints in PostgreSQL, and (for now) alerting off on the nodes that would run
-/// it (`alerting`: processing and query nodes).
-pub(crate) fn partitions(config: &Config, alerting: bool) -> anyhow::Result<u16> {
+/// and the checkpoints in PostgreSQL.
+pub(crate) fn partitions(config: &Config) -> anyhow::Result<u16> {
     let n = config.cluster.partitions;
     anyhow::ensure!(
         (1..=hoistway_model::partition::MAX_PARTITIONS).contains(&n),
@@ -491,11 +491,6 @@ pub(crate) fn partitions(config: &Config, alerting: bool) -> anyhow::Result<u16>
             checkpoints_in_postgres(config),
             "cluster.partitions = {n} needs cluster.nats and cluster.postgres: each partition is a JetStream stream, \
              with its checkpoint, lease and storage catalog in PostgreSQL (a standalone server has one partition)"
-        );
-        anyhow::ensure!(
-            !(alerting && config.alerts.enabled),
-            "alerting runs with one partition for now: with cluster.partitions = {n}, set alerts.enabled = false \
-             (docs/deploy.md, \"Several partitions\")"
         );
     }
     Ok(n)
@@ -601,6 +596,7 @@ pub(crate) fn alerts_config(config: &Config) -> hoistway_alerts::AlertsConfig {
         baseline_refresh: Duration::from_secs(settings.baseline_refresh_secs.max(1)),
         history: Duration::from_secs(settings.history_days.max(1) * 86_400),
         outbox_history: Duration::from_secs(settings.outbox_days.max(1) * 86_400),
+        partitions: config.cluster.partitions.max(1),
     }
 }
 

@@ -405,8 +405,9 @@ async fn an_ingest_node_appends_for_the_processing_node_exactly() {
 /// with its processor, checkpoint, lease and storage catalog. A fleet with outages and resends
 /// posts through an ingest node; the processing node holding every partition is killed with
 /// SIGKILL mid-run and a standby takes all three over. The standby and a query node then agree
-/// with the simulator's ledger exactly, in counters and in stored rows, and every partition took
-/// readings. A node configured with another count refuses to start.
+/// with the simulator's ledger exactly, in counters and in stored rows, every partition took
+/// readings, and the alerts recorded before the kill are still there. A node configured with
+/// another count refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -415,10 +416,9 @@ async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
     let mut cluster = Cluster::start(&postgres, &schema);
     let s3 = S3Server::start("hoistway-partitions").await;
     cluster.store_on(&s3, "hoistway-partitions");
-    cluster.settings.extend([
-        ("HOISTWAY_CLUSTER__PARTITIONS", "3".into()),
-        ("HOISTWAY_ALERTS__ENABLED", "false".into()),
-    ]);
+    cluster
+        .settings
+        .push(("HOISTWAY_CLUSTER__PARTITIONS", "3".into()));
     let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
     let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
@@ -474,6 +474,8 @@ async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
             "partition {p} took nothing: {offset:?}"
         );
     }
+    // What alerting recorded so far, from every partition's lifts: the standby carries it on.
+    let alerted = alert_ids(&first).await;
     let mut first = first;
     tokio::task::block_in_place(|| first.kill9());
     let killed = Instant::now();
@@ -494,9 +496,18 @@ async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
     stored_readings_match_the_ledger(&query, &ledger).await;
     let summary = query.get("/v1/fleet/summary").await.json();
     assert_eq!(summary["lifts"], 300, "{summary}");
+    let now = alert_ids(&second).await;
+    assert!(!alerted.is_empty(), "no alert fired in the first seconds");
+    assert!(
+        alerted.iter().all(|id| now.contains(id)),
+        "alerts of the first holder are gone: {alerted:?} then {now:?}"
+    );
+    assert_eq!(alert_ids(&query).await, now);
     eprintln!(
-        "{} readings over 3 partitions; taken over {failover:?} after SIGKILL (lease 2 s)",
-        ledger.total_readings()
+        "{} readings over 3 partitions; taken over {failover:?} after SIGKILL (lease 2 s); {} alerts, then {}",
+        ledger.total_readings(),
+        alerted.len(),
+        now.len()
     );
     cluster.finish([ingest, second, query]).await;
 }
