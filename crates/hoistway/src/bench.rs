@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// SIGKILL of the node holding the partition.
     #[arg(long)]
     pub(crate) cluster_only: bool,
+    /// The cluster comparison's partition count (`cluster.partitions`): a stream, a sequencer
+    /// and a processor each.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) partitions: u16,
 }
 
 pub(crate) struct Proc {

@@ -43,7 +43,8 @@ pub(crate) async fn run(tmp: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             "cannot start a private PostgreSQL (initdb and pg_ctl from the machine's packages)",
         )?;
     println!(
-        "## One ingest node and three processing nodes (NATS {NATS_SERVER_VERSION}, sync_interval always, 1 replica; a private PostgreSQL) vs standalone"
+        "## One ingest node and three processing nodes ({} partition(s); NATS {NATS_SERVER_VERSION}, sync_interval always, 1 replica; a private PostgreSQL) vs standalone",
+        args.partitions
     );
     let outcome = async {
         let standalone = standalone(tmp, args).await?;
@@ -165,6 +166,7 @@ async fn cluster(
         ("HOISTWAY_CLUSTER__NATS_REPLICAS", "1".into()),
         ("HOISTWAY_CLUSTER__POSTGRES", postgres.url()),
         ("HOISTWAY_PROCESSOR__LEASE_SECS", LEASE_SECS.to_string()),
+        ("HOISTWAY_CLUSTER__PARTITIONS", args.partitions.to_string()),
         (
             "HOISTWAY_STORAGE__HOT_URL",
             path_text(&dir.join("store/hot"))?,
