@@ -30,7 +30,7 @@ use hoistway_dlq::{DeadLetter, Reason};
 use hoistway_ingest::record::decode_record;
 use hoistway_ingest::{DurableRecord, Feed, LogBatch, RecordError};
 use hoistway_log::{Log, Offset, Record};
-use hoistway_model::{Clock, DedupWindow};
+use hoistway_model::DedupWindow;
 use hoistway_registry::{LiftInfo, Registry};
 use parking_lot::RwLock;
 use tokio::sync::watch;
@@ -264,16 +264,6 @@ impl Processor {
     pub fn with_feed(mut self, feed: Feed) -> Self {
         self.feed = Some(feed);
         self
-    }
-
-    /// A read-only view for the API.
-    pub fn fleet(&self, clock: Arc<dyn Clock>, silent_after: Duration) -> Fleet {
-        Fleet::new(
-            self.state.clone(),
-            self.registry.clone(),
-            clock,
-            silent_after,
-        )
     }
 
     pub fn state(&self) -> &Arc<RwLock<FleetState>> {
