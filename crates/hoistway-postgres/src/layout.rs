@@ -1,7 +1,13 @@
 //! The cluster's layout, fixed when the first node starts: how many partitions readings are
 //! spread over. Streams, checkpoints, leases and storage catalogs are laid out by it, so every
 //! node must use the same count; a node configured otherwise refuses to start rather than
-//! route readings to partitions nobody processes.
+//! route readings to partitions nobody processes. And which processor nodes are alive
+//! ([`PgMembership`]), so they spread the partitions over themselves.
+
+use std::time::Duration;
+
+use hoistway_processor::membership::Membership;
+use hoistway_processor::store::StoreError;
 
 use crate::{Error, Postgres, Result};
 
@@ -9,12 +15,19 @@ use crate::{Error, Postgres, Result};
 pub const COMPONENT: &str = "layout";
 
 /// `MIGRATIONS[n]` takes the layout table from version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE cluster_layout (
         name text PRIMARY KEY,
         value bigint NOT NULL,
         set_at timestamptz NOT NULL);
-"];
+",
+    "
+    CREATE TABLE cluster_members (
+        member text PRIMARY KEY,
+        alive_until timestamptz NOT NULL);
+",
+];
 
 /// Records `partitions` as the cluster's partition count if none is recorded yet, and returns
 /// the recorded count (`partitions` or the one recorded before). A cluster that processed
@@ -56,4 +69,68 @@ pub fn settle_partitions(pg: &Postgres, partitions: u16) -> Result<u16> {
             message: format!("partitions = {recorded}"),
         })
     })
+}
+
+/// The processor nodes alive, in `cluster_members`: each one's heartbeat sets how long it counts
+/// as alive, on PostgreSQL's clock (the nodes' clocks may disagree).
+#[derive(Clone)]
+pub struct PgMembership {
+    pg: Postgres,
+}
+
+impl PgMembership {
+    /// Opens the layout tables of `pg`, creating or migrating them. Blocks.
+    pub fn open(pg: Postgres) -> Result<Self> {
+        pg.migrate(COMPONENT, MIGRATIONS)?;
+        Ok(Self { pg })
+    }
+}
+
+fn unavailable(e: Error) -> StoreError {
+    match e {
+        Error::Unavailable(m) => StoreError::Unavailable(m),
+        other => StoreError::Failed(other.to_string()),
+    }
+}
+
+impl Membership for PgMembership {
+    fn heartbeat(
+        &self,
+        member: &str,
+        ttl: Duration,
+    ) -> std::result::Result<Vec<String>, StoreError> {
+        self.pg
+            .block(async {
+                let client = self.pg.client().await?;
+                client
+                    .execute(
+                        "INSERT INTO cluster_members (member, alive_until)
+                         VALUES ($1, clock_timestamp() + make_interval(secs => $2))
+                         ON CONFLICT (member) DO UPDATE SET alive_until = excluded.alive_until",
+                        &[&member, &ttl.as_secs_f64()],
+                    )
+                    .await?;
+                let rows = client
+                    .query(
+                        "SELECT member FROM cluster_members WHERE alive_until > clock_timestamp()
+                         ORDER BY member COLLATE \"C\"",
+                        &[],
+                    )
+                    .await?;
+                Ok::<_, Error>(rows.iter().map(|r| r.get(0)).collect())
+            })
+            .map_err(unavailable)
+    }
+
+    fn leave(&self, member: &str) -> std::result::Result<(), StoreError> {
+        self.pg
+            .block(async {
+                let client = self.pg.client().await?;
+                client
+                    .execute("DELETE FROM cluster_members WHERE member = $1", &[&member])
+                    .await?;
+                Ok::<_, Error>(())
+            })
+            .map_err(unavailable)
+    }
 }

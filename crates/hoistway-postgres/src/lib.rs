@@ -37,6 +37,7 @@ use tokio_rustls::rustls;
 pub use alerts::PgAlertStore;
 pub use auth::{PgAuthStore, PgKeyStore};
 pub use checkpoints::PgCheckpointStore;
+pub use layout::PgMembership;
 pub use manifests::PgManifestStore;
 pub use registry::PgRegistryStore;
 

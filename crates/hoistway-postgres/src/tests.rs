@@ -660,3 +660,12 @@ async fn the_partition_count_is_recorded_once() {
     .await
     .unwrap();
 }
+
+/// Two nodes over one membership table pass the membership suite.
+#[test]
+fn the_membership_passes_the_conformance_suite_across_nodes() {
+    let scratch = Scratch::new("members");
+    let a = crate::PgMembership::open(scratch.connect()).unwrap();
+    let b = crate::PgMembership::open(scratch.connect()).unwrap();
+    hoistway_processor::conformance::check_membership(&a, &b);
+}

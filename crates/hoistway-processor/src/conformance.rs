@@ -9,6 +9,7 @@ use crate::checkpoint;
 use crate::state::FleetState;
 use std::time::Duration;
 
+use crate::membership::Membership;
 use crate::store::{CheckpointStore, Claim, Claimed, Commit, Lease, StoreError};
 
 fn lease(holder: &str, ttl: Duration) -> Lease {
@@ -313,4 +314,41 @@ fn leases(a: &dyn CheckpointStore, b: &dyn CheckpointStore) {
         a.claim(4, &lease("a", short)).unwrap(),
         Claimed::Held { .. }
     ));
+}
+
+/// Two nodes' handles (`a`, `b`) over one fresh [`Membership`]: each sees the other once it
+/// beats, the list is sorted, a member that leaves is gone at once, and one whose heartbeat
+/// lapses is gone once its time is up (this waits about a second).
+pub fn check_membership<M: Membership + ?Sized>(a: &M, b: &M) {
+    let long = Duration::from_secs(60);
+    assert_eq!(a.heartbeat("node-b", long).unwrap(), ["node-b"]);
+    assert_eq!(
+        b.heartbeat("node-a", long).unwrap(),
+        ["node-a", "node-b"],
+        "a second member sees the first, sorted by name"
+    );
+    assert_eq!(a.heartbeat("node-b", long).unwrap(), ["node-a", "node-b"]);
+    // Beating again does not duplicate.
+    assert_eq!(b.heartbeat("node-a", long).unwrap(), ["node-a", "node-b"]);
+    b.leave("node-a").unwrap();
+    assert_eq!(
+        a.heartbeat("node-b", long).unwrap(),
+        ["node-b"],
+        "left at once"
+    );
+    // A short heartbeat lapses by itself.
+    b.heartbeat("node-c", Duration::from_millis(400)).unwrap();
+    assert_eq!(a.heartbeat("node-b", long).unwrap(), ["node-b", "node-c"]);
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(
+        a.heartbeat("node-b", long).unwrap(),
+        ["node-b"],
+        "a member whose heartbeat lapsed is not alive"
+    );
+    // It comes back with its next beat; leaving twice is harmless.
+    b.heartbeat("node-c", long).unwrap();
+    assert_eq!(a.heartbeat("node-b", long).unwrap(), ["node-b", "node-c"]);
+    a.leave("node-b").unwrap();
+    a.leave("node-b").unwrap();
+    b.leave("node-c").unwrap();
 }

@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod conformance;
+pub mod membership;
 pub mod sink;
 pub mod state;
 pub mod store;
@@ -35,6 +36,7 @@ use hoistway_registry::{LiftInfo, Registry};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+pub use membership::{Alone, Membership, share};
 pub use sink::{Counters, Finish, Prepare, Sink, SinkBatch, SinkError, SinkItem};
 pub use state::{Applied, FleetState, LiftState};
 pub use store::{CheckpointStore, Claim, Claimed, Commit, FileCheckpointStore, Lease, StoreError};

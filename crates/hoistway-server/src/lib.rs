@@ -167,6 +167,12 @@ pub fn ingest_router(state: AppState) -> Router {
     layered(routes::ingest_routes(), state)
 }
 
+/// What a processor node that takes no readings serves (`--role processor`): health and
+/// metrics.
+pub fn ops_router(state: AppState) -> Router {
+    layered(routes::ops_routes(), state)
+}
+
 fn layered(routes: routes::Routes, state: AppState) -> Router {
     let routes::Routes {
         router: routes,

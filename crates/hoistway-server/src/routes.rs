@@ -128,6 +128,31 @@ pub(crate) fn ingest_routes() -> Routes {
     }
 }
 
+/// A processor node's (`--role processor`): health and metrics.
+pub(crate) fn ops_routes() -> Routes {
+    let t = Table {
+        router: Router::new(),
+        rules: Rules::new(),
+        api: crate::openapi::frame(),
+    }
+    .add(Access::Public, routes!(healthz))
+    .add(Access::Public, routes!(readyz))
+    .add(Access::Fleet(Role::Viewer), routes!(metrics_text));
+    let router = t
+        .router
+        .fallback(|| async {
+            Problem::not_found(
+                "this is a processor node: it serves /healthz, /readyz and /metrics; readings go to ingest nodes, and the API and the UI are on query nodes",
+            )
+        })
+        .method_not_allowed_fallback(method_not_allowed);
+    Routes {
+        router,
+        rules: t.rules,
+        api: t.api,
+    }
+}
+
 /// Every route, with the access it needs (docs/security.md has the same table in prose).
 pub(crate) fn routes() -> Routes {
     routes_taking(true)

@@ -32,10 +32,14 @@ pub enum NodeKind {
     /// `query`: the API, the UI and SQL from the shared state and storage, without holding the
     /// partition; with `ingest` too (`ingest,query`) it also takes readings.
     Query { ingest: bool },
+    /// `processor`: one of several processor nodes that spread the partitions over themselves
+    /// (and their storage upkeep); with `ingest` too it also takes readings.
+    Processor { ingest: bool },
 }
 
-/// Which kind of node `roles` makes: `all` (the default) or every role, `ingest`, `query`, or
-/// `ingest,query`.
+/// Which kind of node `roles` makes: `all` (the default) or every role, `ingest`, `query`,
+/// `ingest,query`, `processor` or `ingest,processor` (`maintenance` may be named with
+/// `processor`: it runs there).
 pub fn node_kind(config: &Config) -> anyhow::Result<NodeKind> {
     let mut named: Vec<&str> = config
         .roles
@@ -56,10 +60,15 @@ pub fn node_kind(config: &Config) -> anyhow::Result<NodeKind> {
         ["ingest"] => Ok(NodeKind::Ingest),
         ["query"] => Ok(NodeKind::Query { ingest: false }),
         ["ingest", "query"] => Ok(NodeKind::Query { ingest: true }),
+        ["processor"] | ["maintenance", "processor"] => Ok(NodeKind::Processor { ingest: false }),
+        ["ingest", "processor"] | ["ingest", "maintenance", "processor"] => {
+            Ok(NodeKind::Processor { ingest: true })
+        }
         every if every.len() == ROLES.len() => Ok(NodeKind::Processing),
         other => anyhow::bail!(
-            "roles {other:?}: a node runs every role (all, the default), ingest, query, or ingest,query; processor \
-             and maintenance run together on the node that holds the partition (docs/deploy.md)"
+            "roles {other:?}: a node runs every role (all, the default), ingest, query, ingest,query, processor or \
+             ingest,processor (maintenance runs with processor: each partition's upkeep on the node holding it; \
+             docs/deploy.md)"
         ),
     }
 }
@@ -178,7 +187,10 @@ pub(crate) async fn partitioned_ingest(
 /// counts what every node appended and what the processing node's checkpoints freed; this
 /// node's handle sees only its own appends otherwise, and would go on refusing after the
 /// processing node caught up.
-async fn follow_the_stream(log: Arc<dyn hoistway_log::Log>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn follow_the_stream(
+    log: Arc<dyn hoistway_log::Log>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut failing = false;
     loop {
         tokio::select! {
@@ -231,9 +243,23 @@ mod tests {
         );
         let unknown = roles("ingest,writer").unwrap_err().to_string();
         assert!(unknown.contains("unknown role \"writer\""), "{unknown}");
-        for apart in ["processor", "processor,query,maintenance", "maintenance"] {
+        for processor in ["processor", "maintenance,processor"] {
+            assert_eq!(
+                roles(processor).unwrap(),
+                NodeKind::Processor { ingest: false }
+            );
+        }
+        assert_eq!(
+            roles("processor,ingest").unwrap(),
+            NodeKind::Processor { ingest: true }
+        );
+        for apart in [
+            "processor,query,maintenance",
+            "maintenance",
+            "query,processor",
+        ] {
             let refused = roles(apart).unwrap_err().to_string();
-            assert!(refused.contains("run together"), "{apart}: {refused}");
+            assert!(refused.contains("a node runs"), "{apart}: {refused}");
         }
     }
 

@@ -16,6 +16,7 @@ mod cluster_demo;
 mod config;
 mod ingest_node;
 mod offline;
+mod processor_node;
 mod query_node;
 mod serve;
 mod simulate;

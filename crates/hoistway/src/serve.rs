@@ -42,6 +42,9 @@ impl Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     match crate::ingest_node::node_kind(&config)? {
         NodeKind::Processing => {}
+        NodeKind::Processor { ingest } => {
+            return crate::processor_node::start(config, ingest).await;
+        }
         NodeKind::Ingest => return crate::ingest_node::start(config).await,
         NodeKind::Query { ingest } => return crate::query_node::start(config, ingest).await,
     }
@@ -1060,7 +1063,7 @@ pub(crate) fn backup_target(
 }
 
 /// Runs storage upkeep on an interval until shutdown. A failed pass is logged and retried.
-async fn maintain_periodically(
+pub(crate) async fn maintain_periodically(
     store: hoistway_store::Stores,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -1239,7 +1242,7 @@ pub(crate) fn checkpoints_in_postgres(config: &Config) -> bool {
 pub(crate) const PARTITION: u16 = 0;
 
 /// Names this process in the partition's lease, for the messages of those waiting for it.
-fn holder_name() -> String {
+pub(crate) fn holder_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();

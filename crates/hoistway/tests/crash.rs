@@ -512,6 +512,170 @@ async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
     cluster.finish([ingest, second, query]).await;
 }
 
+/// Processor nodes (`roles = "processor"`) spread three partitions over themselves. One holds
+/// all three until two more join, then each holds one; one is killed with SIGKILL and the other
+/// two take its partition; one is paused with SIGSTOP, the last takes everything over, and once
+/// resumed the paused one steps down from what it held (fenced) and gets a share again. All the
+/// while a fleet with outages and resends posts through an ingest node; a query node then
+/// agrees with the simulator's ledger exactly, in counters and stored rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and_pauses() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let postgres = test_postgres();
+    let schema = scratch_schema("spread");
+    let mut cluster = Cluster::start(&postgres, &schema);
+    let s3 = S3Server::start("hoistway-spread").await;
+    cluster.store_on(&s3, "hoistway-spread");
+    cluster.settings.extend([
+        ("HOISTWAY_CLUSTER__PARTITIONS", "3".into()),
+        ("HOISTWAY_ALERTS__ENABLED", "false".into()),
+    ]);
+    let env = cluster.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
+    let token = admin_token_with_env(&machine(9), &env);
+    let with_roles = |roles: &'static str| {
+        let mut env = env.clone();
+        env.push(("HOISTWAY_ROLES", roles));
+        env
+    };
+    let processor_env = with_roles("processor");
+    let start_processor = |n: u32| {
+        let (token, env, path) = (token.clone(), processor_env.clone(), machine(n));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            TestServer::start_with_token(path, token, &env)
+        })
+    };
+    let ingest = TestServer::start_with_token(machine(4), token.clone(), &with_roles("ingest"));
+    let query = TestServer::start_with_token(machine(5), token.clone(), &with_roles("query"));
+    let run_for = Duration::from_secs(24);
+    let mut sim = Simulator::new(fleet_with_outages(run_for, 37), ingest.addr);
+    // The lifts are registered before they report (processor nodes reread the registry every
+    // second; a reading of a lift they do not know yet is a dead letter).
+    register(&query, &sim.registry_csv()).await;
+    let a = start_processor(1).await.unwrap();
+    // A processor node serves health and metrics only.
+    assert_eq!(a.get("/v1/fleet/summary").await.status, 404);
+    held_becomes(&[&a], &[3], "one processor holds every partition").await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let running = tokio::spawn(async move {
+        sim.run(Some(run_for), stop).await;
+        sim
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Scale from one processor to three: one partition each.
+    let (b, c) = (start_processor(2), start_processor(3));
+    let (mut b, c) = (b.await.unwrap(), c.await.unwrap());
+    held_becomes(
+        &[&a, &b, &c],
+        &[1, 1, 1],
+        "three processors hold one partition each",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // One dies: the other two take its partition over.
+    tokio::task::block_in_place(|| b.kill9());
+    held_becomes(
+        &[&a, &c],
+        &[2, 1],
+        "the dead processor's partition is taken over",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // One stalls: fenced and taken over; resumed, it steps down, then gets a share again.
+    c.signal("STOP");
+    held_becomes(
+        &[&a],
+        &[3],
+        "the paused processor's partition is taken over",
+    )
+    .await;
+    c.signal("CONT");
+    c.eventually("the resumed processor to step down", || async {
+        metric(&c, "hoistway_processor_partitions_lost_total").await >= 1.0
+    })
+    .await;
+    held_becomes(
+        &[&a, &c],
+        &[2, 1],
+        "the resumed processor gets a share again",
+    )
+    .await;
+
+    let mut sim = running.await.unwrap();
+    let ledger = drained(&mut sim).await;
+    assert!(
+        ledger.total_readings() > 4_000,
+        "{}",
+        ledger.total_readings()
+    );
+    verified(&query, &ledger).await;
+    stored_readings_match_the_ledger(&query, &ledger).await;
+    for p in 0..3 {
+        let offsets = [
+            metric(
+                &a,
+                &format!("hoistway_processor_offset{{partition=\"{p}\"}}"),
+            )
+            .await,
+            metric(
+                &c,
+                &format!("hoistway_processor_offset{{partition=\"{p}\"}}"),
+            )
+            .await,
+        ];
+        assert!(
+            offsets.iter().any(|o| *o > 0.0),
+            "partition {p} took nothing: {offsets:?}"
+        );
+    }
+    eprintln!(
+        "{} readings over 3 partitions and 3 processors, through a join, a SIGKILL and a SIGSTOP",
+        ledger.total_readings()
+    );
+    cluster.finish([ingest, a, c, query]).await;
+}
+
+/// A gauge or counter of a server's `/metrics` (0 when it is not there yet).
+async fn metric(server: &TestServer, name: &str) -> f64 {
+    let metrics = server.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).filter(|v| v.starts_with(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (at most 30 s) until the processors hold these many partitions each, in any order.
+async fn held_becomes(servers: &[&TestServer], counts: &[u32], what: &str) {
+    let mut want = counts.to_vec();
+    want.sort_unstable();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut held = Vec::new();
+        for server in servers {
+            held.push(metric(server, "hoistway_partitions_held").await as u32);
+        }
+        held.sort_unstable();
+        if held == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: held {held:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// An edge region (its NATS server a leaf node of the processing region's, with a JetStream
 /// domain of its own; one ingest node) acknowledges readings once they are in the region's own
 /// stream. While the processing region's NATS is down the edge keeps acknowledging, and absence
