@@ -157,6 +157,11 @@ pub struct Engine {
     /// Why no lift is declared offline for now (readings may still be on their way: an edge
     /// region out of contact), if so.
     absence_held: Option<String>,
+    /// Lifts newly silent at the last tick of the other engines (on other processor nodes,
+    /// each over its own partitions), for the outage guard's minimum.
+    silent_elsewhere: usize,
+    /// Lifts newly silent at this engine's last tick.
+    silent_here: usize,
 }
 
 impl Engine {
@@ -178,7 +183,33 @@ impl Engine {
             maintenance: HashSet::new(),
             outage: false,
             absence_held: None,
+            silent_elsewhere: 0,
+            silent_here: 0,
         }
+    }
+
+    /// Tells the outage guard how many lifts the other engines found newly silent at their last
+    /// tick (processor nodes that spread the partitions: each engine sees its own lifts). The
+    /// guard then fires when this engine's own lifts went silent in the outage fraction and
+    /// the fleet as a whole in at least the outage minimum: lifts are spread over partitions by
+    /// a hash of their id, so an outage of the whole fleet shows in every engine's share.
+    pub fn set_silent_elsewhere(&mut self, lifts: usize) {
+        self.silent_elsewhere = lifts;
+    }
+
+    /// How many lifts this engine found newly silent at its last tick (for the others' guard).
+    pub fn silent_here(&self) -> usize {
+        self.silent_here
+    }
+
+    /// Forgets everything about the lifts `drop` selects (a partition another engine takes
+    /// over): their rule states, offline marks and maintenance.
+    pub fn forget(&mut self, drop: impl Fn(&str) -> bool) {
+        self.lifts.retain(|id, _| !drop(id));
+        self.with_held.retain(|id| !drop(id));
+        self.offline.retain(|(_, lift)| !drop(lift));
+        self.offline_lifts.retain(|lift| !drop(lift));
+        self.maintenance.retain(|lift| !drop(lift));
     }
 
     /// Holds absence rules (no lift goes offline, an outage neither fires nor clears) while
@@ -575,8 +606,10 @@ impl Engine {
                 }
             }
         }
-        let limit = ((reporting as f64 * self.config.outage_fraction).ceil() as usize)
-            .max(self.config.outage_min_lifts);
+        // Of this engine's lifts, the outage fraction (at least one); of the fleet's, the
+        // minimum (with one engine, the same as "at least the larger of the two").
+        let share_limit = ((reporting as f64 * self.config.outage_fraction).ceil() as usize).max(1);
+        self.silent_here = newly.len();
         let fleet = LiftInfo::new(hoistway_model::LiftId::new("fleet").expect("a valid id"));
         let outage_rule = Rule {
             id: INGEST_OUTAGE.into(),
@@ -607,7 +640,7 @@ impl Engine {
                 quiet: false,
             });
         };
-        if silent >= limit {
+        if silent >= share_limit && silent + self.silent_elsewhere >= self.config.outage_min_lifts {
             if !self.outage {
                 self.outage = true;
                 outage(
@@ -1065,6 +1098,47 @@ mod tests {
         assert_eq!(out.len(), 5);
         assert_eq!(out[4].change.kind, ChangeKind::Clear);
         assert_eq!(out[4].change.lift_id, "L0");
+    }
+
+    #[test]
+    fn the_outage_guard_adds_up_what_other_engines_found_silent() {
+        let config = EngineConfig {
+            silent_after_secs: 60,
+            grace_secs: 0,
+            outage_min_lifts: 10,
+            ..EngineConfig::default()
+        };
+        let offline = rule("offline", Condition::Absence { after_secs: None });
+        // One node's share of the fleet: 10 lifts, 4 of them silent (over the outage fraction
+        // of its own lifts, under the fleet's minimum by itself).
+        let lifts: Vec<Arc<LiftInfo>> = (0..10).map(|i| lift(&format!("L{i}"), "acme")).collect();
+        let now = T0 + 600 * US;
+        let presence: Vec<_> = lifts
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), Some(if i < 4 { now - 120 * US } else { now })))
+            .collect();
+        let alone = {
+            let mut engine = Engine::new(config.clone(), vec![offline.clone()], T0);
+            let mut out = Vec::new();
+            engine.tick(now, presence.clone(), &mut out);
+            assert_eq!(engine.silent_here(), 4);
+            out
+        };
+        assert_eq!(alone.len(), 4, "alone, one alert per lift: {alone:?}");
+        assert!(alone.iter().all(|e| e.change.rule == "offline"));
+        // The other nodes found 30 of their lifts newly silent too: one outage alert instead.
+        let mut engine = Engine::new(config, vec![offline], T0);
+        engine.set_silent_elsewhere(30);
+        let mut out = Vec::new();
+        engine.tick(now, presence, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].change.rule, INGEST_OUTAGE);
+        assert_eq!(engine.silent_here(), 4);
+        // A partition that goes to another node: its lifts are forgotten here.
+        engine.evaluate(&item(reading("L1", 1, 20.0), &lifts[1]), now, &mut out);
+        engine.forget(|lift| lift == "L1");
+        assert!(engine.snapshot(0).lifts.iter().all(|(id, _, _)| id != "L1"));
     }
 
     #[test]

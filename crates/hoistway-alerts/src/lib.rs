@@ -87,6 +87,10 @@ pub type Presence = Arc<dyn Fn() -> Vec<(Arc<LiftInfo>, Option<i64>)> + Send + S
 /// Why absence rules wait for now, if they do (see [`Alerts::set_absence_hold`]).
 pub type AbsenceHold = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
+/// How many lifts the alert engines of other processor nodes found newly silent at their last
+/// tick (see [`Alerts::set_silent_elsewhere`]).
+pub type SilentElsewhere = Arc<dyn Fn() -> usize + Send + Sync>;
+
 #[derive(Debug, Clone)]
 pub struct AlertsConfig {
     pub engine: EngineConfig,
@@ -106,6 +110,10 @@ pub struct AlertsConfig {
     /// hands its readings to [`Alerts::partition`]'s sink, and the engine's snapshot is kept
     /// per partition, beside that partition's checkpoint.
     pub partitions: u16,
+    /// Partitions come and go (processor nodes that spread them): none is taken at open, each
+    /// one is taken with [`Alerts::take_partition`] when its processor starts here and let go
+    /// with [`Alerts::drop_partition`] when it stops.
+    pub spread: bool,
 }
 
 impl Default for AlertsConfig {
@@ -123,6 +131,7 @@ impl Default for AlertsConfig {
             history: Duration::from_secs(1827 * 86_400),
             outbox_history: Duration::from_secs(30 * 86_400),
             partitions: 1,
+            spread: false,
         }
     }
 }
@@ -154,7 +163,9 @@ pub struct Alerts {
     clock: Arc<dyn Clock>,
     /// Per partition: its records below this offset were evaluated before its last snapshot
     /// (skipped on replay).
-    skip_below: Vec<Offset>,
+    skip_below: Vec<std::sync::atomic::AtomicU64>,
+    /// How many lifts the engines on other nodes found newly silent (spread partitions).
+    silent_elsewhere: Mutex<Option<SilentElsewhere>>,
     /// Serialises writes of changes (the writer task and checkpoints).
     flush_lock: Arc<tokio::sync::Mutex<()>>,
     wake_writer: Arc<Notify>,
@@ -203,33 +214,22 @@ impl Alerts {
         let rules = store.rules()?;
         let mut engine = Engine::new(config.engine.clone(), rules.clone(), clock.now_us());
         let partitions = config.partitions.max(1);
-        let mut skip_below = vec![0; usize::from(partitions)];
-        for (partition, skip) in (0..partitions).zip(&mut skip_below) {
-            let Some(bytes) = store.meta(&snapshot_key(partition, partitions))? else {
-                continue;
+        let mut skip_below = Vec::with_capacity(usize::from(partitions));
+        for partition in 0..partitions {
+            let snapshot = if config.spread {
+                None
+            } else {
+                read_snapshot(&*store, partition, partitions)?
             };
-            let snapshot: engine::Snapshot = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Storage(format!("unreadable engine snapshot: {e}")))?;
-            if snapshot.version > engine::SNAPSHOT_VERSION {
-                return Err(Error::Storage(format!(
-                    "the engine snapshot has format {}; this build reads up to {}",
-                    snapshot.version,
-                    engine::SNAPSHOT_VERSION
-                )));
+            skip_below.push(std::sync::atomic::AtomicU64::new(
+                snapshot.as_ref().map_or(0, |s| s.offset),
+            ));
+            if let Some(snapshot) = snapshot {
+                engine.restore(snapshot);
             }
-            *skip = snapshot.offset;
-            engine.restore(snapshot);
         }
-        for rule in rules
-            .iter()
-            .filter(|r| matches!(r.when, rule::Condition::Absence { .. }))
-        {
-            engine.set_offline(
-                store
-                    .open_of_rule(&rule.id)?
-                    .into_iter()
-                    .map(|a| (rule.id.clone(), a.lift_id)),
-            );
+        if !config.spread {
+            engine.set_offline(open_absences(&*store, &rules, |_| true)?);
         }
         let store_silences = store.silences()?;
         let engine = Arc::new(Mutex::new(engine));
@@ -248,6 +248,7 @@ impl Alerts {
             escalations: config.escalations,
             clock,
             skip_below,
+            silent_elsewhere: Mutex::new(None),
             flush_lock: Arc::new(tokio::sync::Mutex::new(())),
             wake_writer,
             wake_dispatcher: Arc::new(Notify::new()),
@@ -460,9 +461,11 @@ impl Alerts {
                         }
                         let lifts = presence();
                         let held = this.absence_hold.lock().as_ref().and_then(|hold| hold());
+                        let elsewhere = this.silent_elsewhere.lock().as_ref().map_or(0, |f| f());
                         let mut out = Vec::new();
                         let mut engine = this.engine.lock();
                         engine.hold_absence(held);
+                        engine.set_silent_elsewhere(elsewhere);
                         engine.tick(this.clock.now_us(), lifts, &mut out);
                         drop(engine);
                         this.pending.lock().extend(out);
@@ -515,6 +518,17 @@ impl Alerts {
 
     /// What holds absence rules back while it gives a reason (an edge region whose lifts'
     /// readings may still be on their way).
+    /// Where the outage guard learns how many lifts the engines of other processor nodes found
+    /// newly silent (see [`engine::Engine::set_silent_elsewhere`]).
+    pub fn set_silent_elsewhere(&self, elsewhere: SilentElsewhere) {
+        *self.silent_elsewhere.lock() = Some(elsewhere);
+    }
+
+    /// How many lifts this engine found newly silent at its last tick (for the other nodes).
+    pub fn silent_here(&self) -> usize {
+        self.engine.lock().silent_here()
+    }
+
     pub fn set_absence_hold(&self, hold: AbsenceHold) {
         *self.absence_hold.lock() = Some(hold);
     }
@@ -798,6 +812,47 @@ impl Alerts {
     /// absence and the fleet-wide outage guard see the whole fleet; at each partition's
     /// checkpoint the snapshot of that partition's lifts is written, at its offset.
     pub fn partition(self: &Arc<Self>, partition: u16) -> Arc<dyn Sink> {
+        self.sink_of(partition)
+    }
+
+    /// Takes partition `partition` in (its processor starts on this node): restores the
+    /// snapshot its last holder wrote at its last checkpoint, marks its lifts with an open
+    /// absence alert offline, and returns its sink (records below the snapshot's offset are
+    /// passed over on replay). Blocks (store reads).
+    pub fn take_partition(self: &Arc<Self>, partition: u16) -> Result<Arc<dyn Sink>> {
+        let partitions = self.skip_below.len() as u16;
+        let sink = self.sink_of(partition);
+        let ours = |lift: &str| partition_of_str(lift, partitions) == partition;
+        let snapshot = read_snapshot(&*self.store, partition, partitions)?;
+        let rules = self.store.rules()?;
+        let offline = open_absences(&*self.store, &rules, ours)?;
+        let mut engine = self.engine.lock();
+        // Whatever an earlier hold of it left here is stale.
+        engine.forget(ours);
+        self.skip_below[usize::from(partition)].store(
+            snapshot.as_ref().map_or(0, |s| s.offset),
+            std::sync::atomic::Ordering::Release,
+        );
+        if let Some(snapshot) = snapshot {
+            engine.restore(snapshot);
+        }
+        engine.set_offline(offline);
+        Ok(sink)
+    }
+
+    /// Lets partition `partition` go (its processor stopped here; another node takes it over
+    /// from its last checkpoint): forgets its lifts and drops the changes found for them and not
+    /// recorded yet (its next holder finds them again from the snapshot on).
+    pub fn drop_partition(&self, partition: u16) {
+        let partitions = self.skip_below.len() as u16;
+        let ours = |lift: &str| partition_of_str(lift, partitions) == partition;
+        self.engine.lock().forget(ours);
+        self.pending
+            .lock()
+            .retain(|c| c.change.lift_id.is_empty() || !ours(&c.change.lift_id));
+    }
+
+    fn sink_of(self: &Arc<Self>, partition: u16) -> Arc<dyn Sink> {
         assert!(
             usize::from(partition) < self.skip_below.len(),
             "partition {partition} of {}",
@@ -810,7 +865,9 @@ impl Alerts {
     }
 
     fn accept_from(&self, partition: u16, batch: &SinkBatch) {
-        if batch.offset < self.skip_below[usize::from(partition)] {
+        if batch.offset
+            < self.skip_below[usize::from(partition)].load(std::sync::atomic::Ordering::Acquire)
+        {
             return;
         }
         // Only readings that counted reach the rules (the engine passes over the others); a
@@ -867,6 +924,49 @@ impl Alerts {
             }) as hoistway_processor::Finish)
         })
     }
+}
+
+/// Partition `partition`'s engine snapshot, if one was written.
+fn read_snapshot(
+    store: &dyn AlertStore,
+    partition: u16,
+    partitions: u16,
+) -> Result<Option<engine::Snapshot>> {
+    let Some(bytes) = store.meta(&snapshot_key(partition, partitions))? else {
+        return Ok(None);
+    };
+    let snapshot: engine::Snapshot = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Storage(format!("unreadable engine snapshot: {e}")))?;
+    if snapshot.version > engine::SNAPSHOT_VERSION {
+        return Err(Error::Storage(format!(
+            "the engine snapshot has format {}; this build reads up to {}",
+            snapshot.version,
+            engine::SNAPSHOT_VERSION
+        )));
+    }
+    Ok(Some(snapshot))
+}
+
+/// (rule, lift) of every open absence alert of the lifts `keep` selects.
+fn open_absences(
+    store: &dyn AlertStore,
+    rules: &[Rule],
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>> {
+    let mut open = Vec::new();
+    for rule in rules
+        .iter()
+        .filter(|r| matches!(r.when, rule::Condition::Absence { .. }))
+    {
+        open.extend(
+            store
+                .open_of_rule(&rule.id)?
+                .into_iter()
+                .filter(|a| keep(&a.lift_id))
+                .map(|a| (rule.id.clone(), a.lift_id)),
+        );
+    }
+    Ok(open)
 }
 
 /// One partition's processor's sink into the shared [`Alerts`] ([`Alerts::partition`]).
@@ -1330,6 +1430,79 @@ mod tests {
         assert_eq!(
             fired,
             [(a, "motor-hot".to_string()), (b, "motor-hot".to_string())]
+        );
+    }
+
+    /// Processor nodes that spread the partitions: a partition handed from one node's engine
+    /// to another's carries its lifts' rule state over in its snapshot, and the node that let
+    /// it go forgets them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_moves_between_spread_engines_with_its_snapshot() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store: Arc<dyn AlertStore> = Arc::new(SqliteAlertStore::in_memory().unwrap());
+        let config = AlertsConfig {
+            partitions: 2,
+            spread: true,
+            ..AlertsConfig::default()
+        };
+        let of = |id: &str| partition_of_str(id, 2);
+        let a = (0..)
+            .map(|i| format!("A{i}"))
+            .find(|id| of(id) == 0)
+            .unwrap();
+        let b = (0..)
+            .map(|i| format!("B{i}"))
+            .find(|id| of(id) == 1)
+            .unwrap();
+        let hot = |id: &str, seq| SinkBatch {
+            offset: seq,
+            items: vec![item(reading(id, seq, 95.0), &lift(id, "acme"))].into(),
+        };
+        let x =
+            Arc::new(Alerts::open(store.clone(), config.clone(), vec![], clock.clone()).unwrap());
+        let y = Arc::new(Alerts::open(store.clone(), config, vec![], clock).unwrap());
+        let (x0, x1) = (x.take_partition(0).unwrap(), x.take_partition(1).unwrap());
+        for seq in 1..=2 {
+            x0.accept(&hot(&a, seq));
+            x1.accept(&hot(&b, seq));
+        }
+        // Partition 1's last checkpoint on x, then it goes to y.
+        x1.prepare(3).await.unwrap().await.unwrap();
+        x.drop_partition(1);
+        let y1 = y.take_partition(1).unwrap();
+        // y replays from the checkpoint: what is in the snapshot is passed over.
+        for seq in 1..=2 {
+            y1.accept(&hot(&b, seq));
+        }
+        y.flush().await.unwrap();
+        assert!(store.list(&AlertQuery::default()).unwrap().is_empty());
+        // The third hot reading of each lift fires, each on the node holding its partition.
+        x0.accept(&hot(&a, 3));
+        y1.accept(&hot(&b, 3));
+        x.flush().await.unwrap();
+        y.flush().await.unwrap();
+        let mut fired: Vec<_> = store
+            .list(&AlertQuery::default())
+            .unwrap()
+            .into_iter()
+            .map(|alert| (alert.lift_id, alert.rule))
+            .collect();
+        fired.sort();
+        assert_eq!(
+            fired,
+            [
+                (a, "motor-hot".to_string()),
+                (b.clone(), "motor-hot".to_string())
+            ]
+        );
+        // x forgot partition 1's lifts: its snapshots hold only its own.
+        assert!(
+            x.engine
+                .lock()
+                .snapshot(0)
+                .lifts
+                .iter()
+                .all(|(id, _, _)| *id != b)
         );
     }
 }

@@ -640,11 +640,33 @@ impl Dispatcher {
     }
 
     /// Delivers what is due until shutdown.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let (_always, active) = watch::channel(true);
+        self.run_when(active, shutdown).await
+    }
+
+    /// As [`Dispatcher::run`], sending only while `active` says so (the one node of several
+    /// that dispatches; the others wait).
+    pub async fn run_when(
+        self,
+        mut active: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let this = Arc::new(self);
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if !*active.borrow_and_update() {
+                tokio::select! {
+                    changed = active.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
             let wait = match this.clone().pass().await {
                 Ok(true) => continue,

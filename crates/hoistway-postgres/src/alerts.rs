@@ -60,8 +60,19 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// Rules, alerts and their events, the notification outbox, silences and the engine's metadata.
 pub struct PgAlertStore {
     pg: Postgres,
-    /// Transactions commit only while this epoch holds this partition (`processor_partitions`).
-    fence: Option<(u16, u64)>,
+    /// Transactions commit only while these epochs hold these partitions
+    /// (`processor_partitions`).
+    fence: Fence,
+}
+
+/// The partitions (and the epochs they were claimed with) a node's alerting writes for, kept by
+/// the node as it takes and lets go of partitions: [`PgAlertStore::fenced_by`].
+pub type HeldPartitions = std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<u16, u64>>>;
+
+enum Fence {
+    None,
+    One(u16, u64),
+    Held(HeldPartitions),
 }
 
 impl PgAlertStore {
@@ -71,7 +82,10 @@ impl PgAlertStore {
             Error::Format { .. } => AlertError::Storage(e.to_string()),
             other => storage(other),
         })?;
-        Ok(Self { pg, fence: None })
+        Ok(Self {
+            pg,
+            fence: Fence::None,
+        })
     }
 
     /// The same store, whose transactions go through only while `epoch` is `partition`'s
@@ -79,7 +93,16 @@ impl PgAlertStore {
     /// so a holder that was replaced (paused, cut off) records and queues nothing more.
     pub fn fenced(self, partition: u16, epoch: u64) -> Self {
         Self {
-            fence: Some((partition, epoch)),
+            fence: Fence::One(partition, epoch),
+            ..self
+        }
+    }
+
+    /// The same store, whose transactions go through only while every partition in `held`
+    /// is still held with its epoch: a processor node's, whose partitions come and go.
+    pub fn fenced_by(self, held: HeldPartitions) -> Self {
+        Self {
+            fence: Fence::Held(held),
             ..self
         }
     }
@@ -414,12 +437,22 @@ impl AlertStore for PgAlertStore {
         let tx = pg
             .block(async { crate::exclusive(&mut client, TRANSACT_LOCK).await })
             .map_err(storage)?;
-        if let Some(fence) = self.fence
-            && let Some(why) = pg.block(crate::fenced_out(&tx, fence)).map_err(storage)?
-        {
-            return Err(AlertError::Conflict(format!(
-                "{why}: its alert changes are not recorded"
-            )));
+        let fences: Vec<(u16, u64)> = match &self.fence {
+            Fence::None => Vec::new(),
+            Fence::One(partition, epoch) => vec![(*partition, *epoch)],
+            Fence::Held(held) => held
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(p, e)| (*p, *e))
+                .collect(),
+        };
+        for fence in fences {
+            if let Some(why) = pg.block(crate::fenced_out(&tx, fence)).map_err(storage)? {
+                return Err(AlertError::Conflict(format!(
+                    "{why}: its alert changes are not recorded"
+                )));
+            }
         }
         let mut tx = PgTx { pg, tx };
         // Dropped without a commit, the transaction rolls back.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hoistway_processor::membership::Membership;
+use hoistway_processor::membership::{Member, Membership};
 use hoistway_processor::store::StoreError;
 
 use crate::{Error, Postgres, Result};
@@ -25,7 +25,8 @@ pub const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE cluster_members (
         member text PRIMARY KEY,
-        alive_until timestamptz NOT NULL);
+        alive_until timestamptz NOT NULL,
+        silent_lifts bigint NOT NULL DEFAULT 0);
 ",
 ];
 
@@ -98,26 +99,37 @@ impl Membership for PgMembership {
         &self,
         member: &str,
         ttl: Duration,
-    ) -> std::result::Result<Vec<String>, StoreError> {
+        silent_lifts: u64,
+    ) -> std::result::Result<Vec<Member>, StoreError> {
+        let silent = i64::try_from(silent_lifts).unwrap_or(i64::MAX);
         self.pg
             .block(async {
                 let client = self.pg.client().await?;
                 client
                     .execute(
-                        "INSERT INTO cluster_members (member, alive_until)
-                         VALUES ($1, clock_timestamp() + make_interval(secs => $2))
-                         ON CONFLICT (member) DO UPDATE SET alive_until = excluded.alive_until",
-                        &[&member, &ttl.as_secs_f64()],
+                        "INSERT INTO cluster_members (member, alive_until, silent_lifts)
+                         VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3)
+                         ON CONFLICT (member) DO UPDATE
+                         SET alive_until = excluded.alive_until, silent_lifts = excluded.silent_lifts",
+                        &[&member, &ttl.as_secs_f64(), &silent],
                     )
                     .await?;
                 let rows = client
                     .query(
-                        "SELECT member FROM cluster_members WHERE alive_until > clock_timestamp()
+                        "SELECT member, silent_lifts FROM cluster_members
+                         WHERE alive_until > clock_timestamp()
                          ORDER BY member COLLATE \"C\"",
                         &[],
                     )
                     .await?;
-                Ok::<_, Error>(rows.iter().map(|r| r.get(0)).collect())
+                Ok::<_, Error>(
+                    rows.iter()
+                        .map(|r| Member {
+                            name: r.get(0),
+                            silent_lifts: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                        })
+                        .collect(),
+                )
             })
             .map_err(unavailable)
     }

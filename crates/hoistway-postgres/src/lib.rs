@@ -34,7 +34,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_rustls::rustls;
 
-pub use alerts::PgAlertStore;
+pub use alerts::{HeldPartitions, PgAlertStore};
 pub use auth::{PgAuthStore, PgKeyStore};
 pub use checkpoints::PgCheckpointStore;
 pub use layout::PgMembership;

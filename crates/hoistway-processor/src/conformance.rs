@@ -9,7 +9,7 @@ use crate::checkpoint;
 use crate::state::FleetState;
 use std::time::Duration;
 
-use crate::membership::Membership;
+use crate::membership::{Member, Membership};
 use crate::store::{CheckpointStore, Claim, Claimed, Commit, Lease, StoreError};
 
 fn lease(holder: &str, ttl: Duration) -> Lease {
@@ -317,37 +317,58 @@ fn leases(a: &dyn CheckpointStore, b: &dyn CheckpointStore) {
 }
 
 /// Two nodes' handles (`a`, `b`) over one fresh [`Membership`]: each sees the other once it
-/// beats, the list is sorted, a member that leaves is gone at once, and one whose heartbeat
-/// lapses is gone once its time is up (this waits about a second).
+/// beats, with what it reported last, the list is sorted, a member that leaves is gone at once,
+/// and one whose heartbeat lapses is gone once its time is up (this waits about a second).
 pub fn check_membership<M: Membership + ?Sized>(a: &M, b: &M) {
     let long = Duration::from_secs(60);
-    assert_eq!(a.heartbeat("node-b", long).unwrap(), ["node-b"]);
+    let names =
+        |members: Vec<Member>| -> Vec<String> { members.into_iter().map(|m| m.name).collect() };
+    assert_eq!(names(a.heartbeat("node-b", long, 0).unwrap()), ["node-b"]);
     assert_eq!(
-        b.heartbeat("node-a", long).unwrap(),
-        ["node-a", "node-b"],
-        "a second member sees the first, sorted by name"
+        b.heartbeat("node-a", long, 7).unwrap(),
+        [
+            Member {
+                name: "node-a".into(),
+                silent_lifts: 7
+            },
+            Member {
+                name: "node-b".into(),
+                silent_lifts: 0
+            }
+        ],
+        "a second member sees the first, sorted by name, with what each reported"
     );
-    assert_eq!(a.heartbeat("node-b", long).unwrap(), ["node-a", "node-b"]);
-    // Beating again does not duplicate.
-    assert_eq!(b.heartbeat("node-a", long).unwrap(), ["node-a", "node-b"]);
+    let seen = a.heartbeat("node-b", long, 3).unwrap();
+    assert_eq!(names(seen.clone()), ["node-a", "node-b"]);
+    assert_eq!((seen[0].silent_lifts, seen[1].silent_lifts), (7, 3));
+    // Beating again does not duplicate; the report is the latest.
+    let seen = b.heartbeat("node-a", long, 0).unwrap();
+    assert_eq!((seen[0].silent_lifts, seen[1].silent_lifts), (0, 3));
     b.leave("node-a").unwrap();
     assert_eq!(
-        a.heartbeat("node-b", long).unwrap(),
+        names(a.heartbeat("node-b", long, 0).unwrap()),
         ["node-b"],
         "left at once"
     );
     // A short heartbeat lapses by itself.
-    b.heartbeat("node-c", Duration::from_millis(400)).unwrap();
-    assert_eq!(a.heartbeat("node-b", long).unwrap(), ["node-b", "node-c"]);
+    b.heartbeat("node-c", Duration::from_millis(400), 0)
+        .unwrap();
+    assert_eq!(
+        names(a.heartbeat("node-b", long, 0).unwrap()),
+        ["node-b", "node-c"]
+    );
     std::thread::sleep(Duration::from_millis(900));
     assert_eq!(
-        a.heartbeat("node-b", long).unwrap(),
+        names(a.heartbeat("node-b", long, 0).unwrap()),
         ["node-b"],
         "a member whose heartbeat lapsed is not alive"
     );
     // It comes back with its next beat; leaving twice is harmless.
-    b.heartbeat("node-c", long).unwrap();
-    assert_eq!(a.heartbeat("node-b", long).unwrap(), ["node-b", "node-c"]);
+    b.heartbeat("node-c", long, 0).unwrap();
+    assert_eq!(
+        names(a.heartbeat("node-b", long, 0).unwrap()),
+        ["node-b", "node-c"]
+    );
     a.leave("node-b").unwrap();
     a.leave("node-b").unwrap();
     b.leave("node-c").unwrap();

@@ -36,7 +36,7 @@ use hoistway_registry::{LiftInfo, Registry};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-pub use membership::{Alone, Membership, share};
+pub use membership::{Alone, Member, Membership, share};
 pub use sink::{Counters, Finish, Prepare, Sink, SinkBatch, SinkError, SinkItem};
 pub use state::{Applied, FleetState, LiftState};
 pub use store::{CheckpointStore, Claim, Claimed, Commit, FileCheckpointStore, Lease, StoreError};

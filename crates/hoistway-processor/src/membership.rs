@@ -13,11 +13,26 @@ use std::time::Duration;
 
 use crate::store::StoreError;
 
+/// A live member, as the others see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    /// How many lifts its alerting found newly silent at its last look (the fleet-wide outage
+    /// guard adds them up).
+    pub silent_lifts: u64,
+}
+
 /// The processors that are alive. Blocking: call it off the async runtime.
 pub trait Membership: Send + Sync {
-    /// Records `member` as alive for `ttl` from now (from the store's clock) and returns every
-    /// member alive now, this one included, sorted by name.
-    fn heartbeat(&self, member: &str, ttl: Duration) -> Result<Vec<String>, StoreError>;
+    /// Records `member` as alive for `ttl` from now (from the store's clock), with what it
+    /// reports (`silent_lifts`), and returns every member alive now, this one included, sorted
+    /// by name.
+    fn heartbeat(
+        &self,
+        member: &str,
+        ttl: Duration,
+        silent_lifts: u64,
+    ) -> Result<Vec<Member>, StoreError>;
 
     /// Takes `member` out at once (a clean stop), so the others take its share without waiting
     /// for its heartbeat to lapse.
@@ -28,8 +43,16 @@ pub trait Membership: Send + Sync {
 pub struct Alone;
 
 impl Membership for Alone {
-    fn heartbeat(&self, member: &str, _ttl: Duration) -> Result<Vec<String>, StoreError> {
-        Ok(vec![member.to_string()])
+    fn heartbeat(
+        &self,
+        member: &str,
+        _ttl: Duration,
+        silent_lifts: u64,
+    ) -> Result<Vec<Member>, StoreError> {
+        Ok(vec![Member {
+            name: member.to_string(),
+            silent_lifts,
+        }])
     }
 
     fn leave(&self, _member: &str) -> Result<(), StoreError> {
@@ -41,8 +64,8 @@ impl Membership for Alone {
 /// [`Membership::heartbeat`] returns it) are the members alive: partition `p` goes to
 /// `live[p % live.len()]`, so shares differ by at most one partition. Empty when `me` is not
 /// among `live` (its heartbeat lapsed: it holds nothing until it is back).
-pub fn share(partitions: u16, live: &[String], me: &str) -> Vec<u16> {
-    let Some(at) = live.iter().position(|m| m == me) else {
+pub fn share(partitions: u16, live: &[Member], me: &str) -> Vec<u16> {
+    let Some(at) = live.iter().position(|m| m.name == me) else {
         return Vec::new();
     };
     (0..partitions)
@@ -54,17 +77,24 @@ pub fn share(partitions: u16, live: &[String], me: &str) -> Vec<u16> {
 mod tests {
     use super::*;
 
-    fn live(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| n.to_string()).collect()
+    fn live<S: AsRef<str>>(names: &[S]) -> Vec<Member> {
+        names
+            .iter()
+            .map(|n| Member {
+                name: n.as_ref().to_string(),
+                silent_lifts: 0,
+            })
+            .collect()
     }
 
     #[test]
     fn shares_cover_every_partition_once_and_differ_by_at_most_one() {
         for members in 1..=5usize {
             let names: Vec<String> = (0..members).map(|i| format!("node-{i}")).collect();
+            let alive = live(&names);
             for partitions in [1u16, 2, 3, 7, 32] {
                 let shares: Vec<Vec<u16>> =
-                    names.iter().map(|n| share(partitions, &names, n)).collect();
+                    names.iter().map(|n| share(partitions, &alive, n)).collect();
                 let mut all: Vec<u16> = shares.iter().flatten().copied().collect();
                 all.sort_unstable();
                 assert_eq!(all, (0..partitions).collect::<Vec<_>>());
@@ -84,7 +114,7 @@ mod tests {
         assert_eq!(share(3, &live(&["a"]), "a"), vec![0, 1, 2]);
         assert_eq!(share(3, &live(&["a", "b", "c"]), "b"), vec![1]);
         assert_eq!(
-            Alone.heartbeat("x", Duration::from_secs(1)).unwrap(),
+            Alone.heartbeat("x", Duration::from_secs(1), 0).unwrap(),
             live(&["x"])
         );
     }

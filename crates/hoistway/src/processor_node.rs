@@ -11,22 +11,29 @@
 //! cut off) is fenced: another node's claim raises the epoch, so its next checkpoint or catalog
 //! commit fails, and it steps down from that partition when it runs again.
 //!
+//! Alerting runs on every processor node over the partitions it holds: each partition's
+//! processor hands its readings to the node's engine, which takes the partition's snapshot in
+//! when the partition comes ([`hoistway_alerts::Alerts::take_partition`]) and forgets its lifts
+//! when it goes; alert writes are fenced by every partition held; absence rules look at the
+//! lifts of the partitions held here, and the outage guard adds up what every node found newly
+//! silent (reported with the heartbeats). Notifications are sent by one node: the first live
+//! member by name.
+//!
 //! The API, the UI and SQL are on query nodes (`roles = "query"`), which follow every
 //! partition's checkpoints and catalog; readings come through ingest nodes, or through this
-//! node with `roles = "ingest,processor"`. Alert rules are evaluated on a processing node
-//! (`roles = "all"`) only, so a cluster of processor nodes runs with `alerts.enabled = false`
-//! for now (docs/deploy.md).
+//! node with `roles = "ingest,processor"`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hoistway_model::partition::partition_of;
 use hoistway_model::{Clock, SystemClock};
 use hoistway_processor::{
-    CheckpointStore, Claim, Claimed, Lease, Membership, Processor, ProcessorConfig, Progress, Sink,
-    StoreError,
+    CheckpointStore, Claim, Claimed, FleetState, Lease, Membership, Processor, ProcessorConfig,
+    Progress, Sink, StoreError,
 };
 use hoistway_registry::Registry;
 use hoistway_server::{AppParts, AppState};
@@ -54,36 +61,42 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         "processor nodes hand partitions to each other, with their Parquet files: name both storage tiers, storage.hot_url \
          and storage.archive_url, the same on every node (S3, or a directory they all share)"
     );
-    anyhow::ensure!(
-        !config.alerts.enabled,
-        "alert rules are evaluated on a processing node that holds every partition (roles = \"all\"), not yet on processor \
-         nodes that spread them: set alerts.enabled = false on processor nodes and on the query nodes beside them \
-         (docs/deploy.md, \"Several processors\")"
-    );
     let partitions = serve::partitions(&config)?;
     let data = config.data_dir.clone();
     let lock = crate::offline::lock_data_dir(&data)?;
     let metrics = hoistway_server::install_metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (registry, auth, checkpoints, manifests, membership) = {
-        let (config, clock) = (config.clone(), clock.clone());
+    let fences = hoistway_postgres::HeldPartitions::default();
+    let (registry, auth, checkpoints, manifests, membership, alerts) = {
+        let (config, clock, fences) = (config.clone(), clock.clone(), fences.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let pg = serve::shared_postgres(&config)?.context("cluster.postgres is set")?;
             serve::settle_partitions(&config, Some(&pg))?;
             let registry = serve::open_registry(&config, Some(&pg))?;
-            let auth = serve::open_authority_on(&config, clock, Some(&pg))?;
+            let auth = serve::open_authority_on(&config, clock.clone(), Some(&pg))?;
             let checkpoints = hoistway_postgres::PgCheckpointStore::open(pg.clone())
                 .context("cannot open the processor tables in PostgreSQL")?;
             let manifests = hoistway_postgres::PgManifestStore::open(pg.clone())
                 .context("cannot open the storage tables in PostgreSQL")?;
-            let membership = hoistway_postgres::PgMembership::open(pg)
+            let membership = hoistway_postgres::PgMembership::open(pg.clone())
                 .context("cannot open the cluster's membership in PostgreSQL")?;
+            let alerts = if config.alerts.enabled {
+                Some(serve::open_alerts(
+                    &config.data_dir,
+                    &config,
+                    clock,
+                    Some((&pg, serve::AlertFence::Held(fences))),
+                )?)
+            } else {
+                None
+            };
             Ok((
                 Arc::new(registry),
                 Arc::new(auth),
                 Arc::new(checkpoints),
                 manifests,
                 membership,
+                alerts,
             ))
         })
         .await??
@@ -105,7 +118,7 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         dlq: checkpoints.clone(),
         logs: logs.clone(),
         processing: None,
-        alerts: None,
+        alerts: alerts.as_ref().map(|(a, _)| a.clone()),
         backups: None,
         clock: clock.clone(),
         limits: serve::api_limits(&config),
@@ -131,6 +144,32 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         })
         .collect();
     let ttl = Duration::from_secs(config.processor.lease_secs.max(1));
+    let states = HeldStates::default();
+    let (first_tx, first_rx) = watch::channel(false);
+    let silent_elsewhere = Arc::new(AtomicU64::new(0));
+    let mut alerting = None;
+    if let Some((alerts, dispatcher)) = alerts {
+        // A lift whose readings sit in an edge region's backlog is not silent.
+        let (sources, quiet) = (
+            logs.clone(),
+            Duration::from_secs(config.cluster.edge_quiet_secs.max(1)),
+        );
+        alerts.set_absence_hold(Arc::new(move || {
+            sources
+                .iter()
+                .flat_map(|log| log.sources())
+                .find_map(|s| s.holding_back(quiet))
+        }));
+        let elsewhere = silent_elsewhere.clone();
+        alerts.set_silent_elsewhere(Arc::new(move || elsewhere.load(Ordering::Relaxed) as usize));
+        let writer = tokio::spawn(alerts.clone().run(
+            presence(registry.clone(), states.clone(), partitions),
+            shutdown_rx.clone(),
+        ));
+        // One node sends the notifications: the first live member.
+        let sender = tokio::spawn(dispatcher.run_when(first_rx, shutdown_rx.clone()));
+        alerting = Some((alerts, writer, sender));
+    }
     let spread = Spread {
         me: serve::holder_name(),
         ttl,
@@ -158,6 +197,11 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         store_readings: config.storage.enabled,
         maintenance_every: Duration::from_secs(config.storage.maintenance_interval_secs.max(1)),
         held: BTreeMap::new(),
+        alerts: alerting.as_ref().map(|(a, _, _)| a.clone()),
+        fences,
+        states,
+        first: first_tx,
+        silent_elsewhere,
     };
     let spread_task = tokio::spawn(spread.run(shutdown_rx.clone(), shutdown.clone()));
     let router = if ingest {
@@ -180,6 +224,10 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         sequencer_task.await?;
         // Every partition held here checkpoints, ends its lease, and the node leaves.
         let spread = spread_task.await?;
+        if let Some((_, writer, sender)) = alerting {
+            writer.await?;
+            sender.await?;
+        }
         for task in stream_tasks {
             task.await?;
         }
@@ -217,6 +265,41 @@ struct Spread {
     store_readings: bool,
     maintenance_every: Duration,
     held: BTreeMap<u16, Slot>,
+    /// This node's alerting, if on: it takes each partition held here.
+    alerts: Option<Arc<hoistway_alerts::Alerts>>,
+    /// The partitions held here with their epochs, fencing alerting's writes.
+    fences: hoistway_postgres::HeldPartitions,
+    /// The state of each partition held here, for absence rules.
+    states: HeldStates,
+    /// Whether this node is the first live member (it sends the notifications).
+    first: watch::Sender<bool>,
+    /// What the other nodes' alerting found newly silent at their last look.
+    silent_elsewhere: Arc<AtomicU64>,
+}
+
+/// The state of each partition a node holds.
+type HeldStates = Arc<parking_lot::RwLock<BTreeMap<u16, Arc<parking_lot::RwLock<FleetState>>>>>;
+
+/// Every registered lift of the partitions held here, with when its last reading came (absence
+/// rules look at these; the other partitions' lifts are their holders').
+fn presence(
+    registry: Arc<Registry>,
+    states: HeldStates,
+    partitions: u16,
+) -> hoistway_alerts::Presence {
+    Arc::new(move || {
+        let held = states.read().clone();
+        let guards: BTreeMap<u16, _> = held.iter().map(|(p, s)| (*p, s.read())).collect();
+        registry
+            .list(&hoistway_registry::LiftFilter::default())
+            .into_iter()
+            .filter_map(|info| {
+                let state = guards.get(&partition_of(&info.lift_id, partitions))?;
+                let last = state.lifts.get(&info.lift_id).map(|s| s.last_received_us);
+                Some((info, last))
+            })
+            .collect()
+    })
 }
 
 /// One partition held here: its processor, lease keeper and upkeep run in `task` until `stop`.
@@ -275,7 +358,9 @@ impl Spread {
     /// claim the free partitions of it.
     async fn rebalance(&mut self, failing: &mut bool) -> anyhow::Result<()> {
         let (membership, me, ttl) = (self.membership.clone(), self.me.clone(), self.ttl);
-        let live = match tokio::task::spawn_blocking(move || membership.heartbeat(&me, ttl)).await?
+        let silent = self.alerts.as_ref().map_or(0, |a| a.silent_here()) as u64;
+        let live = match tokio::task::spawn_blocking(move || membership.heartbeat(&me, ttl, silent))
+            .await?
         {
             Ok(live) => {
                 if std::mem::take(failing) {
@@ -293,6 +378,15 @@ impl Spread {
             }
         };
         let share = hoistway_processor::share(self.partitions, &live, &self.me);
+        let elsewhere: u64 = live
+            .iter()
+            .filter(|m| m.name != self.me)
+            .map(|m| m.silent_lifts)
+            .sum();
+        self.silent_elsewhere.store(elsewhere, Ordering::Relaxed);
+        let first = live.first().is_some_and(|m| m.name == self.me);
+        self.first
+            .send_if_modified(|was| std::mem::replace(was, first) != first);
         let ended: Vec<u16> = self
             .held
             .iter()
@@ -366,11 +460,23 @@ impl Spread {
                 .await
                 .with_context(|| format!("cannot open partition {partition}'s storage"))?,
         );
-        let sinks: Vec<Arc<dyn Sink>> = if self.store_readings {
+        let mut sinks: Vec<Arc<dyn Sink>> = if self.store_readings {
             vec![store.clone()]
         } else {
             Vec::new()
         };
+        if let Some(alerts) = &self.alerts {
+            // Its writes are fenced by this claim from now on.
+            self.fences
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(partition, epoch);
+            let alerts = alerts.clone();
+            let sink = tokio::task::spawn_blocking(move || alerts.take_partition(partition))
+                .await?
+                .with_context(|| format!("cannot take partition {partition}'s alerting in"))?;
+            sinks.push(sink);
+        }
         let checkpoints: Arc<dyn CheckpointStore> = self.checkpoints.clone();
         let processor = Processor::recover(
             ProcessorConfig {
@@ -386,6 +492,9 @@ impl Spread {
         .await
         .with_context(|| format!("cannot recover partition {partition}'s processor state"))?;
         let progress = processor.progress();
+        self.states
+            .write()
+            .insert(partition, processor.state().clone());
         let (stop, stop_rx) = watch::channel(false);
         let stop = Arc::new(stop);
         let upkeep = self.analytics.spawn(serve::maintain_periodically(
@@ -471,7 +580,17 @@ impl Spread {
             return Ok(());
         };
         let _ = slot.stop.send(true);
-        slot.task.await?
+        let ended = slot.task.await;
+        // After its last checkpoint (which wrote its alerting's snapshot, fenced by it).
+        self.states.write().remove(&partition);
+        if let Some(alerts) = &self.alerts {
+            alerts.drop_partition(partition);
+        }
+        self.fences
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&partition);
+        ended?
     }
 
     /// What this node holds and how far each partition is, for `/metrics`.

@@ -168,7 +168,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let epoch = claims[0].epoch;
         let (data, config, clock, pg) = (data.clone(), config.clone(), clock.clone(), pg.clone());
         let alerts = tokio::task::spawn_blocking(move || {
-            open_alerts(&data, &config, clock, pg.as_ref().map(|pg| (pg, epoch)))
+            open_alerts(
+                &data,
+                &config,
+                clock,
+                pg.as_ref().map(|pg| (pg, AlertFence::Holder(epoch))),
+            )
         })
         .await??;
         Some(alerts)
@@ -525,11 +530,11 @@ pub(crate) fn settle_partitions(
 /// epoch held, so a standby taking over has the rules, open alerts, the engine's snapshot and
 /// the outbox), with the configured rules file, channels and routes, and the dispatcher that
 /// drains its outbox. Blocks (opens files).
-fn open_alerts(
+pub(crate) fn open_alerts(
     data: &std::path::Path,
     config: &Config,
     clock: Arc<dyn Clock>,
-    pg: Option<(&hoistway_postgres::Postgres, u64)>,
+    pg: Option<(&hoistway_postgres::Postgres, AlertFence)>,
 ) -> anyhow::Result<(
     Arc<hoistway_alerts::Alerts>,
     hoistway_alerts::notify::Dispatcher,
@@ -544,19 +549,24 @@ fn open_alerts(
                 .map_err(|e| anyhow::anyhow!("rules file {path}: {e}"))?
         }
     };
+    let spread = matches!(pg, Some((_, AlertFence::Held(_))));
     let store: Arc<dyn hoistway_alerts::AlertStore> = match pg {
         // Beside the checkpoints: the engine's snapshot belongs to the partition's checkpoint.
-        Some((pg, epoch)) if checkpoints_in_postgres(config) => Arc::new(
-            hoistway_postgres::PgAlertStore::open(pg.clone())
-                .context("cannot open the alert tables in PostgreSQL")?
-                .fenced(PARTITION, epoch),
-        ),
+        Some((pg, fence)) if checkpoints_in_postgres(config) => {
+            let store = hoistway_postgres::PgAlertStore::open(pg.clone())
+                .context("cannot open the alert tables in PostgreSQL")?;
+            Arc::new(match fence {
+                AlertFence::Holder(epoch) => store.fenced(PARTITION, epoch),
+                AlertFence::Held(held) => store.fenced_by(held),
+            })
+        }
         _ => Arc::new(
             hoistway_alerts::SqliteAlertStore::open(&data.join("alerts").join("alerts.sqlite3"))
                 .context("cannot open the alert store")?,
         ),
     };
-    let alerts_config = alerts_config(config);
+    let mut alerts_config = alerts_config(config);
+    alerts_config.spread = spread;
     let schedule = alerts_config.retry_schedule.clone();
     let alerts = Arc::new(
         hoistway_alerts::Alerts::open(store.clone(), alerts_config, file_rules, clock.clone())
@@ -574,6 +584,16 @@ fn open_alerts(
         alerts.dispatcher_wake(),
     );
     Ok((alerts, dispatcher))
+}
+
+/// What alerting's writes in PostgreSQL are fenced by.
+pub(crate) enum AlertFence {
+    /// The processing node's: the epoch it claimed the first partition with (it holds every
+    /// partition or none).
+    Holder(u64),
+    /// A processor node's: the partitions it holds now, each with its epoch (alerting then
+    /// takes partitions as they come).
+    Held(hoistway_postgres::HeldPartitions),
 }
 
 /// Alerting's settings from the config.
@@ -600,6 +620,7 @@ pub(crate) fn alerts_config(config: &Config) -> hoistway_alerts::AlertsConfig {
         history: Duration::from_secs(settings.history_days.max(1) * 86_400),
         outbox_history: Duration::from_secs(settings.outbox_days.max(1) * 86_400),
         partitions: config.cluster.partitions.max(1),
+        spread: false,
     }
 }
 

@@ -517,7 +517,8 @@ async fn with_three_partitions_a_standby_takes_every_one_over_exactly() {
 /// two take its partition; one is paused with SIGSTOP, the last takes everything over, and once
 /// resumed the paused one steps down from what it held (fenced) and gets a share again. All the
 /// while a fleet with outages and resends posts through an ingest node; a query node then
-/// agrees with the simulator's ledger exactly, in counters and stored rows.
+/// agrees with the simulator's ledger exactly, in counters and stored rows, and the alerts the
+/// nodes' engines recorded before the kill are all still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and_pauses() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -526,10 +527,9 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
     let mut cluster = Cluster::start(&postgres, &schema);
     let s3 = S3Server::start("hoistway-spread").await;
     cluster.store_on(&s3, "hoistway-spread");
-    cluster.settings.extend([
-        ("HOISTWAY_CLUSTER__PARTITIONS", "3".into()),
-        ("HOISTWAY_ALERTS__ENABLED", "false".into()),
-    ]);
+    cluster
+        .settings
+        .extend([("HOISTWAY_CLUSTER__PARTITIONS", "3".into())]);
     let env = cluster.env();
     let tmp = tempfile::tempdir().unwrap();
     let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
@@ -579,6 +579,9 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // What alerting recorded so far (each node's engine over its partitions' lifts): it
+    // survives the kill and the pause.
+    let alerted = alert_ids(&query).await;
 
     // One dies: the other two take its partition over.
     tokio::task::block_in_place(|| b.kill9());
@@ -619,6 +622,25 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
     );
     verified(&query, &ledger).await;
     stored_readings_match_the_ledger(&query, &ledger).await;
+    let now = alert_ids(&query).await;
+    assert!(!alerted.is_empty(), "no alert fired in the first seconds");
+    assert!(
+        alerted.iter().all(|id| now.contains(id)),
+        "alerts recorded before the kill are gone: {alerted:?} then {now:?}"
+    );
+    // Handed from node to node, no condition was opened twice.
+    let page = query.get("/v1/alerts?limit=1000").await.json();
+    let mut open: Vec<(String, String)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] != "resolved")
+        .map(|a| (a["rule"].to_string(), a["lift_id"].to_string()))
+        .collect();
+    let all = open.len();
+    open.sort();
+    open.dedup();
+    assert_eq!(open.len(), all, "an alert is open twice");
     for p in 0..3 {
         let offsets = [
             metric(
@@ -638,8 +660,10 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
         );
     }
     eprintln!(
-        "{} readings over 3 partitions and 3 processors, through a join, a SIGKILL and a SIGSTOP",
-        ledger.total_readings()
+        "{} readings over 3 partitions and 3 processors, through a join, a SIGKILL and a SIGSTOP; {} alerts, then {}",
+        ledger.total_readings(),
+        alerted.len(),
+        now.len()
     );
     cluster.finish([ingest, a, c, query]).await;
 }
