@@ -743,17 +743,35 @@ fn apply_blocking(
         .collect();
     // A lift this node does not know may have been registered through another node since it
     // last read the registry (a standby that just took the partition over, a lift added on a
-    // query node): read it again before dead-lettering, at most once a second.
-    if !auto_register
-        && decoded
-            .iter()
-            .any(|(_, _, lifts)| lifts.iter().any(Option::is_none))
-    {
-        match registry.refresh_if_older(Duration::from_secs(1)) {
-            Ok(0) => {}
+    // query node just before it reported): read it again before dead-lettering, if the last
+    // read began before such a reading was received (with a margin for the clocks of the node
+    // that received it and this one), at most every 100 ms.
+    let unknown_received = decoded
+        .iter()
+        .filter_map(|(_, batch, lifts)| {
+            let batch = batch.as_ref().ok()?;
+            batch
+                .readings
+                .iter()
+                .zip(lifts)
+                .filter(|(_, lift)| lift.is_none())
+                .map(|(r, _)| r.received_us)
+                .max()
+        })
+        .max();
+    if let Some(received_us) = unknown_received.filter(|_| !auto_register) {
+        const CLOCKS_APART_US: i64 = 2_000_000;
+        match registry.refresh_if_read_before(
+            received_us.saturating_add(CLOCKS_APART_US),
+            Duration::from_millis(100),
+        ) {
+            // Looked up again even when this read found nothing new: another partition's
+            // processor or the periodic reread may have just taken the lift in.
             Ok(_) => {
                 for (_, batch, lifts) in &mut decoded {
-                    if let Ok(batch) = batch {
+                    if let Ok(batch) = batch
+                        && lifts.iter().any(Option::is_none)
+                    {
                         *lifts = lifts_of(batch);
                     }
                 }

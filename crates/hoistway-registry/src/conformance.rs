@@ -155,4 +155,21 @@ pub fn check_shared(a: &Registry, b: &Registry) {
         "the building index follows"
     );
     assert_eq!(a.refresh().unwrap(), 0, "each change is read once");
+    // A lookup that missed reads again only if the last read began before the reading came.
+    a.upsert_many(vec![lift("L-LATE", "acme", "B1")]).unwrap();
+    let zero = std::time::Duration::ZERO;
+    assert_eq!(
+        b.refresh_if_read_before(0, zero).unwrap(),
+        0,
+        "read since the reading came: not read again"
+    );
+    assert!(!b.contains("L-LATE"));
+    assert_eq!(
+        b.refresh_if_read_before(crate::wall_us() + 1, zero)
+            .unwrap(),
+        1
+    );
+    assert!(b.contains("L-LATE"));
+    assert!(a.remove("L-LATE").unwrap());
+    b.refresh().unwrap();
 }

@@ -155,9 +155,16 @@ impl LiftFilter {
 pub struct Registry {
     store: Arc<dyn RegistryStore>,
     lifts: RwLock<Catalog>,
-    /// The store revision `lifts` reflects, and when it was last read; held while changes
-    /// are applied.
-    rev: Mutex<(i64, std::time::Instant)>,
+    /// The store revision `lifts` reflects, when it was last read, and when (µs since the
+    /// epoch, this node's clock) that read began; held while changes are applied.
+    rev: Mutex<(i64, std::time::Instant, i64)>,
+}
+
+/// Now, in µs since the epoch, by this node's clock.
+pub(crate) fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// The registered lifts in memory, indexed by id and by building (a building's page and the
@@ -277,6 +284,7 @@ impl Registry {
 
     /// Reads everything `store` holds into memory.
     pub fn with_store(store: Arc<dyn RegistryStore>) -> Result<Self> {
+        let began_us = wall_us();
         let stored = store.load()?;
         let mut lifts = Catalog::default();
         for info in stored.lifts {
@@ -286,7 +294,7 @@ impl Registry {
         Ok(Self {
             store,
             lifts: RwLock::new(lifts),
-            rev: Mutex::new((stored.rev, std::time::Instant::now())),
+            rev: Mutex::new((stored.rev, std::time::Instant::now(), began_us)),
         })
     }
 
@@ -294,9 +302,11 @@ impl Registry {
     /// shared store, other nodes'. Returns how many lifts changed. Blocking.
     pub fn refresh(&self) -> Result<usize> {
         let mut guard = self.rev.lock();
-        let (rev, read_at) = &mut *guard;
+        let (rev, read_at, began) = &mut *guard;
+        let began_us = wall_us();
         let (changed, newest) = self.store.changed_since(*rev)?;
         *read_at = std::time::Instant::now();
+        *began = began_us;
         let n = changed.len();
         if n > 0 {
             let mut lifts = self.lifts.write();
@@ -312,11 +322,21 @@ impl Registry {
         Ok(n)
     }
 
-    /// [`refresh`](Self::refresh), unless the store was read less than `every` ago: for a
-    /// lookup that missed, where another node may have just registered the lift.
-    pub fn refresh_if_older(&self, every: std::time::Duration) -> Result<usize> {
-        if self.rev.lock().1.elapsed() < every {
-            return Ok(0);
+    /// [`refresh`](Self::refresh), if the last read began before `at_us` (µs since the epoch:
+    /// when a reading of a lift this node does not know was received, maybe just after the
+    /// lift was registered on another node). Reads are at least `every` apart: one due sooner
+    /// waits for the rest of it (a flood of readings of unknown lifts reads the store that
+    /// often at most). Blocking.
+    pub fn refresh_if_read_before(&self, at_us: i64, every: std::time::Duration) -> Result<usize> {
+        let wait = {
+            let guard = self.rev.lock();
+            if guard.2 > at_us {
+                return Ok(0);
+            }
+            every.saturating_sub(guard.1.elapsed())
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
         self.refresh()
     }

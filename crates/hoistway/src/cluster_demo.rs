@@ -1,8 +1,9 @@
 //! `hoistway cluster-demo`: the cluster mode on one machine. Private servers on free loopback
 //! ports (NATS, the pinned release, as a processing region and an edge region joined to it as a
-//! leaf node; PostgreSQL from the machine's packages), three processing nodes (one holds the
-//! partition, two stand by to take it over), an ingest node in each region, and a simulated
-//! fleet through each ingest node. Each node is this binary's `serve`, a process of its own.
+//! leaf node; PostgreSQL from the machine's packages), three processor nodes that spread the
+//! partitions over themselves (and take a dead one's over), a query node with the API, the UI
+//! and SQL, an ingest node in each region, and a simulated fleet through each ingest node. Each
+//! node is this binary's `serve`, a process of its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,9 @@ pub struct ClusterDemoArgs {
     /// simulators had acknowledged (a check that the cluster works; exits non-zero otherwise).
     #[arg(long)]
     pub run_for: Option<u64>,
-    /// Partitions readings are spread over (`cluster.partitions`).
-    #[arg(long, default_value_t = 1)]
+    /// Partitions readings are spread over (`cluster.partitions`), and the three processor
+    /// nodes share.
+    #[arg(long, default_value_t = 3)]
     pub partitions: u16,
 }
 
@@ -120,7 +122,10 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
         .iter()
         .cloned()
         .chain(storage.clone())
-        .chain([("HOISTWAY_CLUSTER__EDGES", "edge".to_string())])
+        .chain([
+            ("HOISTWAY_CLUSTER__EDGES", "edge".to_string()),
+            ("HOISTWAY_ROLES", "processor".to_string()),
+        ])
         .collect();
     let query: Vec<(&str, String)> = common
         .iter()
@@ -148,35 +153,38 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     let result = async {
         // In this order: the edge's stream exists before the processing region's stream looks
-        // for it (NATS waits longer between later looks), and the first processing node holds
-        // the partition before the others start, which then stand by to take it over.
+        // for it (NATS waits longer between later looks).
+        const PROCESSOR: &str = "processor: its share of the partitions";
         let plan: [(&'static str, &'static str, usize, &Env); 6] = [
             ("edge", "ingest, edge region", 4, &at_edge),
             ("ingest", "ingest, processing region", 3, &ingest),
-            ("p1", "processing (holds the partition)", 0, &processing),
-            ("p2", "processing (stands by)", 1, &processing),
-            ("p3", "processing (stands by)", 2, &processing),
+            ("p1", PROCESSOR, 0, &processing),
+            ("p2", PROCESSOR, 1, &processing),
+            ("p3", PROCESSOR, 2, &processing),
             (
                 "query",
-                "query: the API, the UI and SQL, whoever holds the partition",
+                "query: the API, the UI and SQL, whichever processor holds what",
                 5,
                 &query,
             ),
         ];
         for (i, (name, what, port, env)) in plan.into_iter().enumerate() {
             nodes.push(spawn(&exe, &dir, name, what, at(port), env)?);
-            if i < 3 || name == "query" {
-                ready(&nodes[i], Duration::from_secs(60)).await?;
-            }
+            ready(&nodes[i], Duration::from_secs(60)).await?;
         }
-        // Listed with the processing nodes first, then the query node.
+        // Listed with the processor nodes first, then the query node.
         nodes.rotate_left(2);
-        tell(&args, &dir, &nodes, &postgres_url, &password, &token);
-        // The ledgers of what each fleet had acknowledged, checked at the end against whichever
-        // processing node then holds the partition (p1 may have been killed meanwhile).
+        for node in &nodes {
+            crate::bench::remember_token(node.addr, &token);
+        }
+        let processors: Vec<_> = nodes[..3].iter().map(|n| (n.name, n.addr)).collect();
+        let held = spread(&processors, args.partitions).await?;
+        tell(&args, &dir, &nodes, &held, &postgres_url, &password, &token);
+        // The ledgers of what each fleet had acknowledged, checked at the end on the query node
+        // (whichever processors hold the partitions then).
         let ledger = |prefix: &str| dir.join(format!("ledger-{prefix}json"));
         let fleet = |target: SocketAddr, prefix: &str, seed: u64| SimulateArgs {
-            api: Some(format!("http://{}", at(0))),
+            api: Some(format!("http://{}", at(5))),
             prefix: prefix.into(),
             seed,
             duration_secs: args.run_for.map(|s| s as f64),
@@ -190,6 +198,7 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
         ];
         let status = tokio::spawn(report_status(
             nodes.iter().map(|n| (n.name, n.addr)).collect(),
+            held,
         ));
         let mut outcome = Ok(());
         if args.run_for.is_some() {
@@ -199,9 +208,7 @@ pub async fn run(args: ClusterDemoArgs) -> anyhow::Result<()> {
                 }
             }
             if outcome.is_ok() {
-                let holders: Vec<_> = nodes[..3].iter().map(|n| (n.name, n.addr)).collect();
                 outcome = verify_fleets(
-                    &holders,
                     (nodes[3].name, nodes[3].addr),
                     &token,
                     &[ledger("HUB-"), ledger("EDGE-")],
@@ -336,7 +343,7 @@ pub(crate) async fn ready(node: &Node, within: Duration) -> anyhow::Result<()> {
 }
 
 /// What a node's `/readyz` says: `ready`, the reason it is not, or `None` if it does not
-/// answer (a standby does not listen until it holds the partition).
+/// answer.
 pub(crate) async fn readiness(addr: SocketAddr) -> Option<String> {
     let mut conn = hoistway_sim::client::Connection::new(addr);
     let reply = conn
@@ -357,11 +364,9 @@ pub(crate) async fn readiness(addr: SocketAddr) -> Option<String> {
     })
 }
 
-/// Checks each fleet's ledger against the processing node that holds the partition now (for
-/// a while: it may still be taking over or applying the last readings), then against the query
-/// node (which shows the holder's checkpoints).
+/// Checks each fleet's ledger on the query node (for a while: processors may still be taking
+/// partitions over or applying the last readings, and it shows their checkpoints).
 async fn verify_fleets(
-    processing: &[(&'static str, SocketAddr)],
     query: (&'static str, SocketAddr),
     token: &str,
     ledgers: &[PathBuf],
@@ -372,16 +377,6 @@ async fn verify_fleets(
             &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
         )?;
         anyhow::ensure!(ledger.total_readings() > 0, "no reading was acknowledged");
-        let holder = || async {
-            let mut holder = None;
-            for (name, addr) in processing {
-                if readiness(*addr).await.as_deref() == Some("ready") {
-                    holder = Some((*name, *addr));
-                }
-            }
-            holder
-        };
-        verify_on(holder, token, &ledger, path, deadline).await?;
         verify_on(|| async { Some(query) }, token, &ledger, path, deadline).await?;
     }
     Ok(())
@@ -404,7 +399,7 @@ where
         let node = which().await;
         let problems = match node {
             Some((_, addr)) => hoistway_sim::verify(addr, Some(token), ledger).await,
-            None => vec!["no processing node holds the partition".to_string()],
+            None => vec!["no node to verify on".to_string()],
         };
         if problems.is_empty() {
             println!(
@@ -425,39 +420,84 @@ where
     }
 }
 
-/// A line whenever another processing node holds the partition (with how long none did), and
-/// every 15 s one with what each node's `/readyz` says.
-async fn report_status(nodes: Vec<(&'static str, SocketAddr)>) {
-    let mut holder = Some("p1");
-    let mut without_since: Option<Instant> = None;
+/// How many partitions each processor node holds (`None`: it does not answer).
+type Held = Vec<(&'static str, Option<u32>)>;
+
+async fn held_by(processors: &[(&'static str, SocketAddr)]) -> Held {
+    let mut held = Vec::new();
+    for (name, addr) in processors {
+        let n = crate::bench::metric(*addr, "hoistway_partitions_held")
+            .await
+            .ok()
+            .map(|n| n as u32);
+        held.push((*name, n));
+    }
+    held
+}
+
+fn held_text(held: &Held) -> String {
+    held.iter()
+        .map(|(name, n)| match n {
+            Some(n) => format!("{name} {n}"),
+            None => format!("{name} gone"),
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// Waits (up to a minute) until the processors hold every partition between them.
+async fn spread(
+    processors: &[(&'static str, SocketAddr)],
+    partitions: u16,
+) -> anyhow::Result<Held> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = held_by(processors).await;
+        if held.iter().filter_map(|(_, n)| *n).sum::<u32>() == u32::from(partitions) {
+            return Ok(held);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the processors hold {} of {partitions} partitions",
+            held_text(&held)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A line whenever the partitions move between processors (once every one is held again, with
+/// how long that took), and every 15 s one with what each node's `/readyz` says.
+async fn report_status(nodes: Vec<(&'static str, SocketAddr)>, mut held: Held) {
+    let processors: Vec<_> = nodes
+        .iter()
+        .filter(|(n, _)| n.starts_with('p'))
+        .copied()
+        .collect();
+    let total: u32 = held.iter().filter_map(|(_, n)| *n).sum();
+    let mut moving_since: Option<Instant> = None;
     let mut next_line = Instant::now() + Duration::from_secs(15);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut now_holder = None;
-        for (name, addr) in nodes.iter().filter(|(n, _)| n.starts_with('p')) {
-            if readiness(*addr).await.as_deref() == Some("ready") {
-                now_holder = Some(*name);
-                break;
-            }
-        }
-        if now_holder != holder {
-            match (holder, now_holder) {
-                (Some(was), None) => {
-                    without_since = Some(Instant::now());
-                    println!(
-                        "[cluster] {was} stopped answering: a standby takes the partition over once its lease lapses"
-                    );
-                }
-                (_, Some(now)) => println!(
-                    "[cluster] {now} holds the partition now{}",
-                    without_since.take().map_or(String::new(), |t| format!(
-                        " (after {:.1} s without a holder)",
+        let now = held_by(&processors).await;
+        if now != held {
+            let sum: u32 = now.iter().filter_map(|(_, n)| *n).sum();
+            if sum == total {
+                println!(
+                    "[cluster] partitions held: {}{}",
+                    held_text(&now),
+                    moving_since.take().map_or(String::new(), |t| format!(
+                        " (every one held again after {:.1} s)",
                         t.elapsed().as_secs_f64()
                     ))
-                ),
-                (None, None) => {}
+                );
+            } else if moving_since.is_none() {
+                moving_since = Some(Instant::now());
+                println!(
+                    "[cluster] partitions held: {} — the others take the rest over once its leases lapse",
+                    held_text(&now)
+                );
             }
-            holder = now_holder;
+            held = now;
         }
         if Instant::now() >= next_line {
             next_line += Duration::from_secs(15);
@@ -477,6 +517,7 @@ fn tell(
     args: &ClusterDemoArgs,
     dir: &Path,
     nodes: &[Node],
+    held: &Held,
     postgres: &str,
     password: &str,
     token: &str,
@@ -499,8 +540,8 @@ fn tell(
         .find(|n| n.name == "query")
         .unwrap_or(&nodes[0]);
     println!(
-        "web UI: http://{}/ on the query node, up whoever holds the partition (log in as admin, password {password}; \
-         the first login enrols a TOTP second factor)",
+        "web UI: http://{}/ on the query node, up whichever processors hold the partitions (log in as admin, password \
+         {password}; the first login enrols a TOTP second factor)",
         query.addr
     );
     println!("API token: export HOISTWAY_TOKEN={token}");
@@ -517,12 +558,19 @@ fn tell(
         "{} lifts report through the processing region's ingest node, {} through the edge region's.",
         args.lifts, args.lifts
     );
+    println!("partitions held: {}", held_text(held));
+    // A processor that holds something: killing it moves partitions.
+    let victim = held
+        .iter()
+        .position(|(_, n)| n.is_some_and(|n| n > 0))
+        .unwrap_or(0);
     println!(
-        "Try a failover: kill -9 {} (p1); within seconds p2 or p3 takes the partition over and serves on its own address.",
-        nodes[0].child.id()
+        "Try a failover: kill -9 {} ({}); within seconds the other processors take its partitions over.",
+        nodes[victim].child.id(),
+        nodes[victim].name
     );
     println!(
-        "(The processing nodes and the query node share the storage tiers in {}: here a directory stands in for S3.)",
+        "(The processor nodes and the query node share the storage tiers in {}: here a directory stands in for S3.)",
         dir.join("store").display()
     );
     match args.run_for {

@@ -730,9 +730,12 @@ pub(crate) async fn open_log(
         );
         match regions(config)? {
             Regions::Edge(region) => js = js.in_region(&region),
-            // The partition's holder keeps the stream's list of edge regions as configured.
+            // The partitions' holders keep the streams' lists of edge regions as configured.
             Regions::Processing(edges)
-                if crate::ingest_node::node_kind(config)? == NodeKind::Processing =>
+                if matches!(
+                    crate::ingest_node::node_kind(config)?,
+                    NodeKind::Processing | NodeKind::Processor { .. }
+                ) =>
             {
                 js.sources = Some(edges)
             }

@@ -807,11 +807,11 @@ async fn an_edge_region_keeps_accepting_while_the_processing_region_is_away() {
 
 /// `hoistway cluster-demo` brings the cluster up on this machine (private NATS servers for a
 /// processing and an edge region, a private PostgreSQL from the machine's packages, three
-/// processing nodes, a query node and an ingest node per region) and drives a fleet through each
-/// ingest node, over two partitions (so each region has a stream per partition, and each
-/// partition's stream takes in its edge stream). The processing node holding the partitions is
-/// killed (-9) mid-run: a standby takes both over, and with `--run-for` the demo exits 0 only if
-/// every lift of both fleets agrees, on the new holder and on the query node, with what was
+/// processor nodes, a query node and an ingest node per region) and drives a fleet through each
+/// ingest node, over three partitions (so each region has a stream per partition, and each
+/// partition's stream takes in its edge stream), spread over the processors. A processor holding
+/// partitions is killed (-9) mid-run: the others take its partitions over, and with `--run-for`
+/// the demo exits 0 only if every lift of both fleets agrees, on the query node, with what was
 /// acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover() {
@@ -828,7 +828,7 @@ async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover
             "--port",
             "0",
         ])
-        .args(["--run-for", "16", "--partitions", "2"])
+        .args(["--run-for", "16"])
         .env("HOISTWAY_NATS_SERVER", &nats)
         .env("HOISTWAY_LOG_LEVEL", "warn")
         .stdout(std::process::Stdio::piped())
@@ -887,11 +887,6 @@ async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover
         .filter(|l| l.starts_with("verified on "))
         .map(String::as_str)
         .collect();
-    assert_eq!(verified.len(), 4, "{stdout}");
-    assert!(
-        verified.iter().all(|l| !l.starts_with("verified on p1")),
-        "a standby holds the partition after p1 was killed: {verified:?}"
-    );
     assert_eq!(
         verified
             .iter()
@@ -902,7 +897,7 @@ async fn the_cluster_demo_counts_every_reading_of_both_regions_across_a_failover
     );
     let takeover = seen
         .iter()
-        .find(|l| l.contains("holds the partition now (after"))
+        .find(|l| l.contains(" gone") && l.contains("every one held again after"))
         .unwrap_or_else(|| panic!("no takeover reported: {stdout}"));
     eprintln!("{takeover}");
 }
