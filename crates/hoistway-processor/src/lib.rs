@@ -742,10 +742,11 @@ fn apply_blocking(
         })
         .collect();
     // A lift this node does not know may have been registered through another node since it
-    // last read the registry (a standby that just took the partition over, a lift added on a
-    // query node just before it reported): read it again before dead-lettering, if the last
-    // read began before such a reading was received (with a margin for the clocks of the node
-    // that received it and this one), at most every 100 ms.
+    // last read the registry (a lift added on a query node just before it reported, one added
+    // while its readings waited in the log): read it again before dead-lettering. Always when
+    // the last read began before such a reading was received (with a margin for the clocks of
+    // the node that received it and this one), reads at least 100 ms apart; otherwise (a
+    // backlog of older readings) at most once a second.
     let unknown_received = decoded
         .iter()
         .filter_map(|(_, batch, lifts)| {
@@ -761,10 +762,13 @@ fn apply_blocking(
         .max();
     if let Some(received_us) = unknown_received.filter(|_| !auto_register) {
         const CLOCKS_APART_US: i64 = 2_000_000;
-        match registry.refresh_if_read_before(
-            received_us.saturating_add(CLOCKS_APART_US),
-            Duration::from_millis(100),
-        ) {
+        match registry
+            .refresh_if_read_before(
+                received_us.saturating_add(CLOCKS_APART_US),
+                Duration::from_millis(100),
+            )
+            .and_then(|_| registry.refresh_if_older(Duration::from_secs(1)))
+        {
             // Looked up again even when this read found nothing new: another partition's
             // processor or the periodic reread may have just taken the lift in.
             Ok(_) => {

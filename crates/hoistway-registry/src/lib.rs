@@ -322,6 +322,15 @@ impl Registry {
         Ok(n)
     }
 
+    /// [`refresh`](Self::refresh), unless the store was read less than `every` ago: for a
+    /// lookup that missed, where another node may have registered the lift since.
+    pub fn refresh_if_older(&self, every: std::time::Duration) -> Result<usize> {
+        if self.rev.lock().1.elapsed() < every {
+            return Ok(0);
+        }
+        self.refresh()
+    }
+
     /// [`refresh`](Self::refresh), if the last read began before `at_us` (µs since the epoch:
     /// when a reading of a lift this node does not know was received, maybe just after the
     /// lift was registered on another node). Reads are at least `every` apart: one due sooner

@@ -66,6 +66,11 @@ pub struct BenchArgs {
     /// and a processor each.
     #[arg(long, default_value_t = 1)]
     pub(crate) partitions: u16,
+    /// In the cluster comparison, run processor nodes that spread the partitions
+    /// (`roles = "processor"`) beside a query node, instead of processing nodes of which one
+    /// holds every partition.
+    #[arg(long)]
+    pub(crate) processors: bool,
 }
 
 pub(crate) struct Proc {

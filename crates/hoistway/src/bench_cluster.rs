@@ -4,7 +4,9 @@
 //! PostgreSQL of the benchmark's own, with both storage tiers in a directory they share. Then
 //! the holder is killed with SIGKILL and the benchmark times the takeover, checks that the new
 //! holder counts every acknowledged reading exactly once, and times a query node's read of the
-//! last checkpoint at this fleet size.
+//! last checkpoint at this fleet size. With `--processors` the three are processor nodes that
+//! spread the partitions (`roles = "processor"`), beside a query node; the one killed is one
+//! holding partitions, and the others take them over.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,7 +45,12 @@ pub(crate) async fn run(tmp: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             "cannot start a private PostgreSQL (initdb and pg_ctl from the machine's packages)",
         )?;
     println!(
-        "## One ingest node and three processing nodes ({} partition(s); NATS {NATS_SERVER_VERSION}, sync_interval always, 1 replica; a private PostgreSQL) vs standalone",
+        "## One ingest node and three {} ({} partition(s); NATS {NATS_SERVER_VERSION}, sync_interval always, 1 replica; a private PostgreSQL) vs standalone",
+        if args.processors {
+            "processor nodes spreading the partitions, and a query node"
+        } else {
+            "processing nodes"
+        },
         args.partitions
     );
     let outcome = async {
@@ -52,6 +59,9 @@ pub(crate) async fn run(tmp: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         let (mut standalone, mut cluster) = (standalone, cluster);
         let result = report(args, &mut standalone, &mut cluster);
         let failover = match result {
+            Ok(()) if args.processors => {
+                spread_failover(&mut nodes, args.partitions, cluster.acknowledged).await
+            }
             Ok(()) => failover(&mut nodes, cluster.acknowledged).await,
             Err(e) => Err(e),
         };
@@ -73,7 +83,7 @@ async fn standalone(tmp: &Path, args: &BenchArgs) -> anyhow::Result<Measured> {
     let measured = async {
         register_lifts(server.addr, args.lifts).await?;
         let cpu0 = server.cpu_secs();
-        let mut m = phases(server.addr, server.addr, args).await?;
+        let mut m = phases(server.addr, &[server.addr], server.addr, args).await?;
         m.cpu = vec![("hoistway", server.cpu_secs() - cpu0)];
         anyhow::Ok(m)
     }
@@ -82,19 +92,26 @@ async fn standalone(tmp: &Path, args: &BenchArgs) -> anyhow::Result<Measured> {
     measured
 }
 
-/// One reading per request, then batches of 1,000, each sent to `to` and timed until `holder`
-/// has counted every reading acknowledged (end to end).
-async fn phases(to: SocketAddr, holder: SocketAddr, args: &BenchArgs) -> anyhow::Result<Measured> {
+/// One reading per request, then batches of 1,000, each sent to `to` and timed until the
+/// processors at `processors` have applied every reading acknowledged (end to end); then
+/// checks that the node at `counts` (one holding every partition, or a query node) counts each
+/// once.
+async fn phases(
+    to: SocketAddr,
+    processors: &[SocketAddr],
+    counts: SocketAddr,
+    args: &BenchArgs,
+) -> anyhow::Result<Measured> {
     let t = Instant::now();
     let single = load(to, Load::single(args)).await;
-    wait_applied(holder, single.readings).await?;
+    wait_applied(processors, single.readings).await?;
     let single_e2e = single.readings as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     let run = load(to, Load::batches(args)).await;
     let acknowledged = single.readings + run.readings;
-    wait_applied(holder, acknowledged).await?;
+    wait_applied(processors, acknowledged).await?;
     let batched = run.readings as f64 / t.elapsed().as_secs_f64();
-    wait_counted(holder, acknowledged).await?;
+    wait_counted(counts, acknowledged).await?;
     Ok(Measured {
         single,
         single_e2e,
@@ -112,14 +129,22 @@ async fn counted(addr: SocketAddr) -> anyhow::Result<u64> {
         .context("no readings_total in /v1/fleet/summary")
 }
 
-/// Waits until the node at `addr` has counted `expected` readings (every one sent is new).
-/// Polls its processor's counter of applied readings (cheap), then checks the lifts' counters
-/// once (a pass over every lift: polled, it would take the node's CPU from the processing it
-/// times). Counts only what this node applied itself, so `expected` is what it has to apply.
-async fn wait_applied(addr: SocketAddr, expected: u64) -> anyhow::Result<()> {
+/// Waits until the nodes at `addrs` have applied `expected` readings between them (every one
+/// sent is new). Polls their processors' counters of applied readings (cheap); the lifts'
+/// counters are checked once afterwards (a pass over every lift: polled, it would take CPU
+/// from the processing it times). Counts only what these nodes applied themselves, so
+/// `expected` is what they have to apply (no partition moves meanwhile).
+async fn wait_applied(addrs: &[SocketAddr], expected: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let name = r#"hoistway_processor_readings_total{outcome="applied"}"#;
-    while (metric(addr, name).await.unwrap_or(0.0) as u64) < expected {
+    let applied = || async {
+        let mut sum = 0;
+        for addr in addrs {
+            sum += metric(*addr, name).await.unwrap_or(0.0) as u64;
+        }
+        sum
+    };
+    while applied().await < expected {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the processor did not apply {expected} readings within 300 s"
@@ -183,28 +208,44 @@ async fn cluster(
     ];
     let exe = std::env::current_exe()?;
     let (_, token) = add_admin(&exe, &dir.join("p1"), &env)?;
-    let ingest_env: Vec<(&str, String)> = env
-        .iter()
-        .cloned()
-        .chain([("HOISTWAY_ROLES", "ingest".to_string())])
-        .collect();
+    let with_roles = |roles: &str| -> Vec<(&str, String)> {
+        env.iter()
+            .cloned()
+            .chain([("HOISTWAY_ROLES", roles.to_string())])
+            .collect()
+    };
+    let ingest_env = with_roles("ingest");
+    let query_env = with_roles("query");
+    let processing_env = if args.processors {
+        with_roles("processor")
+    } else {
+        env.clone()
+    };
     let at =
         || -> anyhow::Result<SocketAddr> { Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))) };
     let mut nodes = Vec::new();
     let started = async {
-        for (name, what, env) in [
-            ("p1", "processing", &env),
-            ("p2", "processing", &env),
-            ("p3", "processing", &env),
+        let mut plan = vec![
+            ("p1", "processing", &processing_env),
+            ("p2", "processing", &processing_env),
+            ("p3", "processing", &processing_env),
             ("ingest", "ingest", &ingest_env),
-        ] {
+        ];
+        if args.processors {
+            plan.push(("query", "query", &query_env));
+        }
+        for (name, what, env) in plan {
             let node = spawn(&exe, &dir, name, what, at()?, env)?;
             remember_token(node.addr, &token);
-            // The first holds the partition; the others wait for it without listening.
-            if name == "p1" || name == "ingest" {
+            // The first processing node holds the partitions; the others wait for them
+            // without listening. Processor nodes all listen.
+            if args.processors || name == "p1" || name == "ingest" {
                 ready(&node, Duration::from_secs(120)).await?;
             }
             nodes.push(node);
+        }
+        if args.processors {
+            spread_evenly(&nodes[..3], args.partitions).await?;
         }
         anyhow::Ok(())
     }
@@ -216,18 +257,34 @@ async fn cluster(
         return Err(e);
     }
     let measured = async {
-        let (holder, ingest) = (nodes[0].addr, nodes[3].addr);
-        register_lifts(holder, args.lifts).await?;
+        let ingest = nodes[3].addr;
+        // The API: the query node beside processor nodes, else the holder.
+        let api = nodes.get(4).unwrap_or(&nodes[0]).addr;
+        register_lifts(api, args.lifts).await?;
         let cpu0: Vec<f64> = nodes.iter().map(|n| cpu_secs(n.child.id())).collect();
         let nats0 = cpu_secs(nats.pid());
-        let mut m = phases(ingest, holder, args).await?;
+        let processors: Vec<SocketAddr> = if args.processors {
+            nodes[..3].iter().map(|n| n.addr).collect()
+        } else {
+            vec![nodes[0].addr]
+        };
+        let mut m = phases(ingest, &processors, api, args).await?;
         let used = |i: usize| cpu_secs(nodes[i].child.id()) - cpu0[i];
-        m.cpu = vec![
-            ("ingest", used(3)),
-            ("holder", used(0)),
-            ("standbys", used(1) + used(2)),
-            ("NATS", cpu_secs(nats.pid()) - nats0),
-        ];
+        m.cpu = if args.processors {
+            vec![
+                ("ingest", used(3)),
+                ("processors", used(0) + used(1) + used(2)),
+                ("query", used(4)),
+                ("NATS", cpu_secs(nats.pid()) - nats0),
+            ]
+        } else {
+            vec![
+                ("ingest", used(3)),
+                ("holder", used(0)),
+                ("standbys", used(1) + used(2)),
+                ("NATS", cpu_secs(nats.pid()) - nats0),
+            ]
+        };
         anyhow::Ok(m)
     }
     .await;
@@ -318,6 +375,86 @@ async fn failover(nodes: &mut [Node], acknowledged: u64) -> anyhow::Result<()> {
         "failover: SIGKILL of the holder → {} ready after {:.2} s (lease {LEASE_SECS} s), every one of the {acknowledged} acknowledged readings counted once after {:.2} s\n",
         holder.0,
         serving.as_secs_f64(),
+        killed.elapsed().as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// How many partitions each of `processors` holds (0 where one does not answer).
+async fn held(processors: &[Node]) -> Vec<u32> {
+    let mut held = Vec::new();
+    for node in processors {
+        let n = metric(node.addr, "hoistway_partitions_held")
+            .await
+            .unwrap_or(0.0);
+        held.push(n as u32);
+    }
+    held
+}
+
+/// Waits until the processor nodes hold every partition between them, as evenly as they can.
+async fn spread_evenly(processors: &[Node], partitions: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = held(processors).await;
+        let (min, max) = (
+            now.iter().min().copied().unwrap_or(0),
+            now.iter().max().copied().unwrap_or(0),
+        );
+        if now.iter().sum::<u32>() == u32::from(partitions) && max - min <= 1 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the processors hold {now:?} of {partitions} partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kills a processor node holding partitions with SIGKILL; times until the others hold every
+/// partition and until the query node counts every acknowledged reading once.
+async fn spread_failover(
+    nodes: &mut [Node],
+    partitions: u16,
+    acknowledged: u64,
+) -> anyhow::Result<()> {
+    let query = nodes[4].addr;
+    let before = counted(query).await?;
+    anyhow::ensure!(
+        before == acknowledged,
+        "the query node counts {before} readings, {acknowledged} were acknowledged"
+    );
+    let held_before = held(&nodes[..3]).await;
+    let victim = held_before.iter().position(|n| *n > 0).unwrap_or(0);
+    let _ = nodes[victim].child.kill();
+    let _ = nodes[victim].child.wait();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(60 + 4 * LEASE_SECS);
+    let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    loop {
+        let mut sum = 0;
+        for i in &others {
+            sum += metric(nodes[*i].addr, "hoistway_partitions_held")
+                .await
+                .unwrap_or(0.0) as u32;
+        }
+        if sum == u32::from(partitions) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the other processors did not take the partitions over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let taken = killed.elapsed();
+    wait_counted(query, acknowledged).await?;
+    println!(
+        "failover: SIGKILL of {} (holding {} of {partitions} partitions) → every partition held again after {:.2} s (lease {LEASE_SECS} s), every one of the {acknowledged} acknowledged readings counted once on the query node after {:.2} s\n",
+        nodes[victim].name,
+        held_before[victim],
+        taken.as_secs_f64(),
         killed.elapsed().as_secs_f64(),
     );
     Ok(())
