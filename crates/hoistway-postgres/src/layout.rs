@@ -87,6 +87,20 @@ impl PgMembership {
     }
 }
 
+/// The members alive now, sorted by name.
+const ALIVE: &str = "SELECT member, silent_lifts FROM cluster_members
+                     WHERE alive_until > clock_timestamp()
+                     ORDER BY member COLLATE \"C\"";
+
+fn members(rows: &[tokio_postgres::Row]) -> Vec<Member> {
+    rows.iter()
+        .map(|r| Member {
+            name: r.get(0),
+            silent_lifts: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+        })
+        .collect()
+}
+
 fn unavailable(e: Error) -> StoreError {
     match e {
         Error::Unavailable(m) => StoreError::Unavailable(m),
@@ -114,22 +128,18 @@ impl Membership for PgMembership {
                         &[&member, &ttl.as_secs_f64(), &silent],
                     )
                     .await?;
-                let rows = client
-                    .query(
-                        "SELECT member, silent_lifts FROM cluster_members
-                         WHERE alive_until > clock_timestamp()
-                         ORDER BY member COLLATE \"C\"",
-                        &[],
-                    )
-                    .await?;
-                Ok::<_, Error>(
-                    rows.iter()
-                        .map(|r| Member {
-                            name: r.get(0),
-                            silent_lifts: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-                        })
-                        .collect(),
-                )
+                let rows = client.query(ALIVE, &[]).await?;
+                Ok::<_, Error>(members(&rows))
+            })
+            .map_err(unavailable)
+    }
+
+    fn alive(&self) -> std::result::Result<Vec<Member>, StoreError> {
+        self.pg
+            .block(async {
+                let client = self.pg.client().await?;
+                let rows = client.query(ALIVE, &[]).await?;
+                Ok::<_, Error>(members(&rows))
             })
             .map_err(unavailable)
     }

@@ -340,6 +340,7 @@ pub fn check_membership<M: Membership + ?Sized>(a: &M, b: &M) {
     );
     let seen = a.heartbeat("node-b", long, 3).unwrap();
     assert_eq!(names(seen.clone()), ["node-a", "node-b"]);
+    assert_eq!(b.alive().unwrap(), seen, "read without beating");
     assert_eq!((seen[0].silent_lifts, seen[1].silent_lifts), (7, 3));
     // Beating again does not duplicate; the report is the latest.
     let seen = b.heartbeat("node-a", long, 0).unwrap();
@@ -372,4 +373,5 @@ pub fn check_membership<M: Membership + ?Sized>(a: &M, b: &M) {
     a.leave("node-b").unwrap();
     a.leave("node-b").unwrap();
     b.leave("node-c").unwrap();
+    assert!(a.alive().unwrap().is_empty());
 }

@@ -37,6 +37,9 @@ pub trait Membership: Send + Sync {
     /// Takes `member` out at once (a clean stop), so the others take its share without waiting
     /// for its heartbeat to lapse.
     fn leave(&self, member: &str) -> Result<(), StoreError>;
+
+    /// Every member alive now, sorted by name, without beating (for a node that is not one).
+    fn alive(&self) -> Result<Vec<Member>, StoreError>;
 }
 
 /// A single process that holds every partition: the standalone server. No other member exists.
@@ -57,6 +60,10 @@ impl Membership for Alone {
 
     fn leave(&self, _member: &str) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn alive(&self) -> Result<Vec<Member>, StoreError> {
+        Ok(Vec::new())
     }
 }
 

@@ -17,8 +17,8 @@ pub struct Config {
     pub version: u32,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// What this node runs (`serve --role`): `all`, `ingest`, `query` or `ingest,query`
-    /// (docs/deploy.md).
+    /// What this node runs (`serve --role`): `all`, `ingest`, `query`, `ingest,query`,
+    /// `processor` or `ingest,processor` (docs/deploy.md).
     pub roles: String,
     /// Seconds a client has to send a request's line and headers, from its first byte.
     pub header_read_timeout_secs: u64,

@@ -113,7 +113,8 @@ struct ServeArgs {
     listen: Option<SocketAddr>,
     /// What this node runs: `all` (the default); with cluster.nats and cluster.postgres, `ingest`
     /// (takes readings and appends them for the node that processes), `query` (the API, the UI
-    /// and SQL from the shared state) or `ingest,query`.
+    /// and SQL from the shared state), `ingest,query`, `processor` (one of several nodes that
+    /// spread the partitions) or `ingest,processor`.
     #[arg(long)]
     role: Option<String>,
 }

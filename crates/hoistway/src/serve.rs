@@ -96,6 +96,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             // One pool for all the shared state.
             let pg = shared_postgres(&config)?;
             settle_partitions(&config, pg.as_ref())?;
+            if let Some(pg) = pg.as_ref().filter(|_| checkpoints_in_postgres(&config)) {
+                refuse_beside_processor_nodes(pg)?;
+            }
             let registry = open_registry(&config, pg.as_ref())?;
             Ok((
                 registry,
@@ -483,6 +486,29 @@ struct Held {
     ingest: hoistway_ingest::Ingest,
     /// Taken when the node starts listening.
     sequencer: Option<Sequencer>,
+}
+
+/// A node with every role holds every partition: beside processor nodes, which spread them, it
+/// would wait for their leases for ever. Blocks.
+fn refuse_beside_processor_nodes(pg: &hoistway_postgres::Postgres) -> anyhow::Result<()> {
+    use hoistway_processor::Membership;
+    let membership = hoistway_postgres::PgMembership::open(pg.clone())
+        .context("cannot open the cluster's membership in PostgreSQL")?;
+    let alive = membership
+        .alive()
+        .context("cannot read the cluster's membership in PostgreSQL")?;
+    anyhow::ensure!(
+        alive.is_empty(),
+        "processor nodes spread this cluster's partitions ({} alive: {}); a node with every role holds every partition and \
+         would wait for theirs: run this one as roles = \"processor\" or \"query\" (docs/deploy.md, \"Several processors\")",
+        alive.len(),
+        alive
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
 }
 
 /// The partition count the configuration names, checked: several need the log on JetStream

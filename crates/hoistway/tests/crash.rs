@@ -563,6 +563,14 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
     // A processor node serves health and metrics only.
     assert_eq!(a.get("/v1/fleet/summary").await.status, 404);
     held_becomes(&[&a], &[3], "one processor holds every partition").await;
+    // A node with every role would hold every partition: beside processor nodes it refuses.
+    let every_role: Vec<(&str, &std::ffi::OsStr)> =
+        env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+    let refused = serve_refused(&machine(6), &every_role);
+    assert!(
+        refused.contains("processor nodes spread this cluster's partitions"),
+        "{refused}"
+    );
     let (_stop_tx, stop) = watch::channel(false);
     let running = tokio::spawn(async move {
         sim.run(Some(run_for), stop).await;
