@@ -445,7 +445,8 @@ fn held_text(held: &Held) -> String {
         .join(" · ")
 }
 
-/// Waits (up to a minute) until the processors hold every partition between them.
+/// Waits (up to a minute) until the processors hold every partition between them, spread as
+/// evenly as they go.
 async fn spread(
     processors: &[(&'static str, SocketAddr)],
     partitions: u16,
@@ -453,7 +454,12 @@ async fn spread(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let held = held_by(processors).await;
-        if held.iter().filter_map(|(_, n)| *n).sum::<u32>() == u32::from(partitions) {
+        let counts: Vec<u32> = held.iter().map(|(_, n)| n.unwrap_or(0)).collect();
+        let (min, max) = (
+            counts.iter().min().copied().unwrap_or(0),
+            counts.iter().max().copied().unwrap_or(0),
+        );
+        if counts.iter().sum::<u32>() == u32::from(partitions) && max - min <= 1 {
             return Ok(held);
         }
         anyhow::ensure!(
