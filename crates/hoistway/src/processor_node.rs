@@ -133,7 +133,7 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         shutdown,
         shutdown_rx,
         sequencer_task,
-    } = serve::listen(&config, sequencers, auth, registry.clone()).await?;
+    } = serve::listen(&config, sequencers, auth.clone(), registry.clone()).await?;
     let stream_tasks: Vec<_> = logs
         .iter()
         .map(|log| {
@@ -162,6 +162,14 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
         }));
         let elsewhere = silent_elsewhere.clone();
         alerts.set_silent_elsewhere(Arc::new(move || elsewhere.load(Ordering::Relaxed) as usize));
+        // Rate rules' baselines: every partition's stored rollups, as their catalogs list them
+        // (reread every few seconds), through a query engine of this node's own.
+        let (query, readers) = baseline_reader(
+            &config, partitions, &storage, &manifests, &clock, &registry, &auth, &analytics,
+        )
+        .await?;
+        alerts.set_baseline_source(serve::baselines_from(query));
+        tokio::spawn(reread_catalogs(readers, shutdown_rx.clone()));
         let writer = tokio::spawn(alerts.clone().run(
             presence(registry.clone(), states.clone(), partitions),
             shutdown_rx.clone(),
@@ -275,6 +283,73 @@ struct Spread {
     first: watch::Sender<bool>,
     /// What the other nodes' alerting found newly silent at their last look.
     silent_elsewhere: Arc<AtomicU64>,
+}
+
+/// How often a processor node rereads every partition's storage catalog for rate rules'
+/// baselines (which change by the hour).
+const CATALOG_REREAD: Duration = Duration::from_secs(5);
+
+/// A query engine over every partition's stored files, each read through its catalog without
+/// writing anything (as a query node does), for rate rules' baselines; and those readers.
+#[allow(clippy::too_many_arguments)]
+async fn baseline_reader(
+    config: &Config,
+    partitions: u16,
+    storage: &StoreConfig,
+    manifests: &hoistway_postgres::PgManifestStore,
+    clock: &Arc<dyn Clock>,
+    registry: &Arc<Registry>,
+    auth: &Arc<hoistway_auth::Authority>,
+    analytics: &hoistway_query::runtime::AnalyticsRuntime,
+) -> anyhow::Result<(Arc<hoistway_query::QueryEngine>, Vec<Arc<Store>>)> {
+    let mut readers = Vec::with_capacity(usize::from(partitions));
+    for partition in 0..partitions {
+        let mut reader = storage.of_partition(partition, partitions)?;
+        reader.manifests = Arc::new(manifests.of_partition(partition));
+        readers.push(Arc::new(
+            Store::open_reader(reader, clock.clone())
+                .await
+                .with_context(|| format!("cannot read partition {partition}'s storage catalog"))?,
+        ));
+    }
+    let stores = hoistway_store::Stores::partitioned(storage, readers.clone());
+    // Baselines read stored rollups only: no lift state here.
+    let fleet = hoistway_processor::Fleet::partitioned(
+        (0..partitions).map(|_| Default::default()).collect(),
+        registry.clone(),
+        clock.clone(),
+        Duration::from_secs(config.processor.silent_after_secs),
+    );
+    let query = serve::query_engine(config, stores, fleet, auth.clone(), analytics, None)?;
+    Ok((query, readers))
+}
+
+/// Rereads each reader's catalog every [`CATALOG_REREAD`] until shutdown.
+async fn reread_catalogs(readers: Vec<Arc<Store>>, mut shutdown: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CATALOG_REREAD) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let mut failed = None;
+        for reader in &readers {
+            if let Err(e) = reader.reload().await {
+                failed = Some(e);
+            }
+        }
+        match failed {
+            Some(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read the storage catalog for rate rules' baselines; using what was read last");
+            }
+            None if failing => {
+                failing = false;
+                tracing::info!("reading the storage catalog for rate rules' baselines works again");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The state of each partition a node holds.

@@ -310,20 +310,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .flat_map(|log| log.sources())
                 .find_map(|s| s.holding_back(quiet))
         }));
-        // Rate rules compare each lift with its own past hours, from the stored rollups.
-        let query = query.clone();
-        alerts.set_baseline_source(Arc::new(move |counter, hour_us, weeks| {
-            let query = query.clone();
-            Box::pin(async move {
-                let column = counter
-                    .rollup_column()
-                    .ok_or_else(|| format!("no hourly rollup of {}", counter.as_str()))?;
-                query
-                    .hourly_baselines(column, hour_us, weeks)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        }));
+        alerts.set_baseline_source(baselines_from(query.clone()));
     }
     let sql_endpoints = SqlEndpoints::bind(&config, &query, &auth).await?;
     let reread_auth = auth.clone();
@@ -879,6 +866,22 @@ pub(crate) enum Regions {
 
 /// The query engine over `store` and `fleet`, on the analytics runtime, with the audit log and
 /// (when alerting is on) the alert tables.
+/// Rate rules compare each lift with its own past hours, from the stored rollups `query` reads.
+pub(crate) fn baselines_from(query: Arc<QueryEngine>) -> hoistway_alerts::BaselineSource {
+    Arc::new(move |counter, hour_us, weeks| {
+        let query = query.clone();
+        Box::pin(async move {
+            let column = counter
+                .rollup_column()
+                .ok_or_else(|| format!("no hourly rollup of {}", counter.as_str()))?;
+            query
+                .hourly_baselines(column, hour_us, weeks)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
 pub(crate) fn query_engine(
     config: &Config,
     stores: hoistway_store::Stores,

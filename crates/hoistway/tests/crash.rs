@@ -676,6 +676,127 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
     cluster.finish([ingest, a, c, query]).await;
 }
 
+/// Rate rules on processor nodes: a lift's baseline comes from its past weeks' stored rollups,
+/// which a processor node reads through every partition's catalog (its own query engine, no
+/// SQL served). Two lifts doing the same door cycles this hour, one usually busy and one usually
+/// quiet: only the quiet one is unusual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_node_judges_rate_rules_by_each_lifts_past_weeks() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Stay inside one hour for the whole test.
+    let hour = 3_600_000_000i64;
+    let now = || chrono::Utc::now().timestamp_micros();
+    if hour - now().rem_euclid(hour) < 90_000_000 {
+        tokio::time::sleep(Duration::from_micros(
+            (hour - now().rem_euclid(hour)) as u64 + 1_000_000,
+        ))
+        .await;
+    }
+    let start = now().div_euclid(hour) * hour;
+    let postgres = test_postgres();
+    let schema = scratch_schema("rates");
+    let mut cluster = Cluster::start(&postgres, &schema);
+    let tmp = tempfile::tempdir().unwrap();
+    let tier = |name: &str| tmp.path().join("store").join(name).display().to_string();
+    cluster.settings.extend([
+        ("HOISTWAY_CLUSTER__PARTITIONS", "2".into()),
+        ("HOISTWAY_STORAGE__HOT_URL", tier("hot")),
+        ("HOISTWAY_STORAGE__ARCHIVE_URL", tier("archive")),
+        ("HOISTWAY_ALERTS__TICK_SECS", "1".into()),
+        ("HOISTWAY_ALERTS__BASELINE_REFRESH_SECS", "1".into()),
+    ]);
+    let env = cluster.env();
+    let machine = |n: u32| tmp.path().join(format!("machine-{n}"));
+    let token = admin_token_with_env(&machine(9), &env);
+    let with_roles = |roles: &'static str| {
+        let mut env = env.clone();
+        env.push(("HOISTWAY_ROLES", roles));
+        env
+    };
+    let query = TestServer::start_with_token(machine(1), token.clone(), &with_roles("query"));
+    let ingest = TestServer::start_with_token(machine(2), token.clone(), &with_roles("ingest"));
+    register(
+        &query,
+        "lift_id,building,site,customer,model,install_date,initial_trips\n\
+         BUSY,B1,S1,acme,m1,,0\nQUIET,B1,S1,acme,m1,,0\n",
+    )
+    .await;
+    let processor =
+        TestServer::start_with_token(machine(3), token.clone(), &with_roles("processor"));
+    let at = |lift: &str, seq: u64, ts_us: i64, doors: u64| {
+        let mut r = reading(lift, seq, 1);
+        r["ts"] = serde_json::json!(hoistway_model::time::format_micros(ts_us));
+        r["door_cycles"] = serde_json::json!(doors);
+        r
+    };
+    let post = |readings: Vec<serde_json::Value>| {
+        let ingest = &ingest;
+        async move {
+            let r = ingest
+                .post_json(
+                    "/v1/telemetry",
+                    &serde_json::Value::Array(readings).to_string(),
+                )
+                .await;
+            assert!(
+                r.status == 200 || r.status == 207,
+                "{}",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+    };
+    // The same hour of the week, one to four weeks ago: BUSY 100 cycles, QUIET 10.
+    let week = 7 * 24 * hour;
+    let mut history = Vec::new();
+    for w in 1..=4i64 {
+        let t = start - w * week + 60_000_000;
+        history.push(at("BUSY", w as u64, t, 100));
+        history.push(at("QUIET", w as u64, t, 10));
+    }
+    post(history).await;
+    // Applied, stored at a checkpoint, listed in the catalog, reread, then a baseline refresh.
+    let stored = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = query.sql_rows("SELECT count(*) FROM readings").await;
+        if rows[0][0] == "8" {
+            break;
+        }
+        assert!(
+            Instant::now() < stored,
+            "the history was not stored: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // This hour both do 80 cycles.
+    let mut this_hour = Vec::new();
+    for seq in 5..=12u64 {
+        this_hour.push(at("BUSY", seq, now(), 10));
+        this_hour.push(at("QUIET", seq, now(), 10));
+    }
+    post(this_hour).await;
+    let rate_alerts = || async {
+        let page = query
+            .get("/v1/alerts?rule=door-cycles-unusual&limit=100")
+            .await
+            .json();
+        page["items"].as_array().unwrap().clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rate_alerts().await.is_empty() {
+        assert!(Instant::now() < deadline, "no rate alert");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fired = rate_alerts().await;
+    let lifts: Vec<&str> = fired
+        .iter()
+        .map(|a| a["lift_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(lifts, ["QUIET"], "{fired:?}");
+    cluster.finish([ingest, processor, query]).await;
+}
+
 /// A gauge or counter of a server's `/metrics` (0 when it is not there yet).
 async fn metric(server: &TestServer, name: &str) -> f64 {
     let metrics = server.get("/metrics").await;
