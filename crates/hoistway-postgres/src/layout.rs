@@ -27,6 +27,10 @@ pub const MIGRATIONS: &[&str] = &[
         member text PRIMARY KEY,
         alive_until timestamptz NOT NULL,
         silent_lifts bigint NOT NULL DEFAULT 0);
+    CREATE TABLE cluster_duties (
+        duty text PRIMARY KEY,
+        member text NOT NULL,
+        until timestamptz NOT NULL);
 ",
 ];
 
@@ -144,12 +148,43 @@ impl Membership for PgMembership {
             .map_err(unavailable)
     }
 
+    fn lead(
+        &self,
+        member: &str,
+        duty: &str,
+        ttl: Duration,
+    ) -> std::result::Result<bool, StoreError> {
+        self.pg
+            .block(async {
+                let client = self.pg.client().await?;
+                // Taken when free, lapsed or already this member's; otherwise nothing changes
+                // and no row comes back.
+                let held = client
+                    .query_opt(
+                        "INSERT INTO cluster_duties (duty, member, until)
+                         VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))
+                         ON CONFLICT (duty) DO UPDATE
+                         SET member = excluded.member, until = excluded.until
+                         WHERE cluster_duties.member = excluded.member
+                            OR cluster_duties.until <= clock_timestamp()
+                         RETURNING member",
+                        &[&duty, &member, &ttl.as_secs_f64()],
+                    )
+                    .await?;
+                Ok::<_, Error>(held.is_some())
+            })
+            .map_err(unavailable)
+    }
+
     fn leave(&self, member: &str) -> std::result::Result<(), StoreError> {
         self.pg
             .block(async {
                 let client = self.pg.client().await?;
                 client
                     .execute("DELETE FROM cluster_members WHERE member = $1", &[&member])
+                    .await?;
+                client
+                    .execute("DELETE FROM cluster_duties WHERE member = $1", &[&member])
                     .await?;
                 Ok::<_, Error>(())
             })

@@ -374,4 +374,31 @@ pub fn check_membership<M: Membership + ?Sized>(a: &M, b: &M) {
     a.leave("node-b").unwrap();
     b.leave("node-c").unwrap();
     assert!(a.alive().unwrap().is_empty());
+
+    // A duty's lease: one holder at a time, renewed by it, taken over once it lapses or its
+    // holder leaves; duties are apart.
+    assert!(
+        a.lead("node-a", "send", Duration::from_millis(400))
+            .unwrap()
+    );
+    assert!(!b.lead("node-b", "send", long).unwrap(), "held by node-a");
+    assert!(
+        a.lead("node-a", "send", Duration::from_millis(400))
+            .unwrap(),
+        "renewed"
+    );
+    assert!(b.lead("node-b", "other", long).unwrap(), "another duty");
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(
+        b.lead("node-b", "send", long).unwrap(),
+        "taken over once lapsed"
+    );
+    assert!(!a.lead("node-a", "send", long).unwrap());
+    b.leave("node-b").unwrap();
+    assert!(
+        a.lead("node-a", "send", long).unwrap(),
+        "free once its holder left"
+    );
+    assert!(a.lead("node-a", "other", long).unwrap());
+    a.leave("node-a").unwrap();
 }

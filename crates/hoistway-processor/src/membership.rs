@@ -7,7 +7,8 @@
 //! partitions of its share whose leases are free, and ends its lease on the ones outside it
 //! (after a last checkpoint), which lets their new owner claim them. Leases, not membership,
 //! decide who may write: while two nodes see different lists for a moment, one of them simply
-//! waits for a lease to end.
+//! waits for a lease to end. A duty only one node may do at a time (sending notifications) has a
+//! lease of its own ([`Membership::lead`]).
 
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ pub trait Membership: Send + Sync {
 
     /// Every member alive now, sorted by name, without beating (for a node that is not one).
     fn alive(&self) -> Result<Vec<Member>, StoreError>;
+
+    /// Takes or renews the lease on `duty` (one node at a time does it: sending notifications)
+    /// for `ttl` from now, unless another member holds it and its lease still runs; returns
+    /// whether `member` holds it now. [`Membership::leave`] ends the member's leases too.
+    fn lead(&self, member: &str, duty: &str, ttl: Duration) -> Result<bool, StoreError>;
 }
 
 /// A single process that holds every partition: the standalone server. No other member exists.
@@ -64,6 +70,10 @@ impl Membership for Alone {
 
     fn alive(&self) -> Result<Vec<Member>, StoreError> {
         Ok(Vec::new())
+    }
+
+    fn lead(&self, _member: &str, _duty: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
     }
 }
 

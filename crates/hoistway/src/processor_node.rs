@@ -16,8 +16,8 @@
 //! when the partition comes ([`hoistway_alerts::Alerts::take_partition`]) and forgets its lifts
 //! when it goes; alert writes are fenced by every partition held; absence rules look at the
 //! lifts of the partitions held here, and the outage guard adds up what every node found newly
-//! silent (reported with the heartbeats). Notifications are sent by one node: the first live
-//! member by name.
+//! silent (reported with the heartbeats). Notifications are sent by one node: the one holding
+//! the lease on that duty.
 //!
 //! The API, the UI and SQL are on query nodes (`roles = "query"`), which follow every
 //! partition's checkpoints and catalog; readings come through ingest nodes, or through this
@@ -174,7 +174,7 @@ pub async fn start(config: Config, ingest: bool) -> anyhow::Result<Running> {
             presence(registry.clone(), states.clone(), partitions),
             shutdown_rx.clone(),
         ));
-        // One node sends the notifications: the first live member.
+        // One node sends the notifications: the one holding that duty's lease.
         let sender = tokio::spawn(dispatcher.run_when(first_rx, shutdown_rx.clone()));
         alerting = Some((alerts, writer, sender));
     }
@@ -279,7 +279,7 @@ struct Spread {
     fences: hoistway_postgres::HeldPartitions,
     /// The state of each partition held here, for absence rules.
     states: HeldStates,
-    /// Whether this node is the first live member (it sends the notifications).
+    /// Whether this node holds the lease on sending notifications.
     first: watch::Sender<bool>,
     /// What the other nodes' alerting found newly silent at their last look.
     silent_elsewhere: Arc<AtomicU64>,
@@ -459,9 +459,30 @@ impl Spread {
             .map(|m| m.silent_lifts)
             .sum();
         self.silent_elsewhere.store(elsewhere, Ordering::Relaxed);
-        let first = live.first().is_some_and(|m| m.name == self.me);
-        self.first
-            .send_if_modified(|was| std::mem::replace(was, first) != first);
+        if self.alerts.is_some() {
+            let (membership, me, ttl) = (self.membership.clone(), self.me.clone(), self.ttl);
+            let sends =
+                tokio::task::spawn_blocking(move || membership.lead(&me, "notifications", ttl))
+                    .await?;
+            match sends {
+                Ok(sends) => {
+                    metrics::gauge!("hoistway_notification_sender").set(f64::from(u8::from(sends)));
+                    if self
+                        .first
+                        .send_if_modified(|was| std::mem::replace(was, sends) != sends)
+                    {
+                        tracing::info!(sends, "notification sending moved");
+                    }
+                }
+                // Its lease runs out by itself: stop sending until it can be renewed.
+                Err(e) => {
+                    metrics::gauge!("hoistway_notification_sender").set(0.0);
+                    self.first
+                        .send_if_modified(|was| std::mem::replace(was, false));
+                    tracing::warn!(error = %e, "cannot renew the lease on sending notifications; pausing them");
+                }
+            }
+        }
         let ended: Vec<u16> = self
             .held
             .iter()

@@ -587,6 +587,7 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    senders_become(&[&a, &b, &c]).await;
     // What alerting recorded so far (each node's engine over its partitions' lifts): it
     // survives the kill and the pause.
     let alerted = alert_ids(&query).await;
@@ -620,6 +621,7 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
         "the resumed processor gets a share again",
     )
     .await;
+    senders_become(&[&a, &c]).await;
 
     let mut sim = running.await.unwrap();
     let ledger = drained(&mut sim).await;
@@ -805,6 +807,25 @@ async fn metric(server: &TestServer, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).filter(|v| v.starts_with(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Waits (at most 30 s) until exactly one of the processors sends notifications.
+async fn senders_become(servers: &[&TestServer]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut senders = 0.0;
+        for server in servers {
+            senders += metric(server, "hoistway_notification_sender").await;
+        }
+        if senders == 1.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{senders} nodes send notifications"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits (at most 30 s) until the processors hold these many partitions each, in any order.
