@@ -686,15 +686,8 @@ async fn processors_spread_the_partitions_and_stay_exact_through_joins_kills_and
 async fn a_processor_node_judges_rate_rules_by_each_lifts_past_weeks() {
     let _one = ONE_AT_A_TIME.lock().await;
     // Stay inside one hour for the whole test.
-    let hour = 3_600_000_000i64;
+    let (start, hour) = (inside_one_hour(Duration::from_secs(90)).await, HOUR_US);
     let now = || chrono::Utc::now().timestamp_micros();
-    if hour - now().rem_euclid(hour) < 90_000_000 {
-        tokio::time::sleep(Duration::from_micros(
-            (hour - now().rem_euclid(hour)) as u64 + 1_000_000,
-        ))
-        .await;
-    }
-    let start = now().div_euclid(hour) * hour;
     let postgres = test_postgres();
     let schema = scratch_schema("rates");
     let mut cluster = Cluster::start(&postgres, &schema);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::common::{Events, TestServer, http, reading, register};
+use crate::common::{Events, HOUR_US, TestServer, http, inside_one_hour, reading, register};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -1078,15 +1078,8 @@ channel = "mqtts-untrusted"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_rule_judges_each_lift_by_its_own_past_weeks() {
     // Stay inside one hour for the whole test.
-    let hour = 3_600_000_000i64;
+    let (start, hour) = (inside_one_hour(Duration::from_secs(60)).await, HOUR_US);
     let now = || chrono::Utc::now().timestamp_micros();
-    if hour - now().rem_euclid(hour) < 60_000_000 {
-        tokio::time::sleep(Duration::from_micros(
-            (hour - now().rem_euclid(hour)) as u64 + 1_000_000,
-        ))
-        .await;
-    }
-    let start = now().div_euclid(hour) * hour;
     let server = TestServer::start(&[
         ("HOISTWAY_ALERTS__TICK_SECS", "1"),
         ("HOISTWAY_ALERTS__BASELINE_REFRESH_SECS", "1"),

@@ -347,6 +347,20 @@ pub async fn http(
     }
 }
 
+/// An hour, in µs.
+pub const HOUR_US: i64 = 3_600_000_000;
+
+/// Waits, if less than `needed` is left of the current hour, for the next one; returns when the
+/// hour began (µs since the epoch). For tests that must stay inside one hour.
+pub async fn inside_one_hour(needed: Duration) -> i64 {
+    let now = || chrono::Utc::now().timestamp_micros();
+    let left = HOUR_US - now().rem_euclid(HOUR_US);
+    if left < needed.as_micros() as i64 {
+        tokio::time::sleep(Duration::from_micros(left as u64 + 1_000_000)).await;
+    }
+    now().div_euclid(HOUR_US) * HOUR_US
+}
+
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
